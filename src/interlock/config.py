@@ -1,0 +1,315 @@
+"""The Interlock configuration file, as pydantic models.
+
+One YAML file configures the server, ONNX Runtime and every agent. Every model
+forbids unknown keys, so a typo is an error that names the file and key path
+instead of a silently ignored setting. ``interlock config schema`` prints the
+JSON Schema generated from these models.
+
+Example:
+    >>> cfg = parse_config({"agents": [{"id": "cartpole",
+    ...     "observation": {"shape": [4]}, "action": {"type": "discrete", "n": 2}}]})
+    >>> cfg.agents[0].policy.default
+    'allow'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from interlock.errors import ConfigError
+
+VerdictName = Literal["allow", "substitute", "escalate", "halt"]
+DTypeName = Literal["float32", "float64", "int32", "int64", "bool", "uint8"]
+Bound = float | list[float] | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+class ObservationSpec(_Strict):
+    """What the agent sends as its observation."""
+
+    shape: list[Annotated[int, Field(ge=0)]] = Field(description="Shape of one observation; [] for a scalar.")
+    dtype: DTypeName = Field("float32", description="Element type the agent sends.")
+    low: Bound = Field(None, description="Optional lower bound (scalar or one per element), for rules.")
+    high: Bound = Field(None, description="Optional upper bound (scalar or one per element), for rules.")
+    allow_nonfinite: bool = Field(False, description="Accept NaN/Inf in observations (rejected by default).")
+
+
+class DiscreteActionSpec(_Strict):
+    """A discrete action: one integer in [0, n)."""
+
+    type: Literal["discrete"] = "discrete"
+    n: int = Field(gt=0, description="Number of actions.")
+    dtype: Literal["int64", "int32"] = Field("int64", description="Integer type of the action tensor.")
+
+
+class BoxActionSpec(_Strict):
+    """A continuous action: an array within [low, high]."""
+
+    type: Literal["box"] = "box"
+    shape: list[Annotated[int, Field(ge=0)]] = Field(description="Shape of one action.")
+    low: float | list[float] = Field(description="Lower bound, a scalar or one per element.")
+    high: float | list[float] = Field(description="Upper bound, a scalar or one per element.")
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+ActionSpec = Annotated[DiscreteActionSpec | BoxActionSpec, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- monitors
+
+
+class ActionSpaceMonitorConfig(_Strict):
+    """Flags actions outside the declared space: out of bounds, bad index, NaN or Inf.
+
+    Signals: ``invalid`` (1.0 when the action is not in the space) and ``distance``
+    (how far a box action lies outside its bounds, L-inf; 0 inside).
+    """
+
+    kind: Literal["action_space"] = "action_space"
+    name: str = "action_space"
+
+
+class RulesMonitorConfig(_Strict):
+    """Declarative constraints, each a CEL expression that must hold.
+
+    Each constraint yields a signal of the same name: 1.0 (tripped) when the
+    expression is false. The expressions see ``obs`` (flattened, list of double),
+    ``action`` (int for discrete, list of double for box), ``labels``, ``step``.
+    """
+
+    kind: Literal["rules"] = "rules"
+    name: str = "rules"
+    constraints: dict[str, str] = Field(description="Constraint name -> CEL expression that must be true.")
+
+
+MonitorConfig = Annotated[ActionSpaceMonitorConfig | RulesMonitorConfig, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------- fallbacks
+
+
+class ConstantFallbackConfig(_Strict):
+    """Always the same action, e.g. a no-op."""
+
+    kind: Literal["constant"] = "constant"
+    action: float | int | list[float] | list[int] = Field(description="The action, shaped like the action space.")
+
+
+class OnnxPolicyFallbackConfig(_Strict):
+    """A backup policy in ONNX: observation batch in, action (or logits) batch out."""
+
+    kind: Literal["onnx_policy"] = "onnx_policy"
+    model: str = Field(description="Path to the .onnx file, relative to the config file.")
+    output: Literal["action", "logits"] = Field(
+        "action", description="'logits' takes the argmax (discrete actions); 'action' uses the output as is."
+    )
+    input_name: str | None = Field(None, description="Graph input to feed; defaults to the first input.")
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+
+
+class ClipFallbackConfig(_Strict):
+    """Projects the proposed action onto the box bounds (NaN becomes the midpoint)."""
+
+    kind: Literal["clip"] = "clip"
+
+
+FallbackConfig = Annotated[
+    ConstantFallbackConfig | OnnxPolicyFallbackConfig | ClipFallbackConfig, Field(discriminator="kind")
+]
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class DecisionRule(_Strict):
+    """One rule of the ordered decision policy: the first rule whose condition holds decides."""
+
+    name: str = Field(description="Shown in decisions, metrics and the audit log.")
+    when: str = Field(
+        description="CEL condition over signals, tripped, obs, action, labels, step, agent_id, episode_id."
+    )
+    verdict: VerdictName
+    fallback: str | None = Field(None, description="Fallback that supplies the action (substitute/escalate).")
+    reason: str | None = Field(None, description="Human-readable reason added to the decision.")
+
+    @model_validator(mode="after")
+    def _needs_fallback(self) -> DecisionRule:
+        if self.verdict == "substitute" and not self.fallback:
+            raise ValueError(f"rule '{self.name}' has verdict substitute but names no fallback")
+        return self
+
+
+class PolicyConfig(_Strict):
+    """Ordered rules from signals to verdicts; compiled once when the config loads."""
+
+    rules: list[DecisionRule] = Field(default_factory=list)
+    default: Literal["allow", "halt"] = Field("allow", description="Verdict when no rule fires.")
+
+
+class EscalationConfig(_Strict):
+    """How ESCALATE verdicts reach a human operator."""
+
+    mode: Literal["blocking", "deferred"] = Field(
+        "deferred",
+        description="blocking: Check waits up to timeout for the operator; deferred: answer at once with the "
+        "fail-safe fallback and follow the operator's answer once given.",
+    )
+    timeout_seconds: float = Field(5.0, gt=0, description="Deadline for the operator's answer.")
+    fallback: str | None = Field(None, description="Fail-safe fallback on timeout or reject; default: the rule's.")
+    max_pending: int = Field(100, gt=0, description="At most this many pending escalations for the agent.")
+
+
+class AgentConfig(_Strict):
+    """Everything Interlock knows about one agent (or a family matched by a glob)."""
+
+    id: str = Field(description="Exact agent_id, or a glob such as 'robot-*'. The first match wins.")
+    observation: ObservationSpec
+    action: ActionSpec
+    monitors: list[MonitorConfig] = Field(
+        default_factory=lambda: [ActionSpaceMonitorConfig()],
+        description="Signal sources, run in order on each batch.",
+    )
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    fallbacks: dict[str, FallbackConfig] = Field(default_factory=dict)
+    fail_safe: str | None = Field(
+        None, description="Fallback used when a monitor, rule or fallback fails; none means HALT."
+    )
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed", description="'open' lets actions through (ALLOW) on internal errors. Use with care."
+    )
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+
+    @field_validator("monitors")
+    @classmethod
+    def _unique_monitor_names(cls, monitors: list[Any]) -> list[Any]:
+        names = [m.name for m in monitors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"monitor names must be unique; repeated: {', '.join(dupes)} (set 'name:')")
+        return monitors
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> AgentConfig:
+        known = set(self.fallbacks)
+        wanted = [(f"policy.rules[{i}].fallback", r.fallback) for i, r in enumerate(self.policy.rules)]
+        wanted += [("fail_safe", self.fail_safe), ("escalation.fallback", self.escalation.fallback)]
+        for where, name in wanted:
+            if name and name not in known:
+                have = ", ".join(sorted(known)) or "none defined"
+                raise ValueError(f"{where} names fallback '{name}', which is not in fallbacks ({have})")
+        return self
+
+    def matches(self, agent_id: str) -> bool:
+        return self.id == agent_id or fnmatch.fnmatchcase(agent_id, self.id)
+
+
+class OnnxConfig(_Strict):
+    """ONNX Runtime settings shared by every model."""
+
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="Execution providers in order of preference; those not available here are skipped.",
+    )
+    intra_op_threads: int = Field(1, ge=0, description="Threads per operator (1 is fastest for small MLPs).")
+    inter_op_threads: int = Field(1, ge=0)
+    allow_spinning: bool = Field(False, description="Busy-wait between runs (costs CPU, saves latency).")
+
+
+class ServerConfig(_Strict):
+    """Where and how the gRPC service listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int | None = Field(9464, ge=0, le=65535, description="Prometheus port; null disables.")
+    max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request accepted.")
+    max_batch: int = Field(4096, gt=0, description="Most requests in one CheckBatch.")
+
+
+class InterlockConfig(_Strict):
+    """The whole configuration file."""
+
+    version: str | None = Field(
+        None, description="Shown as config_version in every decision; default: a hash of the file."
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    onnx: OnnxConfig = Field(default_factory=OnnxConfig)
+    agents: list[AgentConfig] = Field(min_length=1)
+
+    def agent_for(self, agent_id: str) -> AgentConfig | None:
+        return next((a for a in self.agents if a.matches(agent_id)), None)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in the configuration:"]
+    for e in err.errors():
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+        # Discriminated unions add the tag to the path ("monitors[0].rules.constraints"); keep it, it helps.
+        lines.append(f"  {path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> InterlockConfig:
+    """Validate already-parsed YAML/JSON data; raises :class:`ConfigError` naming ``source``."""
+    try:
+        return InterlockConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+class LoadedConfig:
+    """A validated config with where it came from and its version string."""
+
+    def __init__(self, config: InterlockConfig, base_dir: Path, version: str, source: str) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.version = version
+        self.source = source
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a model path relative to the config file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid; the message names the
+            file, the key path and what is wrong.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping with at least 'agents:'")
+    cfg = parse_config(data, source=str(p))
+    version = cfg.version or hashlib.sha256(text.encode()).hexdigest()[:12]
+    return LoadedConfig(cfg, p.resolve().parent, version, str(p))
+
+
+def json_schema() -> str:
+    """The JSON Schema of the configuration file, as a string."""
+    return json.dumps(InterlockConfig.model_json_schema(), indent=2)

@@ -1,0 +1,392 @@
+"""The Guard engine: validate, run monitors (batched), apply the policy, pick fallbacks.
+
+This module knows nothing of gRPC. Servicers decode requests into
+:class:`CheckInput`, call :meth:`Guard.check`, and encode the :class:`Decision`
+list; tests drive the same class directly.
+
+Fail closed: an exception in a monitor, rule or fallback gives the agent's
+``fail_safe`` fallback (verdict SUBSTITUTE), or HALT when there is none or it
+fails too. Only ``fail_mode: open`` turns an internal error into ALLOW.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interlock.config import AgentConfig, LoadedConfig
+from interlock.errors import ConfigError, InvalidRequest, UnknownAgent
+from interlock.fallbacks import Fallback, build_fallback
+from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
+from interlock.policies import DecisionPolicy
+from interlock.runtime import ModelRuntime
+from interlock.spaces import AgentSpaces
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.IntEnum):
+    """Mirrors ``interlock.v1.Verdict``."""
+
+    ALLOW = 1
+    SUBSTITUTE = 2
+    ESCALATE = 3
+    HALT = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+_VERDICT_OF = {"allow": Verdict.ALLOW, "substitute": Verdict.SUBSTITUTE, "escalate": Verdict.ESCALATE,
+               "halt": Verdict.HALT}
+
+
+@dataclass
+class CheckInput:
+    """One decoded request. Arrays are one observation / one action (no batch axis)."""
+
+    agent_id: str
+    observation: np.ndarray
+    action: np.ndarray
+    episode_id: str = ""
+    step: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    """The engine's answer for one request.
+
+    ``action`` is what the agent executes: the proposed action on ALLOW, the
+    fallback's otherwise; ``None`` on HALT when no fail-safe action exists.
+    ``signals`` holds ``(name, value, threshold, tripped)`` tuples.
+    """
+
+    decision_id: str
+    agent_id: str
+    verdict: Verdict
+    action: np.ndarray | None
+    proposed_action: np.ndarray
+    observation: np.ndarray
+    signals: list[tuple[str, float, float, bool]]
+    reasons: list[str]
+    config_version: str
+    fallback: str = ""
+    rule: str = ""
+    escalation_id: str = ""
+    episode_id: str = ""
+    step: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Stages that raised ("monitor:<name>", "policy", "fallback:<name>"), for metrics.
+    errors: list[str] = field(default_factory=list)
+
+
+def new_decision_id() -> str:
+    return os.urandom(12).hex()
+
+
+class AgentRuntime:
+    """One agent config compiled: spaces, monitors, policy and fallbacks, ready to decide."""
+
+    def __init__(self, cfg: AgentConfig, runtime: ModelRuntime, config_version: str, where: str) -> None:
+        self.config = cfg
+        self.where = where
+        self.config_version = config_version
+        try:
+            self.spaces = AgentSpaces.from_config(cfg)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        self.monitors: list[Monitor] = [
+            build_monitor(m, self.spaces, runtime, f"{where}.monitors[{i}]") for i, m in enumerate(cfg.monitors)
+        ]
+        self.fallbacks: dict[str, Fallback] = {
+            name: build_fallback(name, f, self.spaces, runtime, f"{where}.fallbacks.{name}")
+            for name, f in cfg.fallbacks.items()
+        }
+        self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
+        self.policy = DecisionPolicy(cfg.policy, self.spaces.action.discrete, self.signal_names,
+                                     f"{where}.policy")
+        for i, rule in enumerate(cfg.policy.rules):
+            if rule.verdict == "escalate" and not (rule.fallback or cfg.escalation.fallback or cfg.fail_safe):
+                raise ConfigError(
+                    f"{where}.policy.rules[{i}] ('{rule.name}') escalates but no fail-safe action exists for "
+                    "when nobody answers: set the rule's fallback, escalation.fallback or fail_safe"
+                )
+
+    def load(self) -> None:
+        for m in self.monitors:
+            m.load()
+        for f in self.fallbacks.values():
+            f.load()
+
+    def unload(self) -> None:
+        for m in self.monitors:
+            m.unload()
+        for f in self.fallbacks.values():
+            f.unload()
+
+    # ------------------------------------------------------------------ request path
+
+    def validate(self, item: CheckInput, field: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Observation and action coerced to the agent's spaces; raises InvalidRequest."""
+        prefix = f"{field}." if field else ""
+        obs = self.spaces.observation.coerce(item.observation, f"{prefix}observation")
+        act = self.spaces.action.coerce(item.action, f"{prefix}action")
+        return obs, act
+
+    def decide(self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
+               ) -> list[Decision]:
+        """Decide a batch of already-validated requests of this agent.
+
+        Args:
+            items: The requests (for ids, labels, steps).
+            observations: ``[batch, *obs_shape]``.
+            actions: ``[batch, *action_shape]``.
+        """
+        batch = Batch(
+            agent_id=items[0].agent_id,
+            observations=observations,
+            actions=actions,
+            steps=np.fromiter((it.step for it in items), dtype=np.int64, count=len(items)),
+            episode_ids=[it.episode_id for it in items],
+            labels=[it.labels for it in items],
+        )
+        n = len(batch)
+        decisions = [
+            Decision(
+                decision_id=new_decision_id(), agent_id=it.agent_id, verdict=Verdict.ALLOW,
+                action=actions[i], proposed_action=actions[i], observation=observations[i], signals=[],
+                reasons=[], config_version=self.config_version, episode_id=it.episode_id, step=it.step,
+                labels=it.labels,
+            )
+            for i, it in enumerate(items)
+        ]
+
+        # 1. Monitors, each over the whole batch.
+        signals: dict[str, SignalBatch] = {}
+        failed_monitors: list[str] = []
+        for m in self.monitors:
+            try:
+                out = m.check(batch)
+                for sig in m.signal_names:
+                    s = out[sig]
+                    if len(s.values) != n:
+                        raise ValueError(f"signal '{sig}' has {len(s.values)} values for a batch of {n}")
+                    signals[f"{m.name}.{sig}"] = s
+            except Exception as e:
+                log.exception("monitor %s failed", m.name)
+                failed_monitors.append(f"monitor '{m.name}' failed: {type(e).__name__}: {e}")
+                for d in decisions:
+                    d.errors.append(f"monitor:{m.name}")
+        if failed_monitors:
+            for d in decisions:
+                self._fail(d, failed_monitors)
+            return decisions
+
+        # 2. Signals per row, then the policy.
+        names = list(signals)
+        values = np.stack([signals[k].values for k in names], axis=1) if names else np.zeros((n, 0))
+        trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
+        thresholds = [signals[k].threshold for k in names]
+        split = [k.partition(".") for k in names]
+        rows = batch.rows()
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for i, d in enumerate(decisions):
+            vals, tr = values[i].tolist(), trips[i].tolist()
+            sig_map: dict[str, dict[str, float]] = {}
+            trip_map: dict[str, dict[str, bool]] = {}
+            for j, (mon, _, sig) in enumerate(split):
+                sig_map.setdefault(mon, {})[sig] = vals[j]
+                trip_map.setdefault(mon, {})[sig] = tr[j]
+            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
+            outcome = self.policy.decide({**rows[i], "signals": sig_map, "tripped": trip_map})
+            if outcome.error is not None:
+                d.errors.append("policy")
+                self._fail(d, [f"rule '{outcome.rule.name}' could not be evaluated: {outcome.error}"])
+                continue
+            verdict = _VERDICT_OF[outcome.verdict]
+            d.verdict = verdict
+            if outcome.rule is not None:
+                d.rule = outcome.rule.name
+                d.reasons.append(outcome.rule.reason)
+            elif verdict is Verdict.HALT:
+                d.reasons.append("no rule allowed the action and the policy default is halt")
+            if verdict is Verdict.SUBSTITUTE:
+                wanted[outcome.rule.fallback].append(i)  # type: ignore[union-attr]
+            elif verdict is Verdict.ESCALATE:
+                esc = self.config.escalation
+                fb = esc.fallback or outcome.rule.fallback or self.config.fail_safe  # type: ignore[union-attr]
+                wanted[fb].append(i)  # type: ignore[index]
+            elif verdict is Verdict.HALT:
+                d.action = None
+                if self.config.fail_safe:
+                    wanted[self.config.fail_safe].append(i)
+
+        # 3. Fallbacks, batched per fallback, each action checked against the space.
+        for name, idx in wanted.items():
+            self._apply_fallback(name, idx, batch, signals, decisions)
+        return decisions
+
+    def _apply_fallback(self, name: str, idx: list[int], batch: Batch, signals: dict[str, SignalBatch],
+                        decisions: list[Decision]) -> None:
+        sub = batch.take(idx)
+        sub_signals = {k: SignalBatch(s.values[idx], s.threshold, s.tripped[idx]) for k, s in signals.items()}
+        try:
+            proposed = np.asarray(self.fallbacks[name].propose(sub, sub_signals))
+            expected = (len(idx), *self.spaces.action.shape)
+            if proposed.shape != expected:
+                raise ValueError(f"returned shape {list(proposed.shape)}, expected {list(expected)}")
+            bad = self.spaces.action.invalid(proposed)
+        except Exception as e:
+            log.exception("fallback %s failed", name)
+            for i in idx:
+                decisions[i].errors.append(f"fallback:{name}")
+                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {e}")
+            return
+        for k, i in enumerate(idx):
+            d = decisions[i]
+            if bad[k]:
+                self._halt(d, f"fallback '{name}' proposed {proposed[k].tolist()}, outside the action space")
+            elif d.verdict is Verdict.HALT:
+                d.action = proposed[k]  # the fail-safe action to hold while stopping
+                d.fallback = name
+            else:
+                d.action = proposed[k]
+                d.fallback = name
+
+    def _fail(self, d: Decision, why: list[str]) -> None:
+        """An internal error for this row: fail-safe fallback, HALT, or (fail_mode open) ALLOW."""
+        d.reasons.extend(why)
+        if self.config.fail_mode == "open":
+            d.verdict = Verdict.ALLOW
+            d.action = d.proposed_action
+            d.reasons.append("fail_mode is open: the unchecked action was allowed")
+            return
+        fs = self.config.fail_safe
+        if fs is None:
+            self._halt(d, "no fail_safe fallback is configured")
+            return
+        d.verdict = Verdict.SUBSTITUTE
+        d.rule = ""
+        single = Batch(d.agent_id, d.observation[None], d.proposed_action[None],
+                       np.array([d.step], dtype=np.int64), [d.episode_id], [d.labels])
+        try:
+            action = np.asarray(self.fallbacks[fs].propose(single, {}))[0]
+            if self.spaces.action.invalid(action[None])[0]:
+                raise ValueError(f"fail-safe action {action.tolist()} is outside the action space")
+        except Exception as e:
+            d.errors.append(f"fallback:{fs}")
+            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
+            return
+        d.action = action
+        d.fallback = fs
+        d.reasons.append(f"fail-safe fallback '{fs}' applied")
+
+    @staticmethod
+    def _halt(d: Decision, why: str) -> None:
+        d.verdict = Verdict.HALT
+        d.action = None
+        d.fallback = ""
+        d.reasons.append(why)
+
+
+class Guard:
+    """All agents of one config, compiled and loaded.
+
+    Example:
+        >>> guard = Guard.from_file("examples/cartpole/interlock.yaml")   # doctest: +SKIP
+        >>> guard.load()                                                  # doctest: +SKIP
+        >>> [d] = guard.check([CheckInput("cartpole", obs, np.int64(1))])  # doctest: +SKIP
+    """
+
+    MAX_CACHED_IDS = 10_000
+
+    def __init__(self, loaded: LoadedConfig, runtime: ModelRuntime | None = None) -> None:
+        self.loaded = loaded
+        self.version = loaded.version
+        self.runtime = runtime or ModelRuntime.for_config(loaded)
+        self.agents = [
+            AgentRuntime(a, self.runtime, loaded.version, f"{loaded.source}: agents[{i}] ({a.id})")
+            for i, a in enumerate(loaded.config.agents)
+        ]
+        self._by_id: dict[str, AgentRuntime] = {}
+        self.ready = False
+
+    @classmethod
+    def from_file(cls, path: str) -> Guard:
+        from interlock.config import load_config
+
+        return cls(load_config(path))
+
+    def load(self) -> Guard:
+        """Load every model; raises ConfigError naming the model that failed."""
+        for a in self.agents:
+            a.load()
+        self.ready = True
+        return self
+
+    def unload(self) -> None:
+        self.ready = False
+        for a in self.agents:
+            a.unload()
+
+    def agent(self, agent_id: str) -> AgentRuntime:
+        """The runtime for ``agent_id`` (exact id or first glob); raises UnknownAgent."""
+        rt = self._by_id.get(agent_id)
+        if rt is not None:
+            return rt
+        if not agent_id:
+            raise InvalidRequest("agent_id is empty; set it to one of the configured agents")
+        for a in self.agents:
+            if a.config.matches(agent_id):
+                if len(self._by_id) < self.MAX_CACHED_IDS:
+                    self._by_id[agent_id] = a
+                return a
+        known = ", ".join(a.config.id for a in self.agents)
+        raise UnknownAgent(f"agent_id '{agent_id}' matches no agent in the config (configured: {known})")
+
+    def validate(self, items: Sequence[CheckInput], indexed: bool = False
+                 ) -> list[tuple[AgentRuntime, np.ndarray, np.ndarray]]:
+        """Resolve the agent and coerce arrays of every request; the first bad one raises."""
+        out = []
+        for i, item in enumerate(items):
+            where = f"requests[{i}]" if indexed else ""
+            try:
+                rt = self.agent(item.agent_id)
+            except (UnknownAgent, InvalidRequest) as e:
+                if indexed:
+                    e.message = f"{where}: {e.message}"
+                    e.args = (e.message,)
+                raise
+            obs, act = rt.validate(item, where)
+            out.append((rt, obs, act))
+        return out
+
+    def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
+        """Decide every request, batching the requests of each agent together.
+
+        Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
+        the first malformed request (nothing is decided then).
+        """
+        validated = self.validate(items, indexed)
+        if len(items) == 1:
+            rt, obs, act = validated[0]
+            return rt.decide(items, obs[None], act[None])
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, (rt, _, _) in enumerate(validated):
+            groups[id(rt)].append(i)
+        result: list[Decision | None] = [None] * len(items)
+        for idx in groups.values():
+            rt = validated[idx[0]][0]
+            obs = np.stack([validated[i][1] for i in idx])
+            act = np.stack([validated[i][2] for i in idx])
+            for i, d in zip(idx, rt.decide([items[i] for i in idx], obs, act), strict=True):
+                result[i] = d
+        return result  # type: ignore[return-value]

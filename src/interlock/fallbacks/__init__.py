@@ -1,0 +1,44 @@
+"""Fallbacks: conservative substitute actions.
+
+To add a kind: subclass :class:`Fallback`, add its config model to
+``interlock.config.FallbackConfig`` and a builder to :data:`BUILDERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from interlock.fallbacks.base import Fallback
+from interlock.fallbacks.clip import ClipFallback
+from interlock.fallbacks.constant import ConstantFallback
+from interlock.fallbacks.onnx_policy import OnnxPolicyFallback
+
+__all__ = ["BUILDERS", "ClipFallback", "ConstantFallback", "Fallback", "OnnxPolicyFallback", "build_fallback"]
+
+
+def _constant(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    return ConstantFallback(name, spaces, runtime, cfg.action, where=where)
+
+
+def _onnx_policy(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    return OnnxPolicyFallback(
+        name, spaces, runtime, cfg.model, cfg.output, cfg.input_name, cfg.output_name, where=where
+    )
+
+
+def _clip(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    return ClipFallback(name, spaces, runtime)
+
+
+#: config ``kind`` -> builder(name, config, spaces, runtime, where) -> Fallback
+BUILDERS: dict[str, Callable[..., Fallback]] = {
+    "constant": _constant,
+    "onnx_policy": _onnx_policy,
+    "clip": _clip,
+}
+
+
+def build_fallback(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    """Construct (not load) the fallback that ``cfg.kind`` names."""
+    return BUILDERS[cfg.kind](name, cfg, spaces, runtime, where)

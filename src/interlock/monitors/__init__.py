@@ -1,0 +1,36 @@
+"""Monitors: signals from a batch of observations and actions.
+
+To add a monitor kind: subclass :class:`Monitor`, add its config model to
+``interlock.config.MonitorConfig``, and a builder to :data:`BUILDERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from interlock.monitors.action_space import ActionSpaceMonitor
+from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.monitors.rules import RulesMonitor
+
+__all__ = ["BUILDERS", "ActionSpaceMonitor", "Batch", "Monitor", "RulesMonitor", "SignalBatch", "build_monitor"]
+
+
+def _action_space(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    return ActionSpaceMonitor(cfg.name, spaces, runtime)
+
+
+def _rules(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    return RulesMonitor(cfg.name, spaces, runtime, cfg.constraints, where=where)
+
+
+#: config ``kind`` -> builder(config, spaces, runtime, where) -> Monitor
+BUILDERS: dict[str, Callable[..., Monitor]] = {
+    "action_space": _action_space,
+    "rules": _rules,
+}
+
+
+def build_monitor(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    """Construct (not load) the monitor that ``cfg.kind`` names."""
+    return BUILDERS[cfg.kind](cfg, spaces, runtime, where)

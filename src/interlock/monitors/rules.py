@@ -1,0 +1,48 @@
+"""The ``rules`` monitor: operator-written constraints in CEL, one signal each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.policies.cel import CelEvalError, CelPredicate, make_env
+
+
+class RulesMonitor(Monitor):
+    """Each constraint is a CEL expression that must hold; its signal is 1.0 (tripped) when it does not.
+
+    A constraint that cannot be evaluated for a row (an index out of range, say)
+    counts as violated for that row: fail closed.
+
+    Example config::
+
+        - kind: rules
+          constraints:
+            cart_in_track: "math.abs(obs[0]) < 2.0"
+    """
+
+    kind = "rules"
+
+    def __init__(self, name, spaces, runtime, constraints: dict[str, str], where: str = "rules") -> None:
+        super().__init__(name, spaces, runtime)
+        env = make_env(spaces.action.discrete, with_signals=False)
+        self._constraints = {
+            key: CelPredicate(env, expr, f"{where}.constraints.{key}") for key, expr in constraints.items()
+        }
+
+    @property
+    def signal_names(self) -> list[str]:
+        return list(self._constraints)
+
+    def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        rows = batch.rows()
+        out: dict[str, SignalBatch] = {}
+        for key, predicate in self._constraints.items():
+            violated = np.empty(len(rows), dtype=np.float64)
+            for i, row in enumerate(rows):
+                try:
+                    violated[i] = 0.0 if predicate(row) else 1.0
+                except CelEvalError:
+                    violated[i] = 1.0
+            out[key] = SignalBatch.above(violated, 0.5)
+        return out
