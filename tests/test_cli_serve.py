@@ -34,7 +34,8 @@ agents:
         with GuardClient(target, agent_id="cartpole") as client:
             assert client.check(np.zeros(4, np.float32), 1).allowed
             health = health_pb2_grpc.HealthStub(client.channel)
-            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            status = health.Check(health_pb2.HealthCheckRequest()).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "shutting down" in proc.stdout.read()

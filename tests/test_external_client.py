@@ -17,7 +17,8 @@ CLIENT = textwrap.dedent('''
     from interlock.v1 import interlock_pb2 as pb, interlock_pb2_grpc as rpc
 
     def tensor_f32(values):
-        return pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[len(values)], data=struct.pack("<%df" % len(values), *values))
+        data = struct.pack("<%df" % len(values), *values)
+        return pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[len(values)], data=data)
 
     def req(theta, action):
         return pb.CheckRequest(agent_id="cartpole", observation=tensor_f32([0, 0, theta, 0]),

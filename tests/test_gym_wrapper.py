@@ -19,7 +19,7 @@ def test_wrapper_executes_the_decided_action(server):
     shadow.reset(seed=3)
     substituted = 0
     for _ in range(200):
-        obs, reward, terminated, truncated, info = env.step(1)  # always push right: the pole tips over
+        obs, _, terminated, truncated, info = env.step(1)  # always push right: the pole tips over
         decision = info["interlock"]
         executed = 1 if decision["verdict"] == "ALLOW" else decision["action"]
         if abs(decision["signals"]["limits.pole_upright"]["value"]) > 0:
