@@ -69,7 +69,6 @@ class TabularReachabilityMonitor(Monitor):
                               f"{size} elements")
         self.field = field or 0
         self.transitions = runtime.resolve(model.transitions)
-        self.cache = runtime.resolve(model.cache) if model.cache else default_cache_path(self.transitions)
         risk = cfg.risk
         self.settings = ShieldSettings(
             delta=risk.delta if risk else None,
@@ -77,6 +76,8 @@ class TabularReachabilityMonitor(Monitor):
             relative=risk.relative if risk else False,
             relative_reachability=cfg.relative_reachability,
         )
+        self.cache = (runtime.resolve(model.cache) if model.cache
+                      else default_cache_path(self.transitions, self.settings))
         self.risk_threshold = risk.delta if risk else 0.0
         self.irreversibility_threshold = (
             0.5 if cfg.irreversibility_threshold is None else cfg.irreversibility_threshold

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the solvers or the table layout change: old caches are then rebuilt.
 FORMAT_VERSION = 1
+#: Models with fewer transitions solve in well under a second: no progress bars for them.
+PROGRESS_MIN_TRANSITIONS = 100_000
 #: Horizon of the ``risk`` signal when no ``risk:`` setting is given.
 DEFAULT_RISK_HORIZON = 100
 
@@ -135,14 +137,18 @@ def cache_key(transitions: Path, settings: ShieldSettings) -> str:
     return h.hexdigest()
 
 
-def default_cache_path(transitions: Path) -> Path:
-    """``maze.npz`` -> ``maze.shield.npz`` beside it."""
-    return transitions.with_name(transitions.stem + ".shield.npz")
+def default_cache_path(transitions: Path, settings: ShieldSettings | None = None) -> Path:
+    """``maze.npz`` -> ``maze.shield.npz`` beside it (``maze.shield-<hash>.npz`` for non-default settings)."""
+    if settings is None or settings == ShieldSettings():
+        return transitions.with_name(transitions.stem + ".shield.npz")
+    tag = hashlib.sha256(settings.as_json().encode()).hexdigest()[:8]
+    return transitions.with_name(f"{transitions.stem}.shield-{tag}.npz")
 
 
 def build_tables(model: TabularModel, settings: ShieldSettings, key: str = "", progress: bool = False
                  ) -> ShieldTables:
-    """Solve everything the shield needs for ``model``."""
+    """Solve everything the shield needs for ``model`` (progress bars only for models this large or more)."""
+    progress = progress and len(model.row) >= PROGRESS_MIN_TRANSITIONS
     win, exact = winning_region(model, progress=progress)
     q, _ = safety_values(model, settings.horizon, progress=progress)
     allowed = exact if settings.delta is None else risk_allowed(model, q, settings.delta, settings.relative)
@@ -167,7 +173,7 @@ def tables_for(transitions: Path, settings: ShieldSettings, cache: Path | None =
     Args:
         transitions: The model ``.npz``.
         settings: Risk and reachability settings.
-        cache: Cache file; default :func:`default_cache_path`.
+        cache: Cache file; default :func:`default_cache_path` for the settings.
         write_cache: Write the cache after solving (``interlock shield build``); loading a
             config does not write files.
         progress: Show progress bars while solving.
@@ -183,7 +189,7 @@ def tables_for(transitions: Path, settings: ShieldSettings, cache: Path | None =
     if not transitions.is_file():
         raise ConfigError(f"{transitions}: transitions file does not exist")
     key = cache_key(transitions, settings)
-    cache = cache or default_cache_path(transitions)
+    cache = cache or default_cache_path(transitions, settings)
     with _MEMO_LOCK:
         hit = None if force else _MEMO.get((str(transitions.resolve()), key))
     if hit is not None:
