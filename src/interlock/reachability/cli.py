@@ -76,7 +76,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                                         progress=not args.quiet, force=args.force)
             took = time.perf_counter() - start
             s = tables.summary()
-            what = {"cache": "up to date", "memory": "done above"}.get(origin, f"solved in {took:.2f} s")
+            what = "up to date" if origin in ("cache", "memory") else f"solved in {took:.2f} s"
             print(f"{agent.id}/{mon.name}: {cache} ({what}): {s['states']} states, {s['actions']} actions; "
                   f"winning {s['winning']}, lost {s['lost']}, unsafe {s['unsafe']}; "
                   f"allowed {s['allowed_pairs']}/{s['live_pairs']} live state-action pairs")
