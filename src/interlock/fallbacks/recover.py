@@ -16,8 +16,8 @@ class RecoverFallback(Fallback):
     Candidates: every action (discrete); for box actions, ``candidates`` points drawn
     uniformly in the box once at load, plus per row the backup policy's action and the
     proposed action clipped to the box. Ranking, lexicographic: fewest failing members,
-    then the largest worst-case margin, then closeness to the proposed action (for
-    discrete actions: the proposed action, then the backup's, then the rest).
+    then the largest worst-case margin, then the backup policy's action (the proposed
+    one was flagged), then closeness to the proposed action.
     """
 
     kind = "recover"
@@ -58,8 +58,7 @@ class RecoverFallback(Fallback):
         proposed = np.asarray(batch.actions)
         if space.discrete:
             cands = np.broadcast_to(self._fixed, (n, len(self._fixed)))
-            closeness = np.where(cands == proposed.reshape(n, 1), 0.0,
-                                 np.where(cands == backup.reshape(n, 1), 0.5, 1.0))
+            closeness = (cands != proposed.reshape(n, 1)).astype(np.float64)
         else:
             clipped = np.clip(np.nan_to_num(proposed, nan=0.0), space.low, space.high)
             fixed = np.broadcast_to(self._fixed, (n, *self._fixed.shape))
@@ -73,6 +72,13 @@ class RecoverFallback(Fallback):
         result = mon.evaluate(flat_obs, flat_act)
         share = result.failing_share.reshape(n, C)
         margin = result.worst_margin.reshape(n, C)
-        best = np.array([np.lexsort((closeness[i], -margin[i], share[i]))[0] for i in range(n)],
+        is_backup = np.zeros(cands.shape[:2], dtype=bool)
+        if space.discrete:
+            is_backup = cands == backup.reshape(n, 1)
+        else:
+            is_backup[:, 1] = True
+        # Lexicographic: fewest failing members, largest worst-case margin, the backup's own action
+        # (the proposed one was flagged), then the candidate closest to the proposed action.
+        best = np.array([np.lexsort((closeness[i], ~is_backup[i], -margin[i], share[i]))[0] for i in range(n)],
                         dtype=np.int64)
         return cands[np.arange(n), best].astype(space.dtype)

@@ -94,6 +94,15 @@ class OnnxDynamics:
 
     def _probe(self) -> None:
         """One call on zeros: learn K and check the output shape."""
+        try:
+            self._probe_run()
+        except ConfigError:
+            raise
+        except Exception as e:  # onnxruntime raises several unrelated types
+            raise ConfigError(f"{self.where}: the dynamics model does not run on observations of "
+                              f"obs_dim {self.obs_dim} and this agent's actions: {e}") from None
+
+    def _probe_run(self) -> None:
         n = 2
         obs = np.zeros((n, self.obs_dim))
         act = np.zeros((n, *self.action.shape), dtype=self.action.dtype) if not self.action.discrete else (
