@@ -41,8 +41,9 @@ def with_fallback(loaded: LoadedConfig, fallback: str) -> LoadedConfig:
     return LoadedConfig(parse_config(cfg), loaded.base_dir, f"{loaded.version}-{fallback}", loaded.source)
 
 
-def run(physics: Physics, guard: Guard | None, epsilon: float, seeds: int, episodes: int,
-        max_steps: int = 500) -> dict[str, Any]:
+def run(
+    physics: Physics, guard: Guard | None, epsilon: float, seeds: int, episodes: int, max_steps: int = 500
+) -> dict[str, Any]:
     import gymnasium as gym
     import onnxruntime as ort
 
@@ -70,8 +71,9 @@ def run(physics: Physics, guard: Guard | None, epsilon: float, seeds: int, episo
         actions = proposed
         if guard is not None:
             t0 = time.perf_counter()
-            decisions = guard.check([CheckInput("cartpole-recovery", batch[j], np.int64(proposed[j]))
-                                     for j in range(len(active))])
+            decisions = guard.check(
+                [CheckInput("cartpole-recovery", batch[j], np.int64(proposed[j])) for j in range(len(active))]
+            )
             check_seconds += time.perf_counter() - t0
             actions = []
             for d in decisions:
@@ -102,14 +104,20 @@ def run(physics: Physics, guard: Guard | None, epsilon: float, seeds: int, episo
     for env in envs:
         env.close()
     r = np.asarray(returns)
-    return {"episodes": len(r), "failures": int(np.sum(fails)), "failure_rate": float(np.mean(fails)),
-            "failure_causes": causes,
-            "return_mean": float(r.mean()), "return_std": float(r.std()),
-            "intervention_rate": interventions / max(steps, 1), "halts": halts,
-            "check_ms_per_call": 1e3 * check_seconds / max(steps / seeds, 1) if guard else 0.0}
+    return {
+        "episodes": len(r),
+        "failures": int(np.sum(fails)),
+        "failure_rate": float(np.mean(fails)),
+        "failure_causes": causes,
+        "return_mean": float(r.mean()),
+        "return_std": float(r.std()),
+        "intervention_rate": interventions / max(steps, 1),
+        "halts": halts,
+        "check_ms_per_call": 1e3 * check_seconds / max(steps / seeds, 1) if guard else 0.0,
+    }
 
 
-def learned_evidence(seeds: int = 5, episodes: int = 4, epsilon: float = 0.2) -> dict[str, Any]:
+def learned_evidence(seeds: int = 5, episodes: int = 4, epsilon: float = 0.3) -> dict[str, Any]:
     base = load_config(EXAMPLE / "interlock.yaml")
     rows = []
     for pname, physics in (("nominal", NOMINAL), ("shifted", SHIFTED)):
@@ -117,24 +125,40 @@ def learned_evidence(seeds: int = 5, episodes: int = 4, epsilon: float = 0.2) ->
             guard = None if mode == "unguarded" else Guard(with_fallback(base, mode)).load()
             start = time.perf_counter()
             res = run(physics, guard, epsilon, seeds, episodes)
-            res.update(physics=pname, mode=mode if mode == "unguarded" else f"guarded, {mode} fallback",
-                       seconds=time.perf_counter() - start)
+            res.update(
+                physics=pname,
+                mode=mode if mode == "unguarded" else f"guarded, {mode} fallback",
+                seconds=time.perf_counter() - start,
+            )
             rows.append(res)
-            print(f"CartPole {pname:8s} {res['mode']:26s} failures {res['failures']:3d}/{res['episodes']}  "
-                  f"return {res['return_mean']:7.1f}  interventions {res['intervention_rate']:.3f}", flush=True)
-    return {"seeds": seeds, "episodes_per_seed": episodes, "epsilon": epsilon,
-            "shift": {k: v for k, v in SHIFTED.__dict__.items() if NOMINAL.__dict__[k] != v}, "rows": rows}
+            print(
+                f"CartPole {pname:8s} {res['mode']:26s} failures {res['failures']:3d}/{res['episodes']}  "
+                f"return {res['return_mean']:7.1f}  interventions {res['intervention_rate']:.3f}",
+                flush=True,
+            )
+    return {
+        "seeds": seeds,
+        "episodes_per_seed": episodes,
+        "epsilon": epsilon,
+        "shift": {k: v for k, v in SHIFTED.__dict__.items() if NOMINAL.__dict__[k] != v},
+        "rows": rows,
+    }
 
 
 def learned_table(result: dict[str, Any]) -> str:
     shift = ", ".join(f"{k} {NOMINAL.__dict__[k]} -> {v}" for k, v in result["shift"].items())
-    out = [f"{result['seeds']} seeds x {result['episodes_per_seed']} episodes per row, agent epsilon "
-           f"{result['epsilon']}; shift: {shift}.", "",
-           "| physics | mode | failures (pole down / cart out) | return (mean ± sd) | intervention rate |",
-           "|---|---|---|---|---|"]
+    out = [
+        f"{result['seeds']} seeds x {result['episodes_per_seed']} episodes per row, agent epsilon "
+        f"{result['epsilon']}; shift: {shift}.",
+        "",
+        "| physics | mode | failures (pole down / cart out) | return (mean ± sd) | intervention rate |",
+        "|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        out.append(f"| {r['physics']} | {r['mode']} | {r['failures']}/{r['episodes']} ({r['failure_rate']:.0%}) "
-                   f"| {r['return_mean']:.1f} ± {r['return_std']:.1f} | {r['intervention_rate']:.1%} |")
+        out.append(
+            f"| {r['physics']} | {r['mode']} | {r['failures']}/{r['episodes']} ({r['failure_rate']:.0%}) "
+            f"| {r['return_mean']:.1f} ± {r['return_std']:.1f} | {r['intervention_rate']:.1%} |"
+        )
     return "\n".join(out)
 
 

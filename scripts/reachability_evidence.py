@@ -37,7 +37,6 @@ from interlock.engine import CheckInput, Guard, Verdict  # noqa: E402
 from interlock.reachability.agents import EpsilonGreedy, RandomAgent, q_values  # noqa: E402
 from interlock.reachability.gym_models import cliffwalking_model, frozenlake_model  # noqa: E402
 
-
 # ---------------------------------------------------------------------------- exact
 
 
@@ -66,8 +65,13 @@ CASES = [
     Case("CliffWalking", "CliffWalking-v1", {}, 200),
     Case("CliffWalking slippery", "CliffWalking-v1", {"is_slippery": True}, 200),
     Case("FrozenLake 4x4", "FrozenLake-v1", {"map_name": "4x4", "is_slippery": False}, 100),
-    Case("FrozenLake 4x4 slippery", "FrozenLake-v1", {"map_name": "4x4", "is_slippery": True}, 100,
-         risk={"delta": 0.1, "horizon": 10}),
+    Case(
+        "FrozenLake 4x4 slippery",
+        "FrozenLake-v1",
+        {"map_name": "4x4", "is_slippery": True},
+        100,
+        risk={"delta": 0.1, "horizon": 10},
+    ),
     Case("FrozenLake 8x8", "FrozenLake-v1", {"map_name": "8x8", "is_slippery": False}, 200),
     Case("FrozenLake 8x8 slippery", "FrozenLake-v1", {"map_name": "8x8", "is_slippery": True}, 200),
 ]
@@ -75,20 +79,40 @@ CASES = [
 
 def shield_config(transitions: Path, scores: Path | None, risk: dict | None, base: Path) -> LoadedConfig:
     """The same YAML a user writes (as a dict): a reachability monitor, one rule, the shield fallback."""
-    monitor: dict[str, Any] = {"kind": "reachability", "name": "shield",
-                               "model": {"kind": "tabular", "transitions": str(transitions)}}
+    monitor: dict[str, Any] = {
+        "kind": "reachability",
+        "name": "shield",
+        "model": {"kind": "tabular", "transitions": str(transitions)},
+    }
     if risk:
         monitor["risk"] = risk
     fallback: dict[str, Any] = {"kind": "shield", "monitor": "shield"}
     if scores is not None:
         fallback["scores"] = str(scores)
-    cfg = parse_config({"agents": [{
-        "id": "agent", "observation": {"shape": [], "dtype": "int64"},
-        "action": {"type": "discrete", "n": 4}, "monitors": [monitor],
-        "policy": {"rules": [{"name": "shield", "when": "tripped.shield.unsafe", "verdict": "substitute",
-                              "fallback": "safe"}]},
-        "fallbacks": {"safe": fallback}, "fail_safe": "safe",
-    }]})
+    cfg = parse_config(
+        {
+            "agents": [
+                {
+                    "id": "agent",
+                    "observation": {"shape": [], "dtype": "int64"},
+                    "action": {"type": "discrete", "n": 4},
+                    "monitors": [monitor],
+                    "policy": {
+                        "rules": [
+                            {
+                                "name": "shield",
+                                "when": "tripped.shield.unsafe",
+                                "verdict": "substitute",
+                                "fallback": "safe",
+                            }
+                        ]
+                    },
+                    "fallbacks": {"safe": fallback},
+                    "fail_safe": "safe",
+                }
+            ]
+        }
+    )
     return LoadedConfig(cfg, base, "evidence", "evidence")
 
 
@@ -116,12 +140,25 @@ class Tally:
         }
 
 
-def run_toy(case: Case, agent_kind: str, guard: Guard | None, q: np.ndarray, unsafe_states: set[int],
-            goal: int, seeds: int, episodes: int, epsilon: float) -> dict[str, float]:
+def run_toy(
+    case: Case,
+    agent_kind: str,
+    guard: Guard | None,
+    q: np.ndarray,
+    unsafe_states: set[int],
+    goal: int,
+    seeds: int,
+    episodes: int,
+    epsilon: float,
+) -> dict[str, float]:
     """``seeds`` environments in lockstep, ``episodes`` each; one batched Guard call per step."""
     envs = [case.make() for _ in range(seeds)]
-    agents = [EpsilonGreedy(q, epsilon, np.random.default_rng(1000 + i)) if agent_kind == "epsilon-greedy"
-              else RandomAgent(q.shape[1], np.random.default_rng(1000 + i)) for i in range(seeds)]
+    agents = [
+        EpsilonGreedy(q, epsilon, np.random.default_rng(1000 + i))
+        if agent_kind == "epsilon-greedy"
+        else RandomAgent(q.shape[1], np.random.default_rng(1000 + i))
+        for i in range(seeds)
+    ]
     tally = Tally()
     obs = [env.reset(seed=10_000 * i)[0] for i, env in enumerate(envs)]
     done_eps = [0] * seeds
@@ -133,8 +170,12 @@ def run_toy(case: Case, agent_kind: str, guard: Guard | None, q: np.ndarray, uns
         if guard is None:
             actions = proposed
         else:
-            decisions = guard.check([CheckInput("agent", np.int64(obs[i]), np.int64(a))
-                                     for i, a in zip(active, proposed, strict=True)])
+            decisions = guard.check(
+                [
+                    CheckInput("agent", np.int64(obs[i]), np.int64(a))
+                    for i, a in zip(active, proposed, strict=True)
+                ]
+            )
             actions = []
             for d in decisions:
                 tally.interventions += d.verdict is not Verdict.ALLOW
@@ -191,25 +232,37 @@ def exact_evidence(seeds: int, episodes: int, epsilon: float, workdir: Path) -> 
             for mode, risk in modes:
                 guard = None
                 if risk is not None:
-                    guard = Guard(shield_config(transitions, scores if agent_kind != "random" else None,
-                                                risk or None, workdir)).load()
+                    guard = Guard(
+                        shield_config(
+                            transitions, scores if agent_kind != "random" else None, risk or None, workdir
+                        )
+                    ).load()
                 start = time.perf_counter()
                 res = run_toy(case, agent_kind, guard, q, unsafe_states, goal, seeds, episodes, epsilon)
                 res.update(env=case.name, agent=agent_kind, mode=mode, seconds=time.perf_counter() - start)
                 rows.append(res)
-                print(f"{case.name:24s} {agent_kind:15s} {mode:32s} unsafe/ep {res['unsafe_per_episode']:7.3f}  "
-                      f"return {res['return_mean']:8.2f}  success {res['success_rate']:.3f}  "
-                      f"interventions {res['intervention_rate']:.3f}", flush=True)
+                print(
+                    f"{case.name:24s} {agent_kind:15s} {mode:32s} "
+                    f"unsafe/ep {res['unsafe_per_episode']:7.3f}  "
+                    f"return {res['return_mean']:8.2f}  success {res['success_rate']:.3f}  "
+                    f"interventions {res['intervention_rate']:.3f}",
+                    flush=True,
+                )
     return rows
 
 
 def exact_table(rows: list[dict[str, Any]]) -> str:
-    out = ["| environment | agent | mode | unsafe steps / episode | episodes with a fall | return (mean ± sd) "
-           "| success | intervention rate |", "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| environment | agent | mode | unsafe steps / episode | episodes with a fall | return (mean ± sd) "
+        "| success | intervention rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['env']} | {r['agent']} | {r['mode']} | {r['unsafe_per_episode']:.3f} "
-                   f"({r['unsafe_total']}) | {r['episodes_with_unsafe']:.1%} | {r['return_mean']:.2f} ± "
-                   f"{r['return_std']:.2f} | {r['success_rate']:.1%} | {r['intervention_rate']:.1%} |")
+        out.append(
+            f"| {r['env']} | {r['agent']} | {r['mode']} | {r['unsafe_per_episode']:.3f} "
+            f"({r['unsafe_total']}) | {r['episodes_with_unsafe']:.1%} | {r['return_mean']:.2f} ± "
+            f"{r['return_std']:.2f} | {r['success_rate']:.1%} | {r['intervention_rate']:.1%} |"
+        )
     return "\n".join(out)
 
 
@@ -217,7 +270,9 @@ def exact_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("part", nargs="?", choices=["all", "exact", "learned"], default="all")
     parser.add_argument("--seeds", type=int, default=20, help="exact: seeds (environments) per cell")
     parser.add_argument("--episodes", type=int, default=25, help="exact: episodes per seed")
@@ -227,14 +282,28 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     results: dict[str, Any] = {}
-    md: list[str] = ["# Reachability evidence", "", "Generated by `python scripts/reachability_evidence.py`.", ""]
+    md: list[str] = [
+        "# Reachability evidence",
+        "",
+        "Generated by `python scripts/reachability_evidence.py`.",
+        "",
+    ]
     if args.part in ("all", "exact"):
         with tempfile.TemporaryDirectory() as tmp:
             rows = exact_evidence(args.seeds, args.episodes, args.epsilon, Path(tmp))
-        results["exact"] = {"seeds": args.seeds, "episodes_per_seed": args.episodes, "epsilon": args.epsilon,
-                            "rows": rows}
-        md += [f"## Exact shields ({args.seeds} seeds x {args.episodes} episodes per row, epsilon "
-               f"{args.epsilon})", "", exact_table(rows), ""]
+        results["exact"] = {
+            "seeds": args.seeds,
+            "episodes_per_seed": args.episodes,
+            "epsilon": args.epsilon,
+            "rows": rows,
+        }
+        md += [
+            f"## Exact shields ({args.seeds} seeds x {args.episodes} episodes per row, epsilon "
+            f"{args.epsilon})",
+            "",
+            exact_table(rows),
+            "",
+        ]
     if args.part in ("all", "learned"):
         from scripts.cartpole_recovery_evidence import learned_evidence, learned_table
 

@@ -32,11 +32,27 @@ def _fresh_memo():
 def shield_agent(transitions: str, **extra) -> dict:
     fallback = {"kind": "shield", "monitor": "shield", **extra.pop("fallback", {})}
     agent = {
-        "id": "toy", "observation": {"shape": [], "dtype": "int64"}, "action": {"type": "discrete", "n": 4},
-        "monitors": [{"kind": "reachability", "name": "shield",
-                      "model": {"kind": "tabular", "transitions": transitions}, **extra.pop("monitor", {})}],
-        "policy": {"rules": [{"name": "shield", "when": "tripped.shield.unsafe", "verdict": "substitute",
-                              "fallback": "safe"}]},
+        "id": "toy",
+        "observation": {"shape": [], "dtype": "int64"},
+        "action": {"type": "discrete", "n": 4},
+        "monitors": [
+            {
+                "kind": "reachability",
+                "name": "shield",
+                "model": {"kind": "tabular", "transitions": transitions},
+                **extra.pop("monitor", {}),
+            }
+        ],
+        "policy": {
+            "rules": [
+                {
+                    "name": "shield",
+                    "when": "tripped.shield.unsafe",
+                    "verdict": "substitute",
+                    "fallback": "safe",
+                }
+            ]
+        },
         "fallbacks": {"safe": fallback},
     }
     agent.update(extra)
@@ -76,11 +92,14 @@ def test_cliffwalking_example_keeps_a_random_agent_off_the_cliff() -> None:
     assert unguarded > 50
 
 
-@pytest.mark.parametrize("agent_id, kwargs", [
-    ("frozenlake-det", {"map_name": "4x4", "is_slippery": False}),
-    ("frozenlake", {"map_name": "4x4", "is_slippery": True}),
-    ("frozenlake-8x8", {"map_name": "8x8", "is_slippery": True}),
-])
+@pytest.mark.parametrize(
+    "agent_id, kwargs",
+    [
+        ("frozenlake-det", {"map_name": "4x4", "is_slippery": False}),
+        ("frozenlake", {"map_name": "4x4", "is_slippery": True}),
+        ("frozenlake-8x8", {"map_name": "8x8", "is_slippery": True}),
+    ],
+)
 def test_frozenlake_example_shields_stop_every_fall(agent_id: str, kwargs: dict) -> None:
     guard = Guard.from_file(str(EXAMPLES / "frozenlake" / "interlock.yaml")).load()
     falls, episodes, _ = run_random(guard, "FrozenLake-v1", 3000, seed=2, agent_id=agent_id, **kwargs)
@@ -95,9 +114,13 @@ def test_signals_on_cliffwalking(tmp_path) -> None:
     cliffwalking_model().save(tmp_path / "cw.npz")
     guard = Guard(loaded([shield_agent("cw.npz")], base_dir=tmp_path)).load()
     UP, RIGHT, DOWN = 0, 1, 2
-    [into_cliff, up, goal] = guard.check([CheckInput("toy", np.int64(36), np.int64(RIGHT)),
-                                          CheckInput("toy", np.int64(36), np.int64(UP)),
-                                          CheckInput("toy", np.int64(35), np.int64(DOWN))])
+    [into_cliff, up, goal] = guard.check(
+        [
+            CheckInput("toy", np.int64(36), np.int64(RIGHT)),
+            CheckInput("toy", np.int64(36), np.int64(UP)),
+            CheckInput("toy", np.int64(35), np.int64(DOWN)),
+        ]
+    )
     sig = {name: value for name, value, _, _ in into_cliff.signals}
     assert sig["shield.unsafe"] == 1.0 and sig["shield.risk"] == 1.0 and sig["shield.lost"] == 0.0
     # From the start, 39 states are reachable (the 37 cells above the cliff row and the start, the goal
@@ -122,7 +145,9 @@ def test_shield_fallback_follows_the_agents_q_values(tmp_path) -> None:
     assert d.verdict is Verdict.SUBSTITUTE
     assert int(d.action) == max(allowed, key=lambda a: q[4, a])
     # Declared order instead of scores.
-    guard = Guard(loaded([shield_agent("fl.npz", fallback={"order": [3, 2, 1, 0]})], base_dir=tmp_path)).load()
+    guard = Guard(
+        loaded([shield_agent("fl.npz", fallback={"order": [3, 2, 1, 0]})], base_dir=tmp_path)
+    ).load()
     [d] = guard.check([CheckInput("toy", np.int64(4), np.int64(2))])
     assert int(d.action) == 3
 
@@ -140,8 +165,9 @@ def test_lost_state_gets_the_safest_action(tmp_path) -> None:
 def test_risk_shield_allows_more_than_the_exact_one(tmp_path) -> None:
     frozenlake_model("4x4", is_slippery=True).save(tmp_path / "fl.npz")
     exact = Guard(loaded([shield_agent("fl.npz")], base_dir=tmp_path)).load()
-    risky = Guard(loaded([shield_agent("fl.npz", monitor={"risk": {"delta": 0.1, "horizon": 10}})],
-                         base_dir=tmp_path)).load()
+    risky = Guard(
+        loaded([shield_agent("fl.npz", monitor={"risk": {"delta": 0.1, "horizon": 10}})], base_dir=tmp_path)
+    ).load()
     a_exact, a_risk = exact.agents[0].monitors[0].tables.allowed, risky.agents[0].monitors[0].tables.allowed
     assert (a_exact <= a_risk).all() and a_risk.sum() > a_exact.sum()
     [d] = risky.check([CheckInput("toy", np.int64(14), np.int64(2))])  # 14 -> right reaches the goal often
@@ -171,13 +197,19 @@ def test_state_field_of_a_vector_observation(tmp_path) -> None:
     assert d.verdict is Verdict.HALT and any("not a whole number" in r for r in d.reasons)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"fallback": {"monitor": "nope"}}, "names 'nope', which is not one of the agent's monitors (shield)"),
-    ({"action": {"type": "box", "shape": [1], "low": 0, "high": 1}}, "needs a discrete action space"),
-    ({"observation": {"shape": [2], "dtype": "int64"}}, "say which one holds the state index"),
-    ({"action": {"type": "discrete", "n": 3}}, "has 4 actions; the agent's action space has n=3"),
-    ({"monitor": {"constraints": {"x": "obs[0] < 1.0"}}}, "constraints only apply to model kind"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"fallback": {"monitor": "nope"}},
+            "names 'nope', which is not one of the agent's monitors (shield)",
+        ),
+        ({"action": {"type": "box", "shape": [1], "low": 0, "high": 1}}, "needs a discrete action space"),
+        ({"observation": {"shape": [2], "dtype": "int64"}}, "say which one holds the state index"),
+        ({"action": {"type": "discrete", "n": 3}}, "has 4 actions; the agent's action space has n=3"),
+        ({"monitor": {"constraints": {"x": "obs[0] < 1.0"}}}, "constraints only apply to model kind"),
+    ],
+)
 def test_config_errors_say_what_to_fix(tmp_path, change: dict, message: str) -> None:
     cliffwalking_model().save(tmp_path / "cw.npz")
     with pytest.raises(ConfigError) as err:
@@ -212,3 +244,28 @@ def test_shield_build_without_tabular_monitors(tmp_path, capsys) -> None:
     assert cli_main(["shield", "build", str(cfg)]) == 1
     assert "no reachability monitor with a tabular model" in capsys.readouterr().err
     assert cli_main(["shield", "build", str(cfg), "--agent", "zzz"]) == 2
+
+
+def test_random_agent_through_the_wrapper_and_a_real_server_never_falls() -> None:
+    """End to end: gRPC server on loopback, InterlockWrapper, int64 scalar observations."""
+    from interlock import InterlockWrapper
+    from interlock.server.background import background_server
+
+    with background_server(load_config(EXAMPLES / "cliffwalking" / "interlock.yaml")) as srv:
+        env = InterlockWrapper(
+            gym.make("CliffWalking-v1", max_episode_steps=200),
+            f"127.0.0.1:{srv.port}",
+            agent_id="cliffwalking",
+        )
+        rng = np.random.default_rng(3)
+        env.reset(seed=3)
+        falls = 0
+        for _ in range(600):
+            _, reward, term, trunc, info = env.step(int(rng.integers(4)))
+            falls += reward <= -100
+            assert info["interlock"]["verdict"] in ("ALLOW", "SUBSTITUTE")
+            if term or trunc:
+                env.reset()
+        env.close()
+    assert falls == 0
+    assert env.verdict_counts.get("SUBSTITUTE", 0) > 0

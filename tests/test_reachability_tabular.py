@@ -46,8 +46,14 @@ def ref_safety(P: np.ndarray, unsafe: set[int], terminal: set[int], horizon: int
     q = np.zeros((S, A))
     for _ in range(horizon):
         q = np.array([[sum(P[s, a, t] * v[t] for t in range(S)) for a in range(A)] for s in range(S)])
-        v = [0.0 if s in unsafe else 1.0 if s in terminal else
-             max(q[s, a] for a in range(A) if P[s, a].sum() > 0) for s in range(S)]
+        v = [
+            0.0
+            if s in unsafe
+            else 1.0
+            if s in terminal
+            else max(q[s, a] for a in range(A) if P[s, a].sum() > 0)
+            for s in range(S)
+        ]
     return q
 
 
@@ -77,7 +83,7 @@ def random_mdp(rng: np.random.Generator, S: int, A: int) -> tuple[np.ndarray, li
             P[s, a, succ] = rng.dirichlet(np.ones(k))
     states = rng.permutation(S)
     n_unsafe = int(rng.integers(1, max(2, S // 4)))
-    return P, sorted(states[:n_unsafe].tolist()), sorted(states[n_unsafe:n_unsafe + 1].tolist())
+    return P, sorted(states[:n_unsafe].tolist()), sorted(states[n_unsafe : n_unsafe + 1].tolist())
 
 
 # ---------------------------------------------------------------------------- solvers vs references
@@ -89,7 +95,7 @@ def test_solvers_match_references_on_random_mdps(seed: int) -> None:
     S, A = int(rng.integers(3, 14)), int(rng.integers(1, 4))
     P, unsafe, terminal = random_mdp(rng, S, A)
     m = TabularModel.from_dense(P, unsafe=unsafe, terminal=terminal)
-    win, allowed = winning_region(m)
+    win, _allowed = winning_region(m)
     assert set(np.flatnonzero(win).tolist()) == ref_winning(P, set(unsafe), set(terminal))
     q, _ = safety_values(m, 7)
     ref_q = ref_safety(P, set(unsafe), set(terminal), 7)
@@ -102,8 +108,17 @@ def test_dense_and_sparse_files_give_the_same_model(tmp_path) -> None:
     P, unsafe, terminal = random_mdp(np.random.default_rng(7), 9, 3)
     np.savez(tmp_path / "dense.npz", P=P, unsafe=np.array(unsafe), terminal=np.array(terminal))
     s, a, d = np.nonzero(P)
-    np.savez(tmp_path / "sparse.npz", P_state=s, P_action=a, P_next=d, P_prob=P[s, a, d], n_states=9,
-             n_actions=3, unsafe=np.isin(np.arange(9), unsafe), terminal=np.array(terminal))
+    np.savez(
+        tmp_path / "sparse.npz",
+        P_state=s,
+        P_action=a,
+        P_next=d,
+        P_prob=P[s, a, d],
+        n_states=9,
+        n_actions=3,
+        unsafe=np.isin(np.arange(9), unsafe),
+        terminal=np.array(terminal),
+    )
     dense, sparse = load_tabular(tmp_path / "dense.npz"), load_tabular(tmp_path / "sparse.npz")
     np.testing.assert_allclose(dense.dense(), sparse.dense())
     assert (dense.unsafe == sparse.unsafe).all() and (dense.terminal == sparse.terminal).all()
@@ -144,8 +159,18 @@ def test_probabilistic_shield_threshold() -> None:
         ({"P": np.full((2, 1, 2), 0.3), "unsafe": [1]}, "sums to 0.6"),
         ({"P": np.ones((2, 1, 3)), "unsafe": [1]}, "shape [S, A, S]"),
         ({"P": np.eye(2)[:, None, :]}, "missing key 'unsafe'"),
-        ({"P_state": [0], "P_action": [0], "P_next": [5], "P_prob": [1.0], "n_states": 2, "n_actions": 1,
-          "unsafe": [1]}, "next state index 5"),
+        (
+            {
+                "P_state": [0],
+                "P_action": [0],
+                "P_next": [5],
+                "P_prob": [1.0],
+                "n_states": 2,
+                "n_actions": 1,
+                "unsafe": [1],
+            },
+            "next state index 5",
+        ),
         ({"P_state": [0], "unsafe": [1]}, "missing P_action"),
         ({"P": np.eye(2)[:, None, :], "unsafe": [3]}, "outside [0, 2)"),
     ],
@@ -208,7 +233,7 @@ def test_winning_region_is_an_inductive_invariant_on_real_env_models(name: str) 
 def test_cliffwalking_shield_forbids_exactly_the_cliff_moves() -> None:
     m = cliffwalking_model()
     win, allowed = winning_region(m)
-    UP, RIGHT, DOWN, LEFT = range(4)
+    _UP, _RIGHT, DOWN, _LEFT = range(4)
     assert win[:37].all() and win[47] and not win[37:47].any() and not win[48]
     assert allowed[36].tolist() == [True, False, True, True]  # start: right steps into the cliff
     for s in range(25, 35):  # row above the cliff: down is forbidden, the rest allowed

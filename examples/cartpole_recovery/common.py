@@ -1,4 +1,4 @@
-"""CartPole pieces shared by ``train.py`` and the evidence script: physics shifts, a vectorised simulator, agents.
+"""CartPole pieces shared by ``train.py`` and the evidence: physics shifts, a vectorised simulator, agents.
 
 The simulator integrates exactly the equations of gymnasium's ``CartPoleEnv``
 (explicit Euler, tau 0.02) for many states at once; training the linear
@@ -42,7 +42,7 @@ SHIFTED = Physics(masspole=0.3, length=0.3, force_mag=7.0)
 
 
 def step(states: np.ndarray, actions: np.ndarray, p: Physics) -> np.ndarray:
-    """``[N, 4]`` states and ``[N]`` actions in {0, 1} -> ``[N, 4]`` next states (CartPoleEnv's Euler step)."""
+    """``[N, 4]`` states, ``[N]`` actions in {0, 1} -> ``[N, 4]`` next states (CartPoleEnv's Euler step)."""
     x, x_dot, theta, theta_dot = states.T
     force = np.where(actions == 1, p.force_mag, -p.force_mag)
     cos, sin = np.cos(theta), np.sin(theta)
@@ -51,8 +51,10 @@ def step(states: np.ndarray, actions: np.ndarray, p: Physics) -> np.ndarray:
     temp = (force + pml * theta_dot**2 * sin) / total
     theta_acc = (p.gravity * sin - cos * temp) / (p.length * (4.0 / 3.0 - p.masspole * cos**2 / total))
     x_acc = temp - pml * theta_acc * cos / total
-    return np.stack([x + p.tau * x_dot, x_dot + p.tau * x_acc, theta + p.tau * theta_dot,
-                     theta_dot + p.tau * theta_acc], axis=1)
+    return np.stack(
+        [x + p.tau * x_dot, x_dot + p.tau * x_acc, theta + p.tau * theta_dot, theta_dot + p.tau * theta_acc],
+        axis=1,
+    )
 
 
 def failed(states: np.ndarray) -> np.ndarray:

@@ -28,13 +28,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import NOMINAL, Physics, LinearPolicy, failed, step  # noqa: E402
+from common import NOMINAL, LinearPolicy, Physics, failed, step  # noqa: E402
 
 from interlock.reachability.onnx_build import linear_logits, mlp_ensemble, save  # noqa: E402
 
 
-def _score(gains: np.ndarray, starts: np.ndarray, physics: list[Physics], steps: int, centre: float
-           ) -> np.ndarray:
+def _score(
+    gains: np.ndarray, starts: np.ndarray, physics: list[Physics], steps: int, centre: float
+) -> np.ndarray:
     """Per candidate: share of starts survived for ``steps`` steps, minus ``centre`` x mean |x|."""
     score = np.zeros(len(gains))
     for p, s0 in zip(physics, starts, strict=True):
@@ -49,8 +50,17 @@ def _score(gains: np.ndarray, starts: np.ndarray, physics: list[Physics], steps:
     return score / len(starts)
 
 
-def cem(physics_sampler, start_box: np.ndarray, rng: np.random.Generator, iters: int = 20, pop: int = 48,
-        elite: int = 8, n_starts: int = 16, steps: int = 300, centre: float = 0.2) -> np.ndarray:
+def cem(
+    physics_sampler,
+    start_box: np.ndarray,
+    rng: np.random.Generator,
+    iters: int = 20,
+    pop: int = 48,
+    elite: int = 8,
+    n_starts: int = 16,
+    steps: int = 300,
+    centre: float = 0.2,
+) -> np.ndarray:
     """Cross-entropy method over the 4 gains of a linear bang-bang controller (push right if k.s > 0).
 
     Each iteration scores every candidate on the same ``n_starts`` initial states, drawn
@@ -67,8 +77,9 @@ def cem(physics_sampler, start_box: np.ndarray, rng: np.random.Generator, iters:
 
 
 def randomized(rng: np.random.Generator) -> Physics:
-    return Physics(masspole=rng.uniform(0.05, 0.4), length=rng.uniform(0.25, 0.8),
-                   force_mag=rng.uniform(6.0, 12.0))
+    return Physics(
+        masspole=rng.uniform(0.05, 0.4), length=rng.uniform(0.25, 0.8), force_mag=rng.uniform(6.0, 12.0)
+    )
 
 
 def collect(backup: LinearPolicy, n_steps: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -84,7 +95,7 @@ def collect(backup: LinearPolicy, n_steps: int, rng: np.random.Generator) -> tup
         for _ in range(200):
             s = np.array(env.state, dtype=np.float64)
             a = int(rng.integers(2)) if rng.random() < eps else int(backup.act(s)[0])
-            s2, _, term, _, _ = env.step(a)
+            _s2, _, term, _, _ = env.step(a)
             S.append(s)
             A.append(a)
             S2.append(np.array(env.state, dtype=np.float64))
@@ -134,7 +145,9 @@ def train_ensemble(S, A, S2, members: int, hidden: int, steps: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transitions", type=int, default=150_000)
@@ -151,16 +164,23 @@ def main(argv: list[str] | None = None) -> None:
     k_agent = cem(lambda r: NOMINAL, np.full(4, 0.05), rng, iters=4)
     agent = LinearPolicy(k_agent)
     save(linear_logits(*agent.weights()), args.out_dir / "agent.onnx")
-    print(f"backup gains {np.round(k_backup, 3).tolist()}, agent gains {np.round(k_agent, 3).tolist()} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"backup gains {np.round(k_backup, 3).tolist()}, agent gains {np.round(k_agent, 3).tolist()} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
 
     S, A, S2 = collect(backup, args.transitions, rng)
-    Ws, bs, im, isd, om, osd, loss = train_ensemble(S, A, S2, members=5, hidden=64, steps=args.train_steps,
-                                                    seed=args.seed)
-    save(mlp_ensemble(Ws, bs, obs_dim=4, n_actions=2, in_mean=im, in_std=isd, out_mean=om, out_std=osd),
-         args.out_dir / "dynamics.onnx")
-    print(f"dynamics ensemble: {len(S)} transitions, final normalised MSE {loss:.4f} "
-          f"({time.perf_counter() - t0:.0f} s); wrote backup.onnx, agent.onnx, dynamics.onnx in {args.out_dir}")
+    Ws, bs, im, isd, om, osd, loss = train_ensemble(
+        S, A, S2, members=5, hidden=64, steps=args.train_steps, seed=args.seed
+    )
+    save(
+        mlp_ensemble(Ws, bs, obs_dim=4, n_actions=2, in_mean=im, in_std=isd, out_mean=om, out_std=osd),
+        args.out_dir / "dynamics.onnx",
+    )
+    print(
+        f"dynamics ensemble: {len(S)} transitions, final normalised MSE {loss:.4f} "
+        f"({time.perf_counter() - t0:.0f} s); wrote backup.onnx, agent.onnx, dynamics.onnx in {args.out_dir}"
+    )
 
 
 if __name__ == "__main__":

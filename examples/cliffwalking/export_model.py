@@ -21,15 +21,19 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slippery", action="store_true", help="the env's is_slippery=True variant")
     parser.add_argument("--out", type=Path, default=None, help="output .npz (default: beside this script)")
     args = parser.parse_args(argv)
     out = args.out or HERE / ("cliffwalking_slippery.npz" if args.slippery else "cliffwalking.npz")
     model = cliffwalking_model(is_slippery=args.slippery)
     model.save(out)
-    print(f"wrote {out}: {model.n_states} states, {model.n_actions} actions, "
-          f"{len(model.row)} transitions, {int(model.unsafe.sum())} unsafe states")
+    print(
+        f"wrote {out}: {model.n_states} states, {model.n_actions} actions, "
+        f"{len(model.row)} transitions, {int(model.unsafe.sum())} unsafe states"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def export(map_name: str, slippery: bool, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args(argv)
     for map_name in ("4x4", "8x8"):

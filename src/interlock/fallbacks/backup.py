@@ -22,8 +22,13 @@ class BackupFallback(Fallback):
         self.monitor: RecoverabilityMonitor | None = None
 
     def bind(self, monitors) -> None:
-        self.monitor = find_monitor(monitors, self.monitor_name, RecoverabilityMonitor,
-                                    "a reachability monitor with a dynamics_ensemble model", self.where)
+        self.monitor = find_monitor(
+            monitors,
+            self.monitor_name,
+            RecoverabilityMonitor,
+            "a reachability monitor with a dynamics_ensemble model",
+            self.where,
+        )
 
     def load(self) -> None:
         if self.monitor is None:

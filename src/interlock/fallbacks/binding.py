@@ -12,8 +12,9 @@ def find_monitor(monitors: Mapping[str, object], name: str, cls: type, what: str
     monitor = monitors.get(name)
     if monitor is None:
         have = ", ".join(sorted(monitors)) or "none"
-        raise ConfigError(f"{where}.monitor names '{name}', which is not one of the agent's monitors "
-                          f"({have})")
+        raise ConfigError(
+            f"{where}.monitor names '{name}', which is not one of the agent's monitors ({have})"
+        )
     if not isinstance(monitor, cls):
         raise ConfigError(f"{where}.monitor '{name}' must be {what}; it is a {type(monitor).__name__}")
     return monitor

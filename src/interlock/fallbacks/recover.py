@@ -22,8 +22,16 @@ class RecoverFallback(Fallback):
 
     kind = "recover"
 
-    def __init__(self, name, spaces, runtime, monitor: str, candidates: int = 16, seed: int = 0,
-                 where: str = "fallback") -> None:
+    def __init__(
+        self,
+        name,
+        spaces,
+        runtime,
+        monitor: str,
+        candidates: int = 16,
+        seed: int = 0,
+        where: str = "fallback",
+    ) -> None:
         super().__init__(name, spaces, runtime)
         self.monitor_name = monitor
         self.where = where
@@ -39,8 +47,13 @@ class RecoverFallback(Fallback):
             self._fixed = (lo + (hi - lo) * rng.random((candidates, *space.shape))).astype(space.dtype)
 
     def bind(self, monitors) -> None:
-        self.monitor = find_monitor(monitors, self.monitor_name, RecoverabilityMonitor,
-                                    "a reachability monitor with a dynamics_ensemble model", self.where)
+        self.monitor = find_monitor(
+            monitors,
+            self.monitor_name,
+            RecoverabilityMonitor,
+            "a reachability monitor with a dynamics_ensemble model",
+            self.where,
+        )
 
     def load(self) -> None:
         if self.monitor is None:
@@ -65,7 +78,7 @@ class RecoverFallback(Fallback):
             cands = np.concatenate([clipped[:, None], backup[:, None], fixed], axis=1)
             span = np.where(space.high > space.low, space.high - space.low, 1.0).reshape(-1)
             diff = (cands - np.nan_to_num(proposed, nan=0.0)[:, None]).reshape(n, cands.shape[1], -1) / span
-            closeness = np.sqrt((diff ** 2).sum(axis=2))
+            closeness = np.sqrt((diff**2).sum(axis=2))
         C = cands.shape[1]
         flat_obs = np.repeat(obs, C, axis=0)
         flat_act = cands.reshape(n * C, *space.shape)
@@ -79,6 +92,8 @@ class RecoverFallback(Fallback):
             is_backup[:, 1] = True
         # Lexicographic: fewest failing members, largest worst-case margin, the backup's own action
         # (the proposed one was flagged), then the candidate closest to the proposed action.
-        best = np.array([np.lexsort((closeness[i], ~is_backup[i], -margin[i], share[i]))[0] for i in range(n)],
-                        dtype=np.int64)
+        best = np.array(
+            [np.lexsort((closeness[i], ~is_backup[i], -margin[i], share[i]))[0] for i in range(n)],
+            dtype=np.int64,
+        )
         return cands[np.arange(n), best].astype(space.dtype)

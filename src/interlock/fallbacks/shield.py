@@ -11,8 +11,12 @@ from interlock.fallbacks.base import Fallback
 from interlock.fallbacks.binding import find_monitor
 from interlock.monitors.reachability import TabularReachabilityMonitor
 
-_SCORE_INPUT = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int32)": np.int32,
-                "tensor(int64)": np.int64}
+_SCORE_INPUT = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
 
 
 class ShieldFallback(Fallback):
@@ -27,8 +31,16 @@ class ShieldFallback(Fallback):
 
     kind = "shield"
 
-    def __init__(self, name, spaces, runtime, monitor: str, scores: str | None = None,
-                 order: list[int] | None = None, where: str = "fallback") -> None:
+    def __init__(
+        self,
+        name,
+        spaces,
+        runtime,
+        monitor: str,
+        scores: str | None = None,
+        order: list[int] | None = None,
+        where: str = "fallback",
+    ) -> None:
         super().__init__(name, spaces, runtime)
         self.where = where
         self.monitor_name = monitor
@@ -49,8 +61,13 @@ class ShieldFallback(Fallback):
         self._session = None
 
     def bind(self, monitors) -> None:
-        self.monitor = find_monitor(monitors, self.monitor_name, TabularReachabilityMonitor,
-                                    "a reachability monitor with a tabular model", self.where)
+        self.monitor = find_monitor(
+            monitors,
+            self.monitor_name,
+            TabularReachabilityMonitor,
+            "a reachability monitor with a tabular model",
+            self.where,
+        )
 
     def load(self) -> None:
         if self.monitor is None:
@@ -65,14 +82,17 @@ class ShieldFallback(Fallback):
                     raise ConfigError(f"{self.where}.scores: cannot read {resolved}: {e}") from None
                 n = self.spaces.action.n
                 if table.ndim != 2 or table.shape[1] != n:
-                    raise ConfigError(f"{self.where}.scores: {resolved} has shape {list(table.shape)}; "
-                                      f"expected [n_states, {n}]")
+                    raise ConfigError(
+                        f"{self.where}.scores: {resolved} has shape {list(table.shape)}; "
+                        f"expected [n_states, {n}]"
+                    )
                 self._table = table.astype(np.float64)
             elif path.suffix == ".onnx":
                 self._session = self.runtime.session(path, what=f"{self.where}.scores")
             else:
-                raise ConfigError(f"{self.where}.scores must be a .npy table or an .onnx model; "
-                                  f"got {path.name}")
+                raise ConfigError(
+                    f"{self.where}.scores must be a .npy table or an .onnx model; got {path.name}"
+                )
         self.ready = True
 
     def preferences(self, observations: np.ndarray, states: np.ndarray) -> np.ndarray:
@@ -80,8 +100,9 @@ class ShieldFallback(Fallback):
         n = self.spaces.action.n
         if self._table is not None:
             if (states >= len(self._table)).any():
-                raise ValueError(f"scores table has {len(self._table)} rows; "
-                                 f"state {int(states.max())} has none")
+                raise ValueError(
+                    f"scores table has {len(self._table)} rows; state {int(states.max())} has none"
+                )
             return self._table[states]
         if self._session is not None:
             inp = self._session.get_inputs()[0]

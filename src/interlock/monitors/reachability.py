@@ -62,11 +62,14 @@ class TabularReachabilityMonitor(Monitor):
         size = int(np.prod(spaces.observation.shape))
         field = model.state_field
         if field is None and size != 1:
-            raise ConfigError(f"{where}.model.state_field: the observation has {size} elements; say which "
-                              "one holds the state index (a flat index), or send the index alone (shape [])")
+            raise ConfigError(
+                f"{where}.model.state_field: the observation has {size} elements; say which "
+                "one holds the state index (a flat index), or send the index alone (shape [])"
+            )
         if field is not None and field >= size:
-            raise ConfigError(f"{where}.model.state_field is {field}, but the observation has "
-                              f"{size} elements")
+            raise ConfigError(
+                f"{where}.model.state_field is {field}, but the observation has {size} elements"
+            )
         self.field = field or 0
         self.transitions = runtime.resolve(model.transitions)
         risk = cfg.risk
@@ -76,8 +79,11 @@ class TabularReachabilityMonitor(Monitor):
             relative=risk.relative if risk else False,
             relative_reachability=cfg.relative_reachability,
         )
-        self.cache = (runtime.resolve(model.cache) if model.cache
-                      else default_cache_path(self.transitions, self.settings))
+        self.cache = (
+            runtime.resolve(model.cache)
+            if model.cache
+            else default_cache_path(self.transitions, self.settings)
+        )
         self.risk_threshold = risk.delta if risk else 0.0
         self.irreversibility_threshold = (
             0.5 if cfg.irreversibility_threshold is None else cfg.irreversibility_threshold
@@ -92,11 +98,16 @@ class TabularReachabilityMonitor(Monitor):
     def load(self) -> None:
         tables, origin = tables_for(self.transitions, self.settings, cache=self.cache)
         if tables.n_actions != self.spaces.action.n:
-            raise ConfigError(f"{self.where}.model: {self.transitions} has {tables.n_actions} actions; the "
-                              f"agent's action space has n={self.spaces.action.n}")
+            raise ConfigError(
+                f"{self.where}.model: {self.transitions} has {tables.n_actions} actions; the "
+                f"agent's action space has n={self.spaces.action.n}"
+            )
         if origin == "solved" and tables.n_states * tables.n_actions > 1_000_000:
-            log.warning("%s: solved %s at load; run `interlock shield build` to cache the tables",
-                        self.where, self.transitions)
+            log.warning(
+                "%s: solved %s at load; run `interlock shield build` to cache the tables",
+                self.where,
+                self.transitions,
+            )
         self.tables = tables
         self.loaded_from = origin
         self.ready = True
@@ -114,8 +125,9 @@ class TabularReachabilityMonitor(Monitor):
         s = raw.astype(np.int64)
         bad = (s < 0) | (s >= tables.n_states)
         if bad.any():
-            raise ValueError(f"state index {int(s[bad][0])} is outside the model's states "
-                             f"[0, {tables.n_states})")
+            raise ValueError(
+                f"state index {int(s[bad][0])} is outside the model's states [0, {tables.n_states})"
+            )
         return s
 
     def _tables(self) -> ShieldTables:
@@ -177,13 +189,23 @@ class RecoverabilityMonitor(Monitor):
         cfg, model = self.cfg, self.cfg.model
         session = self.runtime.session(model.model, what=f"{self.where}.model.model")
         dyn = OnnxDynamics(
-            session, self.obs_dim, self.spaces.action, model.predicts, model.obs_input, model.action_input,
-            model.output_name, where=f"{self.where}.model",
+            session,
+            self.obs_dim,
+            self.spaces.action,
+            model.predicts,
+            model.obs_input,
+            model.action_input,
+            model.output_name,
+            where=f"{self.where}.model",
         )
         bp = cfg.backup_policy
         backup = OnnxBackupPolicy(
-            self.runtime.session(bp.model, what=f"{self.where}.backup_policy.model"), self.spaces.action,
-            bp.output, bp.input_name, bp.output_name, self.spaces.observation.shape,
+            self.runtime.session(bp.model, what=f"{self.where}.backup_policy.model"),
+            self.spaces.action,
+            bp.output,
+            bp.input_name,
+            bp.output_name,
+            self.spaces.observation.shape,
             where=f"{self.where}.backup_policy",
         )
         self.engine = Recoverability(dyn, backup, self.constraints, self.safe_set, cfg.horizon)

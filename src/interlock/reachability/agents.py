@@ -12,11 +12,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def q_values(P: Mapping[int, Mapping[int, Sequence[tuple]]], n_states: int, n_actions: int,
-             gamma: float = 0.99, tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
+def q_values(
+    P: Mapping[int, Mapping[int, Sequence[tuple]]],
+    n_states: int,
+    n_actions: int,
+    gamma: float = 0.99,
+    tol: float = 1e-10,
+    max_iter: int = 100_000,
+) -> np.ndarray:
     """``[S, A]`` optimal discounted Q-values of a toy-text model (``P[s][a] = [(p, s', r, done)]``)."""
-    rows = [(s, a, p, s2, r, done) for s, by_a in P.items() for a, outs in by_a.items()
-            for p, s2, r, done in outs]
+    rows = [
+        (s, a, p, s2, r, done) for s, by_a in P.items() for a, outs in by_a.items() for p, s2, r, done in outs
+    ]
     arr = np.array(rows, dtype=np.float64)
     s, a, p, s2, r, done = (arr[:, i] for i in range(6))
     s, a, s2 = s.astype(np.int64), a.astype(np.int64), s2.astype(np.int64)

@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build.add_argument("config", metavar="CONFIG", help="the Interlock YAML config")
-    build.add_argument("--agent", action="append", metavar="ID",
-                       help="only this agent id (repeatable); default: every agent")
+    build.add_argument(
+        "--agent", action="append", metavar="ID", help="only this agent id (repeatable); default: every agent"
+    )
     build.add_argument("--force", action="store_true", help="solve again even if the cache is up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build)
@@ -51,8 +52,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     unknown = wanted - {a.id for a in loaded.config.agents}
     if unknown:
         have = ", ".join(a.id for a in loaded.config.agents)
-        print(f"interlock: no agent {', '.join(sorted(unknown))} in {args.config} (agents: {have})",
-              file=sys.stderr)
+        print(
+            f"interlock: no agent {', '.join(sorted(unknown))} in {args.config} (agents: {have})",
+            file=sys.stderr,
+        )
         return 2
     built = 0
     for agent in loaded.config.agents:
@@ -69,17 +72,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 relative=risk.relative if risk else False,
                 relative_reachability=mon.relative_reachability,
             )
-            cache = (loaded.resolve(mon.model.cache) if mon.model.cache
-                     else default_cache_path(transitions, settings))
+            cache = (
+                loaded.resolve(mon.model.cache)
+                if mon.model.cache
+                else default_cache_path(transitions, settings)
+            )
             start = time.perf_counter()
-            tables, origin = tables_for(transitions, settings, cache=cache, write_cache=True,
-                                        progress=not args.quiet, force=args.force)
+            tables, origin = tables_for(
+                transitions,
+                settings,
+                cache=cache,
+                write_cache=True,
+                progress=not args.quiet,
+                force=args.force,
+            )
             took = time.perf_counter() - start
             s = tables.summary()
             what = "up to date" if origin in ("cache", "memory") else f"solved in {took:.2f} s"
-            print(f"{agent.id}/{mon.name}: {cache} ({what}): {s['states']} states, {s['actions']} actions; "
-                  f"winning {s['winning']}, lost {s['lost']}, unsafe {s['unsafe']}; "
-                  f"allowed {s['allowed_pairs']}/{s['live_pairs']} live state-action pairs")
+            print(
+                f"{agent.id}/{mon.name}: {cache} ({what}): {s['states']} states, {s['actions']} actions; "
+                f"winning {s['winning']}, lost {s['lost']}, unsafe {s['unsafe']}; "
+                f"allowed {s['allowed_pairs']}/{s['live_pairs']} live state-action pairs"
+            )
             built += 1
     if not built:
         print(f"interlock: {args.config} has no reachability monitor with a tabular model", file=sys.stderr)

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 Vec = Callable[[np.ndarray], np.ndarray]
 
-_TOKEN = re.compile(r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|"
-                    r"(math\.abs|obs)|(<=|>=|&&|\|\||[<>()\[\]+\-*/]))")
+_TOKEN = re.compile(
+    r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|"
+    r"(math\.abs|obs)|(<=|>=|&&|\|\||[<>()\[\]+\-*/]))"
+)
 
 
 def obs_env():
@@ -117,8 +119,11 @@ class _Parser:
         while self.peek() in ("+", "-"):
             op = self.take()[1]
             rhs = self.term()
-            fn = (lambda a, b: lambda x: a(x) + b(x))(fn, rhs) if op == "+" else (
-                lambda a, b: lambda x: a(x) - b(x))(fn, rhs)
+            fn = (
+                (lambda a, b: lambda x: a(x) + b(x))(fn, rhs)
+                if op == "+"
+                else (lambda a, b: lambda x: a(x) - b(x))(fn, rhs)
+            )
         return fn
 
     def term(self) -> Vec:
@@ -126,8 +131,11 @@ class _Parser:
         while self.peek() in ("*", "/"):
             op = self.take()[1]
             rhs = self.unary()
-            fn = (lambda a, b: lambda x: a(x) * b(x))(fn, rhs) if op == "*" else (
-                lambda a, b: lambda x: a(x) / b(x))(fn, rhs)
+            fn = (
+                (lambda a, b: lambda x: a(x) * b(x))(fn, rhs)
+                if op == "*"
+                else (lambda a, b: lambda x: a(x) / b(x))(fn, rhs)
+            )
         return fn
 
     def unary(self) -> Vec:
@@ -150,8 +158,9 @@ class _Parser:
             self.take("]")
             i = int(idx)
             if i >= self.obs_dim:
-                raise ConfigError(f"{self.where}: reads obs[{i}], but observations have "
-                                  f"{self.obs_dim} elements")
+                raise ConfigError(
+                    f"{self.where}: reads obs[{i}], but observations have {self.obs_dim} elements"
+                )
             return lambda x: x[:, i]
         if tok == "math.abs":
             self.take("(")
@@ -203,8 +212,11 @@ class BatchedCondition:
             got = np.asarray(fast(probes), dtype=bool)
         want = self._rows(probes)
         if not np.array_equal(got, want):
-            log.warning("%s: the vectorised form of %r disagrees with CEL; evaluating row by row",
-                        self.where, self.source)
+            log.warning(
+                "%s: the vectorised form of %r disagrees with CEL; evaluating row by row",
+                self.where,
+                self.source,
+            )
             return False
         return True
 

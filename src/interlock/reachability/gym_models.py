@@ -31,15 +31,22 @@ def cliffwalking_model(is_slippery: bool = False) -> TabularModel:
     cliff = [s for s in range(S) if env._cliff[np.unravel_index(s, env.shape)]]
     goal = [S - 1]
     try:
-        return TabularModel.from_toy_text(env.P, S, A, unsafe=cliff, goal=goal,
-                                          unsafe_transition=lambda s, a, p, s2, r, done: r <= CLIFF_REWARD,
-                                          source="CliffWalking-v1 env.unwrapped.P")
+        return TabularModel.from_toy_text(
+            env.P,
+            S,
+            A,
+            unsafe=cliff,
+            goal=goal,
+            unsafe_transition=lambda s, a, p, s2, r, done: r <= CLIFF_REWARD,
+            source="CliffWalking-v1 env.unwrapped.P",
+        )
     finally:
         env.close()
 
 
-def frozenlake_model(map_name: str = "4x4", is_slippery: bool = True, desc: list[str] | None = None
-                     ) -> TabularModel:
+def frozenlake_model(
+    map_name: str = "4x4", is_slippery: bool = True, desc: list[str] | None = None
+) -> TabularModel:
     """The model of ``FrozenLake-v1`` (holes unsafe, goal terminal)."""
     import gymnasium as gym
 
@@ -50,7 +57,8 @@ def frozenlake_model(map_name: str = "4x4", is_slippery: bool = True, desc: list
     holes = np.flatnonzero(cells == b"H").tolist()
     goal = np.flatnonzero(cells == b"G").tolist()
     try:
-        return TabularModel.from_toy_text(env.P, S, A, unsafe=holes, goal=goal,
-                                          source="FrozenLake-v1 env.unwrapped.P")
+        return TabularModel.from_toy_text(
+            env.P, S, A, unsafe=holes, goal=goal, source="FrozenLake-v1 env.unwrapped.P"
+        )
     finally:
         env.close()

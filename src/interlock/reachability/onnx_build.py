@@ -30,11 +30,19 @@ def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name)
 
 
-def mlp_ensemble(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], obs_dim: int,
-                 n_actions: int = 0, act_dim: int = 0, in_mean: np.ndarray | None = None,
-                 in_std: np.ndarray | None = None, out_mean: np.ndarray | None = None,
-                 out_std: np.ndarray | None = None, predicts_delta: bool = True,
-                 per_member: bool = False) -> onnx.ModelProto:
+def mlp_ensemble(
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    obs_dim: int,
+    n_actions: int = 0,
+    act_dim: int = 0,
+    in_mean: np.ndarray | None = None,
+    in_std: np.ndarray | None = None,
+    out_mean: np.ndarray | None = None,
+    out_std: np.ndarray | None = None,
+    predicts_delta: bool = True,
+    per_member: bool = False,
+) -> onnx.ModelProto:
     """An ensemble of ReLU MLPs from ``(obs, action)`` to the next observation.
 
     Args:
@@ -71,26 +79,37 @@ def mlp_ensemble(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], ob
     h = "x0"
     if in_mean is not None:
         inits += [_const("in_mean", in_mean), _const("in_std", in_std)]
-        nodes += [helper.make_node("Sub", [h, "in_mean"], ["x_c"]),
-                  helper.make_node("Div", ["x_c", "in_std"], ["x_n"])]
+        nodes += [
+            helper.make_node("Sub", [h, "in_mean"], ["x_c"]),
+            helper.make_node("Div", ["x_c", "in_std"], ["x_n"]),
+        ]
         h = "x_n"
     for i, (W, b) in enumerate(zip(weights, biases, strict=True)):
         inits += [_const(f"W{i}", W), _const(f"b{i}", np.asarray(b)[:, None, :])]
-        nodes += [helper.make_node("MatMul", [h, f"W{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [h, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"]),
+        ]
         h = f"z{i}"
         if i < len(weights) - 1:
             nodes.append(helper.make_node("Relu", [h], [f"r{i}"]))
             h = f"r{i}"
     if out_std is not None:
         inits += [_const("out_std", out_std), _const("out_mean", out_mean)]
-        nodes += [helper.make_node("Mul", [h, "out_std"], ["y_s"]),
-                  helper.make_node("Add", ["y_s", "out_mean"], ["y"])]
+        nodes += [
+            helper.make_node("Mul", [h, "out_std"], ["y_s"]),
+            helper.make_node("Add", ["y_s", "out_mean"], ["y"]),
+        ]
         h = "y"
-    nodes.append(helper.make_node("Add" if predicts_delta else "Identity",
-                                  [h, "obs"] if predicts_delta else [h], ["next_obs"]))
+    nodes.append(
+        helper.make_node(
+            "Add" if predicts_delta else "Identity", [h, "obs"] if predicts_delta else [h], ["next_obs"]
+        )
+    )
     graph = helper.make_graph(
-        nodes, "dynamics_ensemble", inputs,
+        nodes,
+        "dynamics_ensemble",
+        inputs,
         [helper.make_tensor_value_info("next_obs", TensorProto.FLOAT, [K, "batch", obs_dim])],
         initializer=inits,
     )
@@ -105,7 +124,8 @@ def linear_logits(weight: np.ndarray, bias: np.ndarray | None = None) -> onnx.Mo
     w = np.asarray(weight, dtype=np.float32)
     b = np.zeros(w.shape[1], np.float32) if bias is None else np.asarray(bias, np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["obs", "W", "B"], ["logits"])], "linear_policy",
+        [helper.make_node("Gemm", ["obs", "W", "B"], ["logits"])],
+        "linear_policy",
         [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", w.shape[0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", w.shape[1]])],
         initializer=[_const("W", w), _const("B", b)],

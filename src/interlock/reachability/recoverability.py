@@ -55,21 +55,33 @@ class OnnxDynamics:
         where: Config location for messages.
     """
 
-    def __init__(self, session: Any, obs_dim: int, action: ActionSpace, predicts: str = "next_state",
-                 obs_input: str | None = None, action_input: str | None = None,
-                 output_name: str | None = None, where: str = "model") -> None:
+    def __init__(
+        self,
+        session: Any,
+        obs_dim: int,
+        action: ActionSpace,
+        predicts: str = "next_state",
+        obs_input: str | None = None,
+        action_input: str | None = None,
+        output_name: str | None = None,
+        where: str = "model",
+    ) -> None:
         inputs = session.get_inputs()
         names = [i.name for i in inputs]
         if len(inputs) < 2 and action_input is None:
-            raise ConfigError(f"{where}: the dynamics model needs two inputs (observation, action); it has "
-                              f"{names}")
+            raise ConfigError(
+                f"{where}: the dynamics model needs two inputs (observation, action); it has {names}"
+            )
         by_name = {i.name: i for i in inputs}
         obs_name = obs_input or names[0]
         act_name = action_input or next(n for n in names if n != obs_name)
         outs = [o.name for o in session.get_outputs()]
         out = output_name or outs[0]
-        for what, name, pool in (("obs_input", obs_name, names), ("action_input", act_name, names),
-                                 ("output_name", out, outs)):
+        for what, name, pool in (
+            ("obs_input", obs_name, names),
+            ("action_input", act_name, names),
+            ("output_name", out, outs),
+        ):
             if name not in pool:
                 raise ConfigError(f"{where}.{what} '{name}' is not in the model ({pool})")
         self.session = session
@@ -99,30 +111,40 @@ class OnnxDynamics:
         except ConfigError:
             raise
         except Exception as e:  # onnxruntime raises several unrelated types
-            raise ConfigError(f"{self.where}: the dynamics model does not run on observations of "
-                              f"obs_dim {self.obs_dim} and this agent's actions: {e}") from None
+            raise ConfigError(
+                f"{self.where}: the dynamics model does not run on observations of "
+                f"obs_dim {self.obs_dim} and this agent's actions: {e}"
+            ) from None
 
     def _probe_run(self) -> None:
         n = 2
         obs = np.zeros((n, self.obs_dim))
-        act = np.zeros((n, *self.action.shape), dtype=self.action.dtype) if not self.action.discrete else (
-            np.zeros(n, dtype=np.int64))
+        act = (
+            np.zeros((n, *self.action.shape), dtype=self.action.dtype)
+            if not self.action.discrete
+            else (np.zeros(n, dtype=np.int64))
+        )
         if self.per_member:
             dim0 = next(i for i in self.session.get_inputs() if i.name == self._obs).shape[0]
             if not isinstance(dim0, int) or dim0 <= 0:
-                raise ConfigError(f"{self.where}: per-member observation input [K, N, obs_dim] needs a fixed "
-                                  f"K; its first dimension is {dim0!r}")
+                raise ConfigError(
+                    f"{self.where}: per-member observation input [K, N, obs_dim] needs a fixed "
+                    f"K; its first dimension is {dim0!r}"
+                )
             self.members = dim0
-            out = self._run(np.broadcast_to(obs, (dim0, n, self.obs_dim)),
-                            np.broadcast_to(act, (dim0, *act.shape)))
+            out = self._run(
+                np.broadcast_to(obs, (dim0, n, self.obs_dim)), np.broadcast_to(act, (dim0, *act.shape))
+            )
         else:
             out = self._run(obs, act)
         if out.ndim == 2:
             out = out[None]
         if out.ndim != 3 or out.shape[1:] != (n, self.obs_dim):
-            raise ConfigError(f"{self.where}: for {n} rows of obs_dim {self.obs_dim} the model returned "
-                              f"shape {list(out.shape)}; expected [K, {n}, {self.obs_dim}] or "
-                              f"[{n}, {self.obs_dim}]")
+            raise ConfigError(
+                f"{self.where}: for {n} rows of obs_dim {self.obs_dim} the model returned "
+                f"shape {list(out.shape)}; expected [K, {n}, {self.obs_dim}] or "
+                f"[{n}, {self.obs_dim}]"
+            )
         self.members = out.shape[0]
 
     def _encode_actions(self, actions: np.ndarray) -> np.ndarray:
@@ -137,8 +159,10 @@ class OnnxDynamics:
         return a.reshape(*lead, -1).astype(self._act_dtype)
 
     def _run(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        feed = {self._obs: np.ascontiguousarray(obs, dtype=self._obs_dtype),
-                self._act: np.ascontiguousarray(self._encode_actions(actions))}
+        feed = {
+            self._obs: np.ascontiguousarray(obs, dtype=self._obs_dtype),
+            self._act: np.ascontiguousarray(self._encode_actions(actions)),
+        }
         (out,) = self.session.run([self._out], feed)
         return np.asarray(out)
 
@@ -146,8 +170,9 @@ class OnnxDynamics:
         """Every member's next states from shared states: ``[N, d]``, ``[N, ...]`` -> ``[K, N, d]``."""
         if self.per_member:
             K = self.members
-            out = self._run(np.broadcast_to(obs, (K, *obs.shape)),
-                            np.broadcast_to(actions, (K, *actions.shape)))
+            out = self._run(
+                np.broadcast_to(obs, (K, *obs.shape)), np.broadcast_to(actions, (K, *actions.shape))
+            )
         else:
             out = self._run(obs, actions)
         out = (out if out.ndim == 3 else out[None]).astype(np.float64)
@@ -173,9 +198,16 @@ class OnnxBackupPolicy:
     Box actions are clipped to the action bounds (NaN stays NaN, so the engine halts on it).
     """
 
-    def __init__(self, session: Any, action: ActionSpace, output: str = "action",
-                 input_name: str | None = None, output_name: str | None = None,
-                 obs_shape: tuple[int, ...] = (), where: str = "backup_policy") -> None:
+    def __init__(
+        self,
+        session: Any,
+        action: ActionSpace,
+        output: str = "action",
+        input_name: str | None = None,
+        output_name: str | None = None,
+        obs_shape: tuple[int, ...] = (),
+        where: str = "backup_policy",
+    ) -> None:
         inputs = {i.name: i for i in session.get_inputs()}
         outs = [o.name for o in session.get_outputs()]
         self._in = input_name or next(iter(inputs))
@@ -235,8 +267,14 @@ class Recoverability:
         horizon: ``H``, steps after the proposed action.
     """
 
-    def __init__(self, dynamics: OnnxDynamics, backup: OnnxBackupPolicy, constraints: list[BatchedCondition],
-                 safe_set: BatchedCondition | None, horizon: int) -> None:
+    def __init__(
+        self,
+        dynamics: OnnxDynamics,
+        backup: OnnxBackupPolicy,
+        constraints: list[BatchedCondition],
+        safe_set: BatchedCondition | None,
+        horizon: int,
+    ) -> None:
         self.dynamics = dynamics
         self.backup = backup
         self.constraints = constraints

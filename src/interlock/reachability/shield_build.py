@@ -55,8 +55,16 @@ class ShieldSettings:
     relative_reachability: bool = True
 
     def as_json(self) -> str:
-        return json.dumps({"delta": self.delta, "horizon": self.horizon, "relative": self.relative,
-                           "rr": self.relative_reachability, "format": FORMAT_VERSION}, sort_keys=True)
+        return json.dumps(
+            {
+                "delta": self.delta,
+                "horizon": self.horizon,
+                "relative": self.relative,
+                "rr": self.relative_reachability,
+                "format": FORMAT_VERSION,
+            },
+            sort_keys=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,17 @@ class ShieldTables:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
         os.close(fd)
         try:
-            np.savez_compressed(tmp, win=self.win, allowed=self.allowed, safety=self.safety,
-                                irreversibility=self.irreversibility, unsafe=self.unsafe,
-                                terminal=self.terminal, goal=self.goal, key=np.array(self.key))
+            np.savez_compressed(
+                tmp,
+                win=self.win,
+                allowed=self.allowed,
+                safety=self.safety,
+                irreversibility=self.irreversibility,
+                unsafe=self.unsafe,
+                terminal=self.terminal,
+                goal=self.goal,
+                key=np.array(self.key),
+            )
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -122,9 +138,16 @@ class ShieldTables:
     @classmethod
     def load(cls, path: str | Path) -> ShieldTables:
         with np.load(path, allow_pickle=False) as z:
-            return cls(win=z["win"], allowed=z["allowed"], safety=z["safety"],
-                       irreversibility=z["irreversibility"], unsafe=z["unsafe"], terminal=z["terminal"],
-                       goal=z["goal"], key=str(z["key"]))
+            return cls(
+                win=z["win"],
+                allowed=z["allowed"],
+                safety=z["safety"],
+                irreversibility=z["irreversibility"],
+                unsafe=z["unsafe"],
+                terminal=z["terminal"],
+                goal=z["goal"],
+                key=str(z["key"]),
+            )
 
 
 def cache_key(transitions: Path, settings: ShieldSettings) -> str:
@@ -145,8 +168,9 @@ def default_cache_path(transitions: Path, settings: ShieldSettings | None = None
     return transitions.with_name(f"{transitions.stem}.shield-{tag}.npz")
 
 
-def build_tables(model: TabularModel, settings: ShieldSettings, key: str = "", progress: bool = False
-                 ) -> ShieldTables:
+def build_tables(
+    model: TabularModel, settings: ShieldSettings, key: str = "", progress: bool = False
+) -> ShieldTables:
     """Solve everything the shield needs for ``model`` (progress bars only for models this large or more)."""
     progress = progress and len(model.row) >= PROGRESS_MIN_TRANSITIONS
     win, exact = winning_region(model, progress=progress)
@@ -156,18 +180,30 @@ def build_tables(model: TabularModel, settings: ShieldSettings, key: str = "", p
         rr = relative_reachability(model, reachable_counts(model, progress=progress))
     else:
         rr = np.zeros((model.n_states, model.n_actions))
-    return ShieldTables(win=win, allowed=allowed, safety=q.astype(np.float32),
-                        irreversibility=rr.astype(np.float32), unsafe=model.unsafe, terminal=model.terminal,
-                        goal=model.goal, key=key)
+    return ShieldTables(
+        win=win,
+        allowed=allowed,
+        safety=q.astype(np.float32),
+        irreversibility=rr.astype(np.float32),
+        unsafe=model.unsafe,
+        terminal=model.terminal,
+        goal=model.goal,
+        key=key,
+    )
 
 
 _MEMO: dict[tuple[str, str], ShieldTables] = {}
 _MEMO_LOCK = threading.Lock()
 
 
-def tables_for(transitions: Path, settings: ShieldSettings, cache: Path | None = None,
-               write_cache: bool = False, progress: bool = False, force: bool = False
-               ) -> tuple[ShieldTables, str]:
+def tables_for(
+    transitions: Path,
+    settings: ShieldSettings,
+    cache: Path | None = None,
+    write_cache: bool = False,
+    progress: bool = False,
+    force: bool = False,
+) -> tuple[ShieldTables, str]:
     """The tables for a transitions file: from memory, the cache file, or solved now.
 
     Args:
@@ -204,8 +240,11 @@ def tables_for(transitions: Path, settings: ShieldSettings, cache: Path | None =
             if cached.key == key:
                 tables, origin = cached, "cache"
             else:
-                log.warning("%s is stale (built for another model or settings); solving again. "
-                            "Run `interlock shield build` to refresh it.", cache)
+                log.warning(
+                    "%s is stale (built for another model or settings); solving again. "
+                    "Run `interlock shield build` to refresh it.",
+                    cache,
+                )
         except Exception as e:  # a damaged cache is only a slower load
             log.warning("cannot read shield cache %s (%s); solving again", cache, e)
     if tables is None:

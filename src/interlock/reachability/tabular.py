@@ -82,8 +82,19 @@ class TabularModel:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_coo(cls, n_states: int, n_actions: int, state: Any, action: Any, next_state: Any, prob: Any,
-                 unsafe: Any = (), terminal: Any = (), goal: Any = (), source: str = "model") -> TabularModel:
+    def from_coo(
+        cls,
+        n_states: int,
+        n_actions: int,
+        state: Any,
+        action: Any,
+        next_state: Any,
+        prob: Any,
+        unsafe: Any = (),
+        terminal: Any = (),
+        goal: Any = (),
+        source: str = "model",
+    ) -> TabularModel:
         """Build from coordinate lists; checks indices and that every used row sums to 1.
 
         Args:
@@ -99,20 +110,25 @@ class TabularModel:
         """
         S, A = int(n_states), int(n_actions)
         if S <= 0 or A <= 0:
-            raise ConfigError(f"{source}: needs at least one state and one action "
-                              f"(got {S} states, {A} actions)")
+            raise ConfigError(
+                f"{source}: needs at least one state and one action (got {S} states, {A} actions)"
+            )
         s = np.asarray(state, dtype=np.int64).reshape(-1)
         a = np.asarray(action, dtype=np.int64).reshape(-1)
         d = np.asarray(next_state, dtype=np.int64).reshape(-1)
         p = np.asarray(prob, dtype=np.float64).reshape(-1)
         if not (len(s) == len(a) == len(d) == len(p)):
-            raise ConfigError(f"{source}: state, action, next_state and prob lists differ in length "
-                              f"({len(s)}, {len(a)}, {len(d)}, {len(p)})")
+            raise ConfigError(
+                f"{source}: state, action, next_state and prob lists differ in length "
+                f"({len(s)}, {len(a)}, {len(d)}, {len(p)})"
+            )
         for name, arr, hi in (("state", s, S), ("action", a, A), ("next state", d, S)):
             bad = (arr < 0) | (arr >= hi)
             if bad.any():
-                raise ConfigError(f"{source}: {name} index {int(arr[bad][0])} is outside [0, {hi}); "
-                                  f"check n_states/n_actions")
+                raise ConfigError(
+                    f"{source}: {name} index {int(arr[bad][0])} is outside [0, {hi}); "
+                    f"check n_states/n_actions"
+                )
         if not np.isfinite(p).all() or (p < 0).any():
             raise ConfigError(f"{source}: transition probabilities must be finite and >= 0")
         keep = p > 0
@@ -128,24 +144,34 @@ class TabularModel:
         off = used & (np.abs(sums - 1.0) > ROW_SUM_TOLERANCE)
         if off.any():
             r = int(np.flatnonzero(off)[0])
-            raise ConfigError(f"{source}: P[{r // A}, {r % A}, :] sums to {sums[r]:.6g}, not 1 "
-                              f"({int(off.sum())} such rows); each used (state, action) row must sum to 1")
+            raise ConfigError(
+                f"{source}: P[{r // A}, {r % A}, :] sums to {sums[r]:.6g}, not 1 "
+                f"({int(off.sum())} such rows); each used (state, action) row must sum to 1"
+            )
         model = cls(
-            n_states=S, n_actions=A, row=row.astype(np.int64), dst=dst.astype(np.int64),
-            prob=merged / sums[row], unsafe=_mask(unsafe, S, "unsafe", source),
-            terminal=_mask(terminal, S, "terminal", source), goal=_mask(goal, S, "goal", source),
+            n_states=S,
+            n_actions=A,
+            row=row.astype(np.int64),
+            dst=dst.astype(np.int64),
+            prob=merged / sums[row],
+            unsafe=_mask(unsafe, S, "unsafe", source),
+            terminal=_mask(terminal, S, "terminal", source),
+            goal=_mask(goal, S, "goal", source),
             available=used.reshape(S, A),
         )
         stuck = ~model.available.any(axis=1) & ~model.terminal & ~model.unsafe
         if stuck.any():
-            raise ConfigError(f"{source}: state {int(np.flatnonzero(stuck)[0])} has no transitions for any "
-                              f"action ({int(stuck.sum())} such states); give it transitions or mark it "
-                              "terminal")
+            raise ConfigError(
+                f"{source}: state {int(np.flatnonzero(stuck)[0])} has no transitions for any "
+                f"action ({int(stuck.sum())} such states); give it transitions or mark it "
+                "terminal"
+            )
         return model
 
     @classmethod
-    def from_dense(cls, P: Any, unsafe: Any = (), terminal: Any = (), goal: Any = (),
-                   source: str = "model") -> TabularModel:
+    def from_dense(
+        cls, P: Any, unsafe: Any = (), terminal: Any = (), goal: Any = (), source: str = "model"
+    ) -> TabularModel:
         """Build from a dense ``[S, A, S]`` array."""
         P = np.asarray(P, dtype=np.float64)
         if P.ndim != 3 or P.shape[0] != P.shape[2]:
@@ -154,10 +180,16 @@ class TabularModel:
         return cls.from_coo(P.shape[0], P.shape[1], s, a, d, P[s, a, d], unsafe, terminal, goal, source)
 
     @classmethod
-    def from_toy_text(cls, P: Mapping[int, Mapping[int, Sequence[tuple]]], n_states: int, n_actions: int,
-                      unsafe: Iterable[int] = (), goal: Iterable[int] = (),
-                      unsafe_transition: Callable[[int, int, float, int, float, bool], bool] | None = None,
-                      source: str = "env.unwrapped.P") -> TabularModel:
+    def from_toy_text(
+        cls,
+        P: Mapping[int, Mapping[int, Sequence[tuple]]],
+        n_states: int,
+        n_actions: int,
+        unsafe: Iterable[int] = (),
+        goal: Iterable[int] = (),
+        unsafe_transition: Callable[[int, int, float, int, float, bool], bool] | None = None,
+        source: str = "env.unwrapped.P",
+    ) -> TabularModel:
         """Build from a Gymnasium toy-text model (``env.unwrapped.P[s][a] = [(p, s', r, done), ...]``).
 
         States that a ``done`` transition leads to become terminal. Transitions for
@@ -192,8 +224,18 @@ class TabularModel:
             rows += [(S - 1, a, S - 1, 1.0) for a in range(n_actions)]
         arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
         term = sorted(terminal - unsafe_set)
-        return cls.from_coo(S, n_actions, arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3],
-                            sorted(unsafe_set), term, list(goal), source)
+        return cls.from_coo(
+            S,
+            n_actions,
+            arr[:, 0],
+            arr[:, 1],
+            arr[:, 2],
+            arr[:, 3],
+            sorted(unsafe_set),
+            term,
+            list(goal),
+            source,
+        )
 
     # ------------------------------------------------------------------ files
 
@@ -201,9 +243,16 @@ class TabularModel:
         """Write the sparse ``.npz`` layout that :func:`load_tabular` reads."""
         A = self.n_actions
         np.savez_compressed(
-            path, n_states=self.n_states, n_actions=A, P_state=self.row // A, P_action=self.row % A,
-            P_next=self.dst, P_prob=self.prob, unsafe=np.flatnonzero(self.unsafe),
-            terminal=np.flatnonzero(self.terminal), goal=np.flatnonzero(self.goal),
+            path,
+            n_states=self.n_states,
+            n_actions=A,
+            P_state=self.row // A,
+            P_action=self.row % A,
+            P_next=self.dst,
+            P_prob=self.prob,
+            unsafe=np.flatnonzero(self.unsafe),
+            terminal=np.flatnonzero(self.terminal),
+            goal=np.flatnonzero(self.goal),
         )
 
     def dense(self) -> np.ndarray:
@@ -227,8 +276,9 @@ def _mask(value: Any, n: int, what: str, source: str) -> np.ndarray:
         return arr.copy()
     idx = arr.astype(np.int64).reshape(-1)
     if ((idx < 0) | (idx >= n)).any():
-        raise ConfigError(f"{source}: '{what}' lists state {int(idx[(idx < 0) | (idx >= n)][0])}, "
-                          f"outside [0, {n})")
+        raise ConfigError(
+            f"{source}: '{what}' lists state {int(idx[(idx < 0) | (idx >= n)][0])}, outside [0, {n})"
+        )
     mask = np.zeros(n, dtype=bool)
     mask[idx] = True
     return mask
@@ -267,10 +317,20 @@ def load_tabular(path: str | Path) -> TabularModel:
     coo = ("P_state", "P_action", "P_next", "P_prob", "n_states", "n_actions")
     missing = [k for k in coo if k not in data]
     if missing:
-        raise ConfigError(f"{src}: has neither a dense 'P' [S, A, S] nor the sparse keys; missing "
-                          f"{', '.join(missing)} (keys present: {', '.join(sorted(data)) or 'none'})")
-    return TabularModel.from_coo(int(data["n_states"]), int(data["n_actions"]), data["P_state"],
-                                 data["P_action"], data["P_next"], data["P_prob"], source=src, **extra)
+        raise ConfigError(
+            f"{src}: has neither a dense 'P' [S, A, S] nor the sparse keys; missing "
+            f"{', '.join(missing)} (keys present: {', '.join(sorted(data)) or 'none'})"
+        )
+    return TabularModel.from_coo(
+        int(data["n_states"]),
+        int(data["n_actions"]),
+        data["P_state"],
+        data["P_action"],
+        data["P_next"],
+        data["P_prob"],
+        source=src,
+        **extra,
+    )
 
 
 # ---------------------------------------------------------------------------- solvers
@@ -446,12 +506,15 @@ def reachable_counts(model: TabularModel, progress: bool = False) -> np.ndarray:
     np.cumsum(np.bincount(es, minlength=S), out=ptr[1:])
     comp, C = _strongly_connected(S, ptr, ed)
     if C * S > MAX_REACHABILITY_BITS:
-        raise ConfigError(f"relative reachability needs {C} x {S} bits for this model, more than the "
-                          f"limit of {MAX_REACHABILITY_BITS}; set relative_reachability: false")
+        raise ConfigError(
+            f"relative reachability needs {C} x {S} bits for this model, more than the "
+            f"limit of {MAX_REACHABILITY_BITS}; set relative_reachability: false"
+        )
     words = (S + 63) // 64
     bits = np.zeros((C, words), dtype=np.uint64)
-    np.bitwise_or.at(bits, (comp, np.arange(S) // 64), np.left_shift(np.uint64(1),
-                                                                     (np.arange(S) % 64).astype(np.uint64)))
+    np.bitwise_or.at(
+        bits, (comp, np.arange(S) // 64), np.left_shift(np.uint64(1), (np.arange(S) % 64).astype(np.uint64))
+    )
     # Component DAG edges; components are numbered so that successors have smaller numbers.
     cedges = np.unique(comp[es] * C + comp[ed])
     cs, cd = cedges // C, cedges % C

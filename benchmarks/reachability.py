@@ -1,0 +1,103 @@
+"""Per-decision cost of the reachability checks, side by side with the bare model calls they build on.
+
+    python benchmarks/reachability.py [--repeat 200]
+
+Rollout check (``examples/cartpole_recovery``: a 5-member ensemble, backup policy, two
+constraints and a safe set, horizon 30): the bare ensemble call on the batch, the
+monitor's rollout check on the same batch, and a whole ``Guard.check`` (validation,
+monitors, CEL rules, fallback). Each rollout step is one ensemble call and one
+backup-policy call over ``[K * batch]`` states; the rollout stops early once every
+member's rollout has recovered or failed, so its cost depends on the states: the
+benchmark reports a state near upright (recovers at once) and states drawn from
+the constraint region (typical of guarded episodes).
+
+Tabular shield (``examples/cliffwalking``): the monitor's table lookup and a whole
+``Guard.check``.
+
+Prints microseconds per decision (batch rows) and the ratio to the bare ensemble call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timeit(fn, repeat: int) -> float:
+    """Median seconds per call over ``repeat`` calls (after 5 warm-up calls)."""
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from interlock.engine import CheckInput, Guard
+    from interlock.monitors.base import Batch
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=200)
+    args = parser.parse_args(argv)
+
+    guard = Guard.from_file(str(ROOT / "examples" / "cartpole_recovery" / "interlock.yaml")).load()
+    agent = guard.agents[0]
+    monitor = next(m for m in agent.monitors if m.name == "recover")
+    session = monitor.engine.dynamics.session
+    rng = np.random.default_rng(0)
+    print(f"{'case':58s} {'batch':>5s} {'us/call':>10s} {'us/row':>9s} {'x bare':>8s}")
+    for batch in (1, 16, 64):
+        for label, obs in (
+            ("near upright", rng.normal(0, 0.01, (batch, 4))),
+            (
+                "across the constraint region",
+                rng.uniform([-2, -1.5, -0.17, -1.5], [2, 1.5, 0.17, 1.5], (batch, 4)),
+            ),
+        ):
+            obs = obs.astype(np.float32)
+            actions = rng.integers(0, 2, batch).astype(np.int64)
+            bare = timeit(lambda o=obs, a=actions: session.run(None, {"obs": o, "action": a}), args.repeat)
+            b = Batch("cartpole-recovery", obs, actions, np.zeros(batch, np.int64))
+            roll = timeit(lambda b=b: monitor.check(b), args.repeat)
+            items = [CheckInput("cartpole-recovery", obs[i], actions[i]) for i in range(batch)]
+            full = timeit(lambda items=items: guard.check(items), max(args.repeat // 4, 10))
+            for name, t in (
+                (f"bare ensemble call ({label})", bare),
+                (f"rollout check, H=30 ({label})", roll),
+                (f"Guard.check with the rollout check ({label})", full),
+            ):
+                print(f"{name:58s} {batch:5d} {t * 1e6:10.1f} {t * 1e6 / batch:9.1f} {t / bare:8.1f}")
+
+    shield = Guard.from_file(str(ROOT / "examples" / "cliffwalking" / "interlock.yaml")).load()
+    smon = next(m for m in shield.agents[0].monitors if m.name == "shield")
+    for batch in (1, 64):
+        states = rng.integers(0, 48, batch).astype(np.int64)
+        actions = rng.integers(0, 4, batch).astype(np.int64)
+        b = Batch("cliffwalking", states, actions, np.zeros(batch, np.int64))
+        look = timeit(lambda b=b: smon.check(b), args.repeat)
+        items = [CheckInput("cliffwalking", states[i], actions[i]) for i in range(batch)]
+        full = timeit(lambda items=items: shield.check(items), max(args.repeat // 4, 10))
+        print(
+            f"{'tabular shield lookup (CliffWalking)':58s} {batch:5d} {look * 1e6:10.1f} "
+            f"{look * 1e6 / batch:9.1f} {'':>8s}"
+        )
+        print(
+            f"{'Guard.check with the shield (CliffWalking)':58s} {batch:5d} {full * 1e6:10.1f} "
+            f"{full * 1e6 / batch:9.1f} {'':>8s}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
