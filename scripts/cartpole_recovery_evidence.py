@@ -117,7 +117,7 @@ def run(
     }
 
 
-def learned_evidence(seeds: int = 5, episodes: int = 4, epsilon: float = 0.3) -> dict[str, Any]:
+def learned_evidence(seeds: int = 8, episodes: int = 5, epsilon: float = 0.3) -> dict[str, Any]:
     base = load_config(EXAMPLE / "interlock.yaml")
     rows = []
     for pname, physics in (("nominal", NOMINAL), ("shifted", SHIFTED)):

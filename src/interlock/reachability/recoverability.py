@@ -181,13 +181,26 @@ class OnnxDynamics:
     def step(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """Each member advances its own states: ``[K, N, d]``, actions ``[K, N, ...]`` -> ``[K, N, d]``."""
         K, N, d = states.shape
+        member = np.repeat(np.arange(K), N)
+        flat = self.step_rows(states.reshape(K * N, d), actions.reshape(K * N, *actions.shape[2:]), member)
+        return flat.reshape(K, N, d)
+
+    def step_rows(self, states: np.ndarray, actions: np.ndarray, member: np.ndarray) -> np.ndarray:
+        """Advance each row under its own member: ``[M, d]``, ``[M, ...]``, ``[M]`` member ids -> ``[M, d]``.
+
+        Shared-input models run once on the ``M`` rows (``[K, M, d]`` out) and each row keeps
+        its member's prediction. Per-member models need ``[K, N, d]`` blocks, so ``M`` must be
+        ``K * N`` with rows ordered by member.
+        """
+        M, d = states.shape
         if self.per_member:
-            out = self._run(states, actions)
+            K = self.members
+            out = self._run(states.reshape(K, M // K, d), actions.reshape(K, M // K, *actions.shape[1:]))
+            out = out.reshape(M, d)
         else:
-            out = self._run(states.reshape(K * N, d), actions.reshape(K * N, *actions.shape[2:]))
-            if out.ndim == 2:
-                out = out[None]
-            out = out.reshape(K, K, N, d)[np.arange(K), np.arange(K)]
+            out = self._run(states, actions)
+            out = out[None] if out.ndim == 2 else out
+            out = out[member if out.shape[0] > 1 else 0, np.arange(M)]
         out = out.astype(np.float64)
         return out + states if self.delta else out
 
@@ -290,30 +303,40 @@ class Recoverability:
     def rollout(self, obs: np.ndarray, actions: np.ndarray) -> RolloutResult:
         """Check every row's proposed action.
 
+        Each step evaluates the constraints and the safe set on the rollouts still running,
+        then advances those (shared-input models) or all of them (per-member models) with one
+        backup-policy call and one dynamics call; it stops once every rollout has recovered
+        or failed.
+
         Args:
             obs: ``[N, obs_dim]`` current states.
             actions: ``[N]`` (discrete) or ``[N, *action_shape]`` proposed actions.
         """
         obs = np.asarray(obs, dtype=np.float64).reshape(len(obs), -1)
-        states = self.dynamics.first(obs, np.asarray(actions))
-        K, N, d = states.shape
+        first = self.dynamics.first(obs, np.asarray(actions))
+        K, N, d = first.shape
+        flat = first.reshape(K * N, d).copy()
+        member = np.repeat(np.arange(K), N)
         H = self.horizon
-        done = np.zeros((K, N), dtype=bool)
-        failed = np.zeros((K, N), dtype=bool)
-        margin = np.full((K, N), H, dtype=np.int64)
+        done = np.zeros(K * N, dtype=bool)
+        failed = np.zeros(K * N, dtype=bool)
+        margin = np.full(K * N, H, dtype=np.int64)
+        everyone = np.arange(K * N)
         for t in range(1, H + 1):
-            flat = states.reshape(K * N, d)
-            ok = self._ok(flat).reshape(K, N)
-            broke = ~done & ~ok
-            failed |= broke
+            idx = np.flatnonzero(~done)
+            x = flat[idx]
+            ok = self._ok(x)
+            broke = idx[~ok]
+            failed[broke] = True
             margin[broke] = t - 1
-            done |= broke
+            done[broke] = True
             if self.safe_set is not None:
-                done |= self.safe_set(flat).reshape(K, N)
+                done[idx[ok & self.safe_set(x)]] = True
             if done.all() or t == H:
                 break
-            act = self.backup.act(flat)
-            states = self.dynamics.step(states, act.reshape(K, N, *act.shape[1:]))
+            rows = everyone if self.dynamics.per_member else np.flatnonzero(~done)
+            act = self.backup.act(flat[rows])
+            flat[rows] = self.dynamics.step_rows(flat[rows], act, member[rows])
         if self.safe_set is not None:
             failed |= ~done
-        return RolloutResult(failed=failed, margin=margin)
+        return RolloutResult(failed=failed.reshape(K, N), margin=margin.reshape(K, N))
