@@ -157,6 +157,7 @@ class Console:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._headers, self._auth], client_max_size=64 * 1024)
         app.router.add_get("/", self._index)
+        app.router.add_get("/favicon.ico", self._no_content)
         app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
         app.router.add_get("/api/whoami", self._whoami)
         app.router.add_get("/api/escalations", self._list)
@@ -213,6 +214,9 @@ class Console:
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
+
+    async def _no_content(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
 
     async def _whoami(self, request: web.Request) -> web.Response:
         p: Principal = request["principal"]

@@ -63,7 +63,7 @@ def _read_tokens(src: TokenSourceConfig, role: Role, loaded: LoadedConfig | None
                     f"the {role} token in ${src.env} is shorter than {MIN_TOKEN_CHARS} characters or "
                     f"contains spaces; make one with {_MAKE_TOKEN}"
                 )
-            found.append((f"{role}:{src.env}", value))
+            found.append((f"${src.env}", value))
     if src.file:
         path = loaded.resolve(src.file) if loaded is not None else Path(src.file)
         try:
