@@ -65,7 +65,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 class AgentCall:
     """One ``GuardClient.check`` on a thread, as an agent blocked in a blocking escalation."""
 
-    def __init__(self, target: str, observation=RISKY, action: int = 1, **kw: Any) -> None:
+    def __init__(
+        self, target: str, observation=RISKY, action: int = 1, agent_id: str = AGENT, **kw: Any
+    ) -> None:
         self.result: CheckResult | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -74,7 +76,7 @@ class AgentCall:
         def run() -> None:
             start = time.perf_counter()
             try:
-                with GuardClient(target, agent_id=AGENT, timeout=30, token=token) as client:
+                with GuardClient(target, agent_id=agent_id, timeout=30, token=token) as client:
                     self.result = client.check(observation, np.int64(action), **kw)
             except BaseException as e:
                 self.error = e
