@@ -73,6 +73,9 @@ def test_blocking_check_is_answered_through_the_operator_api(tmp_path):
             assert {s.name for s in esc.signals} == {"action_space.invalid", "action_space.distance"}
             assert ops.get(esc.escalation_id) == esc
             assert call.thread.is_alive(), "a blocking Check must wait for the operator"
+            with GuardClient(target, agent_id=AGENT, timeout=5) as other:  # the event loop is not blocked
+                assert other.check(SAFE, np.int64(1)).verdict is Verdict.ALLOW
+            assert call.thread.is_alive()
 
             done = ops.approve(esc.escalation_id, operator="alice", comment="clear to go")
             r = call.wait()

@@ -211,18 +211,22 @@ def test_console_answers_blocking_checks_live_in_chromium(tmp_path, browser):
         # 2. Reject.
         call = AgentCall(target)
         card = page.wait_for_selector(".card[data-escalation-id]")
+        rejected = card.get_attribute("data-escalation-id")
         card.query_selector(".reject").click()
         r = call.wait()
         assert r.verdict is Verdict.SUBSTITUTE and r.action == 0 and r.fallback == "safe"
+        page.wait_for_selector(f".card[data-escalation-id='{rejected}']", state="detached")
 
         # 3. Substitute with an action chosen from the agent's action space.
         call = AgentCall(target, action=0)
         card = page.wait_for_selector(".card[data-escalation-id]")
         assert card.query_selector_all(".substitute-action option")[1].inner_text() == "action 1"
         card.query_selector(".substitute-action").select_option("1")
+        substituted = card.get_attribute("data-escalation-id")
         card.query_selector(".substitute").click()
         r = call.wait()
         assert r.verdict is Verdict.SUBSTITUTE and r.action == 1 and r.fallback == "operator"
+        page.wait_for_selector(f".card[data-escalation-id='{substituted}']", state="detached")
 
         # 4. Answered elsewhere (the API): the card leaves this page live too.
         call = AgentCall(target)

@@ -231,9 +231,7 @@ class Console:
         except ValueError:
             raise InvalidRequest("limit must be an integer") from None
         if state_name == "resolved":
-            found = [
-                r for r in await self.manager.list(0, agent, limit) if r.state != pb.ESCALATION_STATE_PENDING
-            ]
+            found = await self.manager.list(0, agent, limit, resolved=True)
         elif state_name == "all":
             found = await self.manager.list(0, agent, limit)
         elif state_name in _STATE_OF_NAME:

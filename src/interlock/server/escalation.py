@@ -196,9 +196,11 @@ class EscalationManager:
                 continue
             key = (d.agent_id, d.rule)
             known = self._remembered.get(key)
-            if known is not None and known.until > now:
-                self._apply(d, known.escalation, remembered=True)
-                continue
+            if known is not None:
+                if known.until > now:
+                    self._apply(d, known.escalation, remembered=True)
+                    continue
+                del self._remembered[key]
             if cfg.mode == "deferred" and key in self._open_by_key:
                 eid = self._open_by_key[key]
                 d.escalation_id = eid
@@ -469,15 +471,19 @@ class EscalationManager:
             )
         return rec
 
-    async def list(self, state: int = 0, agent_id: str = "", limit: int = 0) -> list[pb.Escalation]:
-        """Newest first; ``limit`` 0 is 100, at most 1000."""
+    async def list(
+        self, state: int = 0, agent_id: str = "", limit: int = 0, resolved: bool = False
+    ) -> list[pb.Escalation]:
+        """Newest first; ``limit`` 0 is 100, at most 1000; ``resolved`` skips pending ones."""
         if limit < 0:
             raise InvalidRequest(
                 f"limit is {limit}; use 0 (default {DEFAULT_LIST_LIMIT}) or a positive number"
             )
         if state not in STATE_NAMES and state != 0:
             raise InvalidRequest(f"state {state} is not a known EscalationState")
-        return await self.store.list(state, agent_id, min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT))
+        return await self.store.list(
+            state, agent_id, min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT), resolved
+        )
 
     async def resolve(
         self,

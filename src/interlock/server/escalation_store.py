@@ -67,8 +67,10 @@ class EscalationStore(ABC):
         """One escalation, or None."""
 
     @abstractmethod
-    async def list(self, state: int = 0, agent_id: str = "", limit: int = 100) -> list[pb.Escalation]:
-        """Newest first; ``state`` 0 and ``agent_id`` "" match everything."""
+    async def list(
+        self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
+    ) -> list[pb.Escalation]:
+        """Newest first; ``state`` 0 and ``agent_id`` "" match everything; ``resolved`` skips PENDING."""
 
     @abstractmethod
     async def pending(self) -> list[pb.Escalation]:
@@ -221,8 +223,13 @@ class SqliteEscalationStore(EscalationStore):
         rows = await self._run(self._select, "WHERE escalation_id = ?", (escalation_id,), "created_time")
         return rows[0] if rows else None
 
-    async def list(self, state: int = 0, agent_id: str = "", limit: int = 100) -> list[pb.Escalation]:
+    async def list(
+        self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
+    ) -> list[pb.Escalation]:
         clauses, params = [], []
+        if resolved:
+            clauses.append("state != ?")
+            params.append(PENDING)
         if state:
             clauses.append("state = ?")
             params.append(state)
