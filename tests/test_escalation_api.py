@@ -290,3 +290,27 @@ def test_substitute_action_for_a_box_agent_is_checked_against_its_bounds(tmp_pat
             done = ops.substitute(eid, [0.25, -0.5])
             np.testing.assert_allclose(to_numpy(done.resolved_action), [0.25, -0.5])
             assert done.resolved_action.dtype == from_numpy(np.zeros(2, np.float32)).dtype
+
+
+async def test_a_failing_store_fails_closed_to_the_fail_safe(tmp_path):
+    from interlock.engine import CheckInput, Guard
+    from interlock.server.escalation import EscalationManager
+    from interlock.server.escalation_store import SqliteEscalationStore
+    from interlock.server.metrics import Metrics
+
+    guard = Guard(example_loaded(tmp_path)).load()
+    metrics = Metrics()
+    manager = EscalationManager(SqliteEscalationStore(tmp_path / "gone.db"), metrics, lambda: guard)
+    await manager.start()
+    await manager.store.close()  # the disk is gone from under the running server
+    [d] = guard.check([CheckInput(AGENT, RISKY, np.int64(1))])
+    assert d.verdict is Verdict.ESCALATE
+    await manager.handle(guard, [d])
+    assert d.verdict is Verdict.SUBSTITUTE and d.action == 0 and d.escalation_id == ""
+    assert any("the escalation store failed" in x for x in d.reasons)
+    assert manager.pending_count == 0
+    dropped = metrics.registry.get_sample_value(
+        "interlock_escalations_total", {"agent": AGENT, "outcome": "dropped"}
+    )
+    assert dropped == 1.0
+    await manager.close()

@@ -92,6 +92,18 @@ def test_operator_and_agent_credentials_are_enforced(tmp_path, monkeypatch, capl
                     assert err.value.code() == want
                     assert OPERATOR_TOKEN not in err.value.details()
 
+            # Streams and batches are guarded the same way.
+            from interlock.client import make_request
+
+            with GuardClient(target, agent_id=AGENT) as agent:  # agent token from $INTERLOCK_AGENT_TOKEN
+                [streamed] = list(agent.check_stream([make_request(AGENT, np.zeros(2, np.float32), 1)]))
+                assert streamed.verdict is Verdict.ALLOW
+                assert agent.check_batch(np.zeros((2, 2), np.float32), np.array([1, 1]))[1].allowed
+            with GuardClient(target, agent_id=AGENT, token="") as anonymous:
+                with pytest.raises(grpc.RpcError) as err:
+                    list(anonymous.check_stream([make_request(AGENT, np.zeros(2, np.float32), 1)]))
+                assert err.value.code() == UNAUTHENTICATED
+
             # An agent with its token escalates, and cannot approve its own escalation.
             call = AgentCall(target)  # token from $INTERLOCK_AGENT_TOKEN
             listed = wait_for(

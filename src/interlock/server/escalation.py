@@ -233,14 +233,15 @@ class EscalationManager:
             return
         try:
             await self.store.create([rec for _, rec, _ in opened])
-        except InterlockError as e:
-            log.error("escalations: cannot store %d new escalations: %s", len(opened), e.message)
+        except Exception as e:  # fail closed: the fail-safe applies, nothing is acknowledged
+            why = e.message if isinstance(e, InterlockError) else f"{type(e).__name__}: {e}"
+            log.error("escalations: cannot store %d new escalations: %s", len(opened), why)
             for d, rec, _ in opened:
                 self._unindex(rec.escalation_id)
                 self.metrics.internal_errors.labels(
                     agent=guard.agent(d.agent_id).config.id, stage="escalation_store"
                 ).inc()
-                self._drop(d, guard.agent(d.agent_id).config.id, f"the escalation store failed ({e.message})")
+                self._drop(d, guard.agent(d.agent_id).config.id, f"the escalation store failed ({why})")
             return
         self.metrics.escalations_pending.set(len(self._pending))
         waits = []
