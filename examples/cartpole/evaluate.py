@@ -69,9 +69,10 @@ def evaluate(session: ort.InferenceSession, episodes: int, seed: int, progress: 
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="ONNX policy file (input 'obs' [batch,4], output 'logits').")
-    parser.add_argument("--episodes", type=int, default=20, help="Number of evaluation episodes (default 20).")
+    parser.add_argument("--episodes", type=int, default=20, help="Evaluation episodes (default 20).")
     parser.add_argument("--seed", type=int, default=10_000, help="Reset seed of the first episode.")
     args = parser.parse_args()
     returns = evaluate(load_session(args.model), args.episodes, args.seed)

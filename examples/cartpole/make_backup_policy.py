@@ -91,12 +91,13 @@ def verify(path: Path, gains: np.ndarray = GAINS, n: int = 4096, seed: int = 0) 
 
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "backup_policy.onnx",
                         help="Where to write the model (default: examples/cartpole/backup_policy.onnx).")
     parser.add_argument("--episodes", type=int, default=20,
                         help="CartPole-v1 episodes to evaluate it on afterwards (0 to skip; default 20).")
-    parser.add_argument("--seed", type=int, default=10_000, help="Reset seed of the first evaluation episode.")
+    parser.add_argument("--seed", type=int, default=10_000, help="Reset seed of the first evaluation run.")
     args = parser.parse_args()
 
     model = build_model()
