@@ -105,7 +105,9 @@ class ConstantFallbackConfig(_Strict):
     """Always the same action, e.g. a no-op."""
 
     kind: Literal["constant"] = "constant"
-    action: float | int | list[float] | list[int] = Field(description="The action, shaped like the action space.")
+    action: float | int | list[float] | list[int] = Field(
+        description="The action, shaped like the action space."
+    )
 
 
 class OnnxPolicyFallbackConfig(_Strict):
@@ -168,7 +170,9 @@ class EscalationConfig(_Strict):
         "fail-safe fallback and follow the operator's answer once given.",
     )
     timeout_seconds: float = Field(5.0, gt=0, description="Deadline for the operator's answer.")
-    fallback: str | None = Field(None, description="Fail-safe fallback on timeout or reject; default: the rule's.")
+    fallback: str | None = Field(
+        None, description="Fail-safe fallback on timeout or reject; default: the rule's."
+    )
     max_pending: int = Field(100, gt=0, description="At most this many pending escalations for the agent.")
 
 

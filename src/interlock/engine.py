@@ -44,8 +44,12 @@ class Verdict(enum.IntEnum):
         return self.name.lower()
 
 
-_VERDICT_OF = {"allow": Verdict.ALLOW, "substitute": Verdict.SUBSTITUTE, "escalate": Verdict.ESCALATE,
-               "halt": Verdict.HALT}
+_VERDICT_OF = {
+    "allow": Verdict.ALLOW,
+    "substitute": Verdict.SUBSTITUTE,
+    "escalate": Verdict.ESCALATE,
+    "halt": Verdict.HALT,
+}
 
 
 @dataclass
@@ -104,15 +108,17 @@ class AgentRuntime:
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         self.monitors: list[Monitor] = [
-            build_monitor(m, self.spaces, runtime, f"{where}.monitors[{i}]") for i, m in enumerate(cfg.monitors)
+            build_monitor(m, self.spaces, runtime, f"{where}.monitors[{i}]")
+            for i, m in enumerate(cfg.monitors)
         ]
         self.fallbacks: dict[str, Fallback] = {
             name: build_fallback(name, f, self.spaces, runtime, f"{where}.fallbacks.{name}")
             for name, f in cfg.fallbacks.items()
         }
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
-        self.policy = DecisionPolicy(cfg.policy, self.spaces.action.discrete, self.signal_names,
-                                     f"{where}.policy")
+        self.policy = DecisionPolicy(
+            cfg.policy, self.spaces.action.discrete, self.signal_names, f"{where}.policy"
+        )
         for i, rule in enumerate(cfg.policy.rules):
             if rule.verdict == "escalate" and not (rule.fallback or cfg.escalation.fallback or cfg.fail_safe):
                 raise ConfigError(
@@ -141,8 +147,9 @@ class AgentRuntime:
         act = self.spaces.action.coerce(item.action, f"{prefix}action")
         return obs, act
 
-    def decide(self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
-               ) -> list[Decision]:
+    def decide(
+        self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
+    ) -> list[Decision]:
         """Decide a batch of already-validated requests of this agent.
 
         Args:
@@ -161,9 +168,17 @@ class AgentRuntime:
         n = len(batch)
         decisions = [
             Decision(
-                decision_id=new_decision_id(), agent_id=it.agent_id, verdict=Verdict.ALLOW,
-                action=actions[i], proposed_action=actions[i], observation=observations[i], signals=[],
-                reasons=[], config_version=self.config_version, episode_id=it.episode_id, step=it.step,
+                decision_id=new_decision_id(),
+                agent_id=it.agent_id,
+                verdict=Verdict.ALLOW,
+                action=actions[i],
+                proposed_action=actions[i],
+                observation=observations[i],
+                signals=[],
+                reasons=[],
+                config_version=self.config_version,
+                episode_id=it.episode_id,
+                step=it.step,
                 labels=it.labels,
             )
             for i, it in enumerate(items)
@@ -234,8 +249,14 @@ class AgentRuntime:
             self._apply_fallback(name, idx, batch, signals, decisions)
         return decisions
 
-    def _apply_fallback(self, name: str, idx: list[int], batch: Batch, signals: dict[str, SignalBatch],
-                        decisions: list[Decision]) -> None:
+    def _apply_fallback(
+        self,
+        name: str,
+        idx: list[int],
+        batch: Batch,
+        signals: dict[str, SignalBatch],
+        decisions: list[Decision],
+    ) -> None:
         sub = batch.take(idx)
         sub_signals = {k: SignalBatch(s.values[idx], s.threshold, s.tripped[idx]) for k, s in signals.items()}
         try:
@@ -275,8 +296,14 @@ class AgentRuntime:
             return
         d.verdict = Verdict.SUBSTITUTE
         d.rule = ""
-        single = Batch(d.agent_id, d.observation[None], d.proposed_action[None],
-                       np.array([d.step], dtype=np.int64), [d.episode_id], [d.labels])
+        single = Batch(
+            d.agent_id,
+            d.observation[None],
+            d.proposed_action[None],
+            np.array([d.step], dtype=np.int64),
+            [d.episode_id],
+            [d.labels],
+        )
         try:
             action = np.asarray(self.fallbacks[fs].propose(single, {}))[0]
             if self.spaces.action.invalid(action[None])[0]:
@@ -352,8 +379,9 @@ class Guard:
         known = ", ".join(a.config.id for a in self.agents)
         raise UnknownAgent(f"agent_id '{agent_id}' matches no agent in the config (configured: {known})")
 
-    def validate(self, items: Sequence[CheckInput], indexed: bool = False
-                 ) -> list[tuple[AgentRuntime, np.ndarray, np.ndarray]]:
+    def validate(
+        self, items: Sequence[CheckInput], indexed: bool = False
+    ) -> list[tuple[AgentRuntime, np.ndarray, np.ndarray]]:
         """Resolve the agent and coerce arrays of every request; the first bad one raises."""
         out = []
         for i, item in enumerate(items):

@@ -34,7 +34,9 @@ def _bound(value: float | list[float] | None, shape: tuple[int, ...], what: str)
     if arr.ndim == 0:
         return np.full(shape, float(arr))
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{what} has {arr.size} values; the space of shape {list(shape)} needs 1 or {np.prod(shape)}")
+        raise ValueError(
+            f"{what} has {arr.size} values; the space of shape {list(shape)} needs 1 or {np.prod(shape)}"
+        )
     return arr.reshape(shape)
 
 
@@ -96,7 +98,9 @@ class ActionSpace:
         a = np.asarray(action)
         if self.discrete:
             if _kind(a.dtype) != "integer":
-                raise InvalidRequest(f"{field} has dtype {a.dtype.name}; discrete actions are integers (int64)")
+                raise InvalidRequest(
+                    f"{field} has dtype {a.dtype.name}; discrete actions are integers (int64)"
+                )
             if a.shape not in ((), (1,)):
                 raise InvalidRequest(
                     f"{field} has shape {list(a.shape)}; a discrete action is a scalar (shape [])"
@@ -105,7 +109,9 @@ class ActionSpace:
         if _kind(a.dtype) != "float":
             raise InvalidRequest(f"{field} has dtype {a.dtype.name}; box actions are {self.dtype.name}")
         if a.shape != self.shape:
-            raise InvalidRequest(f"{field} has shape {list(a.shape)}; the action space expects {list(self.shape)}")
+            raise InvalidRequest(
+                f"{field} has shape {list(a.shape)}; the action space expects {list(self.shape)}"
+            )
         return a.astype(self.dtype, copy=False)
 
 

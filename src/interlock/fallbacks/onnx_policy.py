@@ -26,9 +26,17 @@ class OnnxPolicyFallback(Fallback):
 
     kind = "onnx_policy"
 
-    def __init__(self, name, spaces, runtime, model: str, output: str = "action",
-                 input_name: str | None = None, output_name: str | None = None,
-                 where: str = "fallback") -> None:
+    def __init__(
+        self,
+        name,
+        spaces,
+        runtime,
+        model: str,
+        output: str = "action",
+        input_name: str | None = None,
+        output_name: str | None = None,
+        where: str = "fallback",
+    ) -> None:
         super().__init__(name, spaces, runtime)
         self.model = model
         self.output = output
@@ -44,10 +52,14 @@ class OnnxPolicyFallback(Fallback):
         outputs = [o.name for o in sess.get_outputs()]
         name = self._input_name or next(iter(inputs))
         if name not in inputs:
-            raise ConfigError(f"{self.where}.input_name '{name}' is not an input of {self.model} ({list(inputs)})")
+            raise ConfigError(
+                f"{self.where}.input_name '{name}' is not an input of {self.model} ({list(inputs)})"
+            )
         out = self._output_name or outputs[0]
         if out not in outputs:
-            raise ConfigError(f"{self.where}.output_name '{out}' is not an output of {self.model} ({outputs})")
+            raise ConfigError(
+                f"{self.where}.output_name '{out}' is not an output of {self.model} ({outputs})"
+            )
         self._session = sess
         self._in = name
         self._out = out

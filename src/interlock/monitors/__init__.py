@@ -13,7 +13,15 @@ from interlock.monitors.action_space import ActionSpaceMonitor
 from interlock.monitors.base import Batch, Monitor, SignalBatch
 from interlock.monitors.rules import RulesMonitor
 
-__all__ = ["BUILDERS", "ActionSpaceMonitor", "Batch", "Monitor", "RulesMonitor", "SignalBatch", "build_monitor"]
+__all__ = [
+    "BUILDERS",
+    "ActionSpaceMonitor",
+    "Batch",
+    "Monitor",
+    "RulesMonitor",
+    "SignalBatch",
+    "build_monitor",
+]
 
 
 def _action_space(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:

@@ -57,8 +57,10 @@ class Batch:
             n = len(self)
             obs = self.observations.reshape(n, -1).astype(np.float64).tolist()
             acts = self.actions
-            actions = acts.astype(np.int64).tolist() if acts.ndim == 1 and acts.dtype.kind in "iu" else (
-                acts.reshape(n, -1).astype(np.float64).tolist()
+            actions = (
+                acts.astype(np.int64).tolist()
+                if acts.ndim == 1 and acts.dtype.kind in "iu"
+                else (acts.reshape(n, -1).astype(np.float64).tolist())
             )
             steps = self.steps.tolist()
             cached = [

@@ -80,7 +80,9 @@ class CelPredicate:
             raise ConfigError(f"{where}: CEL expression does not compile:\n{msg}") from None
         rtype = self._expr.return_type().name()
         if rtype not in ("bool", "BOOL", "dyn", "DYN"):
-            raise ConfigError(f"{where}: CEL expression must be a condition (bool), but returns {rtype}: {source}")
+            raise ConfigError(
+                f"{where}: CEL expression must be a condition (bool), but returns {rtype}: {source}"
+            )
 
     def __call__(self, activation: Mapping[str, Any]) -> bool:
         """Evaluate; raises :class:`CelEvalError` on a runtime error (callers fail closed)."""

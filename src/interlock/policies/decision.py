@@ -39,8 +39,9 @@ class DecisionPolicy:
         where: Config location for messages.
     """
 
-    def __init__(self, config: PolicyConfig, discrete_action: bool, signal_names: Sequence[str],
-                 where: str) -> None:
+    def __init__(
+        self, config: PolicyConfig, discrete_action: bool, signal_names: Sequence[str], where: str
+    ) -> None:
         env = make_env(discrete_action, with_signals=True)
         self.default = config.default
         self.rules = [self._compile(env, r, f"{where}.rules[{i}]") for i, r in enumerate(config.rules)]
@@ -59,8 +60,16 @@ class DecisionPolicy:
             monitor, _, sig = full.partition(".")
             signals.setdefault(monitor, {})[sig] = 0.0
         tripped = {m: dict.fromkeys(s, False) for m, s in signals.items()}
-        probe = {"obs": [], "action": 0, "labels": {}, "step": 0, "agent_id": "", "episode_id": "",
-                 "signals": signals, "tripped": tripped}
+        probe = {
+            "obs": [],
+            "action": 0,
+            "labels": {},
+            "step": 0,
+            "agent_id": "",
+            "episode_id": "",
+            "signals": signals,
+            "tripped": tripped,
+        }
         known = ", ".join(signal_names) or "none"
         for rule in self.rules:
             try:
@@ -68,8 +77,9 @@ class DecisionPolicy:
             except CelEvalError as e:
                 text = str(e)
                 if "Key not found" in text:
+                    missing = text.split(":", 1)[1].strip()
                     raise ConfigError(
-                        f"{rule.predicate.where}: reads a signal no monitor produces ({text.split(':', 1)[1]}); "
+                        f"{rule.predicate.where}: reads a signal no monitor produces ({missing}); "
                         f"available signals: {known}"
                     ) from None
                 # Other runtime errors (e.g. obs[3] on the empty probe) depend on the input: fine.

@@ -1,0 +1,272 @@
+"""Python clients of the Guard service, sync and asyncio.
+
+Example:
+    >>> from interlock import GuardClient
+    >>> with GuardClient("127.0.0.1:50051", agent_id="cartpole") as guard:   # doctest: +SKIP
+    ...     decision = guard.check(obs, action)
+    ...     env.step(decision.action)
+
+A client never turns a failure into permission: an unreachable server or an
+expired deadline raises :class:`grpc.RpcError` (``GuardClient.check``), so the
+caller cannot mistake "no answer" for ALLOW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import grpc
+import numpy as np
+
+from interlock.engine import Verdict
+from interlock.tensors import from_numpy, to_numpy
+from interlock.v1 import interlock_pb2 as pb
+from interlock.v1 import interlock_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class SignalValue(NamedTuple):
+    value: float
+    threshold: float
+    tripped: bool
+
+
+@dataclass
+class CheckResult:
+    """A decision as the agent sees it.
+
+    Attributes:
+        verdict: ALLOW, SUBSTITUTE, ESCALATE or HALT.
+        action: The action to execute (``None`` on HALT without a fail-safe action).
+        signals: ``"<monitor>.<signal>"`` -> value, threshold, tripped.
+        reasons: Why the verdict was reached, for logs.
+    """
+
+    verdict: Verdict
+    action: np.ndarray | None
+    signals: dict[str, SignalValue]
+    reasons: list[str]
+    fallback: str
+    rule: str
+    decision_id: str
+    escalation_id: str
+    config_version: str
+    raw: pb.Decision = field(repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @property
+    def halted(self) -> bool:
+        return self.verdict is Verdict.HALT
+
+    @classmethod
+    def from_pb(cls, d: pb.Decision) -> CheckResult:
+        action: np.ndarray | None = to_numpy(d.action, "decision.action")
+        if action.ndim == 1 and action.size == 0:  # HALT without a fail-safe action
+            action = None
+        return cls(
+            verdict=Verdict(d.verdict),
+            action=action,
+            signals={s.name: SignalValue(s.value, s.threshold, s.tripped) for s in d.signals},
+            reasons=list(d.reasons),
+            fallback=d.fallback,
+            rule=d.rule,
+            decision_id=d.decision_id,
+            escalation_id=d.escalation_id,
+            config_version=d.config_version,
+            raw=d,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (what the Gymnasium wrapper puts in ``info["interlock"]``)."""
+        return {
+            "verdict": self.verdict.name,
+            "action": None if self.action is None else self.action.tolist(),
+            "signals": {k: v._asdict() for k, v in self.signals.items()},
+            "reasons": self.reasons,
+            "fallback": self.fallback,
+            "rule": self.rule,
+            "decision_id": self.decision_id,
+            "escalation_id": self.escalation_id,
+            "config_version": self.config_version,
+        }
+
+
+def make_request(
+    agent_id: str,
+    observation: Any,
+    action: Any,
+    episode_id: str = "",
+    step: int = 0,
+    labels: Mapping[str, str] | None = None,
+) -> pb.CheckRequest:
+    """Build a CheckRequest from array-likes (Python ints become int64, floats float64)."""
+    return pb.CheckRequest(
+        agent_id=agent_id,
+        episode_id=episode_id,
+        step=int(step),
+        observation=from_numpy(np.asarray(observation)),
+        action=from_numpy(np.asarray(action)),
+        labels=dict(labels or {}),
+    )
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class GuardClient:
+    """Blocking client of ``interlock.v1.Guard``.
+
+    Args:
+        target: ``host:port`` of the Interlock server.
+        agent_id: Default agent id for calls that do not pass one.
+        timeout: Deadline per call in seconds; an expired deadline raises, never allows.
+        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        agent_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.target = target
+        self.agent_id = agent_id
+        self.timeout = timeout
+        opts = _channel_options(max_message_bytes)
+        self.channel = (
+            grpc.secure_channel(target, credentials, opts)
+            if credentials
+            else grpc.insecure_channel(target, opts)
+        )
+        self.stub = pb_grpc.GuardStub(self.channel)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects (raises grpc.FutureTimeoutError otherwise)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def check(
+        self,
+        observation: Any,
+        action: Any,
+        *,
+        agent_id: str | None = None,
+        episode_id: str = "",
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> CheckResult:
+        """Check one proposed action. Raises grpc.RpcError on any failure."""
+        req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
+        return CheckResult.from_pb(self.stub.Check(req, timeout=self.timeout))
+
+    def check_batch(
+        self,
+        observations: Any,
+        actions: Any,
+        *,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | None = None,
+        labels: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[CheckResult]:
+        """Check ``observations[i]`` / ``actions[i]`` for every row in one call (``[batch, ...]`` each)."""
+        obs, acts = np.asarray(observations), np.asarray(actions)
+        n = len(obs)
+        aid = agent_id or self.agent_id
+        reqs = [
+            make_request(
+                aid,
+                obs[i],
+                acts[i],
+                episode_ids[i] if episode_ids else "",
+                steps[i] if steps is not None else 0,
+                labels[i] if labels else None,
+            )
+            for i in range(n)
+        ]
+        resp = self.stub.CheckBatch(pb.CheckBatchRequest(requests=reqs), timeout=self.timeout)
+        return [CheckResult.from_pb(d) for d in resp.decisions]
+
+    def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
+        """Send requests over one CheckStream; yields one result per request, in order."""
+        for d in self.stub.CheckStream(iter(requests)):
+            yield CheckResult.from_pb(d)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GuardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGuardClient:
+    """asyncio client of ``interlock.v1.Guard``; same arguments as :class:`GuardClient`."""
+
+    def __init__(
+        self,
+        target: str,
+        agent_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.agent_id = agent_id
+        self.timeout = timeout
+        opts = _channel_options(max_message_bytes)
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, opts)
+            if credentials
+            else grpc.aio.insecure_channel(target, opts)
+        )
+        self.stub = pb_grpc.GuardStub(self.channel)
+
+    async def check(
+        self,
+        observation: Any,
+        action: Any,
+        *,
+        agent_id: str | None = None,
+        episode_id: str = "",
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> CheckResult:
+        req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
+        return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout))
+
+    async def check_batch(
+        self, observations: Any, actions: Any, *, agent_id: str | None = None
+    ) -> list[CheckResult]:
+        obs, acts = np.asarray(observations), np.asarray(actions)
+        aid = agent_id or self.agent_id
+        reqs = [make_request(aid, obs[i], acts[i]) for i in range(len(obs))]
+        resp = await self.stub.CheckBatch(pb.CheckBatchRequest(requests=reqs), timeout=self.timeout)
+        return [CheckResult.from_pb(d) for d in resp.decisions]
+
+    async def check_stream(
+        self, requests: AsyncIterator[pb.CheckRequest] | Iterable[pb.CheckRequest]
+    ) -> AsyncIterator[CheckResult]:
+        async for d in self.stub.CheckStream(requests):
+            yield CheckResult.from_pb(d)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncGuardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,146 @@
+"""Assemble and run the Interlock gRPC server: Guard, health, reflection, metrics.
+
+Example:
+    >>> cfg = "examples/cartpole/interlock.yaml"
+    >>> server = InterlockServer.from_config_file(cfg, port=0)  # doctest: +SKIP
+    >>> await server.start()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from interlock.config import LoadedConfig, load_config
+from interlock.engine import Guard
+from interlock.server.guard_servicer import GuardServicer, add_guard_service
+from interlock.server.metrics import Metrics
+from interlock.server.service import GuardService
+from interlock.v1 import interlock_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+GUARD_SERVICE = pb.DESCRIPTOR.services_by_name["Guard"].full_name
+#: Slack above max_message_bytes at the transport, so that Interlock (not gRPC core)
+#: answers most oversized requests, with a clear message and a metric.
+_TRANSPORT_SLACK = 2
+
+
+class InterlockServer:
+    """One gRPC server: the Guard service plus ``grpc.health.v1`` and reflection on the same port.
+
+    Health reports SERVING for "" and ``interlock.v1.Guard`` only after the
+    config and every model have loaded; ``stop()`` enters graceful shutdown first.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        host: str | None = None,
+        port: int | None = None,
+        metrics_port: int | None = -1,
+        grace_seconds: float = 5.0,
+    ) -> None:
+        cfg = loaded.config.server
+        self.loaded = loaded
+        self.host = host if host is not None else cfg.host
+        self.requested_port = port if port is not None else cfg.port
+        self.metrics_port = cfg.metrics_port if metrics_port == -1 else metrics_port
+        self.grace_seconds = grace_seconds
+        self.metrics = Metrics()
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.service: GuardService | None = None
+        self.port = 0
+        self.bound_metrics_port: int | None = None
+
+    @classmethod
+    def from_config_file(cls, path: str, **kwargs) -> InterlockServer:
+        return cls(load_config(path), **kwargs)
+
+    async def start(self) -> int:
+        """Load everything, bind, start serving; returns the bound port."""
+        cfg = self.loaded.config.server
+        for name in ("", GUARD_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        guard = Guard(self.loaded).load()
+        self.service = GuardService(guard, self.metrics)
+        limit = cfg.max_message_bytes * _TRANSPORT_SLACK
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_guard_service(GuardServicer(self.service, cfg.max_message_bytes, cfg.max_batch), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                GUARD_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.host}:{self.requested_port}: is another server using it?")
+        await self.server.start()
+        if self.metrics_port is not None:
+            self.bound_metrics_port = self.metrics.serve_http(self.metrics_port, addr=self.host)
+        for name in ("", GUARD_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "interlock serving config %s on %s:%d (metrics on %s)",
+            self.loaded.version,
+            self.host,
+            self.port,
+            self.bound_metrics_port,
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, let in-flight calls finish within the grace period, then close."""
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.grace_seconds if grace is None else grace)
+        self.metrics.close()
+        if self.service is not None:
+            self.service.guard.unload()
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+
+async def serve(
+    config_path: str,
+    host: str | None = None,
+    port: int | None = None,
+    metrics_port: int | None = -1,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    server = InterlockServer.from_config_file(config_path, host=host, port=port, metrics_port=metrics_port)
+    await server.start()
+    print(
+        f"interlock: serving {config_path} (config {server.loaded.version}) on {server.host}:{server.port}; "
+        f"metrics on :{server.bound_metrics_port}",
+        flush=True,
+    )
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("interlock: shutting down", flush=True)
+    await server.stop()

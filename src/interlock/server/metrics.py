@@ -1,0 +1,83 @@
+"""Prometheus metrics of one Interlock server.
+
+Names follow the Prometheus conventions: ``interlock_<what>_<unit>``, counters
+end in ``_total``, durations in seconds. Each server owns its registry so that
+tests (and several servers in one process) do not collide. The ``agent`` label
+is the *configured* agent id (a glob stays a glob), which bounds cardinality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from interlock.engine import Decision
+
+#: Decision latency buckets: 50 us .. 5 s (escalations can block for seconds).
+LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """All of Interlock's metrics, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "interlock_decisions_total",
+            "Decisions made, by agent, verdict and the rule that fired.",
+            ["agent", "verdict", "rule"],
+            registry=r,
+        )
+        self.decision_duration = Histogram(
+            "interlock_decision_duration_seconds",
+            "Time from receiving a request to having its decision (per request; batch calls count each).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "interlock_requests_rejected_total",
+            "Requests refused before a decision, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "interlock_internal_errors_total",
+            "Monitor, policy or fallback failures that were failed closed, by agent and stage.",
+            ["agent", "stage"],
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "interlock_config_info",
+            "The config version being served (value 1).",
+            ["version"],
+            registry=r,
+        )
+
+    def set_config_version(self, version: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(version=version).set(1)
+
+    def record(self, decisions: Iterable[Decision], agent_labels: Iterable[str], seconds: float) -> None:
+        """Count decisions; ``seconds`` is the latency each of them saw."""
+        for d, agent in zip(decisions, agent_labels, strict=True):
+            self.decisions.labels(agent=agent, verdict=d.verdict.label, rule=d.rule).inc()
+            self.decision_duration.observe(seconds)
+            for stage in d.errors:
+                self.internal_errors.labels(agent=agent, stage=stage).inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason=reason).inc()
+
+    def serve_http(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Expose ``/metrics`` on ``port`` (0 picks a free one); returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._http = server
+        return server.server_address[1]
+
+    def close(self) -> None:
+        http = getattr(self, "_http", None)
+        if http is not None:
+            http.shutdown()
+            http.server_close()

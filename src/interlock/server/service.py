@@ -1,0 +1,89 @@
+"""The request path around the engine: escalation, audit and metrics (no gRPC here).
+
+Servicers call :meth:`GuardService.check`; tests can call it directly. The
+engine (``Guard``) is swappable at run time so that a reload replaces the whole
+config atomically: a request sees exactly one config version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from interlock.engine import CheckInput, Decision, Guard, Verdict
+from interlock.errors import InterlockError
+from interlock.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class EscalationHandler(Protocol):
+    """Routes ESCALATE decisions to people (see ``interlock.server.escalation``)."""
+
+    async def handle(self, guard: Guard, decisions: list[Decision]) -> None:
+        """Update decisions in place: open escalations, wait (blocking mode), apply standing answers."""
+
+
+class AuditSink(Protocol):
+    """Durable decision log (see ``interlock.server.audit``)."""
+
+    async def record(self, decisions: Sequence[Decision]) -> None:
+        """Persist decisions before their answers are returned."""
+
+
+class GuardService:
+    """Engine plus the cross-cutting work every decision goes through.
+
+    Args:
+        guard: The loaded engine.
+        metrics: Where to count decisions and rejections.
+        escalations: Optional handler for ESCALATE verdicts; without one the
+            fail-safe action applies at once with a reason saying so.
+        audit: Optional durable log, written before answers are returned.
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        metrics: Metrics | None = None,
+        escalations: EscalationHandler | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.escalations = escalations
+        self.audit = audit
+        self.guard = guard
+        self.metrics.set_config_version(guard.version)
+
+    def swap(self, guard: Guard) -> Guard:
+        """Atomically replace the engine (hot reload); returns the old one."""
+        old, self.guard = self.guard, guard
+        self.metrics.set_config_version(guard.version)
+        return old
+
+    async def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
+        """Decide ``items`` in order; raises InterlockError for malformed requests (counted)."""
+        start = time.perf_counter()
+        guard = self.guard  # one config version for the whole call
+        try:
+            decisions = guard.check(items, indexed=indexed)
+        except InterlockError as e:
+            self.metrics.reject(e.reason)
+            raise
+        if any(d.verdict is Verdict.ESCALATE for d in decisions) or self.escalations is not None:
+            await self._escalate(guard, decisions)
+        if self.audit is not None:
+            await self.audit.record(decisions)
+        labels = [guard.agent(d.agent_id).config.id for d in decisions]
+        self.metrics.record(decisions, labels, time.perf_counter() - start)
+        return decisions
+
+    async def _escalate(self, guard: Guard, decisions: list[Decision]) -> None:
+        if self.escalations is not None:
+            await self.escalations.handle(guard, decisions)
+            return
+        for d in decisions:
+            if d.verdict is Verdict.ESCALATE:
+                d.reasons.append("no operator channel is configured: the fail-safe fallback applied at once")
