@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "cartpole_recovery"
 sys.path.insert(0, str(EXAMPLE))
 
-from common import NOMINAL, SHIFTED, Physics  # noqa: E402
+from cartpole_physics import NOMINAL, SHIFTED, Physics  # noqa: E402
 
 from interlock.config import LoadedConfig, load_config  # noqa: E402
 from interlock.engine import CheckInput, Guard, Verdict  # noqa: E402

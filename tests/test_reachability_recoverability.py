@@ -244,7 +244,7 @@ def test_cartpole_example_prevents_falls_under_a_shift() -> None:
 
     sys.path.insert(0, str(EXAMPLE))
     try:
-        from common import NOMINAL, SHIFTED
+        from cartpole_physics import NOMINAL, SHIFTED
     finally:
         sys.path.remove(str(EXAMPLE))
     import onnxruntime as ort

@@ -269,3 +269,27 @@ def test_random_agent_through_the_wrapper_and_a_real_server_never_falls() -> Non
         env.close()
     assert falls == 0
     assert env.verdict_counts.get("SUBSTITUTE", 0) > 0
+
+
+def test_shield_fallback_reads_scores_from_an_onnx_model(tmp_path) -> None:
+    """The agent's Q-network in ONNX (here a lookup table: state index int64 [N] -> [N, 4])."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    frozenlake_model("4x4", is_slippery=False).save(tmp_path / "fl.npz")
+    q = np.zeros((16, 4), np.float32)
+    q[4] = [0.1, 0.5, 0.9, 0.3]  # prefers right (2, into the hole), then down (1)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["Q", "obs"], ["q"], axis=0)], "q_table",
+        [helper.make_tensor_value_info("obs", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(q, "Q")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "q.onnx"))
+    guard = Guard(loaded([shield_agent("fl.npz", fallback={"scores": "q.onnx"})], base_dir=tmp_path)).load()
+    [d] = guard.check([CheckInput("toy", np.int64(4), np.int64(2))])
+    assert d.verdict is Verdict.SUBSTITUTE and int(d.action) == 1
+    with pytest.raises(ConfigError, match=r"must be a \.npy table or an \.onnx model"):
+        Guard(loaded([shield_agent("fl.npz", fallback={"scores": "q.csv"})], base_dir=tmp_path)).load()

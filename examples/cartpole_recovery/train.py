@@ -28,7 +28,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import NOMINAL, LinearPolicy, Physics, failed, step  # noqa: E402
+from cartpole_physics import NOMINAL, LinearPolicy, Physics, failed, step  # noqa: E402
 
 from interlock.reachability.onnx_build import linear_logits, mlp_ensemble, save  # noqa: E402
 
