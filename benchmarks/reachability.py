@@ -46,6 +46,40 @@ def timeit(fn, repeat: int, group: int = 10) -> float:
     return best
 
 
+def per_member_copy(example: Path) -> Path:
+    """The example's config and models, with the ensemble re-exported with ``[K, N, d]`` inputs."""
+    import shutil
+    import tempfile
+
+    import onnx
+    from onnx import numpy_helper
+
+    from interlock.reachability.onnx_build import mlp_ensemble, save
+
+    out = Path(tempfile.mkdtemp(prefix="interlock-bench-"))
+    for name in ("interlock.yaml", "backup.onnx"):
+        shutil.copy(example / name, out / name)
+    init = {
+        t.name: numpy_helper.to_array(t) for t in onnx.load(str(example / "dynamics.onnx")).graph.initializer
+    }
+    layers = sorted(int(k[1:]) for k in init if k.startswith("W"))
+    save(
+        mlp_ensemble(
+            [init[f"W{i}"] for i in layers],
+            [init[f"b{i}"][:, 0, :] for i in layers],
+            obs_dim=4,
+            n_actions=2,
+            in_mean=init["in_mean"],
+            in_std=init["in_std"],
+            out_mean=init["out_mean"],
+            out_std=init["out_std"],
+            per_member=True,
+        ),
+        out / "dynamics.onnx",
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from interlock.engine import CheckInput, Guard
     from interlock.monitors.base import Batch
@@ -83,6 +117,20 @@ def main(argv: list[str] | None = None) -> int:
                 (f"Guard.check with the rollout check ({label})", full),
             ):
                 print(f"{name:58s} {batch:5d} {t * 1e6:10.1f} {t * 1e6 / batch:9.1f} {t / bare:8.1f}")
+
+    # The same ensemble exported with per-member inputs [K, N, d]: no K-fold work on rollout steps.
+    per_member = per_member_copy(ROOT / "examples" / "cartpole_recovery")
+    pm_guard = Guard.from_file(str(per_member / "interlock.yaml")).load()
+    pm_monitor = next(m for m in pm_guard.agents[0].monitors if m.name == "recover")
+    for batch in (1, 16, 64):
+        obs = rng.uniform([-2, -1.5, -0.17, -1.5], [2, 1.5, 0.17, 1.5], (batch, 4)).astype(np.float32)
+        actions = rng.integers(0, 2, batch).astype(np.int64)
+        bare = timeit(lambda o=obs, a=actions: session.run(None, {"obs": o, "action": a}), args.repeat)
+        for name, mon in (("shared-input", monitor), ("per-member", pm_monitor)):
+            b = Batch("cartpole-recovery", obs, actions, np.zeros(batch, np.int64))
+            t = timeit(lambda b=b, mon=mon: mon.check(b), args.repeat)
+            label = f"rollout check, {name} layout (across the region)"
+            print(f"{label:58s} {batch:5d} {t * 1e6:10.1f} {t * 1e6 / batch:9.1f} {t / bare:8.1f}")
 
     shield = Guard.from_file(str(ROOT / "examples" / "cliffwalking" / "interlock.yaml")).load()
     smon = next(m for m in shield.agents[0].monitors if m.name == "shield")
