@@ -119,7 +119,7 @@ class ShieldFallback(Fallback):
 
     def propose(self, batch, signals) -> np.ndarray:
         mon = self.monitor
-        tables = mon._tables()
+        tables = mon.require_tables()
         s = mon.states(batch.observations)
         allowed = tables.allowed[s]
         safety = tables.safety[s].astype(np.float64)

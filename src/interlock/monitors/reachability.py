@@ -118,7 +118,7 @@ class TabularReachabilityMonitor(Monitor):
         Raises:
             ValueError: an index is not a whole number or lies outside the model.
         """
-        tables = self._tables()
+        tables = self.require_tables()
         raw = np.asarray(observations).reshape(len(observations), -1)[:, self.field]
         if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
             raise ValueError(f"state index {raw.tolist()} is not a whole number")
@@ -130,13 +130,14 @@ class TabularReachabilityMonitor(Monitor):
             )
         return s
 
-    def _tables(self) -> ShieldTables:
+    def require_tables(self) -> ShieldTables:
+        """The loaded tables; raises if :meth:`load` has not run (the engine then fails closed)."""
         if self.tables is None:
             raise RuntimeError(f"{self.where}: the monitor is not loaded")
         return self.tables
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
-        t = self._tables()
+        t = self.require_tables()
         s = self.states(batch.observations)
         a = np.asarray(batch.actions).reshape(len(batch)).astype(np.int64)
         valid = (a >= 0) & (a < t.n_actions)
