@@ -136,6 +136,7 @@ class ServerProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
+        self._rest: str | None = None
         deadline = time.monotonic() + 60
         while True:
             line = self.proc.stdout.readline()
@@ -156,8 +157,9 @@ class ServerProcess:
 
     def output(self) -> str:
         """Everything the process printed (waits for it to exit)."""
-        rest = self.proc.stdout.read()
-        return "".join(self.lines) + (rest or "")
+        if self._rest is None:
+            self._rest = self.proc.stdout.read() or ""
+        return "".join(self.lines) + self._rest
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -174,8 +176,8 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        self.output()
+        self.proc.stdout.close()
 
 
 def health_status(channel: grpc.Channel, service: str = "") -> int:

@@ -503,6 +503,7 @@ class AuditLog:
             else:
                 await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
         except asyncio.TimeoutError:
+            self.metrics.reject("deadline_exceeded")
             raise DeadlineExceeded(
                 "the caller's deadline passed while the decision was being written to the audit log"
             ) from None

@@ -77,7 +77,9 @@ class Reloader:
         self.last_error: str | None = None
 
     def _fingerprint(self, loaded: LoadedConfig) -> tuple:
-        return fingerprint([self.path, *model_files(loaded)])
+        tls = loaded.config.server.tls
+        certs = [loaded.resolve(p) for p in (tls.cert, tls.key, tls.client_ca) if p] if tls else []
+        return fingerprint([self.path, *model_files(loaded), *certs])
 
     async def reload(self, why: str = "request") -> bool:
         """Load, validate, swap. Returns True when the new config is serving."""
