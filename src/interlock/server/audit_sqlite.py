@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from interlock.server.audit import TABLE, AuditRecord, SqlAuditBackend
+
+log = logging.getLogger(__name__)
 
 
 class SqliteAuditBackend(SqlAuditBackend):
@@ -47,7 +50,23 @@ class SqliteAuditBackend(SqlAuditBackend):
             conn.execute(stmt)
         return conn
 
+    def open(self) -> None:
+        super().open()
+        self._inode = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     def write(self, records: Sequence[AuditRecord]) -> None:
+        if self.conn is not None and self._identity() != self._inode:
+            # The file was deleted or replaced under us (rotation gone wrong): SQLite would keep
+            # writing into the unlinked file and the records would be lost. Start a new file.
+            log.error("audit database %s was deleted or replaced; reopening it", self.path)
+            self.close()
         if self.conn is None:
             self.open()
         conn = self.conn
@@ -56,8 +75,11 @@ class SqliteAuditBackend(SqlAuditBackend):
             conn.executemany(self.insert_sql(), [r.to_row() for r in records])
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            finally:
+                self.close()  # reopen on the next write: the file may have been moved or remounted
             raise
 
     def _execute_deletes(self, stmts: list[tuple[str, list[Any]]]) -> int:
