@@ -1,0 +1,150 @@
+"""kill -9 under load loses no acknowledged decision; a bounded soak keeps memory and latency flat.
+
+The soak runs ``INTERLOCK_SOAK_SECONDS`` (default 12) in the suite; set it to
+minutes for a longer run (loopback only). Figures are printed for docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from interlock.server.audit import AuditQuery, open_backend
+from interlock.v1 import interlock_pb2 as pb
+from interlock.v1 import interlock_pb2_grpc as pb_grpc
+from tests.ops_fixtures import POSTGRES_DSN, TILTED, UPRIGHT, ServerProcess, needs_postgres, req, write_config
+
+
+def stored_ids(spec: str) -> set[str]:
+    b = open_backend(spec)
+    b.open()
+    try:
+        return {r.decision_id for r in b.query(AuditQuery())}
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=needs_postgres)])
+def test_kill_9_under_load_loses_no_acknowledged_decision(tmp_path, backend):
+    if backend == "sqlite":
+        audit, spec = {"path": "audit.db"}, str(tmp_path / "audit.db")
+    else:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS interlock_audit")
+        audit, spec = {"backend": "postgres", "dsn": "${INTERLOCK_TEST_POSTGRES_DSN}"}, POSTGRES_DSN
+    path = write_config(tmp_path / "interlock.yaml", audit=audit)
+    acked: list[str] = []
+    lock = threading.Lock()
+    with ServerProcess(path) as server:
+        stop = threading.Event()
+
+        def load(k: int) -> None:
+            with grpc.insecure_channel(server.address) as ch:
+                stub = pb_grpc.GuardStub(ch)
+                i = 0
+                while not stop.is_set():
+                    try:
+                        if k % 2:
+                            out = stub.CheckBatch(
+                                pb.CheckBatchRequest(requests=[req(TILTED, step=i)] * 8), timeout=5
+                            ).decisions
+                        else:
+                            out = [stub.Check(req(TILTED, step=i), timeout=5)]
+                    except grpc.RpcError:
+                        return  # the server is gone
+                    with lock:
+                        acked.extend(d.decision_id for d in out)
+                    i += 1
+
+        workers = [threading.Thread(target=load, args=(k,)) for k in range(8)]
+        for w in workers:
+            w.start()
+        time.sleep(1.5)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        stop.set()
+        for w in workers:
+            w.join()
+    assert server.proc.returncode == -signal.SIGKILL
+    assert len(acked) > 200
+    missing = set(acked) - stored_ids(spec)
+    print(f"\nkill -9 ({backend}): {len(acked)} acknowledged decisions, {len(missing)} missing from the audit log")
+    assert not missing
+    # The server restarts on the same log and goes on appending.
+    with ServerProcess(path) as again, grpc.insecure_channel(again.address) as ch:
+        d = pb_grpc.GuardStub(ch).Check(req(TILTED), timeout=5)
+    assert d.decision_id in stored_ids(spec)
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_bounded_soak_memory_and_latency_stay_flat(tmp_path):
+    seconds = float(os.environ.get("INTERLOCK_SOAK_SECONDS", "12"))
+    path = write_config(tmp_path / "interlock.yaml", audit={"path": "audit.db", "retention": {"max_rows": 20000}})
+    windows: list[list[float]] = []
+    rss: list[int] = []
+    errors: list[BaseException] = []
+    with ServerProcess(path) as server:
+        stop = threading.Event()
+        current: list[float] = []
+        lock = threading.Lock()
+
+        def load(k: int) -> None:
+            rng = np.random.default_rng(k)
+            with grpc.insecure_channel(server.address) as ch:
+                stub = pb_grpc.GuardStub(ch)
+                step = 0
+                while not stop.is_set():
+                    obs = TILTED if rng.random() < 0.2 else UPRIGHT
+                    t0 = time.perf_counter()
+                    try:
+                        stub.Check(req(obs, episode_id=f"soak-{k}-{step // 200}", step=step), timeout=5)
+                    except BaseException as e:
+                        errors.append(e)
+                        return
+                    with lock:
+                        current.append(time.perf_counter() - t0)
+                    step += 1
+
+        workers = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            with lock:
+                windows.append(current[:])
+                current.clear()
+            rss.append(rss_bytes(server.proc.pid))
+        stop.set()
+        for w in workers:
+            w.join()
+    assert not errors
+    warm = max(1, len(windows) // 4)  # the first quarter warms caches and the allocator up
+    early, late = windows[warm : warm + max(1, len(windows) // 4)], windows[-max(1, len(windows) // 4) :]
+    p50 = [statistics.median(sum(w, [])) for w in (early, late)]
+    p99 = [float(np.percentile(sum(w, []), 99)) for w in (early, late)]
+    growth = rss[-1] - rss[warm]
+    total = sum(len(w) for w in windows)
+    print(
+        f"\nsoak {seconds:.0f}s: {total} calls ({total / seconds:.0f}/s), p50 {p50[0] * 1e3:.2f} -> "
+        f"{p50[1] * 1e3:.2f} ms, p99 {p99[0] * 1e3:.2f} -> {p99[1] * 1e3:.2f} ms, RSS {rss[warm] / 2**20:.1f} -> "
+        f"{rss[-1] / 2**20:.1f} MiB"
+    )
+    assert p50[1] < 2.0 * p50[0], "median latency grew during the soak"
+    assert growth < 32 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB"
