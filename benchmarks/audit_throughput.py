@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interlock.client import make_request  # noqa: E402
-from interlock.server.background import background_server  # noqa: E402
-from interlock.v1 import interlock_pb2_grpc as pb_grpc  # noqa: E402
-from tests.fixtures import discrete_agent, loaded  # noqa: E402
+from interlock.client import make_request
+from interlock.server.background import background_server
+from interlock.v1 import interlock_pb2_grpc as pb_grpc
+from tests.fixtures import discrete_agent, loaded
 
 TILTED = np.array([0.0, 0.0, 0.15, 0.0], np.float32)
 

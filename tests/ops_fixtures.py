@@ -58,12 +58,12 @@ def write_config(
 
 def make_certs(folder: Path, names: tuple[str, ...] = ("server", "client")) -> dict[str, Path]:
     """A CA and certificates it signs (SAN 127.0.0.1 and localhost), as PEM files in ``folder``."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    import ipaddress
 
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
@@ -95,7 +95,9 @@ def make_certs(folder: Path, names: tuple[str, ...] = ("server", "client")) -> d
     out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for name in names:
         k = key()
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if name.startswith("server") else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = (
+            ExtendedKeyUsageOID.SERVER_AUTH if name.startswith("server") else ExtendedKeyUsageOID.CLIENT_AUTH
+        )
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from interlock.config import parse_config
+from interlock.config import LoadedConfig, parse_config
 from interlock.engine import Guard
-from interlock.config import LoadedConfig
 from interlock.server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +40,9 @@ def served(k8s, tmp_path_factory):
 
 def test_every_manifest_is_listed_and_well_formed(k8s):
     kust = k8s.pop("Kustomization")
-    assert sorted(kust["resources"]) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(kust["resources"]) == sorted(
+        p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     assert set(k8s) == {"ConfigMap", "Deployment", "Service", "ServiceMonitor"}
     for doc in k8s.values():
         assert doc["apiVersion"] and doc["metadata"]["name"] == {"ConfigMap": "interlock-config"}.get(
@@ -75,11 +76,15 @@ def test_service_and_servicemonitor_reach_the_pods(k8s):
     svc = k8s["Service"]["spec"]
     pod_labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert svc["selector"].items() <= pod_labels.items()
-    container_ports = {p["name"] for p in k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    container_ports = {
+        p["name"] for p in k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
     assert {p["targetPort"] for p in svc["ports"]} == container_ports
     sm = k8s["ServiceMonitor"]["spec"]
     assert sm["selector"]["matchLabels"].items() <= k8s["Service"]["metadata"]["labels"].items()
-    assert [e["port"] for e in sm["endpoints"]] == ["metrics"] and "metrics" in {p["name"] for p in svc["ports"]}
+    assert [e["port"] for e in sm["endpoints"]] == ["metrics"] and "metrics" in {
+        p["name"] for p in svc["ports"]
+    }
 
 
 def test_dockerfile_runs_the_install_script_and_serves(served):
@@ -101,4 +106,8 @@ def test_grafana_dashboard_uses_only_real_metrics():
     known |= {f"{n}_total" for n in known}
     unknown = used - known
     assert not unknown, f"dashboard queries metrics that do not exist: {sorted(unknown)}"
-    assert {"interlock_decisions_total", "interlock_config_reloads_total", "interlock_audit_errors_total"} <= used
+    assert {
+        "interlock_decisions_total",
+        "interlock_config_reloads_total",
+        "interlock_audit_errors_total",
+    } <= used

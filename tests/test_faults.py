@@ -8,6 +8,7 @@ PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -37,16 +38,19 @@ def test_onnx_session_raising_fails_closed(tmp_path):
     agent["policy"]["rules"].append(
         {"name": "always_escalate", "when": "true", "verdict": "escalate", "fallback": "backup"}
     )
-    with background_server(loaded([agent], base_dir=tmp_path)) as srv, grpc.insecure_channel(
-        f"127.0.0.1:{srv.port}"
-    ) as ch:
+    with (
+        background_server(loaded([agent], base_dir=tmp_path)) as srv,
+        grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch,
+    ):
         stub = pb_grpc.GuardStub(ch)
         d = stub.Check(req(TILTED))
         assert d.verdict == pb.VERDICT_HALT and to_numpy(d.action).size == 0
         assert any("fallback 'backup' failed" in r for r in d.reasons)
         d = stub.Check(req(UPRIGHT))  # the escalation's fallback raises too: HALT, not ALLOW
         assert d.verdict == pb.VERDICT_HALT
-        errors = metric_value(srv, "interlock_internal_errors_total", agent="cartpole", stage="fallback:backup")
+        errors = metric_value(
+            srv, "interlock_internal_errors_total", agent="cartpole", stage="fallback:backup"
+        )
     assert errors == 2
 
 
@@ -108,9 +112,11 @@ def test_audit_disk_full_fails_closed_then_recovers(tmp_path, tiny_disk):
 def test_read_only_audit_disk_stops_the_server_from_starting(tmp_path, tiny_disk):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
     cfg = loaded([discrete_agent()], base_dir=tmp_path, server={"audit": {"path": str(tiny_disk / "a.db")}})
-    with pytest.raises(Unavailable, match=r"cannot open the audit log at .*a\.db: OperationalError"):
-        with background_server(cfg):
-            pass
+    with (
+        pytest.raises(Unavailable, match=r"cannot open the audit log at .*a\.db: OperationalError"),
+        background_server(cfg),
+    ):
+        pass
 
 
 def test_audit_fail_mode_open_answers_and_counts(tmp_path, tiny_disk):
@@ -123,7 +129,9 @@ def test_audit_fail_mode_open_answers_and_counts(tmp_path, tiny_disk):
         stub = pb_grpc.GuardStub(ch)
         fill(tiny_disk / "filler")
         for i in range(50):
-            assert stub.Check(req(TILTED, step=i, labels={"pad": "x" * 4000})).verdict == pb.VERDICT_SUBSTITUTE
+            assert (
+                stub.Check(req(TILTED, step=i, labels={"pad": "x" * 4000})).verdict == pb.VERDICT_SUBSTITUTE
+            )
         assert metric_value(srv, "interlock_audit_errors_total", kind="disk_full") >= 1
 
 
@@ -163,19 +171,15 @@ class Proxy:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         self.up = False
         with self.lock:
             for s in self.conns:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             self.conns.clear()
 
     def restore(self) -> None:
@@ -236,9 +240,13 @@ def test_unreachable_audit_store_stops_the_server_from_starting(tmp_path):
     cfg = loaded(
         [discrete_agent()],
         base_dir=tmp_path,
-        server={"audit": {"backend": "postgres", "dsn": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}},
+        server={
+            "audit": {"backend": "postgres", "dsn": "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"}
+        },
     )
     pytest.importorskip("psycopg")
-    with pytest.raises(Unavailable, match=r"cannot open the audit log at postgresql://nobody@127.0.0.1:1"):
-        with background_server(cfg):
-            pass
+    with (
+        pytest.raises(Unavailable, match=r"cannot open the audit log at postgresql://nobody@127.0.0.1:1"),
+        background_server(cfg),
+    ):
+        pass

@@ -41,14 +41,20 @@ def onnx_agent(tmp_path):
 
 
 def test_file_change_reloads_atomically_and_bad_configs_are_rejected(tmp_path, caplog):
-    path = write_config(tmp_path / "interlock.yaml", [onnx_agent(tmp_path), box_agent()], version="v1", **FAST)
+    path = write_config(
+        tmp_path / "interlock.yaml", [onnx_agent(tmp_path), box_agent()], version="v1", **FAST
+    )
     with background_server(load_config(path)) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         stub = pb_grpc.GuardStub(ch)
         assert stub.Check(req(TILTED)).config_version == "v1"
 
         # A valid change: the tilted rule now halts.
         agent = onnx_agent(tmp_path)
-        agent["policy"]["rules"][1] = {"name": "tilted", "when": "tripped.limits.pole_upright", "verdict": "halt"}
+        agent["policy"]["rules"][1] = {
+            "name": "tilted",
+            "when": "tripped.limits.pole_upright",
+            "verdict": "halt",
+        }
         write_config(path, [agent, box_agent()], version="v2", **FAST)
         d = wait_for_version(stub, "v2", request=req(TILTED))
         assert d.verdict == pb.VERDICT_HALT

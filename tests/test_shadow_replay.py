@@ -26,7 +26,11 @@ def test_shadow_mode_answers_allow_and_keeps_the_would_be_verdict(tmp_path):
         d = stub.Check(req(TILTED, action=1))
         plain = stub.Check(req(UPRIGHT, action=1))
         shadowed = metric_value(
-            srv, "interlock_shadow_decisions_total", agent="cartpole", would_verdict="substitute", rule="tilted"
+            srv,
+            "interlock_shadow_decisions_total",
+            agent="cartpole",
+            would_verdict="substitute",
+            rule="tilted",
         )
     assert d.verdict == pb.VERDICT_ALLOW and int(to_numpy(d.action)) == 1 and d.fallback == ""
     assert d.reasons[0].startswith("shadow mode: would have answered SUBSTITUTE (rule 'tilted')")
@@ -39,7 +43,10 @@ def test_shadow_mode_answers_allow_and_keeps_the_would_be_verdict(tmp_path):
     [rec] = list(b.query(AuditQuery(verdict="substitute")))  # found by its would-be verdict
     b.close()
     assert (rec.decision_id, rec.verdict, rec.shadow_verdict, rec.rule) == (
-        d.decision_id, "allow", "substitute", "tilted"
+        d.decision_id,
+        "allow",
+        "substitute",
+        "tilted",
     )
 
 
@@ -58,7 +65,9 @@ def test_shadow_mode_still_fails_closed_on_internal_errors(tmp_path):
 def _record_traffic(tmp_path, db) -> list[pb.Decision]:
     """Recorded traffic under the old config: all decisions, some tilted, some upright."""
     cfg = loaded(
-        [discrete_agent(), box_agent()], base_dir=tmp_path, server={"audit": {"path": str(db), "record": "all"}}
+        [discrete_agent(), box_agent()],
+        base_dir=tmp_path,
+        server={"audit": {"path": str(db), "record": "all"}},
     )
     angles = np.linspace(-0.2, 0.2, 41, dtype=np.float32)
     with background_server(cfg) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -73,7 +82,11 @@ def test_replay_reports_what_a_new_config_would_change(tmp_path, capsys):
     # The new config is stricter: |angle| < 0.05 instead of 0.1, and it halts instead of substituting.
     strict = discrete_agent()
     strict["monitors"][1]["constraints"]["pole_upright"] = "math.abs(obs[2]) < 0.05"
-    strict["policy"]["rules"][1] = {"name": "tilted", "when": "tripped.limits.pole_upright", "verdict": "halt"}
+    strict["policy"]["rules"][1] = {
+        "name": "tilted",
+        "when": "tripped.limits.pole_upright",
+        "verdict": "halt",
+    }
     new = write_config(tmp_path / "new.yaml", [strict, box_agent()], version="v2")
 
     assert main(["replay", "--config", str(new), "--from", str(db), "--json", "--quiet"]) == 0

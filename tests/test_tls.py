@@ -64,7 +64,9 @@ def test_certificates_are_rotated_by_reload(tmp_path):
         assert check(srv.port, old_ca).verdict == pb.VERDICT_ALLOW
         # A broken key is rejected at reload: the old certificate keeps serving.
         good_key = (tmp_path / "pki/server.key").read_bytes()
-        (tmp_path / "pki/server.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+        (tmp_path / "pki/server.key").write_bytes(
+            b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n"
+        )
         deadline = time.monotonic() + 10
         while metric_value(srv, "interlock_config_reloads_total", result="failure") < 1:
             assert time.monotonic() < deadline

@@ -342,7 +342,9 @@ def _shadow(d: Decision) -> None:
     if would is Verdict.ALLOW:
         return
     rule = f" (rule '{d.rule}')" if d.rule else ""
-    d.reasons.insert(0, f"shadow mode: would have answered {would.name}{rule}; the proposed action is allowed")
+    d.reasons.insert(
+        0, f"shadow mode: would have answered {would.name}{rule}; the proposed action is allowed"
+    )
     d.verdict = Verdict.ALLOW
     d.action = d.proposed_action
     d.fallback = ""

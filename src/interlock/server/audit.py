@@ -313,7 +313,8 @@ class SqlAuditBackend:
     def query(self, q: AuditQuery, chunk: int = 1000) -> Iterator[AuditRecord]:
         """Records matching ``q``, oldest first unless ``q.newest_first``."""
         where, args = self._filters(q)
-        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY time {'DESC' if q.newest_first else 'ASC'}"
+        order = "DESC" if q.newest_first else "ASC"
+        sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY time {order}"
         if q.limit is not None:
             sql += f" LIMIT {int(q.limit)}"
         cur = self.conn.cursor()
@@ -335,7 +336,7 @@ class SqlAuditBackend:
         """Hook: end the read transaction if the driver opened one."""
 
     def prune(self, max_age_seconds: float | None, max_rows: int | None, now: float | None = None) -> int:
-        """Delete records older than ``max_age_seconds`` and beyond the newest ``max_rows``; returns how many."""
+        """Delete records older than ``max_age_seconds`` and beyond the newest ``max_rows``; returns n."""
         p = self.placeholder
         stmts: list[tuple[str, list[Any]]] = []
         if max_age_seconds is not None:
@@ -471,7 +472,7 @@ class AuditLog:
         return self
 
     def wants(self, d: Decision) -> bool:
-        """Whether ``d`` is recorded: non-ALLOW, shadowed, failed or escalated ones always; else per config."""
+        """Whether ``d`` is recorded: non-ALLOW, shadowed, failed or escalated always; else per config."""
         if self.cfg.record == "all":
             return True
         if d.verdict is not Verdict.ALLOW or d.errors or d.escalation_id:

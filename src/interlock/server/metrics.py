@@ -89,7 +89,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
             registry=r,
         )
-        self.inflight = Gauge("interlock_rpcs_in_flight", "Calls being served now (health excluded).", registry=r)
+        self.inflight = Gauge(
+            "interlock_rpcs_in_flight", "Calls being served now (health excluded).", registry=r
+        )
 
     def set_config_version(self, version: str) -> None:
         self.config_info.clear()
@@ -102,8 +104,9 @@ class Metrics:
             self.decision_duration.observe(seconds)
             for stage in d.errors:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()
-            if d.shadow_verdict is not None and d.shadow_verdict.label != "allow":
-                self.shadow_decisions.labels(agent=agent, would_verdict=d.shadow_verdict.label, rule=d.rule).inc()
+            would = d.shadow_verdict
+            if would is not None and would.label != "allow":
+                self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
