@@ -95,6 +95,12 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (independent of other load on the machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_bounded_soak_memory_and_latency_stay_flat(tmp_path):
     seconds = float(os.environ.get("INTERLOCK_SOAK_SECONDS", "8"))
     path = write_config(
@@ -102,6 +108,7 @@ def test_bounded_soak_memory_and_latency_stay_flat(tmp_path):
     )
     windows: list[list[float]] = []
     rss: list[int] = []
+    cpu: list[float] = []
     errors: list[BaseException] = []
     with ServerProcess(path) as server:
         stop = threading.Event()
@@ -135,21 +142,29 @@ def test_bounded_soak_memory_and_latency_stay_flat(tmp_path):
                 windows.append(current[:])
                 current.clear()
             rss.append(rss_bytes(server.proc.pid))
+            cpu.append(cpu_seconds(server.proc.pid))
         stop.set()
         for w in workers:
             w.join()
     assert not errors
-    warm = max(1, len(windows) // 4)  # the first quarter warms caches and the allocator up
-    early, late = windows[warm : warm + max(1, len(windows) // 4)], windows[-max(1, len(windows) // 4) :]
-    flat = [np.concatenate([np.asarray(x) for x in w]) for w in (early, late)]
+    n = len(windows)
+    warm, q = max(1, n // 4), max(1, n // 4)  # the first quarter warms caches and the allocator up
+    early, late = slice(warm, warm + q), slice(n - q, n)
+    flat = [np.concatenate([np.asarray(x) for x in windows[s]]) for s in (early, late)]
     p50 = [float(np.median(f)) for f in flat]
     p99 = [float(np.percentile(f, 99)) for f in flat]
+    # Server CPU per call: unlike wall-clock latency it does not move with other load on the machine.
+    per_call = [
+        (cpu[s.stop - 1] - cpu[s.start - 1]) / max(1, sum(len(w) for w in windows[s])) for s in (early, late)
+    ]
     growth = rss[-1] - rss[warm]
     total = sum(len(w) for w in windows)
     print(
         f"\nsoak {seconds:.0f}s: {total} calls ({total / seconds:.0f}/s), p50 {p50[0] * 1e3:.2f} -> "
-        f"{p50[1] * 1e3:.2f} ms, p99 {p99[0] * 1e3:.2f} -> {p99[1] * 1e3:.2f} ms, "
-        f"RSS {rss[warm] / 2**20:.1f} -> {rss[-1] / 2**20:.1f} MiB"
+        f"{p50[1] * 1e3:.2f} ms, p99 {p99[0] * 1e3:.2f} -> {p99[1] * 1e3:.2f} ms, server CPU/call "
+        f"{per_call[0] * 1e6:.0f} -> {per_call[1] * 1e6:.0f} us, RSS {rss[warm] / 2**20:.1f} -> "
+        f"{rss[-1] / 2**20:.1f} MiB"
     )
-    assert p50[1] < 2.0 * p50[0], "median latency grew during the soak"
     assert growth < 32 * 2**20, f"RSS grew {growth / 2**20:.1f} MiB"
+    assert per_call[1] < 1.5 * per_call[0], "server CPU per call grew during the soak"
+    assert p50[1] < 3.0 * p50[0], "median latency grew during the soak"

@@ -68,13 +68,19 @@ def test_client_deadline_ends_the_wait_for_a_blocked_audit_store(tmp_path):
         blocker.execute("BEGIN EXCLUSIVE")  # the audit writer now waits up to its busy timeout (5 s)
         try:
             start = time.monotonic()
+            call = stub.Check.future(req(TILTED), timeout=1.0)
+            while metric_value(srv, "interlock_rpcs_in_flight") < 1:  # the server is waiting on the store
+                assert time.monotonic() - start < 1.0, "the call never reached the server"
+                time.sleep(0.005)
             with pytest.raises(grpc.RpcError) as err:
-                stub.Check(req(TILTED), timeout=0.3)
+                call.result()
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             # The server stopped waiting at the deadline too, while the store is still locked.
             while metric_value(srv, "interlock_rpcs_in_flight") > 0:
-                assert time.monotonic() - start < 2.0, "the call kept waiting past the client's deadline"
+                assert time.monotonic() - start < 3.0, "the call kept waiting past the client's deadline"
                 time.sleep(0.01)
+            took = time.monotonic() - start
+            print(f"\ndeadline 1.0 s: the server let go after {took:.2f} s (lock held 5 s)")
             assert metric_value(srv, "interlock_requests_rejected_total", reason="deadline_exceeded") == 1
         finally:
             blocker.execute("ROLLBACK")

@@ -139,5 +139,6 @@ def test_reload_under_load_has_no_errors_and_only_live_versions(tmp_path):
             w.join()
         assert metric_value(srv, "interlock_config_reloads_total", result="success") == reloads
     assert errors == []
+    print(f"\nreload under load: {len(seen)} decisions across {reloads} reloads, {len(errors)} errors")
     assert len(seen) > 500
     assert set(seen) <= written and f"v{reloads}" in seen
