@@ -7,11 +7,14 @@ health and reflection (probes must answer even under overload) so that:
   RESOURCE_EXHAUSTED and ``interlock_requests_rejected_total{reason="concurrency"}``;
 * a call whose deadline already passed is refused with DEADLINE_EXCEEDED before any work;
 * the caller's deadline is visible to the request path through :func:`time_remaining`,
-  so waits (audit commit, blocking escalation) end when the caller stops listening.
+  so waits (audit commit, blocking escalation) end when the caller stops listening;
+* calls that gRPC cancels (deadline passed, client gone) are counted as
+  ``deadline_exceeded`` or ``cancelled``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from contextvars import ContextVar
@@ -83,6 +86,11 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         self.inflight -= 1
         self.metrics.inflight.dec()
 
+    def _cancelled(self) -> None:
+        """gRPC cancelled the call: its deadline passed, or the client went away."""
+        remaining = time_remaining()
+        self.metrics.reject("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
+
     def _wrap(self, behavior):
         if inspect.isasyncgenfunction(behavior):
 
@@ -91,6 +99,9 @@ class ServerLimits(grpc.aio.ServerInterceptor):
                 try:
                     async for item in behavior(request, context):
                         yield item
+                except asyncio.CancelledError:
+                    self._cancelled()
+                    raise
                 finally:
                     self._leave()
 
@@ -101,6 +112,9 @@ class ServerLimits(grpc.aio.ServerInterceptor):
                 await self._enter(context)
                 try:
                     return await behavior(request, context)
+                except asyncio.CancelledError:
+                    self._cancelled()
+                    raise
                 finally:
                     self._leave()
 
