@@ -1,7 +1,7 @@
 # Interlock guard service: a slim image that runs `interlock serve`.
-#   docker build -t interlock:0.1.0 .
-#   docker run -p 50051:50051 -p 9464:9464 -v $PWD/examples/cartpole:/etc/interlock interlock:0.1.0
+#   docker build -t interlock . && docker run -p 50051:50051 -p 9464:9464 interlock
 # The install steps live in deploy/install.sh, which CI runs in a fresh venv (.ci/deploy-check.sh).
+# On Kubernetes (deploy/kubernetes) the config comes from a ConfigMap mounted at /etc/interlock.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -12,10 +12,11 @@ RUN bash deploy/install.sh /opt/interlock
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home interlock
 COPY --from=build /opt/interlock /opt/interlock
+COPY examples /usr/share/interlock/examples
 ENV PATH=/opt/interlock/bin:$PATH PYTHONUNBUFFERED=1
 USER 10001
-# gRPC (Guard, Operator, health, reflection) and Prometheus /metrics.
+# gRPC (Guard, Operator, grpc.health.v1 for readiness probes, reflection) and Prometheus /metrics.
 EXPOSE 50051 9464
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["interlock", "serve"]
-CMD ["--config", "/etc/interlock/interlock.yaml"]
+CMD ["--config", "/usr/share/interlock/examples/cartpole/interlock.yaml", "--host", "0.0.0.0"]
