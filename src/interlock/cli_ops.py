@@ -70,6 +70,9 @@ def _query(args: argparse.Namespace, newest_first: bool):
 
 def _open(args: argparse.Namespace):
     backend = _backend(args)
+    path = getattr(backend, "path", None)
+    if path is not None and not path.exists():
+        raise ConfigError(f"no audit log at {path}: nothing was recorded there yet, or the path is wrong")
     try:
         backend.open()
     except ConfigError:

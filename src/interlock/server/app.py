@@ -169,8 +169,14 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if server.reloader is not None:
-        reload = server.reloader.reload
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload("SIGHUP")))
+        reload, pending = server.reloader.reload, set()
+
+        def on_sighup() -> None:
+            task = asyncio.ensure_future(reload("SIGHUP"))
+            pending.add(task)  # keep a reference until it is done
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     print("interlock: shutting down", flush=True)
     await server.stop()

@@ -58,7 +58,7 @@ class Metrics:
         # Operations (interlock.server.audit, reload, limits).
         self.config_reloads = Counter(
             "interlock_config_reloads_total",
-            "Config reloads by result: success, failure (old config kept serving), unchanged.",
+            "Config reloads by result: success, or failure (the old config kept serving).",
             ["result"],
             registry=r,
         )
