@@ -317,12 +317,16 @@ class SqlAuditBackend:
         sql = f"SELECT {', '.join(COLUMNS)} FROM {TABLE}{where} ORDER BY time {order}"
         if q.limit is not None:
             sql += f" LIMIT {int(q.limit)}"
-        cur = self.conn.cursor()
+        cur = self._read_cursor()
         cur.execute(sql, args)
         while rows := cur.fetchmany(chunk):
             for row in rows:
                 yield AuditRecord.from_row(row)
         self._end_read()
+
+    def _read_cursor(self) -> Any:
+        """A cursor for streaming reads (backends override to avoid loading every row at once)."""
+        return self.conn.cursor()
 
     def count(self, q: AuditQuery | None = None) -> int:
         where, args = self._filters(q or AuditQuery())
@@ -422,6 +426,11 @@ def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def error_kind(e: BaseException) -> str:
     """A short label for ``interlock_audit_errors_total{kind}``."""
     text = str(e).lower()
@@ -504,6 +513,7 @@ class AuditLog:
             else:
                 await asyncio.wait_for(asyncio.shield(fut), max(remaining, 0.0))
         except asyncio.TimeoutError:
+            fut.add_done_callback(_consume)  # the write goes on; nobody will read its outcome
             self.metrics.reject("deadline_exceeded")
             raise DeadlineExceeded(
                 "the caller's deadline passed while the decision was being written to the audit log"

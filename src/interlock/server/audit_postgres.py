@@ -89,6 +89,11 @@ class PostgresAuditBackend(SqlAuditBackend):
 
         self._retrying(work)
 
+    def _read_cursor(self) -> Any:
+        # A server-side cursor: exporting millions of records streams them instead of loading all.
+        self._ensure()
+        return self.conn.cursor(name="interlock_audit_read")
+
     def _end_read(self) -> None:
         if self.conn is not None and not self.conn.closed:
             self.conn.rollback()
