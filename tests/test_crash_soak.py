@@ -75,7 +75,7 @@ def test_kill_9_under_load_loses_no_acknowledged_decision(tmp_path, backend):
         for w in workers:
             w.join()
     assert server.proc.returncode == -signal.SIGKILL
-    assert len(acked) > 200
+    assert len(acked) > 50, f"only {len(acked)} decisions were acknowledged before the kill"
     missing = set(acked) - stored_ids(spec)
     print(
         f"\nkill -9 ({backend}): {len(acked)} acknowledged decisions, "
@@ -84,7 +84,7 @@ def test_kill_9_under_load_loses_no_acknowledged_decision(tmp_path, backend):
     assert not missing
     # The server restarts on the same log and goes on appending.
     with ServerProcess(path) as again, grpc.insecure_channel(again.address) as ch:
-        d = pb_grpc.GuardStub(ch).Check(req(TILTED), timeout=5)
+        d = pb_grpc.GuardStub(ch).Check(req(TILTED), timeout=15)
     assert d.decision_id in stored_ids(spec)
 
 
