@@ -145,7 +145,7 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.lines))
             self.lines.append(line)
-            m = re.search(r"on [\d.]+:(\d+); metrics on :(\S+)", line)
+            m = re.search(r"on [\d.]+:(\d+); metrics on :(\w+)", line)
             if m:
                 self.port = int(m.group(1))
                 self.metrics_port = None if m.group(2) == "None" else int(m.group(2))

@@ -68,6 +68,7 @@ async def test_two_replicas_share_the_queue_and_only_one_answer_wins(fresh_table
         resolved = await b.resolved_since(time.time() - 60)
         assert [e.escalation_id for e in resolved] == ([e1.escalation_id] if results[0] else [])
         assert await a.list(state=pb.ESCALATION_STATE_PENDING, limit=10) == [await a.get(e2.escalation_id)]
+        assert [e.escalation_id for e in await a.list(resolved=True)] == [e1.escalation_id]
     finally:
         await asyncio.gather(a.close(), b.close())
 
@@ -93,3 +94,54 @@ async def test_reconnects_after_the_session_is_killed_and_fails_clearly_when_dow
         ConfigError, match="cannot open the escalation store at postgresql://nobody@127.0.0.1:1"
     ):
         await down.open()
+
+
+def test_replicas_behind_one_service_share_escalations_through_postgres(fresh_table, tmp_path, monkeypatch):
+    """Two real servers, one PostgreSQL queue: an escalation opened on A is answered through B."""
+    import grpc
+    import numpy as np
+
+    from interlock.client import make_request
+    from interlock.server.background import background_server
+    from interlock.v1 import interlock_pb2_grpc as pb_grpc
+    from tests.fixtures import loaded
+
+    token = "operator-token-0123456789abcdef"
+    monkeypatch.setenv("INTERLOCK_OPERATOR_TOKEN", token)
+    agent = {
+        "id": "escalation-demo",
+        "observation": {"shape": [2]},
+        "action": {"type": "discrete", "n": 2},
+        "policy": {"rules": [{"name": "high", "when": "obs[0] > 0.5", "verdict": "escalate"}]},
+        "fallbacks": {"safe": {"kind": "constant", "action": 0}},
+        "fail_safe": "safe",
+        "escalation": {"mode": "deferred", "timeout_seconds": 30, "fallback": "safe"},
+    }
+    cfg = loaded(
+        [agent],
+        base_dir=tmp_path,
+        escalations={"store": {"kind": "postgres", "dsn": "${INTERLOCK_TEST_POSTGRES_DSN}"}},
+    )
+    auth = (("authorization", f"Bearer {token}"),)
+    with background_server(cfg) as a, background_server(cfg) as b:
+        with grpc.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            d = pb_grpc.GuardStub(ch).Check(
+                make_request("escalation-demo", np.array([0.9, 0], np.float32), 1)
+            )
+        assert d.verdict == pb.VERDICT_ESCALATE and d.escalation_id
+        with grpc.insecure_channel(f"127.0.0.1:{b.port}") as ch:
+            op = pb_grpc.OperatorStub(ch)
+            listed = op.ListEscalations(pb.ListEscalationsRequest(), metadata=auth).escalations
+            assert [e.escalation_id for e in listed] == [d.escalation_id]
+            done = op.ResolveEscalation(
+                pb.ResolveEscalationRequest(
+                    escalation_id=d.escalation_id, resolution=pb.RESOLUTION_APPROVE, operator="bob"
+                ),
+                metadata=auth,
+            )
+            assert done.state == pb.ESCALATION_STATE_APPROVED
+        with grpc.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+            seen = pb_grpc.OperatorStub(ch).GetEscalation(
+                pb.GetEscalationRequest(escalation_id=d.escalation_id), metadata=auth
+            )
+        assert seen.state == pb.ESCALATION_STATE_APPROVED and seen.operator == "bob"

@@ -6,6 +6,7 @@ import time
 
 import grpc
 import pytest
+import yaml
 
 from interlock.config import load_config
 from interlock.errors import ConfigError
@@ -99,3 +100,29 @@ def test_bad_tls_files_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="server.tls.cert: cannot read"):
         read_tls_files(load_config(cfg).config.server.tls, tmp_path)
     assert c["ca"].exists()
+
+
+def test_operator_service_over_mutual_tls_accepts_operator_certificates(tmp_path, monkeypatch):
+    """The Operator service shares the port: mTLS applies to it, and a certificate's CN can be an operator."""
+    monkeypatch.delenv("INTERLOCK_OPERATOR_TOKEN", raising=False)
+    c = make_certs(tmp_path / "pki", names=("server", "client", "ops-alice"))
+    path = write_config(
+        tmp_path / "i.yaml",
+        tls={"cert": "pki/server.pem", "key": "pki/server.key", "client_ca": "pki/ca.pem"},
+    )
+    doc = yaml.safe_load(path.read_text())
+    doc["auth"] = {"operator_common_names": ["ops-alice"]}
+    doc["escalations"] = {"store": {"kind": "sqlite", "path": "esc.db"}}
+    path.write_text(yaml.safe_dump(doc))
+    ca = c["ca"].read_bytes()
+
+    def list_as(name: str):
+        creds = grpc.ssl_channel_credentials(ca, c[f"{name}_key"].read_bytes(), c[name].read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{srv.port}", creds) as ch:
+            return pb_grpc.OperatorStub(ch).ListEscalations(pb.ListEscalationsRequest(), timeout=5)
+
+    with background_server(load_config(path)) as srv:
+        assert list(list_as("ops-alice").escalations) == []
+        with pytest.raises(grpc.RpcError) as err:
+            list_as("client")  # a valid client certificate, but not an operator's
+        assert err.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)

@@ -21,6 +21,7 @@ from interlock.errors import ConfigError
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
     "interlock.cli_ops",
+    "interlock.cli_escalations",
 ]
 
 
@@ -33,6 +34,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             metrics_port=-1 if args.metrics_port is None else args.metrics_port,
+            console_port=-1 if args.console_port is None else args.console_port,
         )
     )
     return 0
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Prometheus /metrics port (default: server.metrics_port)",
+    )
+    serve.add_argument(
+        "--console-port",
+        type=int,
+        default=None,
+        help="operator web console port (default: server.console_port; 0 = any free)",
     )
     serve.set_defaults(func=_cmd_serve)
 

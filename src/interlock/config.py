@@ -173,7 +173,28 @@ class EscalationConfig(_Strict):
     fallback: str | None = Field(
         None, description="Fail-safe fallback on timeout or reject; default: the rule's."
     )
-    max_pending: int = Field(100, gt=0, description="At most this many pending escalations for the agent.")
+    max_pending: int = Field(
+        100, gt=0, description="At most this many pending escalations per agent_id; beyond, the fail-safe."
+    )
+    while_pending: Literal["fallback", "halt"] = Field(
+        "fallback",
+        description="deferred mode, while an escalation of this agent_id waits: 'fallback' answers its later "
+        "escalations with the fail-safe (no new escalation); 'halt' answers every decision with HALT until "
+        "an operator answers.",
+    )
+    remember_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="How long an operator's answer also applies to later escalations of the same agent_id "
+        "and rule without asking again. Default: 0 (ask every time) in blocking mode, 300 in deferred mode.",
+    )
+
+    @property
+    def remember(self) -> float:
+        """Seconds an answer is remembered (``remember_seconds`` with its mode-dependent default)."""
+        if self.remember_seconds is not None:
+            return self.remember_seconds
+        return 300.0 if self.mode == "deferred" else 0.0
 
 
 class AgentConfig(_Strict):
@@ -314,6 +335,62 @@ class ServerConfig(_Strict):
     audit: AuditConfig | None = Field(None, description="Durable decision log; none disables it.")
     tls: TlsConfig | None = Field(None, description="TLS / mTLS; none serves plaintext (loopback only!).")
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
+    console_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the operator web console (0 = any free); null disables."
+    )
+
+
+class TokenSourceConfig(_Strict):
+    """Where bearer tokens come from: an environment variable and/or a file.
+
+    The file holds one token per line, optionally preceded by a name and a space
+    (``alice 3f9c...``); blank lines and ``#`` comments are ignored. The variable
+    holds one token. Tokens must be at least 16 characters.
+    """
+
+    env: str | None = Field(None, description="Environment variable holding one token.")
+    file: str | None = Field(None, description="Token file, relative to the config file.")
+
+
+class AuthConfig(_Strict):
+    """Credentials of operators (Operator service, web console) and, optionally, agents (Guard)."""
+
+    operator_tokens: TokenSourceConfig = Field(
+        default_factory=lambda: TokenSourceConfig(env="INTERLOCK_OPERATOR_TOKEN"),
+        description="Bearer tokens accepted on the Operator service and the console.",
+    )
+    agent_tokens: TokenSourceConfig = Field(
+        default_factory=TokenSourceConfig,
+        description="When any is configured, Guard calls must present one; they never work as operators.",
+    )
+    operator_common_names: list[str] = Field(
+        default_factory=list,
+        description="mTLS: client-certificate common names accepted as operators (needs a TLS server that "
+        "verifies client certificates).",
+    )
+
+
+class SqliteStoreConfig(_Strict):
+    """Escalations in one SQLite file (WAL mode, synchronous=FULL)."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = Field("escalations.db", description="Database file, relative to the config file.")
+
+
+class PostgresStoreConfig(_Strict):
+    """Escalations in PostgreSQL, shared by every replica (``pip install 'interlock[postgres]'``)."""
+
+    kind: Literal["postgres"] = "postgres"
+    dsn: str = Field(description="Connection string; '${ENV}' reads an environment variable.")
+
+
+class EscalationsConfig(_Strict):
+    """The escalation queue shared by all agents."""
+
+    store: Annotated[SqliteStoreConfig | PostgresStoreConfig, Field(discriminator="kind")] = Field(
+        default_factory=SqliteStoreConfig
+    )
+    max_pending_total: int = Field(1000, gt=0, description="At most this many pending escalations in all.")
 
 
 class InterlockConfig(_Strict):
@@ -325,6 +402,15 @@ class InterlockConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     onnx: OnnxConfig = Field(default_factory=OnnxConfig)
     agents: list[AgentConfig] = Field(min_length=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    escalations: EscalationsConfig = Field(default_factory=EscalationsConfig)
+
+    @property
+    def escalations_enabled(self) -> bool:
+        """True when the config has an ``escalations:`` section or any rule escalates."""
+        return "escalations" in self.model_fields_set or any(
+            r.verdict == "escalate" for a in self.agents for r in a.policy.rules
+        )
 
     def agent_for(self, agent_id: str) -> AgentConfig | None:
         return next((a for a in self.agents if a.matches(agent_id)), None)

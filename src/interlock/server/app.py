@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
 from interlock.server.audit import AuditLog
+from interlock.server.escalation_setup import EscalationSetup
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
 from interlock.server.limits import ServerLimits
 from interlock.server.metrics import Metrics
@@ -51,6 +52,7 @@ class InterlockServer:
         port: int | None = None,
         metrics_port: int | None = -1,
         grace_seconds: float | None = None,
+        console_port: int | None = -1,
     ) -> None:
         cfg = loaded.config.server
         self.loaded = loaded
@@ -68,6 +70,9 @@ class InterlockServer:
         self.service: GuardService | None = None
         self.port = 0
         self.bound_metrics_port: int | None = None
+        self.escalation = EscalationSetup(loaded, self.metrics)  # escalations, operator auth, console
+        self.requested_console_port = cfg.console_port if console_port == -1 else console_port
+        self.console_port: int | None = None
 
     @classmethod
     def from_config_file(cls, path: str, **kwargs) -> InterlockServer:
@@ -85,18 +90,23 @@ class InterlockServer:
         self.service = GuardService(guard, self.metrics, audit=self.audit)
         limit = cfg.max_message_bytes * _TRANSPORT_SLACK
         self.server = grpc.aio.server(
-            interceptors=[ServerLimits(cfg.max_concurrent_rpcs, self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            interceptors=[
+                ServerLimits(cfg.max_concurrent_rpcs, self.metrics),  # limits, deadlines, in-flight gauge
+                *self.escalation.interceptors(),
+            ],
         )
         add_guard_service(GuardServicer(self.service, cfg.max_message_bytes, cfg.max_batch), self.server)
+        await self.escalation.attach(self.server, self.service)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 GUARD_SERVICE,
+                *self.escalation.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -117,6 +127,7 @@ class InterlockServer:
             self.reloader = Reloader(self, self.loaded.source)
             if cfg.reload.watch:
                 self._watch = asyncio.create_task(self.reloader.watch(cfg.reload.poll_seconds))
+        self.console_port = await self.escalation.start_console(self.host, self.requested_console_port)
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -133,11 +144,13 @@ class InterlockServer:
         await self.health.enter_graceful_shutdown()
         if self._watch is not None:
             self._watch.cancel()
+        self.escalation.stop_watchers()
         if self.server is not None:
             await asyncio.sleep(self.loaded.config.server.drain_seconds if grace is None else 0)
             await self.server.stop(self.grace_seconds if grace is None else grace)
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
+        await self.escalation.close()
         self.metrics.close()
         if self.service is not None:
             self.service.guard.unload()
@@ -153,13 +166,17 @@ async def serve(
     port: int | None = None,
     metrics_port: int | None = -1,
     ready: asyncio.Event | None = None,
+    console_port: int | None = -1,
 ) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    server = InterlockServer.from_config_file(config_path, host=host, port=port, metrics_port=metrics_port)
+    server = InterlockServer.from_config_file(
+        config_path, host=host, port=port, metrics_port=metrics_port, console_port=console_port
+    )
     await server.start()
     print(
         f"interlock: serving {config_path} (config {server.loaded.version}) on {server.host}:{server.port}; "
-        f"metrics on :{server.bound_metrics_port}",
+        f"metrics on :{server.bound_metrics_port}"
+        + (f"; console on http://{server.host}:{server.console_port}/" if server.console_port else ""),
         flush=True,
     )
     if ready is not None:

@@ -170,8 +170,13 @@ class PostgresEscalationStore(EscalationStore):
         rows = await self._select("WHERE escalation_id = %s", (escalation_id,), "created_time")
         return rows[0] if rows else None
 
-    async def list(self, state: int = 0, agent_id: str = "", limit: int = 100) -> list[pb.Escalation]:
+    async def list(
+        self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
+    ) -> list[pb.Escalation]:
         clauses, params = [], []
+        if resolved:
+            clauses.append("state != %s")
+            params.append(PENDING)
         if state:
             clauses.append("state = %s")
             params.append(state)

@@ -17,6 +17,9 @@ from interlock.engine import Decision
 #: Decision latency buckets: 50 us .. 5 s (escalations can block for seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+#: Escalation wait buckets: 100 ms .. 1 h (people answer in seconds to minutes).
+ESCALATION_WAIT_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
 
 class Metrics:
     """All of Interlock's metrics, in one registry."""
@@ -46,6 +49,24 @@ class Metrics:
             "interlock_internal_errors_total",
             "Monitor, policy or fallback failures that were failed closed, by agent and stage.",
             ["agent", "stage"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "interlock_escalations_total",
+            "Escalations by agent and outcome: approved, rejected, substituted, expired, or dropped "
+            "(not opened: flood limit reached or the store failed; the fail-safe applied).",
+            ["agent", "outcome"],
+            registry=r,
+        )
+        self.escalations_pending = Gauge(
+            "interlock_escalations_pending",
+            "Escalations waiting for an operator.",
+            registry=r,
+        )
+        self.escalation_wait = Histogram(
+            "interlock_escalation_wait_seconds",
+            "Time from opening an escalation to its answer or expiry.",
+            buckets=ESCALATION_WAIT_BUCKETS,
             registry=r,
         )
         self.config_info = Gauge(
