@@ -20,6 +20,7 @@ from interlock.errors import ConfigError
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
+    "interlock.cli_ops",
     "interlock.cli_escalations",
     "interlock.reachability.cli",
 ]
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the gRPC guard service",
-        description="Serve the Guard service (plus gRPC health and reflection) for a config.",
+        description="Serve the Guard service (plus gRPC health and reflection) for a config. "
+        "SIGHUP (or, with server.reload.watch, a changed config or model file) reloads the config "
+        "without downtime; SIGTERM drains, finishes in-flight calls, flushes the audit log and exits.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
     serve.add_argument("--host", default=None, help="address to bind (default: server.host in the config)")

@@ -257,4 +257,9 @@ def open_store(loaded: LoadedConfig) -> EscalationStore:
     if cfg.kind == "sqlite":
         path = cfg.path if cfg.path == ":memory:" else str(loaded.resolve(cfg.path))
         return SqliteEscalationStore(path)
+    if cfg.kind == "postgres":
+        from interlock.server.audit import expand_env
+        from interlock.server.escalation_store_postgres import PostgresEscalationStore
+
+        return PostgresEscalationStore(expand_env(cfg.dsn, "escalations.store.dsn"))
     raise ValueError(f"unknown escalation store kind {cfg.kind!r}")  # pragma: no cover - config forbids it

@@ -76,6 +76,44 @@ class Metrics:
             registry=r,
         )
 
+        # Operations (interlock.server.audit, reload, limits).
+        self.config_reloads = Counter(
+            "interlock_config_reloads_total",
+            "Config reloads by result: success, or failure (the old config kept serving).",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_decisions = Counter(
+            "interlock_shadow_decisions_total",
+            "Shadow-mode decisions answered ALLOW, by agent, the verdict that would have applied and rule.",
+            ["agent", "would_verdict", "rule"],
+            registry=r,
+        )
+        self.audit_records = Counter(
+            "interlock_audit_records_total", "Decisions committed to the audit log.", registry=r
+        )
+        self.audit_errors = Counter(
+            "interlock_audit_errors_total",
+            "Audit writes that failed, by error kind (each failed call is counted once per record).",
+            ["kind"],
+            registry=r,
+        )
+        self.audit_commit = Histogram(
+            "interlock_audit_commit_duration_seconds",
+            "Time of one group-commit transaction.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_batch = Histogram(
+            "interlock_audit_batch_records",
+            "Records per group-commit transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "interlock_rpcs_in_flight", "Calls being served now (health excluded).", registry=r
+        )
+
     def set_config_version(self, version: str) -> None:
         self.config_info.clear()
         self.config_info.labels(version=version).set(1)
@@ -87,6 +125,9 @@ class Metrics:
             self.decision_duration.observe(seconds)
             for stage in d.errors:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()
+            would = d.shadow_verdict
+            if would is not None and would.label != "allow":
+                self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
