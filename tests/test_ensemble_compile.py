@@ -25,14 +25,17 @@ def _check_equal(fused, members, feeds_by_member):
         np.testing.assert_allclose(out[k], ref, atol=1e-5, rtol=1e-6)
 
 
-def test_hand_built_mlps_are_stacked_into_batched_matmuls(tmp_path):
+def test_hand_built_mlps_are_stacked_into_one_kernel_per_layer(tmp_path):
     rng = np.random.default_rng(1)
     members = [mlp_onnx(tmp_path / f"m{i}.onnx", random_mlp(rng, [4, 32, 32, 3]), final="Softmax") for i in range(5)]
     report = compile_ensemble(members, tmp_path / "ens.onnx")
     assert report.strategy == "stacked" and report.members == 5 and report.why_not_stacked == ""
     assert report.max_abs_diff <= 1e-5 and report.outputs["q"] == [5, 64, 3]
-    # one MatMul per layer for all members, not one per member
-    assert _ops(tmp_path / "ens.onnx").count("MatMul") == 3
+    # one kernel per layer for all members (a Gemm, then grouped Convs), not one per member
+    ops = _ops(tmp_path / "ens.onnx")
+    assert ops.count("Gemm") == 1 and ops.count("Conv") == 2 and ops.count("MatMul") == 0
+    compile_ensemble(members[:2], tmp_path / "ens2.onnx")
+    assert _ops(tmp_path / "ens2.onnx") == ops
     obs = rng.standard_normal((9, 4)).astype(np.float32)
     _check_equal(tmp_path / "ens.onnx", members, [{"obs": obs}] * 5)
 
@@ -136,3 +139,28 @@ def test_cli_compile_reports_verification(tmp_path, capsys):
     code = ensemble_main(["ensemble", "compile", str(members[0]), str(bad), "-o", str(tmp_path / "f.onnx")])
     assert code == 2 and "bad.onnx" in capsys.readouterr().err
 
+
+
+def test_member_specific_input_scaling_and_a_sub_are_stacked(tmp_path):
+    """Sub/Div by per-member constants before the first weight (an input scaler) still fuse exactly."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    paths = []
+    for k in range(3):
+        w, b = rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+        mean, scale = rng.standard_normal(3).astype(np.float32), (1 + rng.random(3)).astype(np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "scale"], ["s"]),
+             helper.make_node("Gemm", ["s", "W", "B"], ["g"]), helper.make_node("Sigmoid", ["g"], ["y"])],
+            "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+            initializer=[numpy_helper.from_array(a, n) for a, n in ((w, "W"), (b, "B"), (mean, "mean"), (scale, "scale"))],
+        )  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        paths.append(tmp_path / f"s{k}.onnx")
+        onnx.save(model, str(paths[-1]))
+    assert compile_ensemble(paths, tmp_path / "e.onnx").strategy == "stacked"
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    _check_equal(tmp_path / "e.onnx", paths, [{"x": x}] * 3)
