@@ -14,6 +14,7 @@ of each fused graph over the K sessions.
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +55,9 @@ def _time(fn, min_seconds: float = 0.5, repeats: int = 5) -> float:
     return float(np.median(samples))
 
 
-def run(members: int = 5, obs_dim: int = 4, hidden: int = 64, n_out: int = 2, batches=(1, 256), seed: int = 0) -> list[dict]:
+def run(
+    members: int = 5, obs_dim: int = 4, hidden: int = 64, n_out: int = 2, batches=(1, 256), seed: int = 0
+) -> list[dict]:
     import onnx
 
     rng = np.random.default_rng(seed)
@@ -62,7 +65,10 @@ def run(members: int = 5, obs_dim: int = 4, hidden: int = 64, n_out: int = 2, ba
     paths = []
     for k in range(members):
         sizes = [obs_dim, hidden, hidden, n_out]
-        layers = [(rng.standard_normal((a, b)) / np.sqrt(a), rng.standard_normal(b) * 0.1) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        layers = [
+            (rng.standard_normal((a, b)) / np.sqrt(a), rng.standard_normal(b) * 0.1)
+            for a, b in itertools.pairwise(sizes)
+        ]
         paths.append(tmp / f"m{k}.onnx")
         onnx.save(mlp_member(layers, "relu", "q", obs_dim), str(paths[-1]))
     compile_ensemble(paths, tmp / "stacked.onnx", strategy="stacked")
@@ -87,8 +93,16 @@ def run(members: int = 5, obs_dim: int = 4, hidden: int = 64, n_out: int = 2, ba
         for f in (fused_stacked, fused_parallel):
             np.testing.assert_allclose(f(), ref, atol=1e-5, rtol=1e-6)
         t_sep, t_st, t_par = _time(k_sessions), _time(fused_stacked), _time(fused_parallel)
-        rows.append({"batch": batch, "k_sessions_us": t_sep * 1e6, "stacked_us": t_st * 1e6, "parallel_us": t_par * 1e6,
-                     "stacked_speedup": t_sep / t_st, "parallel_speedup": t_sep / t_par})  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "k_sessions_us": t_sep * 1e6,
+                "stacked_us": t_st * 1e6,
+                "parallel_us": t_par * 1e6,
+                "stacked_speedup": t_sep / t_st,
+                "parallel_speedup": t_sep / t_par,
+            }
+        )
     return rows
 
 
@@ -99,12 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--obs-dim", type=int, default=4)
     args = p.parse_args(argv)
     rows = run(args.members, args.obs_dim, args.hidden)
-    print(f"K={args.members} members, MLP {args.obs_dim}-{args.hidden}-{args.hidden}-2, onnxruntime {ort.__version__}, "
-          "1 thread; microseconds per call (median)")  # fmt: skip
-    print(f"{'batch':>6s} {'K sessions':>11s} {'fused stacked':>14s} {'speed-up':>9s} {'fused parallel':>15s} {'speed-up':>9s}")
+    print(
+        f"K={args.members} members, MLP {args.obs_dim}-{args.hidden}-{args.hidden}-2, onnxruntime "
+        f"{ort.__version__}, "
+        "1 thread; microseconds per call (median)"
+    )
+    print(
+        f"{'batch':>6s} {'K sessions':>11s} {'fused stacked':>14s} {'speed-up':>9s} "
+        f"{'fused parallel':>15s} {'speed-up':>9s}"
+    )
     for r in rows:
-        print(f"{r['batch']:6d} {r['k_sessions_us']:11.1f} {r['stacked_us']:14.1f} {r['stacked_speedup']:8.2f}x "
-              f"{r['parallel_us']:15.1f} {r['parallel_speedup']:8.2f}x")  # fmt: skip
+        print(
+            f"{r['batch']:6d} {r['k_sessions_us']:11.1f} {r['stacked_us']:14.1f} "
+            f"{r['stacked_speedup']:8.2f}x "
+            f"{r['parallel_us']:15.1f} {r['parallel_speedup']:8.2f}x"
+        )
     return 0
 
 

@@ -76,15 +76,24 @@ class EnvSpec:
     results: dict = field(default_factory=dict)
 
 
-def rollouts(make, controller, episodes: int, seed: int, epsilon: float = 0.1, max_steps: int = 500,
-             obs_noise: np.ndarray | float = 0.0) -> dict[str, np.ndarray]:  # fmt: skip
+def rollouts(
+    make,
+    controller,
+    episodes: int,
+    seed: int,
+    epsilon: float = 0.1,
+    max_steps: int = 500,
+    obs_noise: np.ndarray | float = 0.0,
+) -> dict[str, np.ndarray]:
     """Transitions (docs/ensembles.md layout) of ``controller`` with ``epsilon`` random actions.
 
     With ``obs_noise`` the controller *and* the logged observations see noisy sensors.
     """
     env = make()
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")}
+    cols: dict[str, list] = {
+        k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")
+    }
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         seen = obs + obs_noise * rng.standard_normal(obs.shape)
@@ -129,18 +138,27 @@ def _cartpole_controller(env, o) -> int:
 
 def cartpole() -> EnvSpec:
     return EnvSpec(
-        "CartPole-v1", _cartpole(), _cartpole_controller,
+        "CartPole-v1",
+        _cartpole(),
+        _cartpole_controller,
         [
             Shift("short pole (length 0.5 -> 0.1)", _cartpole(length=0.1)),
             Shift("gravity x5 (9.8 -> 49)", _cartpole(gravity=49.0)),
             Shift("sensor noise (0.1 std)", _cartpole(), obs_noise=0.1),
             Shift("sensor noise (0.5 std)", _cartpole(), obs_noise=0.5),
             Shift("sensor noise (1.0 std)", _cartpole(), obs_noise=1.0),
-            Shift("weak motor (force 10 -> 2)", _cartpole(force_mag=2.0),
-                  note="control: the controller copes, states stay familiar"),
+            Shift(
+                "weak motor (force 10 -> 2)",
+                _cartpole(force_mag=2.0),
+                note="control: the controller copes, states stay familiar",
+            ),
         ],
-        train_episodes=40, calib_episodes=20, eval_episodes=10, max_steps=500, epochs=20,
-    )  # fmt: skip
+        train_episodes=40,
+        calib_episodes=20,
+        eval_episodes=10,
+        max_steps=500,
+        epochs=20,
+    )
 
 
 class _Lander:
@@ -181,7 +199,9 @@ def _lander_controller(env, o) -> int:
 
 def lunarlander() -> EnvSpec:
     return EnvSpec(
-        "LunarLander-v3", _Lander(), _lander_controller,
+        "LunarLander-v3",
+        _Lander(),
+        _lander_controller,
         [
             Shift("wind 20, turbulence 2", _Lander(enable_wind=True, wind_power=20.0, turbulence_power=2.0)),
             Shift("main engine x0.6", _Lander(main=0.6)),
@@ -189,8 +209,12 @@ def lunarlander() -> EnvSpec:
             Shift("sensor noise (0.5 std)", _Lander(), obs_noise=0.5),
             Shift("sensor noise (1.0 std)", _Lander(), obs_noise=1.0),
         ],
-        train_episodes=80, calib_episodes=80, eval_episodes=40, max_steps=600, epochs=30,
-    )  # fmt: skip
+        train_episodes=80,
+        calib_episodes=80,
+        eval_episodes=40,
+        max_steps=600,
+        epochs=30,
+    )
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -209,17 +233,29 @@ def run_env(spec: EnvSpec, work: Path, seed: int = 0, progress: bool = False) ->
     np.savez(work / "calibration.npz", **calib)
     n_actions = int(train["action"].max()) + 1
     for kind in ("q", "dynamics", "policy"):
-        cfg = TrainConfig(kind=kind, members=5, epochs=spec.epochs, prior_scale=1.0, seed=seed, n_actions=n_actions)
+        cfg = TrainConfig(
+            kind=kind, members=5, epochs=spec.epochs, prior_scale=1.0, seed=seed, n_actions=n_actions
+        )
         train_ensemble(train, work / f"{kind}.onnx", cfg, progress=progress)
-    config = {"agents": [{
-        "id": "agent", "observation": {"shape": [int(train["obs"].shape[1])]},
-        "action": {"type": "discrete", "n": n_actions},
-        "monitors": [
-            {"kind": "uncertainty", "name": kind, "model": f"{kind}.onnx", "ensemble": kind,
-             "thresholds_file": "thresholds.json"}
-            for kind in ("q", "dynamics", "policy")
-        ],
-    }]}  # fmt: skip
+    config = {
+        "agents": [
+            {
+                "id": "agent",
+                "observation": {"shape": [int(train["obs"].shape[1])]},
+                "action": {"type": "discrete", "n": n_actions},
+                "monitors": [
+                    {
+                        "kind": "uncertainty",
+                        "name": kind,
+                        "model": f"{kind}.onnx",
+                        "ensemble": kind,
+                        "thresholds_file": "thresholds.json",
+                    }
+                    for kind in ("q", "dynamics", "policy")
+                ],
+            }
+        ]
+    }
     (work / "interlock.yaml").write_text(yaml.safe_dump(config))
     calibrate(work / "interlock.yaml", "agent", work / "calibration.npz", rate=RATE, holdout=0.3, seed=seed)
     guard = Guard.from_file(str(work / "interlock.yaml")).load()
@@ -227,7 +263,9 @@ def run_env(spec: EnvSpec, work: Path, seed: int = 0, progress: bool = False) ->
     trained = time.perf_counter() - t0
 
     def score(data: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        batch = Batch("agent", data["obs"], data["action"].astype(np.int64), np.zeros(len(data["obs"]), np.int64))
+        batch = Batch(
+            "agent", data["obs"], data["action"].astype(np.int64), np.zeros(len(data["obs"]), np.int64)
+        )
         out = {}
         for name, m in monitors.items():
             for sig, sb in m.check(batch).items():
@@ -236,22 +274,35 @@ def run_env(spec: EnvSpec, work: Path, seed: int = 0, progress: bool = False) ->
 
     base = score(test)
     result: dict = {
-        "env": spec.name, "train_steps": len(train["obs"]), "test_steps": len(test["obs"]),
+        "env": spec.name,
+        "train_steps": len(train["obs"]),
+        "test_steps": len(test["obs"]),
         "false_alarm_rate": {s: float(base[s][1].mean()) for s in base},
-        "shifts": [], "seconds_to_train_and_calibrate": trained,
-    }  # fmt: skip
+        "shifts": [],
+        "seconds_to_train_and_calibrate": trained,
+    }
     noise_scale = train["obs"].std(axis=0)
     for k, shift in enumerate(spec.shifts):
-        data = rollouts(shift.make, spec.controller, spec.eval_episodes, seed + 30_000 + 1000 * k,
-                        max_steps=spec.max_steps, obs_noise=shift.obs_noise * noise_scale)  # fmt: skip
+        data = rollouts(
+            shift.make,
+            spec.controller,
+            spec.eval_episodes,
+            seed + 30_000 + 1000 * k,
+            max_steps=spec.max_steps,
+            obs_noise=shift.obs_noise * noise_scale,
+        )
         got = score(data)
         returns = [float(data["reward"][data["episode"] == e].sum()) for e in np.unique(data["episode"])]
-        result["shifts"].append({
-            "shift": shift.name, "note": shift.note, "steps": len(data["obs"]),
-            "mean_return": float(np.mean(returns)),
-            "auroc": {s: auroc(base[s][0], got[s][0]) for s in base},
-            "flagged": {s: float(got[s][1].mean()) for s in base},
-        })  # fmt: skip
+        result["shifts"].append(
+            {
+                "shift": shift.name,
+                "note": shift.note,
+                "steps": len(data["obs"]),
+                "mean_return": float(np.mean(returns)),
+                "auroc": {s: auroc(base[s][0], got[s][0]) for s in base},
+                "flagged": {s: float(got[s][1].mean()) for s in base},
+            }
+        )
     test_returns = [float(test["reward"][test["episode"] == e].sum()) for e in np.unique(test["episode"])]
     result["in_distribution_mean_return"] = float(np.mean(test_returns))
     result["seconds"] = time.perf_counter() - t0
@@ -259,16 +310,23 @@ def run_env(spec: EnvSpec, work: Path, seed: int = 0, progress: bool = False) ->
 
 
 def print_result(r: dict) -> None:
-    print(f"\n== {r['env']}: {r['train_steps']} training steps, {r['test_steps']} in-distribution test steps "
-          f"(mean return {r['in_distribution_mean_return']:.1f}); {r['seconds']:.0f} s")  # fmt: skip
+    print(
+        f"\n== {r['env']}: {r['train_steps']} training steps, {r['test_steps']} in-distribution test steps "
+        f"(mean return {r['in_distribution_mean_return']:.1f}); {r['seconds']:.0f} s"
+    )
     far = r["false_alarm_rate"]
-    print(f"false-alarm rate on in-distribution test episodes (target {RATE:g}, goal <= {1.5 * RATE:g}): "
-          + ", ".join(f"{s} {far[s]:.4f}" for s in SIGNALS))  # fmt: skip
+    print(
+        f"false-alarm rate on in-distribution test episodes (target {RATE:g}, goal <= {1.5 * RATE:g}): "
+        + ", ".join(f"{s} {far[s]:.4f}" for s in SIGNALS)
+    )
     head = "".join(f" {s:>24s}" for s in SIGNALS)
     print(f"{'shift':34s} {'return':>7s}{head}    (AUROC / share flagged)")
     for sh in r["shifts"]:
         cells = "".join(f" {sh['auroc'][s]:>13.3f} / {sh['flagged'][s]:<8.3f}" for s in SIGNALS)
-        print(f"{sh['shift']:34s} {sh['mean_return']:7.1f}{cells}" + (f"   <- {sh['note']}" if sh["note"] else ""))
+        print(
+            f"{sh['shift']:34s} {sh['mean_return']:7.1f}{cells}"
+            + (f"   <- {sh['note']}" if sh["note"] else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,14 @@ def mlp_onnx(
     use_gemm: bool = False,
     final: str | None = None,
 ) -> Path:
-    """``x -> [MatMul+Add | Gemm] -> act -> ... -> out`` with a dynamic batch axis; ``final`` adds e.g. Softmax."""
+    """``x -> [MatMul+Add or Gemm] -> act -> ... -> out``, dynamic batch axis; ``final``: e.g. Softmax."""
     nodes, inits = [], []
     x = input_name
     for i, (w, b) in enumerate(weights):
-        inits += [numpy_helper.from_array(w.astype(np.float32), f"W{i}"), numpy_helper.from_array(b.astype(np.float32), f"B{i}")]
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"W{i}"),
+            numpy_helper.from_array(b.astype(np.float32), f"B{i}"),
+        ]
         last = i == len(weights) - 1
         y = output_name if last and final is None else f"z{i}"
         if use_gemm:
@@ -39,11 +43,12 @@ def mlp_onnx(
         nodes.append(helper.make_node(final, [x], [output_name], axis=-1))
     width_in, width_out = weights[0][0].shape[0], weights[-1][0].shape[1]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", width_in])],
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", width_out])],
         initializer=inits,
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -54,7 +59,7 @@ def mlp_onnx(
 def random_mlp(rng: np.random.Generator, sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [
         (rng.standard_normal((a, b)) / np.sqrt(a), rng.standard_normal(b) * 0.1)
-        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        for a, b in itertools.pairwise(sizes)
     ]
 
 
@@ -77,7 +82,9 @@ def residual_onnx(path: Path, w: np.ndarray, input_name: str = "x", output_name:
     return path
 
 
-def q_ensemble_members(tmp: Path, k: int = 4, seed: int = 0, obs_dim: int = 4, n_actions: int = 2) -> list[Path]:
+def q_ensemble_members(
+    tmp: Path, k: int = 4, seed: int = 0, obs_dim: int = 4, n_actions: int = 2
+) -> list[Path]:
     """K MLP Q-networks ``obs [batch, obs_dim] -> q [batch, n_actions]`` with different random weights."""
     rng = np.random.default_rng(seed)
     return [mlp_onnx(tmp / f"q{i}.onnx", random_mlp(rng, [obs_dim, 16, n_actions])) for i in range(k)]
@@ -90,13 +97,17 @@ def run(path: Path | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, feeds)
 
 
-def cartpole_transitions(episodes: int = 20, epsilon: float = 0.2, seed: int = 0, **env_kwargs) -> dict[str, np.ndarray]:
+def cartpole_transitions(
+    episodes: int = 20, epsilon: float = 0.2, seed: int = 0, **env_kwargs
+) -> dict[str, np.ndarray]:
     """Real CartPole-v1 rollouts of a noisy balancing controller, in the transitions layout."""
     import gymnasium as gym
 
     env = gym.make("CartPole-v1", **env_kwargs)
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")}
+    cols: dict[str, list] = {
+        k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")
+    }
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed + ep)
         done = False
@@ -114,14 +125,18 @@ def cartpole_transitions(episodes: int = 20, epsilon: float = 0.2, seed: int = 0
     return out
 
 
-def dynamics_members(tmp: Path, k: int = 3, seed: int = 0, obs_dim: int = 4, n_actions: int = 2) -> list[Path]:
-    """K dynamics MLPs ``obs, action -> delta`` (one-hot inside the graph), written by the training exporter."""
+def dynamics_members(
+    tmp: Path, k: int = 3, seed: int = 0, obs_dim: int = 4, n_actions: int = 2
+) -> list[Path]:
+    """K dynamics MLPs ``obs, action -> delta`` (one-hot inside the graph), by the training exporter."""
     from interlock.ensembles.mlp import mlp_member
 
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(k):
-        model = mlp_member(random_mlp(rng, [obs_dim + n_actions, 16, obs_dim]), "relu", "dynamics", obs_dim, n_actions)
+        model = mlp_member(
+            random_mlp(rng, [obs_dim + n_actions, 16, obs_dim]), "relu", "dynamics", obs_dim, n_actions
+        )
         paths.append(tmp / f"dyn{i}.onnx")
         onnx.save(model, str(paths[-1]))
     return paths

@@ -27,15 +27,35 @@ def write_config(tmp_path, with_file=True):
     compile_ensemble(q_ensemble_members(tmp_path, k=4), tmp_path / "q_ens.onnx")
     compile_ensemble(dynamics_members(tmp_path, k=3), tmp_path / "dyn_ens.onnx")
     extra = {"thresholds_file": "thresholds.json"} if with_file else {}
-    cfg = {"agents": [{
-        "id": "cartpole", "observation": {"shape": [4]}, "action": {"type": "discrete", "n": 2},
-        "monitors": [
-            {"kind": "action_space"},
-            {"kind": "uncertainty", "name": "q_doubt", "model": "q_ens.onnx", "ensemble": "q", **extra},
-            {"kind": "uncertainty", "name": "novelty", "model": "dyn_ens.onnx", "ensemble": "dynamics", **extra},
-        ],
-        "policy": {"rules": [{"name": "novel", "when": "tripped.novelty.disagreement", "verdict": "halt"}]},
-    }]}  # fmt: skip
+    cfg = {
+        "agents": [
+            {
+                "id": "cartpole",
+                "observation": {"shape": [4]},
+                "action": {"type": "discrete", "n": 2},
+                "monitors": [
+                    {"kind": "action_space"},
+                    {
+                        "kind": "uncertainty",
+                        "name": "q_doubt",
+                        "model": "q_ens.onnx",
+                        "ensemble": "q",
+                        **extra,
+                    },
+                    {
+                        "kind": "uncertainty",
+                        "name": "novelty",
+                        "model": "dyn_ens.onnx",
+                        "ensemble": "dynamics",
+                        **extra,
+                    },
+                ],
+                "policy": {
+                    "rules": [{"name": "novel", "when": "tripped.novelty.disagreement", "verdict": "halt"}]
+                },
+            }
+        ]
+    }
     (tmp_path / "interlock.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "interlock.yaml"
 
@@ -77,7 +97,12 @@ def test_cli_calibrate_reports_and_needs_a_target_file(tmp_path, rollouts, capsy
     args = ["calibrate", "--config", str(cfg), "--agent", "cartpole", "--data", str(rollouts)]
     with pytest.raises(ConfigError, match="has no thresholds_file.*--output"):
         ensemble_main(args)
-    assert ensemble_main([*args, "--false-alarm-rate", "0.02", "-o", str(tmp_path / "t.json"), "--monitor", "q_doubt"]) == 0
+    assert (
+        ensemble_main(
+            [*args, "--false-alarm-rate", "0.02", "-o", str(tmp_path / "t.json"), "--monitor", "q_doubt"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "q_doubt.q_std" in out and "FAR (held out)" in out and "novelty" not in out
     with pytest.raises(ConfigError, match="no agent 'nobody'"):

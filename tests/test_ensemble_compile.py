@@ -27,7 +27,9 @@ def _check_equal(fused, members, feeds_by_member):
 
 def test_hand_built_mlps_are_stacked_into_one_kernel_per_layer(tmp_path):
     rng = np.random.default_rng(1)
-    members = [mlp_onnx(tmp_path / f"m{i}.onnx", random_mlp(rng, [4, 32, 32, 3]), final="Softmax") for i in range(5)]
+    members = [
+        mlp_onnx(tmp_path / f"m{i}.onnx", random_mlp(rng, [4, 32, 32, 3]), final="Softmax") for i in range(5)
+    ]
     report = compile_ensemble(members, tmp_path / "ens.onnx")
     assert report.strategy == "stacked" and report.members == 5 and report.why_not_stacked == ""
     assert report.max_abs_diff <= 1e-5 and report.outputs["q"] == [5, 64, 3]
@@ -42,7 +44,10 @@ def test_hand_built_mlps_are_stacked_into_one_kernel_per_layer(tmp_path):
 
 def test_gemm_members_stack_too(tmp_path):
     rng = np.random.default_rng(2)
-    members = [mlp_onnx(tmp_path / f"g{i}.onnx", random_mlp(rng, [4, 8, 2]), use_gemm=True, activation="Relu") for i in range(3)]
+    members = [
+        mlp_onnx(tmp_path / f"g{i}.onnx", random_mlp(rng, [4, 8, 2]), use_gemm=True, activation="Relu")
+        for i in range(3)
+    ]
     report = compile_ensemble(members, tmp_path / "ens.onnx")
     assert report.strategy == "stacked"
     _check_equal(tmp_path / "ens.onnx", members, [{"obs": np.ones((1, 4), np.float32)}] * 3)
@@ -51,7 +56,10 @@ def test_gemm_members_stack_too(tmp_path):
 def test_non_mlp_members_run_as_parallel_subgraphs(tmp_path):
     rng = np.random.default_rng(3)
     # opset 11 members with different input names: renamed to the first member's, converted to opset 13
-    members = [residual_onnx(tmp_path / f"r{i}.onnx", rng.standard_normal((3, 3)), input_name=f"in{i}") for i in range(3)]
+    members = [
+        residual_onnx(tmp_path / f"r{i}.onnx", rng.standard_normal((3, 3)), input_name=f"in{i}")
+        for i in range(3)
+    ]
     report = compile_ensemble(members, tmp_path / "ens.onnx")
     assert report.strategy == "parallel" and report.why_not_stacked
     x = rng.standard_normal((6, 3)).astype(np.float32)
@@ -70,7 +78,9 @@ def test_mismatched_member_is_refused_by_name(tmp_path):
     members = q_ensemble_members(tmp_path, k=2)
     rng = np.random.default_rng(4)
     odd = mlp_onnx(tmp_path / "three_actions.onnx", random_mlp(rng, [4, 16, 3]))
-    with pytest.raises(EnsembleError, match=r"member .*three_actions.onnx: output 0 has shape .*\[batch, 3\]"):
+    with pytest.raises(
+        EnsembleError, match=r"member .*three_actions.onnx: output 0 has shape .*\[batch, 3\]"
+    ):
         compile_ensemble([*members, odd], tmp_path / "x.onnx")
     wide = mlp_onnx(tmp_path / "wide_obs.onnx", random_mlp(rng, [5, 16, 2]))
     with pytest.raises(EnsembleError, match=r"wide_obs.onnx: input 0 has shape"):
@@ -91,9 +101,14 @@ def test_torch_exported_members(tmp_path):
         net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
         p = tmp_path / f"t{k}.onnx"
         torch.onnx.export(
-            net, torch.zeros(1, 4), str(p), dynamo=False, input_names=["obs"], output_names=["q"],
+            net,
+            torch.zeros(1, 4),
+            str(p),
+            dynamo=False,
+            input_names=["obs"],
+            output_names=["q"],
             dynamic_axes={"obs": {0: "batch"}, "q": {0: "batch"}},
-        )  # fmt: skip
+        )
         paths.append(p)
     report = compile_ensemble(paths, tmp_path / "ens.onnx")
     assert report.strategy == "stacked"
@@ -140,7 +155,6 @@ def test_cli_compile_reports_verification(tmp_path, capsys):
     assert code == 2 and "bad.onnx" in capsys.readouterr().err
 
 
-
 def test_member_specific_input_scaling_and_a_sub_are_stacked(tmp_path):
     """Sub/Div by per-member constants before the first weight (an input scaler) still fuse exactly."""
     from onnx import TensorProto, helper, numpy_helper
@@ -151,12 +165,20 @@ def test_member_specific_input_scaling_and_a_sub_are_stacked(tmp_path):
         w, b = rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
         mean, scale = rng.standard_normal(3).astype(np.float32), (1 + rng.random(3)).astype(np.float32)
         graph = helper.make_graph(
-            [helper.make_node("Sub", ["x", "mean"], ["c"]), helper.make_node("Div", ["c", "scale"], ["s"]),
-             helper.make_node("Gemm", ["s", "W", "B"], ["g"]), helper.make_node("Sigmoid", ["g"], ["y"])],
-            "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+            [
+                helper.make_node("Sub", ["x", "mean"], ["c"]),
+                helper.make_node("Div", ["c", "scale"], ["s"]),
+                helper.make_node("Gemm", ["s", "W", "B"], ["g"]),
+                helper.make_node("Sigmoid", ["g"], ["y"]),
+            ],
+            "scaled",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-            initializer=[numpy_helper.from_array(a, n) for a, n in ((w, "W"), (b, "B"), (mean, "mean"), (scale, "scale"))],
-        )  # fmt: skip
+            initializer=[
+                numpy_helper.from_array(a, n)
+                for a, n in ((w, "W"), (b, "B"), (mean, "mean"), (scale, "scale"))
+            ],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         paths.append(tmp_path / f"s{k}.onnx")

@@ -45,7 +45,9 @@ def test_q_ensemble_with_priors_is_unsure_off_the_data(tmp_path, data):
 
 def test_dynamics_and_policy_ensembles(tmp_path, data):
     pytest.importorskip("torch")
-    rep = train_ensemble(data, tmp_path / "dyn.onnx", TrainConfig(kind="dynamics", members=3, epochs=4), progress=False)
+    rep = train_ensemble(
+        data, tmp_path / "dyn.onnx", TrainConfig(kind="dynamics", members=3, epochs=4), progress=False
+    )
     assert rep.val_loss[0] < 0.2  # CartPole steps are nearly linear: the members fit them
     scale = np.array(json.loads(meta(tmp_path / "dyn.onnx")[META_STATE_SCALE]))
     assert scale.shape == (4,) and (scale > 0).all()
@@ -53,8 +55,13 @@ def test_dynamics_and_policy_ensembles(tmp_path, data):
     (pred,) = run(tmp_path / "dyn.onnx", {"obs": obs, "action": act})
     np.testing.assert_allclose(pred.mean(0), data["next_obs"] - obs, atol=3 * scale.max())
     (far,) = run(tmp_path / "dyn.onnx", {"obs": obs * 8.0, "action": act})
-    assert dynamics_scores(far, scale)["disagreement"].mean() > 3 * dynamics_scores(pred, scale)["disagreement"].mean()
-    rep = train_ensemble(data, tmp_path / "pi.onnx", TrainConfig(kind="policy", members=3, epochs=3), progress=False)
+    assert (
+        dynamics_scores(far, scale)["disagreement"].mean()
+        > 3 * dynamics_scores(pred, scale)["disagreement"].mean()
+    )
+    rep = train_ensemble(
+        data, tmp_path / "pi.onnx", TrainConfig(kind="policy", members=3, epochs=3), progress=False
+    )
     (logits,) = run(tmp_path / "pi.onnx", {"obs": obs})
     greedy = (obs[:, 2] + 0.5 * obs[:, 3] + 0.01 * obs[:, 0] + 0.1 * obs[:, 1] > 0).astype(int)
     assert (logits.mean(0).argmax(-1) == greedy).mean() > 0.9  # it imitates the controller behind the data
@@ -85,8 +92,25 @@ def test_box_action_dynamics_via_cli(tmp_path, capsys):
     action = rng.uniform(-1, 1, (600, 2)).astype(np.float32)
     nxt = obs + 0.1 * np.concatenate([action, action[:, :1]], axis=1)
     np.savez(tmp_path / "t.npz", obs=obs, action=action, next_obs=nxt)
-    code = main(["ensemble", "train", "--kind", "dynamics", "--data", str(tmp_path / "t.npz"), "--members", "3",
-                 "--epochs", "2", "--hidden", "16", "-o", str(tmp_path / "d.onnx"), "-q"])  # fmt: skip
+    code = main(
+        [
+            "ensemble",
+            "train",
+            "--kind",
+            "dynamics",
+            "--data",
+            str(tmp_path / "t.npz"),
+            "--members",
+            "3",
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "-o",
+            str(tmp_path / "d.onnx"),
+            "-q",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "trained 3 dynamics members" in out and "verified" in out
     (pred,) = run(tmp_path / "d.onnx", {"obs": obs[:5], "action": action[:5]})

@@ -35,14 +35,18 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 
 
-def collect(episodes: int, epsilon: float, seed: int, policy: Path = HERE / "policy.onnx") -> dict[str, np.ndarray]:
+def collect(
+    episodes: int, epsilon: float, seed: int, policy: Path = HERE / "policy.onnx"
+) -> dict[str, np.ndarray]:
     """Transitions of ``policy`` with ``epsilon`` random actions, in the layout of docs/ensembles.md."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(policy), opts, providers=["CPUExecutionProvider"])
     env = gym.make("CartPole-v1")
     rng = np.random.default_rng(seed)
-    cols: dict[str, list] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")}
+    cols: dict[str, list] = {
+        k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")
+    }
     for ep in tqdm(range(episodes), desc=f"collecting (seed {seed})", unit="episode"):
         obs, _ = env.reset(seed=seed + ep)
         done = False
@@ -75,14 +79,20 @@ def main() -> None:
     held_out = collect(max(10, args.episodes // 2), args.epsilon, seed=100_000)
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / "held_out.npz", **held_out)
-    q = train_ensemble(train, args.out / "q_ensemble.onnx",
-                       TrainConfig(kind="q", members=5, epochs=30, prior_scale=1.0, seed=0))  # fmt: skip
+    q = train_ensemble(
+        train,
+        args.out / "q_ensemble.onnx",
+        TrainConfig(kind="q", members=5, epochs=30, prior_scale=1.0, seed=0),
+    )
     print(q.summary())
-    dyn = train_ensemble(train, args.out / "dynamics_ensemble.onnx",
-                         TrainConfig(kind="dynamics", members=5, epochs=30, seed=1))  # fmt: skip
+    dyn = train_ensemble(
+        train, args.out / "dynamics_ensemble.onnx", TrainConfig(kind="dynamics", members=5, epochs=30, seed=1)
+    )
     print(dyn.summary())
     if args.out == HERE:
-        report = calibrate(HERE / "interlock.yaml", "cartpole", args.out / "held_out.npz", rate=0.01, holdout=0.5)
+        report = calibrate(
+            HERE / "interlock.yaml", "cartpole", args.out / "held_out.npz", rate=0.01, holdout=0.5
+        )
         print(report.summary())
     (args.out / "held_out.npz").unlink()
 

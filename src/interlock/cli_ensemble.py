@@ -21,9 +21,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     try:
         report = compile_ensemble(
-            args.members, args.output, strategy=args.strategy, atol=args.atol, kind=args.kind,
-            seed=args.seed, int_high=args.int_high,
-        )  # fmt: skip
+            args.members,
+            args.output,
+            strategy=args.strategy,
+            atol=args.atol,
+            kind=args.kind,
+            seed=args.seed,
+            int_high=args.int_high,
+        )
     except EnsembleError as e:
         return _fail(e)
     print(report.summary())
@@ -35,7 +40,9 @@ def _hidden(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes such as 64,64, not '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated sizes such as 64,64, not '{text}'"
+        ) from None
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError("--hidden needs positive sizes such as 64,64")
     return sizes
@@ -45,13 +52,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from interlock.ensembles.train import TrainConfig, train_ensemble
 
     cfg = TrainConfig(
-        kind=args.kind, members=args.members, hidden=args.hidden, activation=args.activation,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        prior_scale=args.prior_scale, bootstrap=not args.no_bootstrap, gamma=args.gamma,
-        n_actions=args.actions, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
+        kind=args.kind,
+        members=args.members,
+        hidden=args.hidden,
+        activation=args.activation,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        prior_scale=args.prior_scale,
+        bootstrap=not args.no_bootstrap,
+        gamma=args.gamma,
+        n_actions=args.actions,
+        seed=args.seed,
+        threads=args.threads,
+    )
     try:
-        report = train_ensemble(args.data, args.output, cfg, progress=not args.quiet, members_dir=args.members_dir)
+        report = train_ensemble(
+            args.data, args.output, cfg, progress=not args.quiet, members_dir=args.members_dir
+        )
     except EnsembleError as e:
         return _fail(e)
     print(report.summary())
@@ -63,9 +82,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     try:
         report = calibrate(
-            args.config, args.agent, args.data, rate=args.false_alarm_rate, holdout=args.holdout,
-            seed=args.seed, monitors=args.monitor or None, output=args.output,
-        )  # fmt: skip
+            args.config,
+            args.agent,
+            args.data,
+            rate=args.false_alarm_rate,
+            holdout=args.holdout,
+            seed=args.seed,
+            monitors=args.monitor or None,
+            output=args.output,
+        )
     except EnsembleError as e:
         return _fail(e)
     print(report.summary())
@@ -90,21 +115,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are stacked so each layer is one batched MatMul for all members; anything else runs as parallel "
         "subgraphs. The fused graph is checked against every member on random inputs before it is "
         "written.",
-        epilog="example: interlock ensemble compile q0.onnx q1.onnx q2.onnx q3.onnx q4.onnx -o q_ensemble.onnx",
+        epilog="example: interlock ensemble compile q0.onnx q1.onnx q2.onnx q3.onnx q4.onnx -o "
+        "q_ensemble.onnx",
     )
     c.add_argument("members", nargs="+", metavar="MEMBER.onnx", help="the member models (at least 2)")
-    c.add_argument("-o", "--output", required=True, metavar="ENSEMBLE.onnx", help="where to write the fused model")
     c.add_argument(
-        "--strategy", choices=["auto", "stacked", "parallel"], default="auto",
+        "-o", "--output", required=True, metavar="ENSEMBLE.onnx", help="where to write the fused model"
+    )
+    c.add_argument(
+        "--strategy",
+        choices=["auto", "stacked", "parallel"],
+        default="auto",
         help="auto (default): stacked when possible, else parallel",
-    )  # fmt: skip
-    c.add_argument("--kind", choices=["q", "policy", "dynamics"], default=None, help="record the ensemble kind")
+    )
+    c.add_argument(
+        "--kind", choices=["q", "policy", "dynamics"], default=None, help="record the ensemble kind"
+    )
     c.add_argument("--atol", type=float, default=1e-5, help="largest allowed |fused - member| (default 1e-5)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     c.add_argument(
-        "--int-high", type=int, default=2,
+        "--int-high",
+        type=int,
+        default=2,
         help="integer inputs (e.g. discrete actions) are drawn from [0, INT_HIGH) (default 2)",
-    )  # fmt: skip
+    )
     c.set_defaults(func=_cmd_compile)
 
     t = esub.add_parser(
@@ -115,7 +149,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fuse and verify them like 'ensemble compile'. q: obs -> Q-values (targets 'q_target' or "
         "discounted returns of 'reward'); policy: obs -> logits ('action_label' or 'action'); dynamics: "
         "obs, action -> next_obs - obs.",
-        epilog="example: interlock ensemble train --kind q --data transitions.npz --members 5 -o q_ensemble.onnx",
+        epilog="example: interlock ensemble train --kind q --data transitions.npz --members 5 -o "
+        "q_ensemble.onnx",
     )
     t.add_argument("--kind", required=True, choices=["q", "policy", "dynamics"])
     t.add_argument("--data", required=True, metavar="FILE.npz", help="transitions (see docs/ensembles.md)")
@@ -128,14 +163,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument(
-        "--prior-scale", type=float, default=0.0,
+        "--prior-scale",
+        type=float,
+        default=0.0,
         help="add a fixed random prior network times this scale to each member (Osband et al. 2018); 0 = off",
-    )  # fmt: skip
+    )
     t.add_argument("--no-bootstrap", action="store_true", help="train every member on all the data")
     t.add_argument("--gamma", type=float, default=0.99, help="discount for returns when q_target is absent")
     t.add_argument("--actions", type=int, default=None, help="number of discrete actions (default: max + 1)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, fastest for small MLPs)")
+    t.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1, fastest for small MLPs)"
+    )
     t.add_argument("--members-dir", default=None, help="also write each member as DIR/member_<k>.onnx")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
@@ -152,14 +191,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     cal.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
     cal.add_argument("--agent", required=True, metavar="ID", help="the agent whose monitors to calibrate")
-    cal.add_argument("--data", required=True, metavar="FILE.npz", help="in-distribution obs and action arrays")
     cal.add_argument(
-        "--false-alarm-rate", type=float, default=0.01,
+        "--data", required=True, metavar="FILE.npz", help="in-distribution obs and action arrays"
+    )
+    cal.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.01,
         help="share of in-distribution rows each signal may flag (default 0.01)",
-    )  # fmt: skip
+    )
     cal.add_argument("--holdout", type=float, default=0.3, help="share held out to measure (default 0.3)")
     cal.add_argument("--monitor", action="append", metavar="NAME", help="only this monitor (repeatable)")
-    cal.add_argument("-o", "--output", default=None, help="thresholds file (default: the monitor's thresholds_file)")
+    cal.add_argument(
+        "-o", "--output", default=None, help="thresholds file (default: the monitor's thresholds_file)"
+    )
     cal.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     cal.set_defaults(func=_cmd_calibrate)
 

@@ -104,14 +104,17 @@ class UncertaintyMonitorConfig(_Strict):
 
     kind: Literal["uncertainty"] = "uncertainty"
     name: str = "uncertainty"
-    model: str = Field(description="Fused ensemble .onnx (outputs [members, batch, ...]), relative to the config.")
+    model: str = Field(
+        description="Fused ensemble .onnx (outputs [members, batch, ...]), relative to the config."
+    )
     ensemble: Literal["q", "policy", "dynamics"] = Field(
         description="q: obs -> Q [K,B,n]; policy: obs -> logits [K,B,n]; dynamics: obs, action -> next state."
     )
     output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
     policy_output: Literal["logits", "probs"] = Field("logits", description="What a policy ensemble outputs.")
     state_scale: list[float] | None = Field(
-        None, description="Dynamics: per-dimension scale of the disagreement; default from the model metadata."
+        None,
+        description="Dynamics: per-dimension scale of the disagreement; default from the model metadata.",
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Signal -> threshold; overrides thresholds_file."

@@ -64,7 +64,8 @@ class CalibrationReport:
 
     def summary(self) -> str:
         lines = [
-            f"agent {self.agent}: target false-alarm rate {self.target:g}; {self.calibration_rows} rows to set "
+            f"agent {self.agent}: target false-alarm rate {self.target:g}; {self.calibration_rows} "
+            f"rows to set "
             f"thresholds, {self.held_out_rows} held out to measure them",
             f"{'signal':34s} {'threshold':>12s} {'FAR (calibration)':>18s} {'FAR (held out)':>15s}",
         ]
@@ -120,14 +121,17 @@ def calibrate(
     if not 0.0 < rate < 1.0:
         raise EnsembleError(f"--false-alarm-rate must be in (0, 1), got {rate}")
     loaded = load_config(config)
-    agent_cfg = next((a for a in loaded.config.agents if a.id == agent), None) or loaded.config.agent_for(agent)
+    agent_cfg = next((a for a in loaded.config.agents if a.id == agent), None) or loaded.config.agent_for(
+        agent
+    )
     if agent_cfg is None:
         known = ", ".join(a.id for a in loaded.config.agents)
         raise ConfigError(f"{config}: no agent '{agent}' (configured: {known})")
     chosen = [
-        m for m in agent_cfg.monitors
+        m
+        for m in agent_cfg.monitors
         if isinstance(m, UncertaintyMonitorConfig) and (not monitors or m.name in monitors)
-    ]  # fmt: skip
+    ]
     if not chosen:
         names = ", ".join(m.name for m in agent_cfg.monitors)
         raise ConfigError(
@@ -150,14 +154,23 @@ def calibrate(
         target = output if output is not None else mcfg.thresholds_file
         if target is None:
             raise ConfigError(
-                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or pass --output"
+                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or "
+                f"pass --output"
             )
         path = loaded.resolve(str(target)) if output is None else Path(output)
         monitor = UncertaintyMonitor(
-            mcfg.name, spaces, runtime, mcfg.model, mcfg.ensemble, output_name=mcfg.output_name,
-            policy_output=mcfg.policy_output, state_scale=mcfg.state_scale, thresholds_file=None,
-            require_thresholds=False, where=where,
-        )  # fmt: skip
+            mcfg.name,
+            spaces,
+            runtime,
+            mcfg.model,
+            mcfg.ensemble,
+            output_name=mcfg.output_name,
+            policy_output=mcfg.policy_output,
+            state_scale=mcfg.state_scale,
+            thresholds_file=None,
+            require_thresholds=False,
+            where=where,
+        )
         monitor.load()
         cal = monitor_scores(monitor, ds, fit, spaces)
         test = monitor_scores(monitor, ds, held, spaces)
@@ -176,7 +189,7 @@ def calibrate(
             "thresholds": {s.signal: s.threshold for s in signals},
             "held_out_false_alarm_rate": {s.signal: s.held_out_rate for s in signals},
             "held_out_any_signal_false_alarm_rate": float(np.mean(any_trip)),
-            "samples": {"calibration": int(len(fit)), "held_out": int(len(held))},
+            "samples": {"calibration": len(fit), "held_out": len(held)},
             "data": str(ds.source),
         }
         update_thresholds_file(path, agent_cfg.id, rate, {mcfg.name: entry})

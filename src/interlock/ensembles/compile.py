@@ -45,9 +45,24 @@ from interlock.ensembles.common import (
 )
 
 ELEMENTWISE_ACTIVATIONS = {
-    "Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "Selu", "Softplus", "Softsign", "HardSigmoid",
-    "Gelu", "Mish", "Exp", "Abs", "Neg", "Identity", "Celu", "ThresholdedRelu",
-}  # fmt: skip
+    "Relu",
+    "Tanh",
+    "Sigmoid",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "HardSigmoid",
+    "Gelu",
+    "Mish",
+    "Exp",
+    "Abs",
+    "Neg",
+    "Identity",
+    "Celu",
+    "ThresholdedRelu",
+}
 AXIS_ACTIVATIONS = {"Softmax", "LogSoftmax"}
 NOOP_SHAPE_OPS = {"Reshape", "Flatten", "Identity", "Squeeze"}
 
@@ -429,9 +444,13 @@ def _emit_grouped(
                 nodes.append(helper.make_node(step.op, [x], [y], name=y, axis=-1))
             else:  # softmax over each member's features: [1, K*w, B] -> [K, w, B] -> softmax(axis=1) -> back
                 r, y, back = name("reshape"), name(step.op.lower()), name("reshape")
-                nodes.append(helper.make_node("Reshape", [x, const("shape", np.array([k, -1, 0], np.int64))], [r]))
+                nodes.append(
+                    helper.make_node("Reshape", [x, const("shape", np.array([k, -1, 0], np.int64))], [r])
+                )
                 nodes.append(helper.make_node(step.op, [r], [y], name=y, axis=1))
-                nodes.append(helper.make_node("Reshape", [y, const("shape", np.array([1, -1, 0], np.int64))], [back]))
+                nodes.append(
+                    helper.make_node("Reshape", [y, const("shape", np.array([1, -1, 0], np.int64))], [back])
+                )
                 y = back
             x = y
         else:
@@ -483,10 +502,15 @@ def _build_stacked(models: Sequence[tuple[str, onnx.ModelProto]]) -> onnx.ModelP
         steps.pop()
     if not steps:
         raise _NotMlp("empty chain")
-    if any(m.steps[s].value is not None and m.steps[s].value.dtype != np.float32 for m in mlps for s in range(len(steps))):
+    if any(
+        m.steps[s].value is not None and m.steps[s].value.dtype != np.float32
+        for m in mlps
+        for s in range(len(steps))
+    ):
         raise _NotMlp("only float32 weights are stacked")
-    nodes += _emit_grouped(steps, [m.steps for m in mlps], shared(ref.chain_input), out_vi.name, inits,
-                           default_opset(ref_model))  # fmt: skip
+    nodes += _emit_grouped(
+        steps, [m.steps for m in mlps], shared(ref.chain_input), out_vi.name, inits, default_opset(ref_model)
+    )
 
     out_sig = _tensor_sig(out_vi)
     out_shape = None if out_sig.shape is None else [k, *out_sig.shape]
@@ -649,7 +673,11 @@ class CompileReport:
     checked_on: str = "random inputs"
 
     def summary(self) -> str:
-        how = "one kernel per layer for all members" if self.strategy == "stacked" else "parallel member subgraphs"
+        how = (
+            "one kernel per layer for all members"
+            if self.strategy == "stacked"
+            else "parallel member subgraphs"
+        )
         why = f" (not stacked: {self.why_not_stacked})" if self.why_not_stacked else ""
         outs = ", ".join(f"{n} {s}" for n, s in self.outputs.items())
         return (
@@ -814,7 +842,8 @@ def verify(
                     ok = diff == 0
                 if not ok:
                     raise EnsembleError(
-                        f"fused output '{name}' differs from member {label} by {diff:.3g} (tolerance {atol:g} + "
+                        f"fused output '{name}' differs from member {label} by {diff:.3g} "
+                        f"(tolerance {atol:g} + "
                         f"{rtol:g}*|value|) on a batch of {batch}; the fusion is wrong, please report it"
                     )
                 worst = max(worst, diff)

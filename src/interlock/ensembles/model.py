@@ -72,12 +72,15 @@ class EnsembleModel:
         shape = next(o.shape for o in sess.get_outputs() if o.name == out)
         if shape is not None and len(shape) < 3:
             raise ConfigError(
-                f"{self.where}.model {self.path}: output '{out}' has shape {shape}, not [members, batch, ...]; "
+                f"{self.where}.model {self.path}: output '{out}' has shape {shape}, not [members, "
+                f"batch, ...]; "
                 "fuse the members first with `interlock ensemble compile`"
             )
         if shape and isinstance(shape[0], int):
             if shape[0] < 2:
-                raise ConfigError(f"{self.where}.model {self.path} has {shape[0]} member(s); an ensemble needs 2+")
+                raise ConfigError(
+                    f"{self.where}.model {self.path} has {shape[0]} member(s); an ensemble needs 2+"
+                )
             self.members = shape[0]
         self.out_shape = shape
         self._out = out

@@ -43,7 +43,11 @@ def read_thresholds_file(path: Path, where: str) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}.thresholds_file {path} is not a readable JSON file: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("monitors"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not isinstance(data.get("monitors"), dict)
+    ):
         raise ConfigError(f"{where}.thresholds_file {path} is not an Interlock thresholds file ({FORMAT})")
     return data
 
@@ -54,7 +58,11 @@ def update_thresholds_file(path: Path, agent: str, rate: float, monitors: dict[s
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            if isinstance(old, dict) and old.get("format") == FORMAT and isinstance(old.get("monitors"), dict):
+            if (
+                isinstance(old, dict)
+                and old.get("format") == FORMAT
+                and isinstance(old.get("monitors"), dict)
+            ):
                 data["monitors"] = old["monitors"]
         except ValueError:
             pass

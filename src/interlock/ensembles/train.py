@@ -18,6 +18,7 @@ torch is imported lazily: install the ``train`` extra (``pip install 'interlock[
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -130,7 +131,8 @@ def _problem(data: Transitions, cfg: TrainConfig) -> _Problem:
         if target is None:
             if data.get("reward") is None:
                 raise EnsembleError(
-                    f"{data.source}: --kind q needs 'q_target' ([N] or [N, n_actions]) or 'reward' to compute "
+                    f"{data.source}: --kind q needs 'q_target' ([N] or [N, n_actions]) or 'reward' "
+                    f"to compute "
                     "discounted returns from"
                 )
             target = discounted_returns(data.get("reward"), data.episodes(), cfg.gamma)
@@ -187,7 +189,7 @@ def _problem(data: Transitions, cfg: TrainConfig) -> _Problem:
 def _init_layers(torch, k: int, sizes: list[int], gen) -> list[tuple]:
     """PyTorch-Linear-style uniform init, independently per member: ``[(W [K,in,out], b [K,1,out])]``."""
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(sizes):
         bound = 1.0 / math.sqrt(fan_in)
         w = (torch.rand(k, fan_in, fan_out, generator=gen) * 2 - 1) * bound
         b = (torch.rand(k, 1, fan_out, generator=gen) * 2 - 1) * bound
@@ -210,9 +212,23 @@ class _Adam:
     small CPU: longer than training a small ensemble.
     """
 
-    def __init__(self, torch, params, lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:  # fmt: skip
-        self.torch, self.params, self.lr, self.wd, self.betas, self.eps = torch, params, lr, weight_decay, betas, eps
+    def __init__(
+        self,
+        torch,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.torch, self.params, self.lr, self.wd, self.betas, self.eps = (
+            torch,
+            params,
+            lr,
+            weight_decay,
+            betas,
+            eps,
+        )
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
@@ -315,7 +331,7 @@ def train_ensemble(
     x = (np.concatenate(x_parts, axis=1) - x_mean) / x_std
     n = len(x)
     perm = rng.permutation(n)
-    n_val = int(round(cfg.val_fraction * n)) if n >= 20 else 0
+    n_val = round(cfg.val_fraction * n) if n >= 20 else 0
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
     k = cfg.members
     boot = (
@@ -423,15 +439,27 @@ def train_ensemble(
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(fused, str(out))
     report = CompileReport(
-        k, "stacked" if not why else "parallel", why, diff, atol, shapes, str(out),
+        k,
+        "stacked" if not why else "parallel",
+        why,
+        diff,
+        atol,
+        shapes,
+        str(out),
         checked_on="rows of the training data (batches of 1, 7 and 256)",
-    )  # fmt: skip
+    )
     notes = list(prob.notes)
     if cfg.prior_scale > 0:
         notes.append(f"randomized priors: scale {cfg.prior_scale:g} (folded into each member)")
     if not cfg.bootstrap:
         notes.append("no bootstrap: members differ by initialisation and data order only")
     return TrainReport(
-        cfg.kind, k, n, [float(v) for v in train_loss], [float(v) for v in val_loss],
-        time.perf_counter() - start, report, notes,
-    )  # fmt: skip
+        cfg.kind,
+        k,
+        n,
+        [float(v) for v in train_loss],
+        [float(v) for v in val_loss],
+        time.perf_counter() - start,
+        report,
+        notes,
+    )

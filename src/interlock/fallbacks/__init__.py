@@ -41,9 +41,17 @@ def _quantilizer(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> 
     from interlock.fallbacks.quantilizer import QuantilizerFallback
 
     return QuantilizerFallback(
-        name, spaces, runtime, cfg.model, cfg.q, cfg.reference, cfg.reference_output, cfg.seed,
-        output_name=cfg.output_name, where=where,
-    )  # fmt: skip
+        name,
+        spaces,
+        runtime,
+        cfg.model,
+        cfg.q,
+        cfg.reference,
+        cfg.reference_output,
+        cfg.seed,
+        output_name=cfg.output_name,
+        where=where,
+    )
 
 
 #: config ``kind`` -> builder(name, config, spaces, runtime, where) -> Fallback

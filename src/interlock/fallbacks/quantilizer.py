@@ -81,7 +81,9 @@ class QuantilizerFallback(Fallback):
     ) -> None:
         super().__init__(name, spaces, runtime)
         if not spaces.action.discrete:
-            raise ConfigError(f"{where}: the quantilizer samples discrete actions; this agent's actions are a box")
+            raise ConfigError(
+                f"{where}: the quantilizer samples discrete actions; this agent's actions are a box"
+            )
         if not 0.0 < q <= 1.0:
             raise ConfigError(f"{where}.q must be in (0, 1], got {q}")
         self.q = float(q)

@@ -85,7 +85,8 @@ class UncertaintyMonitor(Monitor):
             raise ConfigError(f"{where}.ensemble must be one of {', '.join(SIGNALS)}, not '{ensemble}'")
         if ensemble in ("q", "policy") and not spaces.action.discrete:
             raise ConfigError(
-                f"{where}: a {ensemble} ensemble scores discrete actions, but this agent's action space is a box; "
+                f"{where}: a {ensemble} ensemble scores discrete actions, but this agent's action "
+                f"space is a box; "
                 "use a dynamics ensemble (obs, action -> next state)"
             )
         self.ensemble = ensemble
@@ -96,7 +97,8 @@ class UncertaintyMonitor(Monitor):
         unknown = sorted(set(self.inline) - set(SIGNALS[ensemble]))
         if unknown:
             raise ConfigError(
-                f"{where}.thresholds names {', '.join(unknown)}, which a {ensemble} ensemble does not produce "
+                f"{where}.thresholds names {', '.join(unknown)}, which a {ensemble} ensemble does "
+                f"not produce "
                 f"(signals: {', '.join(SIGNALS[ensemble])})"
             )
         self.thresholds_file = thresholds_file
@@ -113,7 +115,8 @@ class UncertaintyMonitor(Monitor):
         n_out = self.model.last_dim()
         if self.ensemble in ("q", "policy") and n_out is not None and n_out != self.spaces.action.n:
             raise ConfigError(
-                f"{self.where}.model {self.model.path} outputs {n_out} values per member, but the action space "
+                f"{self.where}.model {self.model.path} outputs {n_out} values per member, but the "
+                f"action space "
                 f"has {self.spaces.action.n} actions"
             )
         if self.ensemble == "dynamics" and self.state_scale is None:
@@ -121,14 +124,17 @@ class UncertaintyMonitor(Monitor):
             self.state_scale = None if scale is None else np.asarray(scale, np.float64)
         if self.state_scale is not None and n_out is not None and self.state_scale.size != n_out:
             raise ConfigError(
-                f"{self.where}.state_scale has {self.state_scale.size} values; the model predicts {n_out} dimensions"
+                f"{self.where}.state_scale has {self.state_scale.size} values; the model predicts "
+                f"{n_out} dimensions"
             )
         self.thresholds = self._load_thresholds()
         self.ready = True
 
     def _load_thresholds(self) -> dict[str, float]:
         found: dict[str, float] = {}
-        if self.thresholds_file and (self.require_thresholds or self.runtime.resolve(self.thresholds_file).is_file()):
+        if self.thresholds_file and (
+            self.require_thresholds or self.runtime.resolve(self.thresholds_file).is_file()
+        ):
             path = self.runtime.resolve(self.thresholds_file)
             data = read_thresholds_file(path, self.where)
             entry = data["monitors"].get(self.name)
@@ -143,12 +149,15 @@ class UncertaintyMonitor(Monitor):
                     f"{self.where}: the thresholds in {path} were calibrated for another version of "
                     f"{self.model.path} (sha256 {sha[:12]}...); re-run `interlock calibrate` for this model"
                 )
-            found.update({k: float(v) for k, v in entry.get("thresholds", {}).items() if k in self.signal_names})
+            found.update(
+                {k: float(v) for k, v in entry.get("thresholds", {}).items() if k in self.signal_names}
+            )
         found.update(self.inline)
         missing = [s for s in self.signal_names if s not in found]
         if missing and self.require_thresholds:
             raise ConfigError(
-                f"{self.where}: no threshold for signal(s) {', '.join(missing)}; set thresholds: in the config "
+                f"{self.where}: no threshold for signal(s) {', '.join(missing)}; set thresholds: in "
+                f"the config "
                 "or run `interlock calibrate --config FILE --agent ID --data in_dist.npz` and point "
                 "thresholds_file: at its output"
             )
@@ -167,4 +176,6 @@ class UncertaintyMonitor(Monitor):
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         values = self.scores(batch)
         # A missing threshold (calibration mode only) is NaN: tripped everywhere, never silently passing.
-        return {s: SignalBatch.above(values[s], self.thresholds.get(s, float("nan"))) for s in self.signal_names}
+        return {
+            s: SignalBatch.above(values[s], self.thresholds.get(s, float("nan"))) for s in self.signal_names
+        }
