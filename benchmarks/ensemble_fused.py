@@ -35,24 +35,27 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _time(fn, min_seconds: float = 0.5, repeats: int = 5) -> float:
-    """Median seconds per call over ``repeats`` timed loops of at least ``min_seconds`` / repeats each."""
-    fn()
-    n, t = 1, 0.0
-    while t < min_seconds / repeats:
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - start
-        n *= 2
-    n //= 2
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - start) / n)
-    return float(np.median(samples))
+def _time_interleaved(fns: dict, min_seconds: float = 0.3, rounds: int = 15) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so load changes hit all alike."""
+    loops = {}
+    for name, fn in fns.items():
+        fn()
+        n, t = 1, 0.0
+        while t < min_seconds / rounds:
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            t = time.perf_counter() - start
+            n *= 2
+        loops[name] = max(1, n // 2)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / loops[name])
+    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def run(
@@ -92,7 +95,8 @@ def run(
         ref = k_sessions()
         for f in (fused_stacked, fused_parallel):
             np.testing.assert_allclose(f(), ref, atol=1e-5, rtol=1e-6)
-        t_sep, t_st, t_par = _time(k_sessions), _time(fused_stacked), _time(fused_parallel)
+        t = _time_interleaved({"sep": k_sessions, "stacked": fused_stacked, "parallel": fused_parallel})
+        t_sep, t_st, t_par = t["sep"], t["stacked"], t["parallel"]
         rows.append(
             {
                 "batch": batch,
