@@ -190,7 +190,7 @@ def calibrate(
             "held_out_false_alarm_rate": {s.signal: s.held_out_rate for s in signals},
             "held_out_any_signal_false_alarm_rate": float(np.mean(any_trip)),
             "samples": {"calibration": len(fit), "held_out": len(held)},
-            "data": str(ds.source),
+            "data": Path(ds.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {mcfg.name: entry})
     return report
