@@ -20,6 +20,8 @@ from interlock.errors import ConfigError
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
+    "interlock.cli_ops",
+    "interlock.cli_escalations",
     "interlock.cli_ensemble",
 ]
 
@@ -33,6 +35,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             metrics_port=-1 if args.metrics_port is None else args.metrics_port,
+            console_port=-1 if args.console_port is None else args.console_port,
         )
     )
     return 0
@@ -71,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the gRPC guard service",
-        description="Serve the Guard service (plus gRPC health and reflection) for a config.",
+        description="Serve the Guard service (plus gRPC health and reflection) for a config. "
+        "SIGHUP (or, with server.reload.watch, a changed config or model file) reloads the config "
+        "without downtime; SIGTERM drains, finishes in-flight calls, flushes the audit log and exits.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
     serve.add_argument("--host", default=None, help="address to bind (default: server.host in the config)")
@@ -83,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Prometheus /metrics port (default: server.metrics_port)",
+    )
+    serve.add_argument(
+        "--console-port",
+        type=int,
+        default=None,
+        help="operator web console port (default: server.console_port; 0 = any free)",
     )
     serve.set_defaults(func=_cmd_serve)
 
