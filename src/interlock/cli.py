@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "interlock.cli_ops",
     "interlock.cli_escalations",
     "interlock.reachability.cli",
+    "interlock.cli_ensemble",
 ]
 
 

@@ -207,8 +207,38 @@ class ReachabilityMonitorConfig(_Strict):
         return self
 
 
+class UncertaintyMonitorConfig(_Strict):
+    """Disagreement of a fused ensemble (``interlock ensemble compile|train``), see docs/ensembles.md.
+
+    Signals by ``ensemble``: q: ``q_std``, ``q_std_ratio``; policy: ``mutual_info``,
+    ``disagreement``; dynamics: ``disagreement``, ``disagreement_max``.
+    """
+
+    kind: Literal["uncertainty"] = "uncertainty"
+    name: str = "uncertainty"
+    model: str = Field(
+        description="Fused ensemble .onnx (outputs [members, batch, ...]), relative to the config."
+    )
+    ensemble: Literal["q", "policy", "dynamics"] = Field(
+        description="q: obs -> Q [K,B,n]; policy: obs -> logits [K,B,n]; dynamics: obs, action -> next state."
+    )
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    policy_output: Literal["logits", "probs"] = Field("logits", description="What a policy ensemble outputs.")
+    state_scale: list[float] | None = Field(
+        None,
+        description="Dynamics: per-dimension scale of the disagreement; default from the model metadata.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Signal -> threshold; overrides thresholds_file."
+    )
+    thresholds_file: str | None = Field(
+        None, description="JSON written by `interlock calibrate`, relative to the config file."
+    )
+
+
 MonitorConfig = Annotated[
-    ActionSpaceMonitorConfig | RulesMonitorConfig | ReachabilityMonitorConfig, Field(discriminator="kind")
+    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig | ReachabilityMonitorConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -282,9 +312,41 @@ class RecoverFallbackConfig(_Strict):
     seed: int = Field(0, description="Seed of the candidate sampler (fixed candidates across calls).")
 
 
+class RobustFallbackConfig(_Strict):
+    """The action with the best lower confidence bound of a Q-ensemble (maximin over members)."""
+
+    kind: Literal["robust"] = "robust"
+    model: str = Field(description="Fused Q-ensemble .onnx: obs -> Q [members, batch, n_actions].")
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    bound: Literal["min", "mean_minus_std"] = Field(
+        "min", description="min: the worst member's Q; mean_minus_std: mean - k * std over members."
+    )
+    k: float = Field(1.0, ge=0, description="Std multiplier for bound: mean_minus_std.")
+
+
+class QuantilizerFallbackConfig(_Strict):
+    """Samples from the top-q share of a reference policy's mass, ranked by ensemble-mean Q (Taylor 2016)."""
+
+    kind: Literal["quantilizer"] = "quantilizer"
+    model: str = Field(description="Fused Q-ensemble .onnx: obs -> Q [members, batch, n_actions].")
+    output_name: str | None = Field(None, description="Q-ensemble output to read; defaults to the first.")
+    reference: str | None = Field(
+        None, description="Reference policy .onnx (obs -> logits or probs [batch, n]); none: uniform."
+    )
+    reference_output: Literal["logits", "probs"] = "logits"
+    q: float = Field(0.1, gt=0, le=1, description="Share of the reference mass kept (1 = the reference).")
+    seed: int = Field(0, description="Seed of the sampler (reproducible sequence of substitutes).")
+
+
 FallbackConfig = Annotated[
-    ConstantFallbackConfig | OnnxPolicyFallbackConfig | ClipFallbackConfig | ShieldFallbackConfig
-    | BackupFallbackConfig | RecoverFallbackConfig,
+    ConstantFallbackConfig
+    | OnnxPolicyFallbackConfig
+    | ClipFallbackConfig
+    | RobustFallbackConfig
+    | QuantilizerFallbackConfig
+    | ShieldFallbackConfig
+    | BackupFallbackConfig
+    | RecoverFallbackConfig,
     Field(discriminator="kind"),
 ]
 

@@ -49,6 +49,29 @@ def _recover(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fall
     return RecoverFallback(name, spaces, runtime, cfg.monitor, cfg.candidates, cfg.seed, where=where)
 
 
+def _robust(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.robust import RobustFallback
+
+    return RobustFallback(name, spaces, runtime, cfg.model, cfg.output_name, cfg.bound, cfg.k, where=where)
+
+
+def _quantilizer(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.quantilizer import QuantilizerFallback
+
+    return QuantilizerFallback(
+        name,
+        spaces,
+        runtime,
+        cfg.model,
+        cfg.q,
+        cfg.reference,
+        cfg.reference_output,
+        cfg.seed,
+        output_name=cfg.output_name,
+        where=where,
+    )
+
+
 #: config ``kind`` -> builder(name, config, spaces, runtime, where) -> Fallback
 BUILDERS: dict[str, Callable[..., Fallback]] = {
     "constant": _constant,
@@ -57,6 +80,8 @@ BUILDERS: dict[str, Callable[..., Fallback]] = {
     "shield": _shield,
     "backup": _backup,
     "recover": _recover,
+    "robust": _robust,
+    "quantilizer": _quantilizer,
 }
 
 

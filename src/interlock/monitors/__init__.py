@@ -38,11 +38,30 @@ def _reachability(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     return build_reachability(cfg, spaces, runtime, where)
 
 
+def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.uncertainty import UncertaintyMonitor
+
+    return UncertaintyMonitor(
+        cfg.name,
+        spaces,
+        runtime,
+        cfg.model,
+        cfg.ensemble,
+        output_name=cfg.output_name,
+        policy_output=cfg.policy_output,
+        state_scale=cfg.state_scale,
+        thresholds=cfg.thresholds,
+        thresholds_file=cfg.thresholds_file,
+        where=where,
+    )
+
+
 #: config ``kind`` -> builder(config, spaces, runtime, where) -> Monitor
 BUILDERS: dict[str, Callable[..., Monitor]] = {
     "action_space": _action_space,
     "rules": _rules,
     "reachability": _reachability,
+    "uncertainty": _uncertainty,
 }
 
 
