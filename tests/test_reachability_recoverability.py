@@ -274,3 +274,34 @@ def test_cartpole_example_prevents_falls_under_a_shift() -> None:
                     break
         results[guarded] = falls
     assert results[True] == 0 and results[False] >= 2, results
+
+
+def test_the_ensemble_compilers_dynamics_model_plugs_in(tmp_path) -> None:
+    """examples/cartpole/dynamics_ensemble.onnx (made by `interlock ensemble train --kind dynamics`):
+    obs [B, 4], action [B] int64 -> delta [5, B, 4]; read with `predicts: delta`."""
+    import shutil
+
+    cartpole = Path(__file__).resolve().parents[1] / "examples" / "cartpole"
+    for name in ("dynamics_ensemble.onnx", "backup_policy.onnx"):
+        shutil.copy(cartpole / name, tmp_path / name)
+    cfg = {
+        "id": "cartpole", "observation": {"shape": [4]}, "action": {"type": "discrete", "n": 2},
+        "monitors": [{
+            "kind": "reachability", "name": "reach",
+            "model": {"kind": "dynamics_ensemble", "model": "dynamics_ensemble.onnx", "predicts": "delta"},
+            "backup_policy": {"model": "backup_policy.onnx", "output": "logits"},
+            "constraints": {"pole": "math.abs(obs[2]) < 0.18", "track": "math.abs(obs[0]) < 2.2"},
+            "safe_set": "math.abs(obs[2]) < 0.05 && math.abs(obs[3]) < 0.5",
+            "horizon": 30,
+        }],
+        "policy": {"rules": [{"name": "irreversible", "when": "tripped.reach.unsafe", "verdict": "substitute",
+                              "fallback": "backup"}]},
+        "fallbacks": {"backup": {"kind": "backup", "monitor": "reach"}},
+    }
+    guard = Guard(loaded([cfg], base_dir=tmp_path)).load()
+    assert guard.agents[0].monitors[0].engine.dynamics.members == 5
+    upright, tipping = np.zeros(4, np.float32), np.array([0.0, 0.0, 0.15, 1.0], np.float32)
+    [ok, bad] = guard.check([CheckInput("cartpole", upright, np.int64(1)),
+                             CheckInput("cartpole", tipping, np.int64(0))])
+    assert ok.verdict is Verdict.ALLOW and signals(ok)["reach.irreversibility"] == 0.0
+    assert bad.verdict is Verdict.SUBSTITUTE and signals(bad)["reach.irreversibility"] == 1.0
