@@ -28,7 +28,8 @@ def cliffwalking_model(is_slippery: bool = False) -> TabularModel:
 
     env = gym.make("CliffWalking-v1", is_slippery=is_slippery).unwrapped
     S, A = int(env.observation_space.n), int(env.action_space.n)
-    cliff = [s for s in range(S) if env._cliff[np.unravel_index(s, env.shape)]]
+    rows, cols = env.shape  # the cliff: the bottom row between the start and the goal
+    cliff = [(rows - 1) * cols + c for c in range(1, cols - 1)]
     goal = [S - 1]
     try:
         return TabularModel.from_toy_text(
