@@ -63,6 +63,10 @@ def train(timesteps: int, max_minutes: float, seed: int):
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm import tqdm
 
+    import torch
+
+    torch.set_num_threads(1)  # a 2x128 MLP: threads only contend with the simulator
+
     env = make_env()
     env.reset(seed=seed)
     model = DQN(
