@@ -67,7 +67,7 @@ NOMINAL = {
     "action": {"type": "DiscreteMetaAction", "target_speeds": [10.0, 15.0, 20.0, 25.0, 30.0]},
 }
 SHIFT = {"vehicles_density": 2.0}
-SHIFT_TEXT = "vehicles_density 1.0 -> 2.0 (15 vehicles, 3 lanes, 20-step episodes)"
+SHIFT_TEXT = "vehicles_density 1.0 -> 2.0 (15 vehicles, 3 lanes, {steps}-step episodes)"
 QUICK = {"duration": 8}
 SEED_BASE = 100_000
 SHIFT_SEED_BASE = 200_000
@@ -193,7 +193,11 @@ def run(quick: bool, seeds: int, progress: bool) -> dict[str, Any]:
         "in_distribution": (base, SEED_BASE),
         "shifted": ({**base, **SHIFT}, SHIFT_SEED_BASE),
     }
-    out: dict[str, Any] = {"env": ENV_ID, "shift": SHIFT_TEXT, "episodes_per_condition": n}
+    out: dict[str, Any] = {
+        "env": ENV_ID,
+        "shift": SHIFT_TEXT.format(steps=base["duration"]),
+        "episodes_per_condition": n,
+    }
     start = time.perf_counter()
     with tqdm(total=4 * n, desc="highway", unit="episode", disable=not progress) as bar:
         for name, (config, seed0) in plans.items():
