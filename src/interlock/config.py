@@ -232,6 +232,15 @@ class OnnxConfig(_Strict):
     allow_spinning: bool = Field(False, description="Busy-wait between runs (costs CPU, saves latency).")
 
 
+class BatchingConfig(_Strict):
+    """Dynamic micro-batching of concurrent Check/CheckStream requests (one engine run for many agents)."""
+
+    max_batch: int = Field(64, gt=0, description="Most requests decided together.")
+    max_delay_ms: float = Field(
+        0.0, ge=0, description="Longest wait of a request for others to batch with; 0 turns batching off."
+    )
+
+
 class ServerConfig(_Strict):
     """Where and how the gRPC service listens."""
 
@@ -240,6 +249,7 @@ class ServerConfig(_Strict):
     metrics_port: int | None = Field(9464, ge=0, le=65535, description="Prometheus port; null disables.")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request accepted.")
     max_batch: int = Field(4096, gt=0, description="Most requests in one CheckBatch.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
 
 class InterlockConfig(_Strict):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interlock.config import AgentConfig, LoadedConfig
-from interlock.errors import ConfigError, InvalidRequest, UnknownAgent
+from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent
 from interlock.fallbacks import Fallback, build_fallback
 from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
 from interlock.policies import DecisionPolicy
@@ -403,7 +403,31 @@ class Guard:
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
         the first malformed request (nothing is decided then).
         """
-        validated = self.validate(items, indexed)
+        return self._decide(items, self.validate(items, indexed))
+
+    def check_each(self, items: Sequence[CheckInput]) -> list[Decision | InterlockError]:
+        """Decide independent requests together; a malformed one gets its error, the others decide.
+
+        This is the micro-batcher's entry point: requests from different calls
+        share one run of every monitor, and one bad request fails only itself.
+        """
+        out: list[Decision | InterlockError] = list(items)  # type: ignore[arg-type]
+        good: list[int] = []
+        validated = []
+        for i, item in enumerate(items):
+            try:
+                validated.append(self.validate([item])[0])
+                good.append(i)
+            except InterlockError as e:
+                out[i] = e
+        if good:
+            for i, d in zip(good, self._decide([items[i] for i in good], validated), strict=True):
+                out[i] = d
+        return out
+
+    def _decide(
+        self, items: Sequence[CheckInput], validated: list[tuple[AgentRuntime, np.ndarray, np.ndarray]]
+    ) -> list[Decision]:
         if len(items) == 1:
             rt, obs, act = validated[0]
             return rt.decide(items, obs[None], act[None])

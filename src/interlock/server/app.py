@@ -70,7 +70,7 @@ class InterlockServer:
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         guard = Guard(self.loaded).load()
-        self.service = GuardService(guard, self.metrics)
+        self.service = GuardService(guard, self.metrics, batching=cfg.batching)
         limit = cfg.max_message_bytes * _TRANSPORT_SLACK
         self.server = grpc.aio.server(
             options=[
