@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,6 +47,8 @@ class InterlockServer:
         port: int | None = None,
         metrics_port: int | None = -1,
         grace_seconds: float = 5.0,
+        reuse_port: bool = False,
+        hooks: Sequence[Callable[[InterlockServer], None]] = (),
     ) -> None:
         cfg = loaded.config.server
         self.loaded = loaded
@@ -53,6 +56,10 @@ class InterlockServer:
         self.requested_port = port if port is not None else cfg.port
         self.metrics_port = cfg.metrics_port if metrics_port == -1 else metrics_port
         self.grace_seconds = grace_seconds
+        #: SO_REUSEPORT, so several worker processes share the port (``interlock serve --workers``).
+        self.reuse_port = reuse_port
+        #: Called with this server after the services are added and before binding (extra services...).
+        self.hooks = tuple(hooks)
         self.metrics = Metrics()
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -76,7 +83,7 @@ class InterlockServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.reuse_port)),
             ]
         )
         add_guard_service(GuardServicer(self.service, cfg.max_message_bytes, cfg.max_batch), self.server)
@@ -89,6 +96,8 @@ class InterlockServer:
             ),
             self.server,
         )
+        for hook in self.hooks:
+            hook(self)
         self.port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}: is another server using it?")

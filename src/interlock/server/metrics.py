@@ -8,6 +8,7 @@ is the *configured* agent id (a glob stays a glob), which bounds cardinality.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -53,10 +54,16 @@ class Metrics:
             "The config version being served (value 1).",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",  # several workers: see interlock.server.workers
         )
 
     def set_config_version(self, version: str) -> None:
-        self.config_info.clear()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers: labels cannot be removed, zero them
+            for old in getattr(self, "_versions", ()):
+                self.config_info.labels(version=old).set(0)
+            self._versions = {version}
+        else:
+            self.config_info.clear()
         self.config_info.labels(version=version).set(1)
 
     def record(self, decisions: Iterable[Decision], agent_labels: Iterable[str], seconds: float) -> None:
