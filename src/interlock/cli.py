@@ -20,6 +20,7 @@ from interlock.errors import ConfigError
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
+    "interlock.bench",
 ]
 
 

@@ -120,6 +120,8 @@ class WorkerGroup:
                 p.terminate()
         deadline = time.monotonic() + timeout
         for p in self.processes:
+            if p.pid is None:  # never started
+                continue
             p.join(max(0.0, deadline - time.monotonic()))
             if p.is_alive():
                 log.warning("worker %s did not stop in %.0f s; killing it", p.pid, timeout)

@@ -1,0 +1,63 @@
+"""In-process reference points: the bare ONNX ensemble call (the compute floor) and the engine alone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks.perf.scenario import Scenario, install_ensemble_monitor
+
+
+def _time_per_call(fn: Callable[[], object], min_seconds: float, min_calls: int = 5) -> float:
+    """Best-of-3 mean seconds per call, each round at least ``min_seconds`` long."""
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds and calls >= min_calls:
+                break
+        best = min(best, elapsed / calls)
+    return best
+
+
+def _batch(scenario: Scenario, size: int) -> np.ndarray:
+    idx = np.arange(size) % len(scenario.observations)
+    return np.ascontiguousarray(scenario.observations[idx])
+
+
+def compute_floor(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
+    """The fused ensemble on one session with the server's settings (1 intra-op thread, no spinning)."""
+    from interlock.config import load_config
+    from interlock.runtime import ModelRuntime
+
+    loaded = load_config(scenario.config_path)
+    session = ModelRuntime.for_config(loaded).session(scenario.ensemble_path)
+    out = []
+    for b in batch_sizes:
+        feed = {"obs": _batch(scenario, b)}
+        sec = _time_per_call(lambda feed=feed: session.run(["q"], feed), min_seconds)
+        out.append({"batch": b, "us_per_call": sec * 1e6, "decisions_per_second": b / sec})
+    return out
+
+
+def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
+    """``Guard.check`` in-process (monitors, rules, fallbacks; no gRPC, no protobuf)."""
+    from interlock.config import load_config
+    from interlock.engine import Guard
+
+    guard = Guard(load_config(scenario.config_path)).load()
+    install_ensemble_monitor(guard)
+    inputs = scenario.inputs()
+    out = []
+    for b in batch_sizes:
+        items = [inputs[i % len(inputs)] for i in range(b)]
+        sec = _time_per_call(lambda items=items: guard.check(items), min_seconds)
+        out.append({"batch": b, "us_per_call": sec * 1e6, "decisions_per_second": b / sec})
+    guard.unload()
+    return out
