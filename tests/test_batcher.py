@@ -64,7 +64,7 @@ async def test_batched_answers_equal_unbatched_and_keep_order(guard):
     for a, b in zip(batched, unbatched, strict=True):
         _same(a, b)
     assert {d.verdict.name for d in batched} == {"ALLOW", "SUBSTITUTE"}
-    assert batcher.requests == 40 and batcher.batches == 3  # 16 + 16 + 8 (the last cut by the delay)
+    assert batcher.requests == 40 and batcher.batches == 3  # 16 + 16 + 8 (cut when nobody else joined)
 
 
 async def test_a_bad_request_fails_alone(guard):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 
@@ -35,11 +36,14 @@ class LoadResult:
         latencies_ns: ``[calls]`` int64 latency of every counted call.
         calls_per_second: Counted calls / window length.
         errors: Calls that failed (any status other than OK).
+        server_cpu_s: CPU seconds the server used in the window (when ``server_pids`` were given).
     """
 
     latencies_ns: np.ndarray
     calls_per_second: float
     errors: int
+    #: CPU seconds (user + system) the server processes used during the measured window.
+    server_cpu_s: float = float("nan")
 
     def percentile_us(self, q: float) -> float:
         return float(np.percentile(self.latencies_ns, q) / 1e3) if len(self.latencies_ns) else float("nan")
@@ -119,6 +123,20 @@ def _check_answer(method: str):
     return check
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of processes so far (Linux /proc; NaN elsewhere)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def _run_job(job, ready, go, window) -> tuple[np.ndarray, int]:
     target, path, kind, method, payloads, clients, first_index = job
 
@@ -190,6 +208,7 @@ class LoadGenerator:
         duration: float,
         warmup: float,
         startup_timeout: float = 60.0,
+        server_pids: list[int] = (),  # type: ignore[assignment]
     ) -> LoadResult:
         """Drive ``/{service}/{method}`` with ``concurrency`` closed-loop clients; returns the measured point.
 
@@ -202,6 +221,7 @@ class LoadGenerator:
             duration: Measured seconds.
             warmup: Seconds run before measuring.
             startup_timeout: Seconds allowed for every client to connect.
+            server_pids: Server processes whose CPU time is read at the window's start and end.
         """
         kind = "stream" if method in STREAM else "unary"
         n = max(1, min(len(self._procs), concurrency))
@@ -216,6 +236,12 @@ class LoadGenerator:
         t_start = time.monotonic() + warmup
         self._window[0], self._window[1] = t_start, t_start + duration
         self._go.set()
+        cpu = float("nan")
+        if server_pids:
+            time.sleep(max(0.0, t_start - time.monotonic()))
+            c0 = process_cpu_seconds(server_pids)
+            time.sleep(max(0.0, t_start + duration - time.monotonic()))
+            cpu = process_cpu_seconds(server_pids) - c0
         lats, errors, failure = [], 0, None
         for _ in range(n):
             status, payload, errs = self._out.get(timeout=warmup + duration + 120)
@@ -227,7 +253,7 @@ class LoadGenerator:
         if failure:
             raise RuntimeError(f"load generator process failed: {failure}")
         lat = np.concatenate(lats)
-        return LoadResult(lat, len(lat) / duration, errors)
+        return LoadResult(lat, len(lat) / duration, errors, cpu)
 
     def close(self) -> None:
         for q in self._jobs:

@@ -116,6 +116,8 @@ def _stats(method: str, service: str, concurrency: int, batch: int, res) -> dict
         "p99_us": res.percentile_us(99),
         "p999_us": res.percentile_us(99.9),
         "mean_us": float(lat.mean() / 1e3) if len(lat) else float("nan"),
+        # Server CPU per decision: robust to other load on the machine (unlike wall-clock figures).
+        "server_cpu_us_per_decision": res.server_cpu_s / max(1, len(lat) * batch) * 1e6,
     }
 
 
@@ -156,10 +158,13 @@ def measure_setup(
     points: list[dict[str, Any]] = []
     with start_workers(str(scn.config_path), setup.workers, "127.0.0.1", 0, None, hooks=[hook]) as group:
         target = f"127.0.0.1:{group.port}"
+        pids = [p.pid for p in group.processes]
 
         def point(service: str, method: str, payloads: list[bytes], conc: int, batch: int) -> None:
             progress.set_postfix_str(f"{setup.name}: {service.split('.')[-1]}.{method} c={conc} b={batch}")
-            res = gen.run(target, service, method, payloads, conc, plan.duration, plan.warmup)
+            res = gen.run(
+                target, service, method, payloads, conc, plan.duration, plan.warmup, server_pids=pids
+            )
             points.append(_stats(method, service, conc, batch, res))
             progress.update(1)
 

@@ -25,6 +25,7 @@ from interlock.errors import ConfigError, InterlockError, InvalidRequest, Unknow
 from interlock.fallbacks import Fallback, build_fallback
 from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
 from interlock.policies import DecisionPolicy
+from interlock.policies.vectorized import batch_columns
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
 
@@ -117,7 +118,11 @@ class AgentRuntime:
         }
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
         self.policy = DecisionPolicy(
-            cfg.policy, self.spaces.action.discrete, self.signal_names, f"{where}.policy"
+            cfg.policy,
+            self.spaces.action.discrete,
+            self.signal_names,
+            f"{where}.policy",
+            obs_size=int(np.prod(self.spaces.observation.shape)),
         )
         for i, rule in enumerate(cfg.policy.rules):
             if rule.verdict == "escalate" and not (rule.fallback or cfg.escalation.fallback or cfg.fail_safe):
@@ -205,23 +210,37 @@ class AgentRuntime:
                 self._fail(d, failed_monitors)
             return decisions
 
-        # 2. Signals per row, then the policy.
+        # 2. Signals per row, then the policy (simple rules vectorized over the batch, the rest per row).
         names = list(signals)
-        values = np.stack([signals[k].values for k in names], axis=1) if names else np.zeros((n, 0))
+        values = (
+            np.stack([signals[k].values for k in names], axis=1).astype(np.float64)
+            if names
+            else np.zeros((n, 0))
+        )
         trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
         thresholds = [signals[k].threshold for k in names]
         split = [k.partition(".") for k in names]
-        rows = batch.rows()
-        wanted: dict[str, list[int]] = defaultdict(list)
-        for i, d in enumerate(decisions):
-            vals, tr = values[i].tolist(), trips[i].tolist()
+        all_vals, all_trips = values.tolist(), trips.tolist()
+
+        def activation(i: int) -> dict:
             sig_map: dict[str, dict[str, float]] = {}
             trip_map: dict[str, dict[str, bool]] = {}
             for j, (mon, _, sig) in enumerate(split):
-                sig_map.setdefault(mon, {})[sig] = vals[j]
-                trip_map.setdefault(mon, {})[sig] = tr[j]
+                sig_map.setdefault(mon, {})[sig] = all_vals[i][j]
+                trip_map.setdefault(mon, {})[sig] = all_trips[i][j]
+            return {**batch.rows()[i], "signals": sig_map, "tripped": trip_map}
+
+        cols = batch_columns(
+            batch,
+            {k: values[:, j] for j, k in enumerate(names)},
+            {k: trips[:, j] for j, k in enumerate(names)},
+        )
+        outcomes = self.policy.decide_batch(cols, activation)
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for i, d in enumerate(decisions):
+            vals, tr = all_vals[i], all_trips[i]
             d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
-            outcome = self.policy.decide({**rows[i], "signals": sig_map, "tripped": trip_map})
+            outcome = outcomes[i]
             if outcome.error is not None:
                 d.errors.append("policy")
                 self._fail(d, [f"rule '{outcome.rule.name}' could not be evaluated: {outcome.error}"])

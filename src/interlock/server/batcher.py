@@ -1,10 +1,13 @@
 """Server-side dynamic micro-batching of concurrent single-request checks.
 
-Like Triton's dynamic batcher: ``Check`` and ``CheckStream`` messages that
-arrive within ``max_delay_ms`` of the first waiting one are decided in one
-engine call, so many agents share one ensemble run. A batch is cut as soon as
-it holds ``max_batch`` requests; otherwise when the first request has waited
-``max_delay_ms``. Configure with::
+Like Triton's dynamic batcher: concurrent ``Check`` and ``CheckStream``
+messages are decided in one engine call, so many agents share one ensemble run.
+A batch is cut as soon as it holds ``max_batch`` requests, or when an
+event-loop turn passes in which no new request joined it (so a lone request
+waits one loop turn, microseconds, not ``max_delay_ms``), or at the latest when
+its first request has waited ``max_delay_ms``. While the engine decides one
+batch on the event loop, the requests that arrive queue up in gRPC and form
+the next batch. Configure with::
 
     server:
       batching: {max_batch: 64, max_delay_ms: 0.5}
@@ -46,7 +49,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay = max_delay_ms / 1000.0
         self._pending: list[tuple[CheckInput, asyncio.Future]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._deadline = 0.0
+        self._seen = 0
         #: Sizes of the batches cut so far (count, total requests), for tests and benchmarks.
         self.batches = 0
         self.requests = 0
@@ -59,8 +64,23 @@ class MicroBatcher:
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay, self._flush)
+            self._deadline = loop.time() + self.max_delay
+            self._seen = len(self._pending)
+            self._timer = loop.call_soon(self._tick)
         return await fut
+
+    def _tick(self) -> None:
+        """Once per event-loop turn while a batch is open: cut it when nobody joined or time is up."""
+        self._timer = None
+        n = len(self._pending)
+        if n == 0:
+            return
+        loop = asyncio.get_running_loop()
+        if n == self._seen or loop.time() >= self._deadline:
+            self._flush()
+        else:
+            self._seen = n
+            self._timer = loop.call_soon(self._tick)
 
     def _flush(self) -> None:
         if self._timer is not None:
