@@ -68,11 +68,19 @@ class Metrics:
 
     def record(self, decisions: Iterable[Decision], agent_labels: Iterable[str], seconds: float) -> None:
         """Count decisions; ``seconds`` is the latency each of them saw."""
+        counts: dict[tuple[str, str, str], int] = {}
+        n = 0
         for d, agent in zip(decisions, agent_labels, strict=True):
-            self.decisions.labels(agent=agent, verdict=d.verdict.label, rule=d.rule).inc()
-            self.decision_duration.observe(seconds)
+            key = (agent, d.verdict.label, d.rule)
+            counts[key] = counts.get(key, 0) + 1
+            n += 1
             for stage in d.errors:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()
+        for (agent, verdict, rule), k in counts.items():  # one update per label set, not per decision
+            self.decisions.labels(agent=agent, verdict=verdict, rule=rule).inc(k)
+        observe = self.decision_duration.observe
+        for _ in range(n):
+            observe(seconds)
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()
