@@ -163,3 +163,21 @@ def test_metrics_are_exposed(metrics_server):
     assert 'interlock_requests_rejected_total{reason="unknown_agent"} 1.0' in text
     assert 'interlock_config_info{version="test-1"} 1.0' in text
     assert "interlock_decision_duration_seconds_bucket" in text
+
+
+def test_internal_errors_fail_closed_and_are_counted(tmp_path):
+    from interlock.server.background import background_server
+    from tests.fixtures import discrete_agent, linear_model, loaded
+
+    linear_model(tmp_path / "broken.onnx", np.ones((3, 2), np.float32))  # wrong input size: raises per call
+    agent = discrete_agent(fallbacks={"noop": {"kind": "onnx_policy", "model": "broken.onnx",
+                                               "output": "logits"}})
+    with background_server(loaded([agent], base_dir=tmp_path), metrics_port=0) as srv:
+        stub = pb_grpc.GuardStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
+        d = stub.Check(req(TILTED))
+        assert d.verdict == pb.VERDICT_HALT and len(d.action.data) == 0
+        assert stub.Check(req()).verdict == pb.VERDICT_ALLOW  # untouched rows still decided
+        url = f"http://127.0.0.1:{srv.bound_metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'interlock_internal_errors_total{agent="cartpole",stage="fallback:noop"} 1.0' in text
+    assert 'interlock_decisions_total{agent="cartpole",rule="tilted",verdict="halt"} 1.0' in text

@@ -1,0 +1,98 @@
+"""InterlockWrapper on real Gymnasium environments through a real server."""
+
+import asyncio
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from interlock import AsyncGuardClient, GuardClient, InterlockWrapper
+from interlock.gym import InterlockVectorWrapper
+from interlock.server.background import background_server
+from tests.fixtures import discrete_agent, loaded
+
+
+def test_wrapper_executes_the_decided_action(server):
+    env = InterlockWrapper(gym.make("CartPole-v1"), f"127.0.0.1:{server.port}", agent_id="cartpole")
+    shadow = gym.make("CartPole-v1")  # replays the executed actions to prove what was executed
+    obs, _ = env.reset(seed=3)
+    shadow.reset(seed=3)
+    substituted = 0
+    for _ in range(200):
+        obs, _, terminated, truncated, info = env.step(1)  # always push right: the pole tips over
+        decision = info["interlock"]
+        executed = 1 if decision["verdict"] == "ALLOW" else decision["action"]
+        if abs(decision["signals"]["limits.pole_upright"]["value"]) > 0:
+            assert decision["verdict"] == "SUBSTITUTE" and decision["action"] == 0
+            substituted += 1
+        shadow_obs, *_ = shadow.step(executed)
+        np.testing.assert_array_equal(obs, shadow_obs)
+        if terminated or truncated:
+            break
+    assert substituted > 0
+    assert env.verdict_counts["SUBSTITUTE"] == substituted
+    env.close()
+
+
+def test_halt_truncates_without_stepping(tmp_path):
+    cfg = loaded([discrete_agent(policy={"rules": [], "default": "halt"})], base_dir=tmp_path)
+    with background_server(cfg) as srv:
+        env = InterlockWrapper(gym.make("CartPole-v1"), f"127.0.0.1:{srv.port}", agent_id="cartpole")
+        obs0, _ = env.reset(seed=0)
+        obs, reward, terminated, truncated, info = env.step(1)
+        assert truncated and not terminated and reward == 0.0
+        np.testing.assert_array_equal(obs, obs0)
+        assert info["interlock"]["verdict"] == "HALT" and info["interlock"]["action"] is None
+        env.close()
+
+
+class CountingClient(GuardClient):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.batch_calls = 0
+
+    def check_batch(self, *a, **kw):
+        self.batch_calls += 1
+        return super().check_batch(*a, **kw)
+
+
+def test_vector_env_uses_one_check_batch_per_step(server):
+    venv = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+    client = CountingClient(f"127.0.0.1:{server.port}", agent_id="cartpole")
+    env = InterlockWrapper(venv, client=client)
+    assert isinstance(env, InterlockVectorWrapper)
+    env.reset(seed=0)
+    for _ in range(30):
+        _, _, _, _, infos = env.step(np.ones(4, dtype=np.int64))
+        assert len(infos["interlock"]) == 4
+    assert client.batch_calls == 30
+    assert env.verdict_counts.get("SUBSTITUTE", 0) > 0
+    env.close()
+
+
+def test_wrapper_rejects_unsupported_spaces():
+    env = gym.make("CartPole-v1")
+    env.action_space = gym.spaces.MultiBinary(3)
+    with pytest.raises(TypeError, match="supports Discrete and Box action spaces"):
+        InterlockWrapper(env, "127.0.0.1:1", agent_id="x")
+    with pytest.raises(ValueError, match="agent_id is required"):
+        InterlockWrapper(gym.make("CartPole-v1"), "127.0.0.1:1")
+
+
+def test_async_client(server):
+    async def run():
+        async with AsyncGuardClient(f"127.0.0.1:{server.port}", agent_id="cartpole") as client:
+            one = await client.check(np.zeros(4, np.float32), 1)
+            many = await client.check_batch(np.array([[0, 0, 0.15, 0], [0, 0, 0, 0]], np.float32), [1, 1])
+            return one, many
+
+    one, many = asyncio.run(run())
+    assert one.allowed and int(one.action) == 1
+    assert [r.verdict.name for r in many] == ["SUBSTITUTE", "ALLOW"]
+
+
+def test_client_never_turns_failure_into_allow():
+    import grpc
+
+    with GuardClient("127.0.0.1:1", agent_id="cartpole", timeout=0.5) as client, pytest.raises(grpc.RpcError):
+        client.check(np.zeros(4, np.float32), 1)
