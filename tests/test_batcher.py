@@ -67,6 +67,14 @@ async def test_batched_answers_equal_unbatched_and_keep_order(guard):
     assert batcher.requests == 40 and batcher.batches == 3  # 16 + 16 + 8 (cut when nobody else joined)
 
 
+async def test_a_lone_closed_loop_client_stops_waiting(guard):
+    """One agent sends its next request only after the answer: after two empty waits, no more waiting."""
+    batcher = MicroBatcher(lambda: guard, max_batch=16, max_delay_ms=20)
+    for it in _inputs(12):
+        _same(await batcher.submit(it), guard.check([it])[0])
+    assert batcher.batches == 12 and batcher.waited == 2
+
+
 async def test_a_bad_request_fails_alone(guard):
     items = _inputs(6)
     bad_shape = CheckInput("cartpole", np.zeros(5, np.float32), np.int64(0))

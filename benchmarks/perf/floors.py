@@ -61,3 +61,32 @@ def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: f
         out.append({"batch": b, "us_per_call": sec * 1e6, "decisions_per_second": b / sec})
     guard.unload()
     return out
+
+
+def onnxruntime_settings(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
+    """The bare ensemble call under intra-op threads x spinning (the server uses 1 thread, no spinning)."""
+    import onnxruntime as ort
+
+    out = []
+    for threads in (1, 2):
+        for spin in (False, True):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            sess = ort.InferenceSession(str(scenario.ensemble_path), opts, providers=["CPUExecutionProvider"])
+            for b in batch_sizes:
+                feed = {"obs": _batch(scenario, b)}
+                sec = _time_per_call(lambda feed=feed, sess=sess: sess.run(["q"], feed), min_seconds)
+                out.append(
+                    {
+                        "intra_op_threads": threads,
+                        "spinning": spin,
+                        "batch": b,
+                        "us_per_call": sec * 1e6,
+                        "decisions_per_second": b / sec,
+                    }
+                )
+            del sess
+    return out

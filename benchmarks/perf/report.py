@@ -87,6 +87,29 @@ def batch_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ort_table(result: dict[str, Any]) -> str:
+    rows = result.get("onnxruntime_settings", [])
+    sizes = sorted({r["batch"] for r in rows})
+    lines = [
+        "| intra-op threads | spinning | " + " | ".join(f"batch {b}: us/call" for b in sizes) + " |",
+        "|---:|---|" + "---:|" * len(sizes),
+    ]
+    for threads, spin in sorted({(r["intra_op_threads"], r["spinning"]) for r in rows}):
+        cells = [
+            _fmt(
+                next(
+                    r["us_per_call"]
+                    for r in rows
+                    if (r["intra_op_threads"], r["spinning"], r["batch"]) == (threads, spin, b)
+                ),
+                1,
+            )
+            for b in sizes
+        ]
+        lines.append(f"| {threads} | {'on' if spin else 'off'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def setups_table(result: dict[str, Any]) -> str:
     concs = result["settings"]["concurrency"]
     lines = [
@@ -266,6 +289,8 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
     ]
     if len(result["setups"]) > 1:
         parts += ["#### Check throughput by server setup", "", setups_table(result), ""]
+    if result.get("onnxruntime_settings"):
+        parts += ["#### ONNX Runtime settings (bare ensemble call, in-process)", "", ort_table(result), ""]
     parts += [f"![{Path(r).stem}]({r})" for r in rel]
     return "\n".join(parts)
 

@@ -72,7 +72,7 @@ class Plan:
 
 def plans(cpus: int) -> dict[str, Plan]:
     workers = max(1, cpus)
-    batching = {"max_batch": 64, "max_delay_ms": 0.25}
+    batching = {"max_batch": 64, "max_delay_ms": 0.5}
     main = Setup("main", workers, batching, full=True)
     return {
         "full": Plan(
@@ -296,6 +296,9 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
         result["compute_floor"] = floors.compute_floor(scn, [*plan.batch_sizes, 1], plan.floor_seconds)
         result["engine_in_process"] = floors.engine_in_process(
             scn, [*plan.batch_sizes, 1], plan.floor_seconds
+        )
+        result["onnxruntime_settings"] = floors.onnxruntime_settings(
+            scn, sorted({1, 256} & {1, *plan.batch_sizes}), plan.floor_seconds
         )
         result["setups"] = []
         bar = tqdm(total=_count_points(plan), desc="bench perf", unit="point", file=sys.stderr)

@@ -61,6 +61,15 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     docs = args.docs
     if docs is None and not args.quick:
         docs = str(root / "docs")
+    if args.from_json:
+        import json
+
+        from benchmarks.perf import report
+
+        result = json.loads(Path(args.from_json).read_text())
+        report.write(result, Path(docs or root / "docs"))
+        print(report.summary_text(result))
+        return 0
     main(args.json, args.quick, docs)
     return 0
 
@@ -92,5 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="write the markdown section of DIR/benchmarks.md and plots in DIR/img (default: the checkout's "
         "docs/ for a full run; nothing for --quick)",
+    )
+    perf.add_argument(
+        "--from-json",
+        metavar="FILE",
+        default=None,
+        help="measure nothing: regenerate the markdown and plots from a previous --json FILE",
     )
     perf.set_defaults(func=_cmd_perf)

@@ -2,12 +2,14 @@
 
 Like Triton's dynamic batcher: concurrent ``Check`` and ``CheckStream``
 messages are decided in one engine call, so many agents share one ensemble run.
-A batch is cut as soon as it holds ``max_batch`` requests, or when an
-event-loop turn passes in which no new request joined it (so a lone request
-waits one loop turn, microseconds, not ``max_delay_ms``), or at the latest when
-its first request has waited ``max_delay_ms``. While the engine decides one
-batch on the event loop, the requests that arrive queue up in gRPC and form
-the next batch. Configure with::
+A batch is cut as soon as it holds ``max_batch`` requests, or when its first
+request has waited ``max_delay_ms``. Waiting only pays when others arrive, so
+a batch is cut at the end of the current event-loop turn instead (no added
+latency) when requests arrive further apart than ``max_delay_ms`` on average
+(an exponentially weighted mean of the gaps), or when the last two batches
+that waited found nobody (a lone agent in a closed loop: it sends its next
+request only after this answer); every 64th batch waits again to notice new
+company. Configure with::
 
     server:
       batching: {max_batch: 64, max_delay_ms: 0.5}
@@ -50,45 +52,48 @@ class MicroBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self._pending: list[tuple[CheckInput, asyncio.Future]] = []
         self._timer: asyncio.Handle | None = None
-        self._deadline = 0.0
-        self._seen = 0
+        self._last_arrival = 0.0
+        self._gap = self.max_delay  # seconds, mean gap between arrivals
+        self._lonely = 0  # batches in a row that waited the whole delay for nobody
+        self._opened = 0
         #: Sizes of the batches cut so far (count, total requests), for tests and benchmarks.
         self.batches = 0
         self.requests = 0
+        #: Batches cut by the delay (the others were full or cut at once).
+        self.waited = 0
 
     async def submit(self, item: CheckInput) -> Decision:
         """The decision for ``item``; raises the InterlockError of a malformed request."""
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._last_arrival:
+            # Mean gap between arrivals (exponentially weighted): is anyone likely to join a batch?
+            self._gap += 0.1 * (min(now - self._last_arrival, 1.0) - self._gap)
+        self._last_arrival = now
         fut = loop.create_future()
         self._pending.append((item, fut))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._deadline = loop.time() + self.max_delay
-            self._seen = len(self._pending)
-            self._timer = loop.call_soon(self._tick)
+            self._opened += 1
+            if self._gap < self.max_delay and (self._lonely < 2 or self._opened % 64 == 0):
+                self._timer = loop.call_later(self.max_delay, self._flush, True)
+            else:  # nobody is likely to join: do not make this request wait for company
+                self._timer = loop.call_soon(self._flush)
         return await fut
 
-    def _tick(self) -> None:
-        """Once per event-loop turn while a batch is open: cut it when nobody joined or time is up."""
-        self._timer = None
-        n = len(self._pending)
-        if n == 0:
-            return
-        loop = asyncio.get_running_loop()
-        if n == self._seen or loop.time() >= self._deadline:
-            self._flush()
-        else:
-            self._seen = n
-            self._timer = loop.call_soon(self._tick)
-
-    def _flush(self) -> None:
+    def _flush(self, waited: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, []
         if not pending:
             return
+        if waited:  # the whole delay passed: did anybody join?
+            self.waited += 1
+            self._lonely = self._lonely + 1 if len(pending) == 1 else 0
+        elif len(pending) > 1:
+            self._lonely = 0
         self.batches += 1
         self.requests += len(pending)
         items = [item for item, _ in pending]
