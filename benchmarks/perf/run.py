@@ -72,7 +72,7 @@ class Plan:
 
 def plans(cpus: int) -> dict[str, Plan]:
     workers = max(1, cpus)
-    batching = {"max_batch": 64, "max_delay_ms": 0.5}
+    batching = {"max_batch": 64, "max_delay_ms": 2.0}
     main = Setup("main", workers, batching, full=True)
     return {
         "full": Plan(
