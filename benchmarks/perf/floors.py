@@ -31,19 +31,25 @@ def _batch(scenario: Scenario, size: int) -> np.ndarray:
     return np.ascontiguousarray(scenario.observations[idx])
 
 
-def compute_floor(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
-    """The fused ensemble on one session with the server's settings (1 intra-op thread, no spinning)."""
+def ensemble_session(scenario: Scenario):
+    """The fused ensemble in a session with the server's settings (1 intra-op thread, no spinning)."""
     from interlock.config import load_config
     from interlock.runtime import ModelRuntime
 
-    loaded = load_config(scenario.config_path)
-    session = ModelRuntime.for_config(loaded).session(scenario.ensemble_path)
-    out = []
-    for b in batch_sizes:
-        feed = {"obs": _batch(scenario, b)}
-        sec = _time_per_call(lambda feed=feed: session.run(["q"], feed), min_seconds)
-        out.append({"batch": b, "us_per_call": sec * 1e6, "decisions_per_second": b / sec})
-    return out
+    return ModelRuntime.for_config(load_config(scenario.config_path)).session(scenario.ensemble_path)
+
+
+def floor_point(session, scenario: Scenario, batch: int, min_seconds: float) -> dict:
+    """The bare ensemble call on ``batch`` observations: time per call and decisions per second."""
+    feed = {"obs": _batch(scenario, batch)}
+    sec = _time_per_call(lambda: session.run(["q"], feed), min_seconds)
+    return {"batch": batch, "us_per_call": sec * 1e6, "decisions_per_second": batch / sec}
+
+
+def compute_floor(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
+    """:func:`floor_point` for every batch size."""
+    session = ensemble_session(scenario)
+    return [floor_point(session, scenario, b, min_seconds) for b in batch_sizes]
 
 
 def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:

@@ -77,15 +77,38 @@ def ensemble_signals(q: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np
     return q_std, disagreement
 
 
+def real_uncertainty_monitor() -> bool:
+    """Whether Interlock has the ``uncertainty`` monitor (else the benchmark's stand-in is used)."""
+    from interlock.monitors import BUILDERS
+
+    return "uncertainty" in BUILDERS
+
+
 def agent_config(q_std_threshold: float) -> dict[str, Any]:
+    if real_uncertainty_monitor():
+        uncertainty: dict[str, Any] = {
+            "kind": "uncertainty",
+            "model": "ensemble.onnx",
+            "ensemble": "q",
+            "thresholds": {"q_std": q_std_threshold},
+        }
+        uncertain = "tripped.uncertainty.q_std"
+        last_rule = f"signals.uncertainty.q_std > {2 * q_std_threshold!r}"
+    else:
+        # Placeholder: replaced by EnsembleMonitor in the server (see install_ensemble_monitor).
+        uncertainty = {
+            "kind": "rules",
+            "name": "uncertainty",
+            "constraints": {"q_std": "true", "disagreement": "true"},
+        }
+        uncertain = f"signals.uncertainty.q_std > {q_std_threshold!r}"
+        last_rule = "signals.uncertainty.disagreement > 0.99"
     return {
         "id": "lander-*",
         "observation": {"shape": [OBS_DIM], "dtype": "float32"},
         "action": {"type": "discrete", "n": N_ACTIONS},
         "monitors": [
-            # Placeholder: replaced by EnsembleMonitor in the server (see install_ensemble_monitor).
-            {"kind": "rules", "name": "uncertainty",
-             "constraints": {"q_std": "true", "disagreement": "true"}},
+            uncertainty,
             {"kind": "action_space"},
             {
                 "kind": "rules",
@@ -101,13 +124,11 @@ def agent_config(q_std_threshold: float) -> dict[str, Any]:
             "rules": [
                 {"name": "invalid_action", "when": "tripped.action_space.invalid", "verdict": "substitute",
                  "fallback": "backup"},
-                {"name": "uncertain", "when": f"signals.uncertainty.q_std > {q_std_threshold!r}",
-                 "verdict": "substitute", "fallback": "backup"},
+                {"name": "uncertain", "when": uncertain, "verdict": "substitute", "fallback": "backup"},
                 {"name": "near_limits",
                  "when": "tripped.limits.altitude_ok || tripped.limits.speed_ok || tripped.limits.tilt_ok",
                  "verdict": "substitute", "fallback": "backup"},
-                {"name": "members_disagree", "when": "signals.uncertainty.disagreement > 0.99",
-                 "verdict": "substitute", "fallback": "backup"},
+                {"name": "very_uncertain", "when": last_rule, "verdict": "substitute", "fallback": "backup"},
             ],
             "default": "allow",
         },
@@ -182,10 +203,15 @@ class EnsembleMonitor(Monitor):
 
 
 def install_ensemble_monitor(guard) -> None:
-    """Swap the placeholder ``uncertainty`` monitor of every agent for :class:`EnsembleMonitor`."""
+    """Swap the placeholder ``uncertainty`` monitor of every agent for :class:`EnsembleMonitor`.
+
+    Does nothing once Interlock has its own ``uncertainty`` monitor (the config then uses it).
+    """
+    from interlock.monitors import RulesMonitor
+
     for rt in guard.agents:
         for i, m in enumerate(rt.monitors):
-            if m.name == "uncertainty":
+            if m.name == "uncertainty" and isinstance(m, RulesMonitor):
                 mon = EnsembleMonitor(
                     m.name, rt.spaces, guard.runtime, guard.runtime.resolve("ensemble.onnx")
                 )
