@@ -53,10 +53,7 @@ def add_echo_service(server: grpc.aio.Server, decision: bytes, request_len: floa
 
 
 def bench_hook(server, decision: bytes, request_len: float) -> None:
-    """InterlockServer hook of the benchmark: the ensemble monitor stand-in and the echo service."""
-    from benchmarks.perf.scenario import install_ensemble_monitor
-
-    install_ensemble_monitor(server.service.guard)
+    """InterlockServer hook of the benchmark: adds the echo service."""
     add_echo_service(server.server, decision, request_len)
 
 

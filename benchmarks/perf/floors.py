@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.perf.scenario import Scenario, install_ensemble_monitor
+from benchmarks.perf.scenario import Scenario
 
 
 def _time_per_call(fn: Callable[[], object], min_seconds: float, min_calls: int = 5) -> float:
@@ -58,7 +58,6 @@ def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: f
     from interlock.engine import Guard
 
     guard = Guard(load_config(scenario.config_path)).load()
-    install_ensemble_monitor(guard)
     inputs = scenario.inputs()
     out = []
     for b in batch_sizes:

@@ -128,7 +128,6 @@ def _representative_decision(scn: scenario.Scenario) -> bytes:
     from interlock.server.convert import decision_to_pb
 
     guard = Guard(load_config(scn.config_path)).load()
-    scenario.install_ensemble_monitor(guard)
     sizes = [(len(decision_to_pb(d).SerializeToString()), d) for d in guard.check(scn.inputs()[:64])]
     median = sorted(sizes, key=lambda x: x[0])[len(sizes) // 2][1]
     return decision_to_pb(median).SerializeToString()
@@ -291,9 +290,7 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
                 "ensemble": f"{scenario.MEMBERS} x MLP {scenario.OBS_DIM}-{scenario.HIDDEN}-"
                 f"{scenario.HIDDEN}-{scenario.N_ACTIONS}, fused, output [K, batch, n_actions]",
                 "monitors": [
-                    "uncertainty (interlock's monitor)"
-                    if scenario.real_uncertainty_monitor()
-                    else "uncertainty (benchmark stand-in until the monitor lands)",
+                    "uncertainty (q ensemble)",
                     "action_space",
                     "limits (3 CEL constraints)",
                 ],

@@ -2,14 +2,14 @@
 
 The agent (LunarLander-sized: observation [8], 4 discrete actions) is guarded by
 
-* ``uncertainty``: a 5-member ensemble of 2x256 MLP Q-networks in one fused ONNX
-  graph; signals ``q_std`` (std over members of Q(obs, proposed action)) and
-  ``disagreement`` (share of members whose greedy action differs from the proposed one);
+* ``uncertainty`` (Interlock's monitor, ``ensemble: q``): a 5-member ensemble of 2x256
+  MLP Q-networks in one fused ONNX graph, signals ``q_std`` and ``q_std_ratio``;
 * ``action_space``;
 * ``limits``: three CEL constraints;
 
-and four policy rules, with an ONNX backup policy as the substitute. About 5% of
-requests are SUBSTITUTE (the q_std threshold is the 95th percentile of the request set).
+and four policy rules, with an ONNX backup policy as the substitute. About 6% of
+requests are SUBSTITUTE (thresholds: the 95th percentile of q_std and the 99th of
+q_std_ratio over the request set).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from benchmarks.perf.models import build_backup, build_ensemble, reference_ensemble
 from interlock.client import make_request
 from interlock.engine import CheckInput, Verdict
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.ensembles.scores import q_scores
 from interlock.v1 import interlock_pb2 as pb
 
 OBS_DIM = 8
@@ -68,41 +68,15 @@ class Scenario:
         ]
 
 
-def ensemble_signals(q: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``q [K, batch, n]`` and ``actions [batch]`` -> ``(q_std [batch], disagreement [batch])`` float64."""
-    rows = np.arange(q.shape[1])
-    q_a = q[:, rows, actions]  # [K, batch]
-    q_std = q_a.std(axis=0).astype(np.float64)
-    disagreement = (q.argmax(axis=2) != actions[None, :]).mean(axis=0).astype(np.float64)
-    return q_std, disagreement
-
-
-def real_uncertainty_monitor() -> bool:
-    """Whether Interlock has the ``uncertainty`` monitor (else the benchmark's stand-in is used)."""
-    from interlock.monitors import BUILDERS
-
-    return "uncertainty" in BUILDERS
-
-
-def agent_config(q_std_threshold: float) -> dict[str, Any]:
-    if real_uncertainty_monitor():
-        uncertainty: dict[str, Any] = {
-            "kind": "uncertainty",
-            "model": "ensemble.onnx",
-            "ensemble": "q",
-            "thresholds": {"q_std": q_std_threshold},
-        }
-        uncertain = "tripped.uncertainty.q_std"
-        last_rule = f"signals.uncertainty.q_std > {2 * q_std_threshold!r}"
-    else:
-        # Placeholder: replaced by EnsembleMonitor in the server (see install_ensemble_monitor).
-        uncertainty = {
-            "kind": "rules",
-            "name": "uncertainty",
-            "constraints": {"q_std": "true", "disagreement": "true"},
-        }
-        uncertain = f"signals.uncertainty.q_std > {q_std_threshold!r}"
-        last_rule = "signals.uncertainty.disagreement > 0.99"
+def agent_config(q_std_threshold: float, ratio_threshold: float) -> dict[str, Any]:
+    uncertainty = {
+        "kind": "uncertainty",
+        "model": "ensemble.onnx",
+        "ensemble": "q",
+        "thresholds": {"q_std": q_std_threshold, "q_std_ratio": ratio_threshold},
+    }
+    uncertain = "tripped.uncertainty.q_std"
+    last_rule = "tripped.uncertainty.q_std_ratio"
     return {
         "id": "lander-*",
         "observation": {"shape": [OBS_DIM], "dtype": "float32"},
@@ -152,8 +126,9 @@ def build(workdir: Path, batching: dict[str, float] | None = None, seed: int = 0
     # The agent mostly proposes the ensemble's greedy action, sometimes another one.
     actions = np.where(rng.random(N_REQUESTS) < 0.9, greedy, rng.integers(0, N_ACTIONS, N_REQUESTS))
     actions = actions.astype(np.int64)
-    q_std, _ = ensemble_signals(q, actions)
-    threshold = float(np.round(np.quantile(q_std, 0.95), 4))
+    scores = q_scores(q, actions)  # what the uncertainty monitor computes
+    threshold = float(np.round(np.quantile(scores["q_std"], 0.95), 4))
+    ratio = float(np.round(np.quantile(scores["q_std_ratio"], 0.99), 4))
     server: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": None}
     if batching:
         server["batching"] = batching
@@ -161,63 +136,11 @@ def build(workdir: Path, batching: dict[str, float] | None = None, seed: int = 0
         "version": "bench-perf",
         "server": server,
         "onnx": {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1, "allow_spinning": False},
-        "agents": [agent_config(threshold)],
+        "agents": [agent_config(threshold, ratio)],
     }
     path = workdir / "interlock.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return Scenario(path, ens, obs, actions, threshold)
-
-
-# --------------------------------------------------------------------------- the ensemble monitor
-
-
-class EnsembleMonitor(Monitor):
-    """Benchmark-only stand-in for the ``uncertainty`` monitor until it lands on main.
-
-    Runs the fused ensemble once per batch: ``observations [batch, 8]`` ->
-    ``q [K, batch, 4]`` -> signals ``q_std`` and ``disagreement`` ``[batch]``.
-    """
-
-    kind = "bench_ensemble"
-
-    def __init__(self, name: str, spaces, runtime, model: Path) -> None:
-        super().__init__(name, spaces, runtime)
-        self.model = model
-
-    @property
-    def signal_names(self) -> list[str]:
-        return ["q_std", "disagreement"]
-
-    def load(self) -> None:
-        self._session = self.runtime.session(self.model, what="bench ensemble")
-        self.ready = True
-
-    def check(self, batch: Batch) -> dict[str, SignalBatch]:
-        obs = np.ascontiguousarray(batch.observations, dtype=np.float32)
-        (q,) = self._session.run(["q"], {"obs": obs})
-        q_std, disagreement = ensemble_signals(q, np.asarray(batch.actions, dtype=np.int64))
-        return {
-            "q_std": SignalBatch.above(q_std, np.inf),
-            "disagreement": SignalBatch.above(disagreement, 1.0),
-        }
-
-
-def install_ensemble_monitor(guard) -> None:
-    """Swap the placeholder ``uncertainty`` monitor of every agent for :class:`EnsembleMonitor`.
-
-    Does nothing once Interlock has its own ``uncertainty`` monitor (the config then uses it).
-    """
-    from interlock.monitors import RulesMonitor
-
-    for rt in guard.agents:
-        for i, m in enumerate(rt.monitors):
-            if m.name == "uncertainty" and isinstance(m, RulesMonitor):
-                mon = EnsembleMonitor(
-                    m.name, rt.spaces, guard.runtime, guard.runtime.resolve("ensemble.onnx")
-                )
-                if guard.ready:
-                    mon.load()
-                rt.monitors[i] = mon
 
 
 def expected_verdicts(scenario: Scenario) -> dict[str, int]:
@@ -226,7 +149,6 @@ def expected_verdicts(scenario: Scenario) -> dict[str, int]:
     from interlock.engine import Guard
 
     guard = Guard(load_config(scenario.config_path)).load()
-    install_ensemble_monitor(guard)
     decisions = guard.check(scenario.inputs())
     counts: dict[str, int] = {}
     for d in decisions:

@@ -21,6 +21,9 @@ from interlock.errors import ConfigError
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
     "interlock.bench",
+    "interlock.cli_ops",
+    "interlock.cli_escalations",
+    "interlock.cli_ensemble",
 ]
 
 
@@ -31,13 +34,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from interlock.server.workers import serve_workers
 
         mport = -1 if args.metrics_port is None else args.metrics_port
-        return serve_workers(args.config, args.workers, args.host, args.port, mport, args.verbose)
+        cport = -1 if args.console_port is None else args.console_port
+        return serve_workers(args.config, args.workers, args.host, args.port, mport, args.verbose, cport)
     asyncio.run(
         serve(
             args.config,
             host=args.host,
             port=args.port,
             metrics_port=-1 if args.metrics_port is None else args.metrics_port,
+            console_port=-1 if args.console_port is None else args.console_port,
         )
     )
     return 0
@@ -76,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the gRPC guard service",
-        description="Serve the Guard service (plus gRPC health and reflection) for a config.",
+        description="Serve the Guard service (plus gRPC health and reflection) for a config. "
+        "SIGHUP (or, with server.reload.watch, a changed config or model file) reloads the config "
+        "without downtime; SIGTERM drains, finishes in-flight calls, flushes the audit log and exits.",
     )
     serve.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
     serve.add_argument("--host", default=None, help="address to bind (default: server.host in the config)")
@@ -96,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="server processes sharing the port via SO_REUSEPORT (one per core; Python serves about one "
         "core per process); metrics of all workers are summed on the metrics port",
+    )
+    serve.add_argument(
+        "--console-port",
+        type=int,
+        default=None,
+        help="operator web console port (default: server.console_port; 0 = any free)",
     )
     serve.set_defaults(func=_cmd_serve)
 

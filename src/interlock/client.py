@@ -13,6 +13,7 @@ caller cannot mistake "no answer" for ALLOW.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -26,6 +27,13 @@ from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 10.0
+#: Environment variable an agent's bearer token is read from when ``token`` is not given.
+AGENT_TOKEN_ENV = "INTERLOCK_AGENT_TOKEN"
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    token = token if token is not None else os.environ.get(AGENT_TOKEN_ENV) or None
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 class SignalValue(NamedTuple):
@@ -131,6 +139,9 @@ class GuardClient:
         agent_id: Default agent id for calls that do not pass one.
         timeout: Deadline per call in seconds; an expired deadline raises, never allows.
         credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
+        token: The agent's bearer token, for servers with ``auth.agent_tokens``
+            (default: ``$INTERLOCK_AGENT_TOKEN`` when set). Escalating agents should also
+            set ``timeout`` above their ``escalation.timeout_seconds``.
     """
 
     def __init__(
@@ -140,10 +151,12 @@ class GuardClient:
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.agent_id = agent_id
         self.timeout = timeout
+        self.metadata = _auth_metadata(token)
         opts = _channel_options(max_message_bytes)
         self.channel = (
             grpc.secure_channel(target, credentials, opts)
@@ -168,7 +181,7 @@ class GuardClient:
     ) -> CheckResult:
         """Check one proposed action. Raises grpc.RpcError on any failure."""
         req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
-        return CheckResult.from_pb(self.stub.Check(req, timeout=self.timeout))
+        return CheckResult.from_pb(self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
 
     def check_batch(
         self,
@@ -195,12 +208,14 @@ class GuardClient:
             )
             for i in range(n)
         ]
-        resp = self.stub.CheckBatch(pb.CheckBatchRequest(requests=reqs), timeout=self.timeout)
+        resp = self.stub.CheckBatch(
+            pb.CheckBatchRequest(requests=reqs), timeout=self.timeout, metadata=self.metadata
+        )
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
         """Send requests over one CheckStream; yields one result per request, in order."""
-        for d in self.stub.CheckStream(iter(requests)):
+        for d in self.stub.CheckStream(iter(requests), metadata=self.metadata):
             yield CheckResult.from_pb(d)
 
     def close(self) -> None:
@@ -223,9 +238,11 @@ class AsyncGuardClient:
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        token: str | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.timeout = timeout
+        self.metadata = _auth_metadata(token)
         opts = _channel_options(max_message_bytes)
         self.channel = (
             grpc.aio.secure_channel(target, credentials, opts)
@@ -245,7 +262,7 @@ class AsyncGuardClient:
         labels: Mapping[str, str] | None = None,
     ) -> CheckResult:
         req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
-        return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout))
+        return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
 
     async def check_batch(
         self, observations: Any, actions: Any, *, agent_id: str | None = None
@@ -253,13 +270,15 @@ class AsyncGuardClient:
         obs, acts = np.asarray(observations), np.asarray(actions)
         aid = agent_id or self.agent_id
         reqs = [make_request(aid, obs[i], acts[i]) for i in range(len(obs))]
-        resp = await self.stub.CheckBatch(pb.CheckBatchRequest(requests=reqs), timeout=self.timeout)
+        resp = await self.stub.CheckBatch(
+            pb.CheckBatchRequest(requests=reqs), timeout=self.timeout, metadata=self.metadata
+        )
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     async def check_stream(
         self, requests: AsyncIterator[pb.CheckRequest] | Iterable[pb.CheckRequest]
     ) -> AsyncIterator[CheckResult]:
-        async for d in self.stub.CheckStream(requests):
+        async for d in self.stub.CheckStream(requests, metadata=self.metadata):
             yield CheckResult.from_pb(d)
 
     async def close(self) -> None:

@@ -95,7 +95,38 @@ class RulesMonitorConfig(_Strict):
     constraints: dict[str, str] = Field(description="Constraint name -> CEL expression that must be true.")
 
 
-MonitorConfig = Annotated[ActionSpaceMonitorConfig | RulesMonitorConfig, Field(discriminator="kind")]
+class UncertaintyMonitorConfig(_Strict):
+    """Disagreement of a fused ensemble (``interlock ensemble compile|train``), see docs/ensembles.md.
+
+    Signals by ``ensemble``: q: ``q_std``, ``q_std_ratio``; policy: ``mutual_info``,
+    ``disagreement``; dynamics: ``disagreement``, ``disagreement_max``.
+    """
+
+    kind: Literal["uncertainty"] = "uncertainty"
+    name: str = "uncertainty"
+    model: str = Field(
+        description="Fused ensemble .onnx (outputs [members, batch, ...]), relative to the config."
+    )
+    ensemble: Literal["q", "policy", "dynamics"] = Field(
+        description="q: obs -> Q [K,B,n]; policy: obs -> logits [K,B,n]; dynamics: obs, action -> next state."
+    )
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    policy_output: Literal["logits", "probs"] = Field("logits", description="What a policy ensemble outputs.")
+    state_scale: list[float] | None = Field(
+        None,
+        description="Dynamics: per-dimension scale of the disagreement; default from the model metadata.",
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Signal -> threshold; overrides thresholds_file."
+    )
+    thresholds_file: str | None = Field(
+        None, description="JSON written by `interlock calibrate`, relative to the config file."
+    )
+
+
+MonitorConfig = Annotated[
+    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig, Field(discriminator="kind")
+]
 
 
 # --------------------------------------------------------------------------- fallbacks
@@ -128,8 +159,39 @@ class ClipFallbackConfig(_Strict):
     kind: Literal["clip"] = "clip"
 
 
+class RobustFallbackConfig(_Strict):
+    """The action with the best lower confidence bound of a Q-ensemble (maximin over members)."""
+
+    kind: Literal["robust"] = "robust"
+    model: str = Field(description="Fused Q-ensemble .onnx: obs -> Q [members, batch, n_actions].")
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    bound: Literal["min", "mean_minus_std"] = Field(
+        "min", description="min: the worst member's Q; mean_minus_std: mean - k * std over members."
+    )
+    k: float = Field(1.0, ge=0, description="Std multiplier for bound: mean_minus_std.")
+
+
+class QuantilizerFallbackConfig(_Strict):
+    """Samples from the top-q share of a reference policy's mass, ranked by ensemble-mean Q (Taylor 2016)."""
+
+    kind: Literal["quantilizer"] = "quantilizer"
+    model: str = Field(description="Fused Q-ensemble .onnx: obs -> Q [members, batch, n_actions].")
+    output_name: str | None = Field(None, description="Q-ensemble output to read; defaults to the first.")
+    reference: str | None = Field(
+        None, description="Reference policy .onnx (obs -> logits or probs [batch, n]); none: uniform."
+    )
+    reference_output: Literal["logits", "probs"] = "logits"
+    q: float = Field(0.1, gt=0, le=1, description="Share of the reference mass kept (1 = the reference).")
+    seed: int = Field(0, description="Seed of the sampler (reproducible sequence of substitutes).")
+
+
 FallbackConfig = Annotated[
-    ConstantFallbackConfig | OnnxPolicyFallbackConfig | ClipFallbackConfig, Field(discriminator="kind")
+    ConstantFallbackConfig
+    | OnnxPolicyFallbackConfig
+    | ClipFallbackConfig
+    | RobustFallbackConfig
+    | QuantilizerFallbackConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -173,7 +235,28 @@ class EscalationConfig(_Strict):
     fallback: str | None = Field(
         None, description="Fail-safe fallback on timeout or reject; default: the rule's."
     )
-    max_pending: int = Field(100, gt=0, description="At most this many pending escalations for the agent.")
+    max_pending: int = Field(
+        100, gt=0, description="At most this many pending escalations per agent_id; beyond, the fail-safe."
+    )
+    while_pending: Literal["fallback", "halt"] = Field(
+        "fallback",
+        description="deferred mode, while an escalation of this agent_id waits: 'fallback' answers its later "
+        "escalations with the fail-safe (no new escalation); 'halt' answers every decision with HALT until "
+        "an operator answers.",
+    )
+    remember_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="How long an operator's answer also applies to later escalations of the same agent_id "
+        "and rule without asking again. Default: 0 (ask every time) in blocking mode, 300 in deferred mode.",
+    )
+
+    @property
+    def remember(self) -> float:
+        """Seconds an answer is remembered (``remember_seconds`` with its mode-dependent default)."""
+        if self.remember_seconds is not None:
+            return self.remember_seconds
+        return 300.0 if self.mode == "deferred" else 0.0
 
 
 class AgentConfig(_Strict):
@@ -195,6 +278,11 @@ class AgentConfig(_Strict):
         "closed", description="'open' lets actions through (ALLOW) on internal errors. Use with care."
     )
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    shadow: bool = Field(
+        False,
+        description="Shadow mode: monitors and policy run and are recorded, but the answer is always ALLOW "
+        "(the would-be verdict is in the signals and reasons). Internal errors still fail closed.",
+    )
 
     @field_validator("monitors")
     @classmethod
@@ -241,6 +329,63 @@ class BatchingConfig(_Strict):
     )
 
 
+class AuditRetention(_Strict):
+    """How long audit records are kept; pruned in the background by the writer."""
+
+    max_age_days: float | None = Field(None, gt=0, description="Delete records older than this.")
+    max_rows: int | None = Field(None, gt=0, description="Keep at most this many records (newest kept).")
+    interval_seconds: float = Field(300.0, gt=0, description="How often retention runs.")
+
+
+class AuditConfig(_Strict):
+    """The durable decision log (SQLite in WAL mode, or PostgreSQL).
+
+    Records are committed before the answer is returned; concurrent writes share
+    one transaction (group commit).
+    """
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: str = Field("interlock-audit.db", description="SQLite file, relative to the config file's folder.")
+    dsn: str | None = Field(
+        None,
+        description="PostgreSQL connection string (backend postgres); '${ENV}' reads an environment "
+        "variable, e.g. '${INTERLOCK_AUDIT_DSN}'.",
+    )
+    record: Literal["non_allow", "all"] = Field(
+        "non_allow", description="non_allow: every decision except a plain ALLOW; all: every decision."
+    )
+    sample_allow: float = Field(
+        0.0, ge=0, le=1, description="With record non_allow, this share of plain ALLOWs is recorded too."
+    )
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed",
+        description="closed: when a record cannot be written the call fails with UNAVAILABLE (the agent "
+        "must not act); open: answer anyway and count interlock_audit_errors_total.",
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="SQLite: full fsyncs every commit (survives power loss); normal survives crashes."
+    )
+    max_batch: int = Field(1024, gt=0, description="Most records in one group-commit transaction.")
+    retention: AuditRetention = Field(default_factory=AuditRetention)
+
+
+class TlsConfig(_Strict):
+    """TLS for every service on the port; client_ca turns on mutual TLS. Reloaded with the config."""
+
+    cert: str = Field(description="PEM server certificate chain, relative to the config file.")
+    key: str = Field(description="PEM private key of the certificate.")
+    client_ca: str | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."
+    )
+
+
+class ReloadConfig(_Strict):
+    """Hot reload: SIGHUP always reloads; watch polls the config and model files' mtimes."""
+
+    watch: bool = Field(True, description="Reload when the config file or a model file changes.")
+    poll_seconds: float = Field(2.0, gt=0, description="How often to look at the files' mtimes.")
+
+
 class ServerConfig(_Strict):
     """Where and how the gRPC service listens."""
 
@@ -250,6 +395,72 @@ class ServerConfig(_Strict):
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request accepted.")
     max_batch: int = Field(4096, gt=0, description="Most requests in one CheckBatch.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    max_concurrent_rpcs: int | None = Field(
+        None, gt=0, description="Calls in flight beyond this get RESOURCE_EXHAUSTED (health is exempt)."
+    )
+    grace_seconds: float = Field(10.0, ge=0, description="On SIGTERM, time for in-flight calls to finish.")
+    drain_seconds: float = Field(
+        0.0, ge=0, description="On SIGTERM, report NOT_SERVING this long before refusing new calls."
+    )
+    audit: AuditConfig | None = Field(None, description="Durable decision log; none disables it.")
+    tls: TlsConfig | None = Field(None, description="TLS / mTLS; none serves plaintext (loopback only!).")
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
+    console_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the operator web console (0 = any free); null disables."
+    )
+
+
+class TokenSourceConfig(_Strict):
+    """Where bearer tokens come from: an environment variable and/or a file.
+
+    The file holds one token per line, optionally preceded by a name and a space
+    (``alice 3f9c...``); blank lines and ``#`` comments are ignored. The variable
+    holds one token. Tokens must be at least 16 characters.
+    """
+
+    env: str | None = Field(None, description="Environment variable holding one token.")
+    file: str | None = Field(None, description="Token file, relative to the config file.")
+
+
+class AuthConfig(_Strict):
+    """Credentials of operators (Operator service, web console) and, optionally, agents (Guard)."""
+
+    operator_tokens: TokenSourceConfig = Field(
+        default_factory=lambda: TokenSourceConfig(env="INTERLOCK_OPERATOR_TOKEN"),
+        description="Bearer tokens accepted on the Operator service and the console.",
+    )
+    agent_tokens: TokenSourceConfig = Field(
+        default_factory=TokenSourceConfig,
+        description="When any is configured, Guard calls must present one; they never work as operators.",
+    )
+    operator_common_names: list[str] = Field(
+        default_factory=list,
+        description="mTLS: client-certificate common names accepted as operators (needs a TLS server that "
+        "verifies client certificates).",
+    )
+
+
+class SqliteStoreConfig(_Strict):
+    """Escalations in one SQLite file (WAL mode, synchronous=FULL)."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    path: str = Field("escalations.db", description="Database file, relative to the config file.")
+
+
+class PostgresStoreConfig(_Strict):
+    """Escalations in PostgreSQL, shared by every replica (``pip install 'interlock[postgres]'``)."""
+
+    kind: Literal["postgres"] = "postgres"
+    dsn: str = Field(description="Connection string; '${ENV}' reads an environment variable.")
+
+
+class EscalationsConfig(_Strict):
+    """The escalation queue shared by all agents."""
+
+    store: Annotated[SqliteStoreConfig | PostgresStoreConfig, Field(discriminator="kind")] = Field(
+        default_factory=SqliteStoreConfig
+    )
+    max_pending_total: int = Field(1000, gt=0, description="At most this many pending escalations in all.")
 
 
 class InterlockConfig(_Strict):
@@ -261,6 +472,15 @@ class InterlockConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     onnx: OnnxConfig = Field(default_factory=OnnxConfig)
     agents: list[AgentConfig] = Field(min_length=1)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    escalations: EscalationsConfig = Field(default_factory=EscalationsConfig)
+
+    @property
+    def escalations_enabled(self) -> bool:
+        """True when the config has an ``escalations:`` section or any rule escalates."""
+        return "escalations" in self.model_fields_set or any(
+            r.verdict == "escalate" for a in self.agents for r in a.policy.rules
+        )
 
     def agent_for(self, agent_id: str) -> AgentConfig | None:
         return next((a for a in self.agents if a.matches(agent_id)), None)

@@ -91,6 +91,8 @@ class Decision:
     labels: dict[str, str] = field(default_factory=dict)
     #: Stages that raised ("monitor:<name>", "policy", "fallback:<name>"), for metrics.
     errors: list[str] = field(default_factory=list)
+    #: Shadow mode: the verdict that would have been enforced (``verdict`` is then ALLOW).
+    shadow_verdict: Verdict | None = None
 
 
 def new_decision_id() -> str:
@@ -266,6 +268,9 @@ class AgentRuntime:
         # 3. Fallbacks, batched per fallback, each action checked against the space.
         for name, idx in wanted.items():
             self._apply_fallback(name, idx, batch, signals, decisions)
+        if self.config.shadow:
+            for d in decisions:
+                _shadow(d)
         return decisions
 
     def _apply_fallback(
@@ -341,6 +346,27 @@ class AgentRuntime:
         d.action = None
         d.fallback = ""
         d.reasons.append(why)
+
+
+def _shadow(d: Decision) -> None:
+    """Shadow mode: answer ALLOW but keep the would-be verdict in ``shadow_verdict``, signals and reasons.
+
+    A decision whose monitors or policy failed was not checked: it keeps its fail-closed verdict.
+    """
+    would = d.verdict
+    if any(e == "policy" or e.startswith("monitor:") for e in d.errors):
+        return
+    d.shadow_verdict = would
+    d.signals.append(("shadow.would_verdict", float(int(would)), float(int(Verdict.ALLOW)), would > 1))
+    if would is Verdict.ALLOW:
+        return
+    rule = f" (rule '{d.rule}')" if d.rule else ""
+    d.reasons.insert(
+        0, f"shadow mode: would have answered {would.name}{rule}; the proposed action is allowed"
+    )
+    d.verdict = Verdict.ALLOW
+    d.action = d.proposed_action
+    d.fallback = ""
 
 
 class Guard:

@@ -61,6 +61,24 @@ class ResourceExhausted(InterlockError):
     reason = "resource_exhausted"
 
 
+class Unavailable(InterlockError):
+    """A dependency the answer needs (the audit log, a store) is down; the action was not checked."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+    reason = "unavailable"
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DeadlineExceeded(InterlockError):
+    """The caller's deadline passed before the answer was ready."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "deadline_exceeded"
+
+
 class Unauthenticated(InterlockError):
     status_code = grpc.StatusCode.UNAUTHENTICATED
     reason = "unauthenticated"

@@ -112,7 +112,8 @@ class ActionSpace:
             raise InvalidRequest(
                 f"{field} has shape {list(a.shape)}; the action space expects {list(self.shape)}"
             )
-        return a.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: flagged as invalid
+            return a.astype(self.dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -135,14 +136,18 @@ class ObservationSpace:
         want, got = _kind(self.dtype), _kind(o.dtype)
         if want != got:
             raise InvalidRequest(f"{field} has dtype {o.dtype.name}; expected {self.dtype.name}")
-        if want == "float" and not self.allow_nonfinite and not np.isfinite(o).all():
-            bad = np.flatnonzero(~np.isfinite(o.reshape(-1)))[:5].tolist()
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = o.astype(self.dtype, copy=False)
+        # Checked after the conversion: 1e300 in float64 is finite but overflows float32 to Inf.
+        if want == "float" and not self.allow_nonfinite and not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out.reshape(-1)))[:5].tolist()
+            overflow = " (or overflows " + self.dtype.name + ")" if np.isfinite(o).all() else ""
             raise InvalidRequest(
-                f"{field} contains NaN or Inf at flat index {bad}; send finite values "
+                f"{field} contains NaN or Inf{overflow} at flat index {bad}; send finite values "
                 "(or set observation.allow_nonfinite)",
                 reason="non_finite",
             )
-        return o.astype(self.dtype, copy=False)
+        return out
 
 
 @dataclass(frozen=True)

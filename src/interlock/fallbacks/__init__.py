@@ -31,11 +31,36 @@ def _clip(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallbac
     return ClipFallback(name, spaces, runtime)
 
 
+def _robust(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.robust import RobustFallback
+
+    return RobustFallback(name, spaces, runtime, cfg.model, cfg.output_name, cfg.bound, cfg.k, where=where)
+
+
+def _quantilizer(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.quantilizer import QuantilizerFallback
+
+    return QuantilizerFallback(
+        name,
+        spaces,
+        runtime,
+        cfg.model,
+        cfg.q,
+        cfg.reference,
+        cfg.reference_output,
+        cfg.seed,
+        output_name=cfg.output_name,
+        where=where,
+    )
+
+
 #: config ``kind`` -> builder(name, config, spaces, runtime, where) -> Fallback
 BUILDERS: dict[str, Callable[..., Fallback]] = {
     "constant": _constant,
     "onnx_policy": _onnx_policy,
     "clip": _clip,
+    "robust": _robust,
+    "quantilizer": _quantilizer,
 }
 
 

@@ -32,10 +32,29 @@ def _rules(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     return RulesMonitor(cfg.name, spaces, runtime, cfg.constraints, where=where)
 
 
+def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.uncertainty import UncertaintyMonitor
+
+    return UncertaintyMonitor(
+        cfg.name,
+        spaces,
+        runtime,
+        cfg.model,
+        cfg.ensemble,
+        output_name=cfg.output_name,
+        policy_output=cfg.policy_output,
+        state_scale=cfg.state_scale,
+        thresholds=cfg.thresholds,
+        thresholds_file=cfg.thresholds_file,
+        where=where,
+    )
+
+
 #: config ``kind`` -> builder(config, spaces, runtime, where) -> Monitor
 BUILDERS: dict[str, Callable[..., Monitor]] = {
     "action_space": _action_space,
     "rules": _rules,
+    "uncertainty": _uncertainty,
 }
 
 

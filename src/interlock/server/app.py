@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,9 +21,14 @@ from grpc_reflection.v1alpha import reflection
 
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
+from interlock.server.audit import AuditLog
+from interlock.server.escalation_setup import EscalationSetup
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
+from interlock.server.limits import ServerLimits
 from interlock.server.metrics import Metrics
+from interlock.server.reload import Reloader
 from interlock.server.service import GuardService
+from interlock.server.tls import ReloadableTls
 from interlock.v1 import interlock_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,8 @@ class InterlockServer:
         host: str | None = None,
         port: int | None = None,
         metrics_port: int | None = -1,
-        grace_seconds: float = 5.0,
+        grace_seconds: float | None = None,
+        console_port: int | None = -1,
         reuse_port: bool = False,
         hooks: Sequence[Callable[[InterlockServer], None]] = (),
     ) -> None:
@@ -55,17 +62,24 @@ class InterlockServer:
         self.host = host if host is not None else cfg.host
         self.requested_port = port if port is not None else cfg.port
         self.metrics_port = cfg.metrics_port if metrics_port == -1 else metrics_port
-        self.grace_seconds = grace_seconds
+        self.grace_seconds = cfg.grace_seconds if grace_seconds is None else grace_seconds
         #: SO_REUSEPORT, so several worker processes share the port (``interlock serve --workers``).
         self.reuse_port = reuse_port
         #: Called with this server after the services are added and before binding (extra services...).
         self.hooks = tuple(hooks)
         self.metrics = Metrics()
+        self.audit: AuditLog | None = None
+        self.tls: ReloadableTls | None = None
+        self.reloader: Reloader | None = None
+        self._watch: asyncio.Task | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.service: GuardService | None = None
         self.port = 0
         self.bound_metrics_port: int | None = None
+        self.escalation = EscalationSetup(loaded, self.metrics)  # escalations, operator auth, console
+        self.requested_console_port = cfg.console_port if console_port == -1 else console_port
+        self.console_port: int | None = None
 
     @classmethod
     def from_config_file(cls, path: str, **kwargs) -> InterlockServer:
@@ -77,20 +91,29 @@ class InterlockServer:
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         guard = Guard(self.loaded).load()
-        self.service = GuardService(guard, self.metrics, batching=cfg.batching)
+        if cfg.audit is not None:
+            self.audit = AuditLog.from_config(cfg.audit, self.loaded.base_dir, self.metrics)
+            await asyncio.to_thread(self.audit.start)
+        self.service = GuardService(guard, self.metrics, audit=self.audit, batching=cfg.batching)
         limit = cfg.max_message_bytes * _TRANSPORT_SLACK
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", int(self.reuse_port)),
-            ]
+            ],
+            interceptors=[
+                ServerLimits(cfg.max_concurrent_rpcs, self.metrics),  # limits, deadlines, in-flight gauge
+                *self.escalation.interceptors(),
+            ],
         )
         add_guard_service(GuardServicer(self.service, cfg.max_message_bytes, cfg.max_batch), self.server)
+        await self.escalation.attach(self.server, self.service)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
                 GUARD_SERVICE,
+                *self.escalation.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -98,12 +121,22 @@ class InterlockServer:
         )
         for hook in self.hooks:
             hook(self)
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        address = f"{self.host}:{self.requested_port}"
+        if cfg.tls is not None:
+            self.tls = ReloadableTls(cfg.tls, self.loaded.base_dir)
+            self.port = self.server.add_secure_port(address, self.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}: is another server using it?")
         await self.server.start()
         if self.metrics_port is not None:
             self.bound_metrics_port = self.metrics.serve_http(self.metrics_port, addr=self.host)
+        if Path(self.loaded.source).is_file():
+            self.reloader = Reloader(self, self.loaded.source)
+            if cfg.reload.watch:
+                self._watch = asyncio.create_task(self.reloader.watch(cfg.reload.poll_seconds))
+        self.console_port = await self.escalation.start_console(self.host, self.requested_console_port)
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -116,10 +149,17 @@ class InterlockServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, let in-flight calls finish within the grace period, then close."""
+        """Health NOT_SERVING, (drain), in-flight calls finish within the grace period, audit flushed."""
         await self.health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+        self.escalation.stop_watchers()
         if self.server is not None:
+            await asyncio.sleep(self.loaded.config.server.drain_seconds if grace is None else 0)
             await self.server.stop(self.grace_seconds if grace is None else grace)
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
+        await self.escalation.close()
         self.metrics.close()
         if self.service is not None:
             self.service.guard.unload()
@@ -135,13 +175,17 @@ async def serve(
     port: int | None = None,
     metrics_port: int | None = -1,
     ready: asyncio.Event | None = None,
+    console_port: int | None = -1,
 ) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    server = InterlockServer.from_config_file(config_path, host=host, port=port, metrics_port=metrics_port)
+    server = InterlockServer.from_config_file(
+        config_path, host=host, port=port, metrics_port=metrics_port, console_port=console_port
+    )
     await server.start()
     print(
         f"interlock: serving {config_path} (config {server.loaded.version}) on {server.host}:{server.port}; "
-        f"metrics on :{server.bound_metrics_port}",
+        f"metrics on :{server.bound_metrics_port}"
+        + (f"; console on http://{server.host}:{server.console_port}/" if server.console_port else ""),
         flush=True,
     )
     if ready is not None:
@@ -150,6 +194,15 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if server.reloader is not None:
+        reload, pending = server.reloader.reload, set()
+
+        def on_sighup() -> None:
+            task = asyncio.ensure_future(reload("SIGHUP"))
+            pending.add(task)  # keep a reference until it is done
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     print("interlock: shutting down", flush=True)
     await server.stop()

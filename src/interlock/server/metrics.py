@@ -18,6 +18,9 @@ from interlock.engine import Decision
 #: Decision latency buckets: 50 us .. 5 s (escalations can block for seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+#: Escalation wait buckets: 100 ms .. 1 h (people answer in seconds to minutes).
+ESCALATION_WAIT_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
 
 class Metrics:
     """All of Interlock's metrics, in one registry."""
@@ -49,12 +52,72 @@ class Metrics:
             ["agent", "stage"],
             registry=r,
         )
+        self.escalations = Counter(
+            "interlock_escalations_total",
+            "Escalations by agent and outcome: approved, rejected, substituted, expired, or dropped "
+            "(not opened: flood limit reached or the store failed; the fail-safe applied).",
+            ["agent", "outcome"],
+            registry=r,
+        )
+        self.escalations_pending = Gauge(
+            "interlock_escalations_pending",
+            "Escalations waiting for an operator.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.escalation_wait = Histogram(
+            "interlock_escalation_wait_seconds",
+            "Time from opening an escalation to its answer or expiry.",
+            buckets=ESCALATION_WAIT_BUCKETS,
+            registry=r,
+        )
         self.config_info = Gauge(
             "interlock_config_info",
             "The config version being served (value 1).",
             ["version"],
             registry=r,
             multiprocess_mode="livemax",  # several workers: see interlock.server.workers
+        )
+
+        # Operations (interlock.server.audit, reload, limits).
+        self.config_reloads = Counter(
+            "interlock_config_reloads_total",
+            "Config reloads by result: success, or failure (the old config kept serving).",
+            ["result"],
+            registry=r,
+        )
+        self.shadow_decisions = Counter(
+            "interlock_shadow_decisions_total",
+            "Shadow-mode decisions answered ALLOW, by agent, the verdict that would have applied and rule.",
+            ["agent", "would_verdict", "rule"],
+            registry=r,
+        )
+        self.audit_records = Counter(
+            "interlock_audit_records_total", "Decisions committed to the audit log.", registry=r
+        )
+        self.audit_errors = Counter(
+            "interlock_audit_errors_total",
+            "Audit writes that failed, by error kind (each failed call is counted once per record).",
+            ["kind"],
+            registry=r,
+        )
+        self.audit_commit = Histogram(
+            "interlock_audit_commit_duration_seconds",
+            "Time of one group-commit transaction.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_batch = Histogram(
+            "interlock_audit_batch_records",
+            "Records per group-commit transaction.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "interlock_rpcs_in_flight",
+            "Calls being served now (health excluded).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
     def set_config_version(self, version: str) -> None:
@@ -76,6 +139,9 @@ class Metrics:
             n += 1
             for stage in d.errors:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()
+            would = d.shadow_verdict
+            if would is not None and would.label != "allow":
+                self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
         for (agent, verdict, rule), k in counts.items():  # one update per label set, not per decision
             self.decisions.labels(agent=agent, verdict=verdict, rule=rule).inc(k)
         observe = self.decision_duration.observe

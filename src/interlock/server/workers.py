@@ -14,8 +14,12 @@ counters and histograms to files in a private temporary directory
 target as with a single process. The directory is removed at shutdown.
 
 Each worker loads the config and its models itself (models are small; memory
-grows by one copy per worker). State that lives in a process (pending
-escalations, hot reload) is per worker.
+grows by one copy per worker). The workers share the escalation store and the
+audit log as replicas do (docs/operations.md): worker 0 alone serves the
+operator console, and a Check blocked on an escalation in another worker learns
+of the answer only at its deadline (replicas do not notify each other yet), so
+use deferred escalations, or one worker, where blocking escalations matter.
+Each worker reloads the config itself when the file changes.
 
 If a worker dies, the parent stops the others and exits non-zero, so a
 supervisor (systemd, Kubernetes) restarts the whole group.
@@ -61,7 +65,14 @@ def reserve_port(host: str, port: int):
 
 
 def _worker_main(
-    config_path: str, host: str, port: int, index: int, hooks: Sequence[Hook], queue, verbose: bool
+    config_path: str,
+    host: str,
+    port: int,
+    index: int,
+    hooks: Sequence[Hook],
+    queue,
+    verbose: bool,
+    console_port: int | None = None,
 ) -> None:
     """Body of one worker process: serve until SIGTERM/SIGINT."""
     import asyncio
@@ -75,7 +86,13 @@ def _worker_main(
         from interlock.server.app import InterlockServer
 
         server = InterlockServer.from_config_file(
-            config_path, host=host, port=port, metrics_port=None, reuse_port=True, hooks=hooks
+            config_path,
+            host=host,
+            port=port,
+            metrics_port=None,
+            console_port=console_port,
+            reuse_port=True,
+            hooks=hooks,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -86,7 +103,7 @@ def _worker_main(
         except BaseException as e:
             queue.put(("error", index, f"{type(e).__name__}: {e}"))
             return
-        queue.put(("ready", index, os.getpid()))
+        queue.put(("ready", index, server.console_port))
         await stop.wait()
         await server.stop()
 
@@ -102,6 +119,7 @@ class WorkerGroup:
     processes: list[Any]
     metrics_dir: str
     metrics_port: int | None = None
+    console_port: int | None = None
     _http: Any = None
     _reserved: Any = None
     _closed: bool = field(default=False, repr=False)
@@ -150,6 +168,7 @@ def start_workers(
     hooks: Sequence[Hook] = (),
     verbose: bool = False,
     timeout: float = 60.0,
+    console_port: int | None = None,
 ) -> WorkerGroup:
     """Start ``workers`` server processes on one port; returns once all are SERVING.
 
@@ -159,6 +178,8 @@ def start_workers(
         host, port, metrics_port: As ``interlock serve``; ``None``/-1 take the config's values.
             Port 0 picks one free port shared by all workers.
         hooks: Top-level functions ``hook(server)`` each worker runs before binding.
+        console_port: The operator console's port, served by worker 0 only (-1: the config's
+            ``server.console_port``; None: no console).
         timeout: Seconds to wait for every worker to load its models.
 
     Raises:
@@ -185,7 +206,16 @@ def start_workers(
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(config_path, host, bound, i, tuple(hooks), queue, verbose),
+            args=(
+                config_path,
+                host,
+                bound,
+                i,
+                tuple(hooks),
+                queue,
+                verbose,
+                console_port if i == 0 else None,
+            ),
             name=f"interlock-worker-{i}",
             daemon=True,
         )
@@ -210,6 +240,8 @@ def start_workers(
                 continue
             if kind == "error":
                 raise RuntimeError(f"worker {index} failed to start: {detail}")
+            if index == 0:
+                group.console_port = detail
             ready += 1
         if metrics_port is not None:
             registry = CollectorRegistry()
@@ -232,16 +264,22 @@ def serve_workers(
     port: int | None = None,
     metrics_port: int | None = -1,
     verbose: bool = False,
+    console_port: int | None = -1,
 ) -> int:
     """Run a worker group until SIGTERM/SIGINT (or a worker dies); returns the exit code."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    group = start_workers(config_path, workers, host, port, metrics_port, verbose=verbose)
+    group = start_workers(
+        config_path, workers, host, port, metrics_port, verbose=verbose, console_port=console_port
+    )
     pids = ", ".join(str(p.pid) for p in group.processes)
     print(
         f"interlock: serving {config_path} with {workers} workers (pids {pids}) "
-        f"on {group.host}:{group.port}; metrics (all workers) on :{group.metrics_port}",
+        f"on {group.host}:{group.port}; metrics (all workers) on :{group.metrics_port}"
+        + (
+            f"; console (worker 0) on http://{group.host}:{group.console_port}/" if group.console_port else ""
+        ),
         flush=True,
     )
     code = 0

@@ -143,7 +143,7 @@ class CheckBatchResponse(_message.Message):
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class Escalation(_message.Message):
-    __slots__ = ("escalation_id", "agent_id", "episode_id", "step", "observation", "proposed_action", "signals", "state", "fallback", "fallback_action", "created_time", "deadline_time", "resolved_time", "resolved_action", "operator", "comment", "reasons", "labels", "rule", "decision_id")
+    __slots__ = ("escalation_id", "agent_id", "episode_id", "step", "observation", "proposed_action", "signals", "state", "fallback", "fallback_action", "created_time", "deadline_time", "resolved_time", "resolved_action", "operator", "comment", "reasons", "labels", "rule", "decision_id", "mode", "config_version", "authenticated_as")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +171,9 @@ class Escalation(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_AS_FIELD_NUMBER: _ClassVar[int]
     escalation_id: str
     agent_id: str
     episode_id: str
@@ -191,7 +194,10 @@ class Escalation(_message.Message):
     labels: _containers.ScalarMap[str, str]
     rule: str
     decision_id: str
-    def __init__(self, escalation_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., observation: _Optional[_Union[Tensor, _Mapping]] = ..., proposed_action: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., state: _Optional[_Union[EscalationState, str]] = ..., fallback: _Optional[str] = ..., fallback_action: _Optional[_Union[Tensor, _Mapping]] = ..., created_time: _Optional[float] = ..., deadline_time: _Optional[float] = ..., resolved_time: _Optional[float] = ..., resolved_action: _Optional[_Union[Tensor, _Mapping]] = ..., operator: _Optional[str] = ..., comment: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., rule: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
+    mode: str
+    config_version: str
+    authenticated_as: str
+    def __init__(self, escalation_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., episode_id: _Optional[str] = ..., step: _Optional[int] = ..., observation: _Optional[_Union[Tensor, _Mapping]] = ..., proposed_action: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., state: _Optional[_Union[EscalationState, str]] = ..., fallback: _Optional[str] = ..., fallback_action: _Optional[_Union[Tensor, _Mapping]] = ..., created_time: _Optional[float] = ..., deadline_time: _Optional[float] = ..., resolved_time: _Optional[float] = ..., resolved_action: _Optional[_Union[Tensor, _Mapping]] = ..., operator: _Optional[str] = ..., comment: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., rule: _Optional[str] = ..., decision_id: _Optional[str] = ..., mode: _Optional[str] = ..., config_version: _Optional[str] = ..., authenticated_as: _Optional[str] = ...) -> None: ...
 
 class ListEscalationsRequest(_message.Message):
     __slots__ = ("state", "agent_id", "limit")

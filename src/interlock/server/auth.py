@@ -1,0 +1,308 @@
+"""Credentials of operators and agents, and the gRPC interceptor that enforces them.
+
+* The Operator service needs an operator credential: ``authorization: Bearer TOKEN``
+  metadata with an operator token, or (mTLS) a verified client certificate whose
+  common name is listed in ``auth.operator_common_names``. No credential gives
+  UNAUTHENTICATED; an agent's token gives PERMISSION_DENIED: an agent can never
+  answer its own escalation.
+* The Guard service needs an agent token once any is configured
+  (``auth.agent_tokens``); an operator token there gives PERMISSION_DENIED.
+
+Tokens are compared with :func:`hmac.compare_digest` against every configured
+token and never logged or echoed in error messages.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import grpc
+
+from interlock.config import AuthConfig, LoadedConfig, TokenSourceConfig
+from interlock.errors import ConfigError, InterlockError, PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+MIN_TOKEN_CHARS = 16
+OPERATOR_SERVICE = "interlock.v1.Operator"
+GUARD_SERVICE = "interlock.v1.Guard"
+_MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+Role = Literal["operator", "agent"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token's name or a certificate's common name, and their role."""
+
+    name: str
+    role: Role
+    via: Literal["token", "mtls"] = "token"
+
+
+#: The authenticated caller of the current gRPC call (set by :class:`AuthInterceptor`).
+CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "interlock_principal", default=None
+)
+
+
+def _read_tokens(src: TokenSourceConfig, role: Role, loaded: LoadedConfig | None, environ: Mapping[str, str]):
+    found: list[tuple[str, str]] = []
+    if src.env:
+        value = environ.get(src.env, "").strip()
+        if value:
+            if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
+                raise ConfigError(
+                    f"the {role} token in ${src.env} is shorter than {MIN_TOKEN_CHARS} characters or "
+                    f"contains spaces; make one with {_MAKE_TOKEN}"
+                )
+            found.append((f"${src.env}", value))
+    if src.file:
+        path = loaded.resolve(src.file) if loaded is not None else Path(src.file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the {role} token file {path}: {e.strerror or e} "
+                f"(auth.{role}_tokens.file; one token per line, optionally 'NAME TOKEN')"
+            ) from None
+        for n, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = text.split()
+            if len(parts) > 2:
+                raise ConfigError(f"{path}:{n}: expected 'TOKEN' or 'NAME TOKEN', got {len(parts)} words")
+            name, token = (parts[0], parts[1]) if len(parts) == 2 else (f"{role}:{path.name}:{n}", parts[0])
+            if len(token) < MIN_TOKEN_CHARS:
+                raise ConfigError(
+                    f"{path}:{n}: the token is shorter than {MIN_TOKEN_CHARS} characters; make one with "
+                    f"{_MAKE_TOKEN}"
+                )
+            found.append((name, token))
+    return found
+
+
+class Credentials:
+    """The tokens and certificate names this server accepts, by role.
+
+    Args:
+        operator_tokens: ``(name, token)`` pairs accepted as operators.
+        agent_tokens: ``(name, token)`` pairs accepted as agents.
+        operator_common_names: client-certificate CNs accepted as operators (mTLS).
+    """
+
+    def __init__(
+        self,
+        operator_tokens: list[tuple[str, str]],
+        agent_tokens: list[tuple[str, str]] | None = None,
+        operator_common_names: list[str] | None = None,
+    ) -> None:
+        agent_tokens = agent_tokens or []
+        clash = {t for _, t in operator_tokens} & {t for _, t in agent_tokens}
+        if clash:
+            raise ConfigError(
+                "the same token is configured for an operator and an agent; an agent must never be able to "
+                "answer escalations: give operators and agents different tokens"
+            )
+        self._tokens: list[tuple[bytes, Principal]] = [
+            (t.encode(), Principal(n, "operator")) for n, t in operator_tokens
+        ] + [(t.encode(), Principal(n, "agent")) for n, t in agent_tokens]
+        self.operator_common_names = frozenset(operator_common_names or [])
+        self.has_operators = bool(operator_tokens or self.operator_common_names)
+        self.agents_required = bool(agent_tokens)
+
+    @classmethod
+    def from_config(
+        cls, auth: AuthConfig, loaded: LoadedConfig | None = None, environ: Mapping[str, str] | None = None
+    ) -> Credentials:
+        """Read tokens from the environment and files named by ``auth``; raises ConfigError."""
+        env = os.environ if environ is None else environ
+        return cls(
+            _read_tokens(auth.operator_tokens, "operator", loaded, env),
+            _read_tokens(auth.agent_tokens, "agent", loaded, env),
+            list(auth.operator_common_names),
+        )
+
+    def _by_token(self, presented: str) -> Principal | None:
+        data = presented.encode()
+        match: Principal | None = None
+        for token, principal in self._tokens:  # no early exit: timing does not reveal which token matched
+            if hmac.compare_digest(token, data):
+                match = principal
+        return match
+
+    def identify(self, authorization: str | None, common_names: list[str] | None = None) -> Principal | None:
+        """The principal behind an ``authorization`` header value and/or verified certificate CNs.
+
+        Raises:
+            Unauthenticated: a header that is not ``Bearer TOKEN``, or a token nobody configured.
+        """
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the authorization metadata must be 'Bearer TOKEN'")
+            principal = self._by_token(token.strip())
+            if principal is None:
+                raise Unauthenticated("the bearer token is not valid on this server")
+            return principal
+        for cn in common_names or []:
+            if cn in self.operator_common_names:
+                return Principal(cn, "operator", via="mtls")
+        return None
+
+    def operator(self, authorization: str | None, common_names: list[str] | None = None) -> Principal:
+        """An operator principal, or UNAUTHENTICATED / PERMISSION_DENIED."""
+        principal = self.identify(authorization, common_names)
+        if principal is None:
+            raise Unauthenticated(
+                "operator calls need a credential: send metadata 'authorization: Bearer TOKEN' with an "
+                "operator token (interlock escalations --token, or $INTERLOCK_OPERATOR_TOKEN)"
+            )
+        if principal.role != "operator":
+            raise PermissionDenied(
+                "this credential belongs to an agent; agents cannot list or answer escalations"
+            )
+        return principal
+
+    def agent(self, authorization: str | None) -> Principal:
+        """An agent principal (only called when agent tokens are required)."""
+        principal = self.identify(authorization)
+        if principal is None:
+            raise Unauthenticated(
+                "this server requires an agent token on the Guard service: send metadata "
+                "'authorization: Bearer TOKEN' (GuardClient(token=...) or $INTERLOCK_AGENT_TOKEN)"
+            )
+        if principal.role != "agent":
+            raise PermissionDenied(
+                "operator credentials cannot call the Guard service; give each agent its own agent token"
+            )
+        return principal
+
+
+def _metadata_value(context, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+def _common_names(context) -> list[str]:
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # no transport security
+        return []
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in auth.get("x509_common_name", [])]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[object], Principal]) -> grpc.RpcMethodHandler:
+    """The same handler, authenticating first and exposing the principal in CURRENT_PRINCIPAL."""
+
+    async def authenticate(context) -> contextvars.Token:
+        try:
+            return CURRENT_PRINCIPAL.set(check(context))
+        except InterlockError as e:
+            await context.abort(e.status_code, e.message)
+            raise  # unreachable: abort raises
+
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request, context):
+            token = await authenticate(context)
+            try:
+                return await inner_uu(request, context)
+            finally:
+                CURRENT_PRINCIPAL.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request, context):
+            token = await authenticate(context)
+            try:
+                async for item in inner_us(request, context):
+                    yield item
+            finally:
+                CURRENT_PRINCIPAL.reset(token)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(request_iterator, context):
+            token = await authenticate(context)
+            try:
+                return await inner_su(request_iterator, context)
+            finally:
+                CURRENT_PRINCIPAL.reset(token)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(request_iterator, context):
+        token = await authenticate(context)
+        try:
+            async for item in inner_ss(request_iterator, context):
+                yield item
+        finally:
+            CURRENT_PRINCIPAL.reset(token)
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Enforces :class:`Credentials` on the Operator service (always) and Guard (when agent tokens exist).
+
+    Args:
+        credentials: What is accepted.
+        on_reject: Called with "unauthenticated" or "permission_denied" for metrics.
+    """
+
+    def __init__(self, credentials: Credentials, on_reject: Callable[[str], None] | None = None) -> None:
+        self.credentials = credentials
+        self.on_reject = on_reject
+
+    def _counted(self, fn: Callable[[object], Principal]) -> Callable[[object], Principal]:
+        def check(context) -> Principal:
+            try:
+                return fn(context)
+            except InterlockError as e:
+                if self.on_reject is not None:
+                    self.on_reject(e.reason)
+                raise
+
+        return check
+
+    def check_operator(self, context) -> Principal:
+        return self.credentials.operator(_metadata_value(context, "authorization"), _common_names(context))
+
+    def check_agent(self, context) -> Principal:
+        return self.credentials.agent(_metadata_value(context, "authorization"))
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service = handler_call_details.method.split("/")[1] if handler_call_details.method else ""
+        if service == OPERATOR_SERVICE:
+            return _wrap(handler, self._counted(self.check_operator))
+        if service == GUARD_SERVICE and self.credentials.agents_required:
+            return _wrap(handler, self._counted(self.check_agent))
+        return handler

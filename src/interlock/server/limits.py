@@ -1,0 +1,126 @@
+"""Per-call limits: concurrency (RESOURCE_EXHAUSTED beyond it), client deadlines, in-flight gauge.
+
+:class:`ServerLimits` is a gRPC server interceptor. It wraps every handler except
+health and reflection (probes must answer even under overload) so that:
+
+* at most ``max_concurrent_rpcs`` calls run at once; the next gets
+  RESOURCE_EXHAUSTED and ``interlock_requests_rejected_total{reason="concurrency"}``;
+* a call whose deadline already passed is refused with DEADLINE_EXCEEDED before any work;
+* the caller's deadline is visible to the request path through :func:`time_remaining`,
+  so waits (audit commit, blocking escalation) end when the caller stops listening;
+* calls that gRPC cancels (deadline passed, client gone) are counted as
+  ``deadline_exceeded`` or ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+import grpc
+
+if TYPE_CHECKING:
+    from interlock.server.metrics import Metrics
+
+#: Monotonic time at which the current call's deadline passes (None: no deadline).
+_DEADLINE: ContextVar[float | None] = ContextVar("interlock_deadline", default=None)
+#: Remaining times above this mean "no deadline" (gRPC reports infinity as a huge number).
+_NO_DEADLINE = 1e8
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def time_remaining() -> float | None:
+    """Seconds until the current call's deadline, or None when the caller set none."""
+    d = _DEADLINE.get()
+    return None if d is None else d - time.monotonic()
+
+
+class ServerLimits(grpc.aio.ServerInterceptor):
+    """Concurrency limit, deadline propagation and the in-flight gauge.
+
+    Args:
+        max_concurrent: Most calls at once (None: unlimited).
+        metrics: Where rejections and the in-flight gauge go.
+    """
+
+    def __init__(self, max_concurrent: int | None, metrics: Metrics) -> None:
+        self.max_concurrent = max_concurrent
+        self.metrics = metrics
+        self.inflight = 0
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._wrap(handler.unary_unary), *_serde(handler))
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._wrap(handler.unary_stream), *_serde(handler))
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._wrap(handler.stream_unary), *_serde(handler))
+        return grpc.stream_stream_rpc_method_handler(self._wrap(handler.stream_stream), *_serde(handler))
+
+    async def _enter(self, context) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            self.metrics.reject("deadline_exceeded")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed before it started"
+            )
+        if self.max_concurrent is not None and self.inflight >= self.max_concurrent:
+            self.metrics.reject("concurrency")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the server is at its limit of {self.max_concurrent} concurrent calls "
+                "(server.max_concurrent_rpcs); retry with backoff",
+            )
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        _DEADLINE.set(None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining)
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.dec()
+
+    def _cancelled(self) -> None:
+        """gRPC cancelled the call: its deadline passed, or the client went away."""
+        remaining = time_remaining()
+        self.metrics.reject("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
+
+    def _wrap(self, behavior):
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream(request, context):
+                await self._enter(context)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    self._cancelled()
+                    raise
+                finally:
+                    self._leave()
+
+            return stream
+        if inspect.iscoroutinefunction(behavior):
+
+            async def unary(request, context):
+                await self._enter(context)
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    self._cancelled()
+                    raise
+                finally:
+                    self._leave()
+
+            return unary
+        return behavior  # synchronous handlers are not used by Interlock's services
+
+
+def _serde(handler) -> tuple:
+    return handler.request_deserializer, handler.response_serializer
