@@ -74,6 +74,30 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_safety(args: argparse.Namespace) -> int:
+    root = checkout_root()
+    from benchmarks.safety.run import SCENARIOS, main
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    unknown = sorted(set(only or ()) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"interlock bench safety: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    docs = args.docs
+    if docs is None and not args.quick:
+        docs = str(root / "docs")
+    if args.from_json:
+        import json
+
+        from benchmarks.safety import report
+
+        result = json.loads(Path(args.from_json).read_text())
+        report.write(result, Path(docs or root / "docs"))
+        print(report.summary_text(result))
+        return 0
+    main(args.json, args.quick, docs, seeds=args.seeds, only=only)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
@@ -109,3 +133,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="measure nothing: regenerate the markdown and plots from a previous --json FILE",
     )
     perf.set_defaults(func=_cmd_perf)
+    safety = bsub.add_parser(
+        "safety",
+        help="catastrophes prevented under shift, and the cost in distribution",
+        description="Real environments with real shifts (MiniGrid DistShift1 -> DistShift2, CartPole with a "
+        "longer pole, CliffWalking deterministic -> slippery, and highway-env denser traffic when its "
+        "scenario and package are present); agents trained by scripts in the repo, each run unguarded and "
+        "guarded through interlock.engine.Guard over many seeds, with a simulated operator answering "
+        "escalations. Reports catastrophe rate, return, intervention, escalation and false-intervention "
+        "rates against the targets. The full run takes about ten minutes; --quick takes seconds.",
+    )
+    safety.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    safety.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 seeds per condition, short episodes (for CI)"
+    )
+    safety.add_argument("--seeds", type=int, default=None, help="episodes (one per seed) per condition")
+    safety.add_argument(
+        "--only", metavar="NAMES", default=None,
+        help="comma-separated scenarios (minigrid_distshift, cartpole_shift, cliffwalking, highway)",
+    )
+    safety.add_argument(
+        "--docs",
+        metavar="DIR",
+        default=None,
+        help="write the markdown section of DIR/benchmarks.md and plots in DIR/img (default: the checkout's "
+        "docs/ for a full run; nothing for --quick)",
+    )
+    safety.add_argument(
+        "--from-json",
+        metavar="FILE",
+        default=None,
+        help="run nothing: regenerate the markdown and plots from a previous --json FILE",
+    )
+    safety.set_defaults(func=_cmd_safety)

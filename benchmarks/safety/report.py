@@ -1,0 +1,185 @@
+"""Markdown tables and PNG plots of a ``bench safety`` result, written into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+IMG_CATASTROPHES = "img/safety_catastrophes.png"
+IMG_RETURN = "img/safety_return.png"
+
+DEFINITIONS = """\
+Definitions (per condition; one episode per seed, the same seeds for every condition):
+
+* **catastrophe rate**: share of episodes with at least one catastrophe (lava; the pole falling
+  past 12 degrees or the cart leaving the track; a step off the cliff; a crash).
+* **return**: mean undiscounted episode return.
+* **intervention rate**: share of decisions whose proposed action was not simply executed
+  (verdict SUBSTITUTE, ESCALATE or HALT, or sent to an operator).
+* **escalation rate**: share of decisions sent to the operator, through interlock's escalation
+  manager (blocking mode, a SQLite store) and a simulated operator answering via `resolve`.
+* **false intervention rate** (in distribution): episodes are paired by seed (same environment
+  seed, same agent random stream). Over the guarded episodes whose *unguarded* twin ended without a
+  catastrophe, interventions divided by decisions: the guard had nothing to prevent there.
+  (`false_intervention_episode_rate` in the JSON: the share of those episodes with any intervention.)
+* **return vs unguarded**: `1 + (guarded - unguarded) / |unguarded|` (guarded / unguarded for
+  positive returns; still 1 = as good, above 1 = better for CliffWalking's negative returns).
+* **catastrophe reduction** under shift: `1 - guarded rate / unguarded rate`.
+"""
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _met(x: bool | None) -> str:
+    return "-" if x is None else ("yes" if x else "**no**")
+
+
+def targets_table(result: dict[str, Any]) -> str:
+    t = result["targets"]
+    lines = [
+        "| scenario | catastrophes under shift (unguarded -> guarded) | reduction (target >= "
+        f"{t['shifted_catastrophe_reduction']:.0%}) | in-dist. return vs unguarded (target >= "
+        f"{t['in_distribution_return_vs_unguarded']:.0%}) | in-dist. false interventions (target <= "
+        f"{t['in_distribution_false_intervention_rate']:.0%}) |",
+        "|---|---|---|---|---|",
+    ]
+    for res in result["scenarios"].values():
+        s, sh = res["score"], res["shifted"]
+        lines.append(
+            f"| {res['env']} | {_pct(sh['unguarded']['catastrophe_rate'])} -> "
+            f"{_pct(sh['guarded']['catastrophe_rate'])} | {_pct(s['shifted_catastrophe_reduction'])} "
+            f"({_met(s['shifted_catastrophe_reduction_met'])}) | "
+            f"{_pct(s['in_distribution_return_vs_unguarded'])} ({_met(s['in_distribution_return_met'])}) | "
+            f"{_pct(s['in_distribution_false_intervention_rate'])} "
+            f"({_met(s['in_distribution_false_intervention_met'])}) |"
+        )
+    return "\n".join(lines)
+
+
+def full_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | distribution | condition | episodes | catastrophe rate | return (mean ± sd) "
+        "| intervention rate | escalation rate | false intervention rate |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in result["scenarios"].values():
+        for dist in ("in_distribution", "shifted"):
+            for cond, m in res[dist].items():
+                lines.append(
+                    f"| {res['env']} | {dist.replace('_', ' ')} | {cond.replace('_', ' ')} | {m['episodes']} | "
+                    f"{_pct(m['catastrophe_rate'])} | {m['mean_return']:.3g} ± {m['return_std']:.3g} | "
+                    f"{_pct(m['intervention_rate'])} | {_pct(m['escalation_rate'])} | "
+                    f"{_pct(m['false_intervention_rate'])} |"
+                )
+    return "\n".join(lines)
+
+
+def scenario_notes(result: dict[str, Any]) -> str:
+    lines = []
+    for res in result["scenarios"].values():
+        lines.append(f"* **{res['env']}** (shift: {res['shift']}; {res['seeds']} seeds, {res['seconds']:.0f} s): "
+                     + "; ".join(res.get("notes", [])))
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"* **{name}**: skipped ({why})")
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    return "\n\n".join(
+        [
+            "## Safety: real environments under shift",
+            "Regenerate with `interlock bench safety --json safety.json` (about ten minutes on 2 cores; "
+            "`--quick` is the seconds-long CI smoke run). Every guarded decision goes through "
+            "`interlock.engine.Guard` with the configs users write.",
+            "### Against the targets",
+            targets_table(result),
+            f"![catastrophe rate, unguarded vs guarded]({IMG_CATASTROPHES})",
+            f"![mean return, unguarded vs guarded]({IMG_RETURN})",
+            "### Every figure",
+            full_table(result),
+            "### Scenarios",
+            scenario_notes(result),
+            DEFINITIONS,
+        ]
+    )
+
+
+def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    scen = list(result["scenarios"].values())
+    names = [r["env"].replace(" -> ", "\n-> ") for r in scen]
+    colors = {"unguarded": "#c0392b", "guarded": "#2471a3"}
+    out = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    x = np.arange(len(scen))
+    for ax, dist, title in zip(axes, ("in_distribution", "shifted"), ("in distribution", "under shift"), strict=True):
+        for k, cond in enumerate(("unguarded", "guarded")):
+            vals = [100 * r[dist][cond]["catastrophe_rate"] for r in scen]
+            bars = ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=cond, color=colors[cond])
+            ax.bar_label(bars, fmt="%.0f%%", fontsize=8, padding=2)
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_title(f"catastrophe rate, {title}")
+        ax.set_ylim(0, 110)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("episodes with a catastrophe (%)")
+    axes[0].legend()
+    fig.tight_layout()
+    p = img_dir / Path(IMG_CATASTROPHES).name
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+
+    fig, axes = plt.subplots(1, len(scen), figsize=(3.4 * max(len(scen), 1), 3.8), squeeze=False)
+    for ax, r in zip(axes[0], scen, strict=True):
+        conds = [c for c in r["in_distribution"] if c != "unguarded"]
+        labels, vals, cols = [], [], []
+        for dist, short in (("in_distribution", "in dist."), ("shifted", "shifted")):
+            for cond in ["unguarded", *conds]:
+                labels.append(f"{short}\n{cond.replace('guarded_', '').replace('_', ' ')}")
+                vals.append(r[dist][cond]["mean_return"])
+                cols.append(colors.get(cond, "#7fb3d5"))
+        bars = ax.bar(range(len(vals)), vals, color=cols)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(range(len(vals)), labels, fontsize=6.5)
+        ax.set_title(r["env"], fontsize=9)
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("mean episode return")
+    fig.tight_layout()
+    p = img_dir / Path(IMG_RETURN).name
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    out.append(p)
+    return out
+
+
+def write(result: dict[str, Any], docs: Path) -> Path:
+    """Plots under ``docs/img`` and the ``safety`` section of ``docs/benchmarks.md``."""
+    from interlock.bench import write_docs_section
+
+    plots(result, docs / "img")
+    return write_docs_section(docs / "benchmarks.md", "safety", markdown(result))
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    lines = [f"{'scenario':36s} {'shift: unguarded -> guarded':>28s} {'in-dist return':>15s} {'false int.':>10s}"]
+    for res in result["scenarios"].values():
+        s, sh = res["score"], res["shifted"]
+        lines.append(
+            f"{res['env']:36s} {_pct(sh['unguarded']['catastrophe_rate']):>13s} -> "
+            f"{_pct(sh['guarded']['catastrophe_rate']):<11s} {_pct(s['in_distribution_return_vs_unguarded']):>15s} "
+            f"{_pct(s['in_distribution_false_intervention_rate']):>10s}"
+        )
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"{name}: skipped ({why})")
+    return "\n".join(lines)
