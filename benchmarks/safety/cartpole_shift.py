@@ -27,7 +27,7 @@ EXAMPLE = ROOT / "examples" / "cartpole_recovery"
 EPSILON = 0.1
 
 
-def SHIFT(cp: Any) -> Any:  # noqa: N802
+def SHIFT(cp: Any) -> Any:
     """The deployment physics: the pole's half-length doubled (0.5 m -> 1.0 m), all else nominal."""
     return cp.Physics(length=1.0)
 
@@ -69,8 +69,12 @@ def _episodes(physics: Any, guarded: bool, seeds: int, max_steps: int, bar: Any)
         actions = [int(a) for a in proposed]
         if guard is not None:
             decisions = guard.check(
-                [CheckInput("cartpole-recovery", batch[j], proposed[j], episode_id=str(i), step=eps[i].steps)
-                 for j, i in enumerate(active)]
+                [
+                    CheckInput(
+                        "cartpole-recovery", batch[j], proposed[j], episode_id=str(i), step=eps[i].steps
+                    )
+                    for j, i in enumerate(active)
+                ]
             )
             actions = []
             for j, d in enumerate(decisions):

@@ -33,10 +33,23 @@ def _config(transitions: Path, base: Path):
                 "observation": {"shape": [], "dtype": "int64"},
                 "action": {"type": "discrete", "n": 4},
                 "monitors": [
-                    {"kind": "reachability", "name": "shield", "model": {"kind": "tabular", "transitions": str(transitions)}}
+                    {
+                        "kind": "reachability",
+                        "name": "shield",
+                        "model": {"kind": "tabular", "transitions": str(transitions)},
+                    }
                 ],
-                "policy": {"rules": [{"name": "cliff", "when": "tripped.shield.unsafe", "verdict": "substitute",
-                                      "fallback": "safe", "reason": "the action can lead off the cliff"}]},
+                "policy": {
+                    "rules": [
+                        {
+                            "name": "cliff",
+                            "when": "tripped.shield.unsafe",
+                            "verdict": "substitute",
+                            "fallback": "safe",
+                            "reason": "the action can lead off the cliff",
+                        }
+                    ]
+                },
                 "fallbacks": {"safe": {"kind": "shield", "monitor": "shield", "order": [1, 0, 2, 3]}},
                 "fail_safe": "safe",
             }
@@ -67,7 +80,9 @@ def _episodes(slippery: bool, guarded: bool, q: np.ndarray, seeds: int, bar: Any
             qs = q[int(s)]
             a = pick if explore < EPSILON else int(rng.choice(np.flatnonzero(qs == qs.max())))
             if guard is not None:
-                (d,) = guard.check([CheckInput("cliffwalking", np.int64(s), np.int64(a), episode_id=str(i), step=ep.steps)])
+                (d,) = guard.check(
+                    [CheckInput("cliffwalking", np.int64(s), np.int64(a), episode_id=str(i), step=ep.steps)]
+                )
                 ep.count(d)
                 if d.action is None:
                     raise RuntimeError(f"HALT without an action: {d.reasons}")

@@ -29,7 +29,13 @@ import numpy as np
 
 from interlock.engine import Decision, Guard, Verdict
 
-METRICS = ("catastrophe_rate", "mean_return", "intervention_rate", "escalation_rate", "false_intervention_rate")
+METRICS = (
+    "catastrophe_rate",
+    "mean_return",
+    "intervention_rate",
+    "escalation_rate",
+    "false_intervention_rate",
+)
 
 
 @dataclass
@@ -89,9 +95,7 @@ def result(env: str, shift: str, runs: dict[str, dict[str, Condition]], notes: l
     out: dict[str, Any] = {"env": env, "shift": shift, "notes": notes}
     for dist, conds in runs.items():
         un = conds["unguarded"]
-        out[dist] = {
-            name: c.summary(None if name == "unguarded" else un) for name, c in conds.items()
-        }
+        out[dist] = {name: c.summary(None if name == "unguarded" else un) for name, c in conds.items()}
     return out
 
 

@@ -68,7 +68,8 @@ def full_table(result: dict[str, Any]) -> str:
         for dist in ("in_distribution", "shifted"):
             for cond, m in res[dist].items():
                 lines.append(
-                    f"| {res['env']} | {dist.replace('_', ' ')} | {cond.replace('_', ' ')} | {m['episodes']} | "
+                    f"| {res['env']} | {dist.replace('_', ' ')} | {cond.replace('_', ' ')} | "
+                    f"{m['episodes']} | "
                     f"{_pct(m['catastrophe_rate'])} | {m['mean_return']:.3g} ± {m['return_std']:.3g} | "
                     f"{_pct(m['intervention_rate'])} | {_pct(m['escalation_rate'])} | "
                     f"{_pct(m['false_intervention_rate'])} |"
@@ -79,8 +80,10 @@ def full_table(result: dict[str, Any]) -> str:
 def scenario_notes(result: dict[str, Any]) -> str:
     lines = []
     for res in result["scenarios"].values():
-        lines.append(f"* **{res['env']}** (shift: {res['shift']}; {res['seeds']} seeds, {res['seconds']:.0f} s): "
-                     + "; ".join(res.get("notes", [])))
+        lines.append(
+            f"* **{res['env']}** (shift: {res['shift']}; {res['seeds']} seeds, {res['seconds']:.0f} s): "
+            + "; ".join(res.get("notes", []))
+        )
     for name, why in result.get("skipped", {}).items():
         lines.append(f"* **{name}**: skipped ({why})")
     return "\n".join(lines)
@@ -121,7 +124,9 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     x = np.arange(len(scen))
-    for ax, dist, title in zip(axes, ("in_distribution", "shifted"), ("in distribution", "under shift"), strict=True):
+    for ax, dist, title in zip(
+        axes, ("in_distribution", "shifted"), ("in distribution", "under shift"), strict=True
+    ):
         for k, cond in enumerate(("unguarded", "guarded")):
             vals = [100 * r[dist][cond]["catastrophe_rate"] for r in scen]
             bars = ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=cond, color=colors[cond])
@@ -172,12 +177,15 @@ def write(result: dict[str, Any], docs: Path) -> Path:
 
 
 def summary_text(result: dict[str, Any]) -> str:
-    lines = [f"{'scenario':36s} {'shift: unguarded -> guarded':>28s} {'in-dist return':>15s} {'false int.':>10s}"]
+    lines = [
+        f"{'scenario':36s} {'shift: unguarded -> guarded':>28s} {'in-dist return':>15s} {'false int.':>10s}"
+    ]
     for res in result["scenarios"].values():
         s, sh = res["score"], res["shifted"]
         lines.append(
             f"{res['env']:36s} {_pct(sh['unguarded']['catastrophe_rate']):>13s} -> "
-            f"{_pct(sh['guarded']['catastrophe_rate']):<11s} {_pct(s['in_distribution_return_vs_unguarded']):>15s} "
+            f"{_pct(sh['guarded']['catastrophe_rate']):<11s} "
+            f"{_pct(s['in_distribution_return_vs_unguarded']):>15s} "
             f"{_pct(s['in_distribution_false_intervention_rate']):>10s}"
         )
     for name, why in result.get("skipped", {}).items():

@@ -32,7 +32,9 @@ def key(obs: dict) -> bytes:
     return np.ascontiguousarray(obs["image"], dtype=np.uint8).tobytes()
 
 
-def train(episodes: int = 4000, seed: int = 0, alpha: float = 0.5, gamma: float = 0.95) -> dict[bytes, np.ndarray]:
+def train(
+    episodes: int = 4000, seed: int = 0, alpha: float = 0.5, gamma: float = 0.95
+) -> dict[bytes, np.ndarray]:
     """Q-learning with a decaying epsilon on ``MiniGrid-DistShift1-v0``."""
     env = make("MiniGrid-DistShift1-v0")
     rng = np.random.default_rng(seed)

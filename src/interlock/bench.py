@@ -81,7 +81,9 @@ def _cmd_safety(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     unknown = sorted(set(only or ()) - set(SCENARIOS))
     if unknown:
-        raise SystemExit(f"interlock bench safety: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+        raise SystemExit(
+            f"interlock bench safety: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}"
+        )
     docs = args.docs
     if docs is None and not args.quick:
         docs = str(root / "docs")
