@@ -151,7 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     safety.add_argument("--seeds", type=int, default=None, help="episodes (one per seed) per condition")
     safety.add_argument(
-        "--only", metavar="NAMES", default=None,
+        "--only",
+        metavar="NAMES",
+        default=None,
         help="comma-separated scenarios (minigrid_distshift, cartpole_shift, cliffwalking, highway)",
     )
     safety.add_argument(
