@@ -143,24 +143,35 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
     plt.close(fig)
     out.append(p)
 
-    fig, axes = plt.subplots(1, len(scen), figsize=(3.4 * max(len(scen), 1), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(scen), figsize=(3.9 * max(len(scen), 1), 3.9), squeeze=False)
+    shades = {"unguarded": colors["unguarded"], "guarded": colors["guarded"]}
     for ax, r in zip(axes[0], scen, strict=True):
-        conds = [c for c in r["in_distribution"] if c != "unguarded"]
-        labels, vals, cols = [], [], []
-        for dist, short in (("in_distribution", "in dist."), ("shifted", "shifted")):
-            for cond in ["unguarded", *conds]:
-                labels.append(f"{short}\n{cond.replace('guarded_', '').replace('_', ' ')}")
-                vals.append(r[dist][cond]["mean_return"])
-                cols.append(colors.get(cond, "#7fb3d5"))
-        bars = ax.bar(range(len(vals)), vals, color=cols)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
+        conds = list(r["in_distribution"])
+        width = 0.8 / len(conds)
+        for k, cond in enumerate(conds):
+            vals = [r[dist][cond]["mean_return"] for dist in ("in_distribution", "shifted")]
+            bars = ax.bar(
+                np.arange(2) + (k - (len(conds) - 1) / 2) * width,
+                vals,
+                width,
+                color=shades.get(cond, "#85c1e9"),
+                label=cond.replace("guarded_", "guarded, ").replace("_", " "),
+            )
+            ax.bar_label(
+                bars, labels=[f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" for v in vals], fontsize=7
+            )
         ax.axhline(0, color="black", lw=0.6)
-        ax.set_xticks(range(len(vals)), labels, fontsize=6.5)
+        ax.set_xticks(range(2), ["in distribution", "under shift"], fontsize=8)
         ax.set_title(r["env"], fontsize=9)
-        ax.margins(y=0.15)
+        ax.margins(y=0.2)
         ax.grid(axis="y", alpha=0.3)
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     axes[0][0].set_ylabel("mean episode return")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     p = img_dir / Path(IMG_RETURN).name
     fig.savefig(p, dpi=110)
     plt.close(fig)
