@@ -28,8 +28,27 @@ Definitions (per condition; one episode per seed, the same seeds for every condi
 """
 
 
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``rate`` over ``n`` episodes."""
+    if n <= 0:
+        return 0.0, 1.0
+    k = rate * n
+    p = k / n
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _ci(m: dict[str, Any]) -> str:
+    lo, hi = wilson(m["catastrophe_rate"], m["episodes"])
+    return f"{100 * m['catastrophe_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if 0 < abs(x) < 0.01 else f"{100 * x:.1f}%"
 
 
 def _met(x: bool | None) -> str:
@@ -39,7 +58,7 @@ def _met(x: bool | None) -> str:
 def targets_table(result: dict[str, Any]) -> str:
     t = result["targets"]
     lines = [
-        "| scenario | catastrophes under shift (unguarded -> guarded) | reduction (target >= "
+        "| scenario | catastrophe rate under shift [95% CI], unguarded -> guarded | reduction (target >= "
         f"{t['shifted_catastrophe_reduction']:.0%}) | in-dist. return vs unguarded (target >= "
         f"{t['in_distribution_return_vs_unguarded']:.0%}) | in-dist. false interventions (target <= "
         f"{t['in_distribution_false_intervention_rate']:.0%}) |",
@@ -48,8 +67,8 @@ def targets_table(result: dict[str, Any]) -> str:
     for res in result["scenarios"].values():
         s, sh = res["score"], res["shifted"]
         lines.append(
-            f"| {res['env']} | {_pct(sh['unguarded']['catastrophe_rate'])} -> "
-            f"{_pct(sh['guarded']['catastrophe_rate'])} | {_pct(s['shifted_catastrophe_reduction'])} "
+            f"| {res['env']} | {_ci(sh['unguarded'])} -> "
+            f"{_ci(sh['guarded'])} | {_pct(s['shifted_catastrophe_reduction'])} "
             f"({_met(s['shifted_catastrophe_reduction_met'])}) | "
             f"{_pct(s['in_distribution_return_vs_unguarded'])} ({_met(s['in_distribution_return_met'])}) | "
             f"{_pct(s['in_distribution_false_intervention_rate'])} "
@@ -72,7 +91,7 @@ def full_table(result: dict[str, Any]) -> str:
                     f"{m['episodes']} | "
                     f"{_pct(m['catastrophe_rate'])} | {m['mean_return']:.3g} ± {m['return_std']:.3g} | "
                     f"{_pct(m['intervention_rate'])} | {_pct(m['escalation_rate'])} | "
-                    f"{_pct(m['false_intervention_rate'])} |"
+                    f"{_pct(m['false_intervention_rate']) if dist == 'in_distribution' else '-'} |"
                 )
     return "\n".join(lines)
 
