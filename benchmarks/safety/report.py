@@ -41,7 +41,7 @@ def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _ci(m: dict[str, Any]) -> str:
-    lo, hi = wilson(m["catastrophe_rate"], m["episodes"])
+    lo, hi = wilson(m["catastrophe_rate"], int(m.get("episodes", 0)))
     return f"{100 * m['catastrophe_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
@@ -88,8 +88,9 @@ def full_table(result: dict[str, Any]) -> str:
             for cond, m in res[dist].items():
                 lines.append(
                     f"| {res['env']} | {dist.replace('_', ' ')} | {cond.replace('_', ' ')} | "
-                    f"{m['episodes']} | "
-                    f"{_pct(m['catastrophe_rate'])} | {m['mean_return']:.3g} ± {m['return_std']:.3g} | "
+                    f"{m.get('episodes', '-')} | "
+                    f"{_pct(m['catastrophe_rate'])} | {m['mean_return']:.3g} ± "
+                    f"{m.get('return_std', float('nan')):.3g} | "
                     f"{_pct(m['intervention_rate'])} | {_pct(m['escalation_rate'])} | "
                     f"{_pct(m['false_intervention_rate']) if dist == 'in_distribution' else '-'} |"
                 )
