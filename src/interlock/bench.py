@@ -143,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scenario and package are present); agents trained by scripts in the repo, each run unguarded and "
         "guarded through interlock.engine.Guard over many seeds, with a simulated operator answering "
         "escalations. Reports catastrophe rate, return, intervention, escalation and false-intervention "
-        "rates against the targets. The full run takes about ten minutes; --quick takes seconds.",
+        "rates against the targets. The full run takes about four minutes on 2 cores; --quick takes seconds.",
     )
     safety.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     safety.add_argument(
