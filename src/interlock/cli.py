@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "interlock.bench",
     "interlock.cli_ops",
     "interlock.cli_escalations",
+    "interlock.reachability.cli",
     "interlock.cli_ensemble",
 ]
 

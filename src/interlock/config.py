@@ -95,6 +95,118 @@ class RulesMonitorConfig(_Strict):
     constraints: dict[str, str] = Field(description="Constraint name -> CEL expression that must be true.")
 
 
+class TabularModelConfig(_Strict):
+    """A finite MDP in ``.npz``: ``P[s, a, s']`` (dense or sparse) and unsafe, terminal and goal states."""
+
+    kind: Literal["tabular"] = "tabular"
+    transitions: str = Field(description="Path of the .npz model, relative to the config file.")
+    state_field: int | None = Field(
+        None, ge=0, description="Flat index of the observation element that holds the state index; "
+        "null when the observation is the state index itself (shape [] or [1]).",
+    )
+    cache: str | None = Field(
+        None,
+        description="Precomputed tables from `interlock shield build`; default: <transitions>.shield.npz.",
+    )
+
+
+class DynamicsEnsembleModelConfig(_Strict):
+    """An ONNX dynamics model: (observation [N, obs_dim], action) -> next observation [K, N, obs_dim].
+
+    The leading member axis K is optional ([N, obs_dim] is a single model, K=1).
+    A model whose observation input is [K, N, obs_dim] gets each member's own states.
+    """
+
+    kind: Literal["dynamics_ensemble"] = "dynamics_ensemble"
+    model: str = Field(description="Path of the .onnx model, relative to the config file.")
+    predicts: Literal["next_state", "delta"] = Field(
+        "next_state", description="'delta': the model outputs next_obs - obs."
+    )
+    obs_input: str | None = Field(None, description="Observation input; default: the first input.")
+    action_input: str | None = Field(None, description="Action input; default: the second input.")
+    output_name: str | None = Field(None, description="Output to read; default: the first output.")
+
+
+ReachabilityModelConfig = Annotated[
+    TabularModelConfig | DynamicsEnsembleModelConfig, Field(discriminator="kind")
+]
+
+
+class RiskConfig(_Strict):
+    """Probabilistic shield: allow actions unlikely to reach an unsafe state within ``horizon`` steps."""
+
+    delta: float = Field(gt=0, lt=1, description="Allowed when P(stay safe for horizon steps) >= 1 - delta.")
+    horizon: int = Field(100, gt=0, description="Steps over which the safety probability is computed.")
+    relative: bool = Field(
+        False, description="Compare with (1 - delta) x the safest action's probability instead of 1 - delta.",
+    )
+
+
+class BackupPolicyConfig(_Strict):
+    """An ONNX backup policy: observation batch in, action (or logits) batch out."""
+
+    model: str = Field(description="Path of the .onnx file, relative to the config file.")
+    output: Literal["action", "logits"] = Field("action", description="'logits' takes the argmax.")
+    input_name: str | None = None
+    output_name: str | None = None
+
+
+class ReachabilityMonitorConfig(_Strict):
+    """Can the agent still avoid unsafe states after this action?
+
+    Tabular model (exact shield): signals ``unsafe`` (1.0: the shield forbids the action),
+    ``risk`` (probability of reaching an unsafe state within the risk horizon after the action,
+    under the safest continuation), ``lost`` (1.0: the current state is outside the winning
+    region) and ``irreversibility`` (relative reachability: expected share of reachable states
+    the action makes unreachable).
+
+    Dynamics model (recoverability): from the state the action leads to under each member, the
+    backup policy is rolled out ``horizon`` steps. Signals ``irreversibility`` (share of members
+    under which the rollout breaks a constraint or never re-enters the safe set), ``margin``
+    (fewest steps before a constraint breaks, over members; ``horizon`` if none; tripped
+    below ``min_margin``) and ``unsafe`` (1.0 when irreversibility exceeds its threshold).
+    """
+
+    kind: Literal["reachability"] = "reachability"
+    name: str = "reachability"
+    model: ReachabilityModelConfig
+    risk: RiskConfig | None = Field(None, description="Tabular: a probabilistic instead of an exact shield.")
+    relative_reachability: bool = Field(True, description="Tabular: compute the irreversibility signal.")
+    irreversibility_threshold: float | None = Field(
+        None, ge=0, le=1, description="Tripping threshold of 'irreversibility'; default 0.5 (tabular), 0.0 "
+        "(dynamics: any failing member trips it and makes the action unsafe).",
+    )
+    backup_policy: BackupPolicyConfig | None = Field(None, description="Dynamics: the policy rolled out.")
+    constraints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Dynamics: name -> CEL over obs that must hold at every rollout step.",
+    )
+    safe_set: str | None = Field(
+        None, description="Dynamics: CEL over obs; the rollout must re-enter it within the horizon.",
+    )
+    horizon: int = Field(20, gt=0, le=10_000, description="Dynamics: rollout steps.")
+    min_margin: int = Field(1, ge=0, description="Dynamics: 'margin' trips below this many steps.")
+
+    @model_validator(mode="after")
+    def _fits_model_kind(self) -> ReachabilityMonitorConfig:
+        if self.model.kind == "tabular":
+            extra = [k for k in ("backup_policy", "safe_set") if getattr(self, k) is not None]
+            extra += ["constraints"] if self.constraints else []
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to model kind dynamics_ensemble; the "
+                                 "tabular model's unsafe states come from its transitions file")
+        else:
+            if self.backup_policy is None:
+                raise ValueError("model kind dynamics_ensemble needs backup_policy: {model: FILE.onnx}")
+            if not self.constraints and self.safe_set is None:
+                raise ValueError("model kind dynamics_ensemble needs constraints and/or safe_set "
+                                 "(CEL over obs)")
+            if self.risk is not None:
+                raise ValueError("risk applies to tabular models only; use horizon and "
+                                 "irreversibility_threshold")
+        return self
+
+
 class UncertaintyMonitorConfig(_Strict):
     """Disagreement of a fused ensemble (``interlock ensemble compile|train``), see docs/ensembles.md.
 
@@ -125,7 +237,8 @@ class UncertaintyMonitorConfig(_Strict):
 
 
 MonitorConfig = Annotated[
-    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig, Field(discriminator="kind")
+    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig | ReachabilityMonitorConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -159,6 +272,46 @@ class ClipFallbackConfig(_Strict):
     kind: Literal["clip"] = "clip"
 
 
+class ShieldFallbackConfig(_Strict):
+    """Among the actions a tabular reachability monitor allows, the one the agent prefers.
+
+    Preference: ``scores`` (the agent's Q-values or logits, higher first) when given, else
+    ``order``, else the lowest action index. Where no action is allowed (a lost state), the
+    action with the highest probability of staying safe.
+    """
+
+    kind: Literal["shield"] = "shield"
+    monitor: str = Field("reachability", description="Name of the tabular reachability monitor.")
+    scores: str | None = Field(
+        None, description="The agent's preferences: a .npy table [n_states, n_actions], or an .onnx model "
+        "from observation batch to [batch, n_actions] Q-values or logits.",
+    )
+    order: list[int] | None = Field(
+        None, description="Actions from most to least preferred (used without scores)."
+    )
+
+
+class BackupFallbackConfig(_Strict):
+    """The backup policy of a dynamics reachability monitor: the Simplex-architecture switch."""
+
+    kind: Literal["backup"] = "backup"
+    monitor: str = Field("reachability", description="Name of the dynamics reachability monitor.")
+
+
+class RecoverFallbackConfig(_Strict):
+    """The candidate action with the best worst-case recoverability under a dynamics reachability monitor.
+
+    Candidates: every action (discrete), or ``candidates`` samples in the box plus the backup
+    policy's action and the proposed action clipped to the box. Ranked by the share of failing
+    members, then the worst-case margin, then closeness to the proposed action.
+    """
+
+    kind: Literal["recover"] = "recover"
+    monitor: str = Field("reachability", description="Name of the dynamics reachability monitor.")
+    candidates: int = Field(16, gt=0, le=4096, description="Box actions: how many random candidates.")
+    seed: int = Field(0, description="Seed of the candidate sampler (fixed candidates across calls).")
+
+
 class RobustFallbackConfig(_Strict):
     """The action with the best lower confidence bound of a Q-ensemble (maximin over members)."""
 
@@ -190,7 +343,10 @@ FallbackConfig = Annotated[
     | OnnxPolicyFallbackConfig
     | ClipFallbackConfig
     | RobustFallbackConfig
-    | QuantilizerFallbackConfig,
+    | QuantilizerFallbackConfig
+    | ShieldFallbackConfig
+    | BackupFallbackConfig
+    | RecoverFallbackConfig,
     Field(discriminator="kind"),
 ]
 

@@ -118,6 +118,9 @@ class AgentRuntime:
             name: build_fallback(name, f, self.spaces, runtime, f"{where}.fallbacks.{name}")
             for name, f in cfg.fallbacks.items()
         }
+        by_name = {m.name: m for m in self.monitors}
+        for f in self.fallbacks.values():
+            f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
         self.policy = DecisionPolicy(
             cfg.policy,

@@ -31,6 +31,24 @@ def _clip(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallbac
     return ClipFallback(name, spaces, runtime)
 
 
+def _shield(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.shield import ShieldFallback
+
+    return ShieldFallback(name, spaces, runtime, cfg.monitor, cfg.scores, cfg.order, where=where)
+
+
+def _backup(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.backup import BackupFallback
+
+    return BackupFallback(name, spaces, runtime, cfg.monitor, where=where)
+
+
+def _recover(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.recover import RecoverFallback
+
+    return RecoverFallback(name, spaces, runtime, cfg.monitor, cfg.candidates, cfg.seed, where=where)
+
+
 def _robust(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
     from interlock.fallbacks.robust import RobustFallback
 
@@ -59,6 +77,9 @@ BUILDERS: dict[str, Callable[..., Fallback]] = {
     "constant": _constant,
     "onnx_policy": _onnx_policy,
     "clip": _clip,
+    "shield": _shield,
+    "backup": _backup,
+    "recover": _recover,
     "robust": _robust,
     "quantilizer": _quantilizer,
 }

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from interlock.monitors.base import Batch, SignalBatch
+    from collections.abc import Mapping
+
+    from interlock.monitors.base import Batch, Monitor, SignalBatch
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 
@@ -33,6 +35,9 @@ class Fallback(ABC):
         self.spaces = spaces
         self.runtime = runtime
         self.ready = False
+
+    def bind(self, monitors: Mapping[str, Monitor]) -> None:  # noqa: B027 - optional hook
+        """Called once after construction with the agent's monitors by name, for fallbacks that use one."""
 
     def load(self) -> None:
         self.ready = True

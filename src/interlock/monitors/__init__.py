@@ -32,6 +32,12 @@ def _rules(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     return RulesMonitor(cfg.name, spaces, runtime, cfg.constraints, where=where)
 
 
+def _reachability(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.reachability import build_reachability
+
+    return build_reachability(cfg, spaces, runtime, where)
+
+
 def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     from interlock.monitors.uncertainty import UncertaintyMonitor
 
@@ -54,6 +60,7 @@ def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
 BUILDERS: dict[str, Callable[..., Monitor]] = {
     "action_space": _action_space,
     "rules": _rules,
+    "reachability": _reachability,
     "uncertainty": _uncertainty,
 }
 

@@ -1,0 +1,342 @@
+"""Recoverability over learned dynamics: can the backup policy bring each ensemble member's future back?
+
+From the state a proposed action leads to under each member of a dynamics
+ensemble, the backup policy is rolled out for ``H`` steps. All members and all
+batch rows advance together: one dynamics call and one backup-policy call per
+step, over ``[K * batch]`` states. A member's rollout *fails* when a constraint
+breaks before the state re-enters the safe set, or when it never re-enters it
+within the horizon (with no safe set: when a constraint breaks within the horizon).
+
+Layouts the dynamics model may have (``N`` rows, ``d`` = obs_dim):
+
+* shared input: ``obs [N, d]``, ``action [N]`` / ``[N, 1]`` / ``[N, n]`` (one-hot) /
+  ``[N, act_dim]`` -> ``[K, N, d]``, or ``[N, d]`` (a single model, K=1). Each
+  member then sees every member's states and the rollout keeps the diagonal
+  blocks (``K x`` the work of the members' own rows);
+* per-member input: ``obs [K, N, d]``, ``action [K, N, ...]`` -> ``[K, N, d]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from interlock.errors import ConfigError
+from interlock.reachability.constraints import BatchedCondition
+from interlock.spaces import ActionSpace
+
+_ORT_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float16)": np.float16,
+}
+
+
+def _np_type(arg: Any, where: str) -> np.dtype:
+    t = _ORT_TO_NUMPY.get(arg.type)
+    if t is None:
+        raise ConfigError(f"{where}: input '{arg.name}' has type {arg.type}; expected float, double or int")
+    return np.dtype(t)
+
+
+class OnnxDynamics:
+    """Wraps an ONNX dynamics model; see the module docstring for the layouts.
+
+    Args:
+        session: An ``onnxruntime.InferenceSession``.
+        obs_dim: Flattened observation length ``d``.
+        action: The agent's action space (encodes actions for the model).
+        predicts: ``"next_state"`` or ``"delta"`` (next = obs + output).
+        obs_input, action_input, output_name: Graph names; default first/second input, first output.
+        where: Config location for messages.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        obs_dim: int,
+        action: ActionSpace,
+        predicts: str = "next_state",
+        obs_input: str | None = None,
+        action_input: str | None = None,
+        output_name: str | None = None,
+        where: str = "model",
+    ) -> None:
+        inputs = session.get_inputs()
+        names = [i.name for i in inputs]
+        if len(inputs) < 2 and action_input is None:
+            raise ConfigError(
+                f"{where}: the dynamics model needs two inputs (observation, action); it has {names}"
+            )
+        by_name = {i.name: i for i in inputs}
+        obs_name = obs_input or names[0]
+        act_name = action_input or next(n for n in names if n != obs_name)
+        outs = [o.name for o in session.get_outputs()]
+        out = output_name or outs[0]
+        for what, name, pool in (
+            ("obs_input", obs_name, names),
+            ("action_input", act_name, names),
+            ("output_name", out, outs),
+        ):
+            if name not in pool:
+                raise ConfigError(f"{where}.{what} '{name}' is not in the model ({pool})")
+        self.session = session
+        self.where = where
+        self.obs_dim = obs_dim
+        self.action = action
+        self.delta = predicts == "delta"
+        self._obs, self._act, self._out = obs_name, act_name, out
+        o, a = by_name[obs_name], by_name[act_name]
+        self._obs_dtype = _np_type(o, where)
+        self._act_dtype = _np_type(a, where)
+        self.per_member = len(o.shape) == 3
+        act_rank = len(a.shape) - (1 if self.per_member else 0)
+        last = a.shape[-1] if len(a.shape) else None
+        if action.discrete:
+            one_hot = self._act_dtype.kind == "f" and act_rank == 2 and last == action.n and action.n > 1
+            self._encode = "one_hot" if one_hot else ("index" if act_rank == 1 else "index_col")
+        else:
+            self._encode = "box"
+        self.members = 0
+        self._probe()
+
+    def _probe(self) -> None:
+        """One call on zeros: learn K and check the output shape."""
+        try:
+            self._probe_run()
+        except ConfigError:
+            raise
+        except Exception as e:  # onnxruntime raises several unrelated types
+            raise ConfigError(
+                f"{self.where}: the dynamics model does not run on observations of "
+                f"obs_dim {self.obs_dim} and this agent's actions: {e}"
+            ) from None
+
+    def _probe_run(self) -> None:
+        n = 2
+        obs = np.zeros((n, self.obs_dim))
+        act = (
+            np.zeros((n, *self.action.shape), dtype=self.action.dtype)
+            if not self.action.discrete
+            else (np.zeros(n, dtype=np.int64))
+        )
+        if self.per_member:
+            dim0 = next(i for i in self.session.get_inputs() if i.name == self._obs).shape[0]
+            if not isinstance(dim0, int) or dim0 <= 0:
+                raise ConfigError(
+                    f"{self.where}: per-member observation input [K, N, obs_dim] needs a fixed "
+                    f"K; its first dimension is {dim0!r}"
+                )
+            self.members = dim0
+            out = self._run(
+                np.broadcast_to(obs, (dim0, n, self.obs_dim)), np.broadcast_to(act, (dim0, *act.shape))
+            )
+        else:
+            out = self._run(obs, act)
+        if out.ndim == 2:
+            out = out[None]
+        if out.ndim != 3 or out.shape[1:] != (n, self.obs_dim):
+            raise ConfigError(
+                f"{self.where}: for {n} rows of obs_dim {self.obs_dim} the model returned "
+                f"shape {list(out.shape)}; expected [K, {n}, {self.obs_dim}] or "
+                f"[{n}, {self.obs_dim}]"
+            )
+        self.members = out.shape[0]
+
+    def _encode_actions(self, actions: np.ndarray) -> np.ndarray:
+        a = np.asarray(actions)
+        if self._encode == "one_hot":
+            return np.eye(self.action.n, dtype=self._act_dtype)[a.astype(np.int64)]
+        if self._encode == "index":
+            return a.astype(self._act_dtype)
+        if self._encode == "index_col":
+            return a.astype(self._act_dtype)[..., None]
+        lead = a.shape[: (2 if self.per_member else 1)]
+        return a.reshape(*lead, -1).astype(self._act_dtype)
+
+    def _run(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        feed = {
+            self._obs: np.ascontiguousarray(obs, dtype=self._obs_dtype),
+            self._act: np.ascontiguousarray(self._encode_actions(actions)),
+        }
+        (out,) = self.session.run([self._out], feed)
+        return np.asarray(out)
+
+    def first(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Every member's next states from shared states: ``[N, d]``, ``[N, ...]`` -> ``[K, N, d]``."""
+        if self.per_member:
+            K = self.members
+            out = self._run(
+                np.broadcast_to(obs, (K, *obs.shape)), np.broadcast_to(actions, (K, *actions.shape))
+            )
+        else:
+            out = self._run(obs, actions)
+        out = (out if out.ndim == 3 else out[None]).astype(np.float64)
+        return out + obs[None] if self.delta else out
+
+    def step(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Each member advances its own states: ``[K, N, d]``, actions ``[K, N, ...]`` -> ``[K, N, d]``."""
+        K, N, d = states.shape
+        member = np.repeat(np.arange(K), N)
+        flat = self.step_rows(states.reshape(K * N, d), actions.reshape(K * N, *actions.shape[2:]), member)
+        return flat.reshape(K, N, d)
+
+    def step_rows(self, states: np.ndarray, actions: np.ndarray, member: np.ndarray) -> np.ndarray:
+        """Advance each row under its own member: ``[M, d]``, ``[M, ...]``, ``[M]`` member ids -> ``[M, d]``.
+
+        Shared-input models run once on the ``M`` rows (``[K, M, d]`` out) and each row keeps
+        its member's prediction. Per-member models need ``[K, N, d]`` blocks, so ``M`` must be
+        ``K * N`` with rows ordered by member.
+        """
+        M, d = states.shape
+        if self.per_member:
+            K = self.members
+            out = self._run(states.reshape(K, M // K, d), actions.reshape(K, M // K, *actions.shape[1:]))
+            out = out.reshape(M, d)
+        else:
+            out = self._run(states, actions)
+            out = out[None] if out.ndim == 2 else out
+            out = out[member if out.shape[0] > 1 else 0, np.arange(M)]
+        out = out.astype(np.float64)
+        return out + states if self.delta else out
+
+
+class OnnxBackupPolicy:
+    """The backup policy: ``[N, d]`` observations -> ``[N]`` (discrete) or ``[N, *action_shape]`` actions.
+
+    Box actions are clipped to the action bounds (NaN stays NaN, so the engine halts on it).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        action: ActionSpace,
+        output: str = "action",
+        input_name: str | None = None,
+        output_name: str | None = None,
+        obs_shape: tuple[int, ...] = (),
+        where: str = "backup_policy",
+    ) -> None:
+        inputs = {i.name: i for i in session.get_inputs()}
+        outs = [o.name for o in session.get_outputs()]
+        self._in = input_name or next(iter(inputs))
+        self._out = output_name or outs[0]
+        if self._in not in inputs:
+            raise ConfigError(f"{where}.input_name '{self._in}' is not an input ({list(inputs)})")
+        if self._out not in outs:
+            raise ConfigError(f"{where}.output_name '{self._out}' is not an output ({outs})")
+        if output == "logits" and not action.discrete:
+            raise ConfigError(f"{where}.output is 'logits', which needs a discrete action space")
+        self.session = session
+        self.action = action
+        self.logits = output == "logits"
+        self._dtype = _np_type(inputs[self._in], where)
+        rank = len(inputs[self._in].shape)
+        self._shape = obs_shape if rank == 1 + len(obs_shape) else (-1,)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        n = len(obs)
+        x = np.ascontiguousarray(np.asarray(obs).reshape(n, *self._shape), dtype=self._dtype)
+        (out,) = self.session.run([self._out], {self._in: x})
+        out = np.asarray(out)
+        if self.logits:
+            return out.reshape(n, -1).argmax(axis=1).astype(self.action.dtype)
+        if self.action.discrete:
+            return out.reshape(n).astype(self.action.dtype)
+        out = out.reshape(n, *self.action.shape).astype(self.action.dtype)
+        return np.clip(out, self.action.low, self.action.high)
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """Per member and row: ``failed`` ``[K, N]`` bool, ``margin`` ``[K, N]`` int (steps before a break)."""
+
+    failed: np.ndarray
+    margin: np.ndarray
+
+    @property
+    def failing_share(self) -> np.ndarray:
+        """``[N]``: share of members whose rollout fails."""
+        return self.failed.mean(axis=0)
+
+    @property
+    def worst_margin(self) -> np.ndarray:
+        """``[N]``: fewest steps before a constraint breaks, over members."""
+        return self.margin.min(axis=0)
+
+
+class Recoverability:
+    """The rollout check.
+
+    Args:
+        dynamics: The ensemble.
+        backup: The backup policy.
+        constraints: Conditions that must hold at every step.
+        safe_set: Condition the rollout must reach (None: surviving the horizon suffices).
+        horizon: ``H``, steps after the proposed action.
+    """
+
+    def __init__(
+        self,
+        dynamics: OnnxDynamics,
+        backup: OnnxBackupPolicy,
+        constraints: list[BatchedCondition],
+        safe_set: BatchedCondition | None,
+        horizon: int,
+    ) -> None:
+        self.dynamics = dynamics
+        self.backup = backup
+        self.constraints = constraints
+        self.safe_set = safe_set
+        self.horizon = horizon
+
+    def _ok(self, flat: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(flat).all(axis=1)
+        for c in self.constraints:
+            ok &= c(flat)
+        return ok
+
+    def rollout(self, obs: np.ndarray, actions: np.ndarray) -> RolloutResult:
+        """Check every row's proposed action.
+
+        Each step evaluates the constraints and the safe set on the rollouts still running,
+        then advances those (shared-input models) or all of them (per-member models) with one
+        backup-policy call and one dynamics call; it stops once every rollout has recovered
+        or failed.
+
+        Args:
+            obs: ``[N, obs_dim]`` current states.
+            actions: ``[N]`` (discrete) or ``[N, *action_shape]`` proposed actions.
+        """
+        obs = np.asarray(obs, dtype=np.float64).reshape(len(obs), -1)
+        first = self.dynamics.first(obs, np.asarray(actions))
+        K, N, d = first.shape
+        flat = first.reshape(K * N, d).copy()
+        member = np.repeat(np.arange(K), N)
+        H = self.horizon
+        done = np.zeros(K * N, dtype=bool)
+        failed = np.zeros(K * N, dtype=bool)
+        margin = np.full(K * N, H, dtype=np.int64)
+        everyone = np.arange(K * N)
+        for t in range(1, H + 1):
+            idx = np.flatnonzero(~done)
+            x = flat[idx]
+            ok = self._ok(x)
+            broke = idx[~ok]
+            failed[broke] = True
+            margin[broke] = t - 1
+            done[broke] = True
+            if self.safe_set is not None:
+                done[idx[ok & self.safe_set(x)]] = True
+            if done.all() or t == H:
+                break
+            rows = everyone if self.dynamics.per_member else np.flatnonzero(~done)
+            act = self.backup.act(flat[rows])
+            flat[rows] = self.dynamics.step_rows(flat[rows], act, member[rows])
+        if self.safe_set is not None:
+            failed |= ~done
+        return RolloutResult(failed=failed.reshape(K, N), margin=margin.reshape(K, N))
