@@ -293,7 +293,7 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
         f"{sc['policy_rules']} policy rules; "
         f"{sc['request_bytes']:.0f}-byte requests, {sc['decision_bytes']}-byte decisions; verdicts "
         + ", ".join(f"{k} {v}" for k, v in sorted(sc["verdicts_in_process"].items()))
-        + f" of 1024. Reachability: {sc['reachability']}.",
+        + " of 1024.",
         "",
         "#### Against the targets",
         "",
