@@ -89,3 +89,20 @@ def reference_ensemble(obs: np.ndarray, obs_dim: int, n_actions: int, members: i
         if i < len(layers) - 1:
             x = np.maximum(x, 0)
     return x
+
+
+def build_dynamics(
+    path: Path, obs_dim: int, n_actions: int, members: int = 5, hidden: int = 64, seed: int = 2
+) -> Path:
+    """Write a dynamics ensemble (Interlock's reachability format): ``obs [N, d], action [N]`` ->
+    ``next_obs [K, N, d]``, ReLU MLPs ``d + n_actions -> hidden -> hidden -> d`` predicting a small delta."""
+    from interlock.reachability.onnx_build import mlp_ensemble, save
+
+    rng = np.random.default_rng(seed)
+    dims = [obs_dim + n_actions, hidden, hidden, obs_dim]
+    weights, biases = [], []
+    for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
+        scale = np.sqrt(2.0 / d_in) if i < len(dims) - 2 else 0.02 / np.sqrt(d_in)
+        weights.append((rng.standard_normal((members, d_in, d_out)) * scale).astype(np.float32))
+        biases.append(np.zeros((members, d_out), np.float32))
+    return save(mlp_ensemble(weights, biases, obs_dim=obs_dim, n_actions=n_actions), path)

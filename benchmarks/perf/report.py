@@ -32,7 +32,8 @@ def headline_table(result: dict[str, Any]) -> str:
         (
             f"CheckBatch of {s['batch_size']} / compute floor (decisions/s)",
             f"{s['batch_throughput_over_compute_floor']:.2f}x ({_fmt(s['batch_decisions_per_second'])} vs "
-            f"{_fmt(s['compute_floor_decisions_per_second'])}; {s['batch_concurrency']} client(s))",
+            f"{_fmt(s['compute_floor_decisions_per_second'])}; "
+            f"{s['batch_concurrency']} client{'s' if s['batch_concurrency'] > 1 else ''})",
             t["batch_throughput_over_compute_floor"],
         ),
         (
@@ -292,7 +293,7 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
         f"{sc['policy_rules']} policy rules; "
         f"{sc['request_bytes']:.0f}-byte requests, {sc['decision_bytes']}-byte decisions; verdicts "
         + ", ".join(f"{k} {v}" for k, v in sorted(sc["verdicts_in_process"].items()))
-        + f" of 1024. Reachability: {sc['reachability']}.",
+        + " of 1024.",
         "",
         "#### Against the targets",
         "",

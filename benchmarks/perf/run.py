@@ -292,10 +292,12 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
                 "monitors": [
                     "uncertainty (q ensemble)",
                     "action_space",
+                    f"recover (reachability: backup policy rolled out {scenario.HORIZON} steps through a "
+                    f"{scenario.MEMBERS}-member dynamics ensemble)",
                     "limits (3 CEL constraints)",
                 ],
-                "policy_rules": 4,
-                "reachability": "not included (not on main yet)",
+                "policy_rules": 5,
+                "reachability": f"horizon {scenario.HORIZON}",
                 "verdicts_in_process": scenario.expected_verdicts(scn),
                 "request_bytes": float(np.mean([r.ByteSize() for r in scn.requests()])),
                 "decision_bytes": len(_representative_decision(scn)),

@@ -5,9 +5,11 @@ The agent (LunarLander-sized: observation [8], 4 discrete actions) is guarded by
 * ``uncertainty`` (Interlock's monitor, ``ensemble: q``): a 5-member ensemble of 2x256
   MLP Q-networks in one fused ONNX graph, signals ``q_std`` and ``q_std_ratio``;
 * ``action_space``;
+* ``recover`` (``reachability``): the backup policy rolled out ``HORIZON`` = 10 steps through a
+  5-member dynamics ensemble (MLPs 12-64-64-8) from the state each member predicts;
 * ``limits``: three CEL constraints;
 
-and four policy rules, with an ONNX backup policy as the substitute. About 6% of
+and five policy rules, with an ONNX backup policy as the substitute. About 6% of
 requests are SUBSTITUTE (thresholds: the 95th percentile of q_std and the 99th of
 q_std_ratio over the request set).
 """
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.perf.models import build_backup, build_ensemble, reference_ensemble
+from benchmarks.perf.models import build_backup, build_dynamics, build_ensemble, reference_ensemble
 from interlock.client import make_request
 from interlock.engine import CheckInput, Verdict
 from interlock.ensembles.scores import q_scores
@@ -35,6 +37,8 @@ HIDDEN = 256
 AGENT_ID = "lander-0"
 #: Distinct requests cycled by every client (pre-serialised, so the client does no encoding work).
 N_REQUESTS = 1024
+#: Reachability rollout steps of the backup policy through the dynamics ensemble.
+HORIZON = 10
 
 
 @dataclass
@@ -85,6 +89,15 @@ def agent_config(q_std_threshold: float, ratio_threshold: float) -> dict[str, An
             uncertainty,
             {"kind": "action_space"},
             {
+                "kind": "reachability",
+                "name": "recover",
+                "model": {"kind": "dynamics_ensemble", "model": "dynamics.onnx", "predicts": "next_state"},
+                "backup_policy": {"model": "backup.onnx", "output": "logits"},
+                "constraints": {"altitude": "obs[1] > -1.5", "tilt": "math.abs(obs[4]) < 1.3"},
+                "safe_set": "math.abs(obs[4]) < 1.2",
+                "horizon": HORIZON,
+            },
+            {
                 "kind": "rules",
                 "name": "limits",
                 "constraints": {
@@ -99,6 +112,8 @@ def agent_config(q_std_threshold: float, ratio_threshold: float) -> dict[str, An
                 {"name": "invalid_action", "when": "tripped.action_space.invalid", "verdict": "substitute",
                  "fallback": "backup"},
                 {"name": "uncertain", "when": uncertain, "verdict": "substitute", "fallback": "backup"},
+                {"name": "irreversible", "when": "tripped.recover.unsafe", "verdict": "substitute",
+                 "fallback": "backup"},
                 {"name": "near_limits",
                  "when": "tripped.limits.altitude_ok || tripped.limits.speed_ok || tripped.limits.tilt_ok",
                  "verdict": "substitute", "fallback": "backup"},
@@ -119,6 +134,7 @@ def build(workdir: Path, batching: dict[str, float] | None = None, seed: int = 0
     workdir.mkdir(parents=True, exist_ok=True)
     ens = build_ensemble(workdir / "ensemble.onnx", OBS_DIM, N_ACTIONS, MEMBERS, HIDDEN)
     build_backup(workdir / "backup.onnx", OBS_DIM, N_ACTIONS)
+    build_dynamics(workdir / "dynamics.onnx", OBS_DIM, N_ACTIONS, MEMBERS)
     rng = np.random.default_rng(seed)
     obs = (rng.standard_normal((N_REQUESTS, OBS_DIM)) * 0.5).astype(np.float32)
     q = reference_ensemble(obs, OBS_DIM, N_ACTIONS, MEMBERS)

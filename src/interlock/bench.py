@@ -111,8 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     perf = bsub.add_parser(
         "perf",
         help="latency and throughput against the transport and compute floors",
-        description="Serve a realistic config (5-member 2x256 MLP ensemble, rules, an ONNX backup policy) on "
-        "loopback and drive Check, CheckStream and CheckBatch from separate client processes at several "
+        description="Serve a realistic config (5-member 2x256 MLP ensemble, a reachability rollout of "
+        "horizon 10, rules, an ONNX backup policy) on loopback and drive Check, CheckStream and CheckBatch "
+        "from separate client processes at several "
         "concurrency levels and batch sizes. In the same run it measures an echo RPC of the same message "
         "sizes on the same server (the transport floor) and the bare in-process ensemble call (the compute "
         "floor), and reports ratios to both. The full run takes a few minutes; --quick takes seconds.",

@@ -323,6 +323,21 @@ class AgentRuntime:
             return
         d.verdict = Verdict.SUBSTITUTE
         d.rule = ""
+        try:
+            action = self.fallback_action(fs, d)
+        except Exception as e:
+            d.errors.append(f"fallback:{fs}")
+            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
+            return
+        d.action = action
+        d.fallback = fs
+        d.reasons.append(f"fail-safe fallback '{fs}' applied")
+
+    def fallback_action(self, name: str, d: Decision) -> np.ndarray:
+        """Fallback ``name``'s action for the single row of decision ``d``, checked against the space.
+
+        Raises whatever the fallback raises, or ValueError when its action is outside the space.
+        """
         single = Batch(
             d.agent_id,
             d.observation[None],
@@ -331,17 +346,10 @@ class AgentRuntime:
             [d.episode_id],
             [d.labels],
         )
-        try:
-            action = np.asarray(self.fallbacks[fs].propose(single, {}))[0]
-            if self.spaces.action.invalid(action[None])[0]:
-                raise ValueError(f"fail-safe action {action.tolist()} is outside the action space")
-        except Exception as e:
-            d.errors.append(f"fallback:{fs}")
-            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
-            return
-        d.action = action
-        d.fallback = fs
-        d.reasons.append(f"fail-safe fallback '{fs}' applied")
+        action = np.asarray(self.fallbacks[name].propose(single, {}))[0]
+        if self.spaces.action.invalid(action[None])[0]:
+            raise ValueError(f"fallback '{name}' action {action.tolist()} is outside the action space")
+        return action
 
     @staticmethod
     def _halt(d: Decision, why: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,9 @@ from interlock.config import DecisionRule, PolicyConfig
 from interlock.errors import ConfigError
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
 from interlock.policies.vectorized import Columns, VectorizedCondition, compile_vectorized
+
+_SIGNAL_REF = re.compile(r"\b(?:signals|tripped)\s*\.\s*(\w+)\s*\.\s*(\w+)")
+_MISSING_KEY = re.compile(r'Key not found in map : "([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -99,16 +103,24 @@ class DecisionPolicy:
             "tripped": tripped,
         }
         known = ", ".join(signal_names) or "none"
+        produced = set(signal_names)
         for rule in self.rules:
+            where, source = rule.predicate.where, rule.predicate.source
+            # Static pass: every `signals.m.s` / `tripped.m.s` must exist, even behind a short circuit.
+            for m, s in _SIGNAL_REF.findall(source):
+                if f"{m}.{s}" not in produced:
+                    raise ConfigError(
+                        f"{where}: reads a signal no monitor produces ({m}.{s}); available signals: {known}"
+                    )
             try:
                 rule.predicate(probe)
             except CelEvalError as e:
-                text = str(e)
-                if "Key not found" in text:
-                    missing = text.split(":", 1)[1].strip()
+                match = _MISSING_KEY.search(str(e))
+                key = match.group(1) if match else None
+                # The probe has no labels, so labels['x'] fails here and is not a signal problem.
+                if key is not None and not re.search(rf"labels\s*\[\s*['\"]{re.escape(key)}['\"]", source):
                     raise ConfigError(
-                        f"{rule.predicate.where}: reads a signal no monitor produces ({missing}); "
-                        f"available signals: {known}"
+                        f"{where}: reads a signal no monitor produces ({key}); available signals: {known}"
                     ) from None
                 # Other runtime errors (e.g. obs[3] on the empty probe) depend on the input: fine.
 
