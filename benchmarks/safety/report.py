@@ -106,6 +106,8 @@ def scenario_notes(result: dict[str, Any]) -> str:
         )
     for name, why in result.get("skipped", {}).items():
         lines.append(f"* **{name}**: skipped ({why})")
+    for name, why in result.get("failed", {}).items():
+        lines.append(f"* **{name}**: FAILED ({why})")
     return "\n".join(lines)
 
 
@@ -221,4 +223,6 @@ def summary_text(result: dict[str, Any]) -> str:
         )
     for name, why in result.get("skipped", {}).items():
         lines.append(f"{name}: skipped ({why})")
+    for name, why in result.get("failed", {}).items():
+        lines.append(f"{name}: FAILED ({why})")
     return "\n".join(lines)

@@ -67,6 +67,7 @@ def run_all(
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "scenarios": {},
         "skipped": {},
+        "failed": {},
     }
     for name in only or SCENARIOS:
         try:
@@ -83,6 +84,9 @@ def run_all(
             res = mod.run(quick=quick, seeds=n, progress=progress)
         except ModuleNotFoundError as e:
             out["skipped"][name] = f"needs the '{e.name}' package (pip install {e.name})"
+            continue
+        except Exception as e:  # the other scenarios still run; the command exits non-zero
+            out["failed"][name] = f"{type(e).__name__}: {e}"
             continue
         res["seeds"] = n
         res["seconds"] = time.perf_counter() - start

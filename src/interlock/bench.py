@@ -96,8 +96,8 @@ def _cmd_safety(args: argparse.Namespace) -> int:
         report.write(result, Path(docs or root / "docs"))
         print(report.summary_text(result))
         return 0
-    main(args.json, args.quick, docs, seeds=args.seeds, only=only)
-    return 0
+    result = main(args.json, args.quick, docs, seeds=args.seeds, only=only)
+    return 1 if result.get("failed") else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
