@@ -88,7 +88,8 @@ def test_backup_beats_random() -> None:
     baseline = _random_returns(range(7_000, 7_020))
     assert baseline.mean() < 100, f"random baseline unexpectedly high: {baseline.mean():.1f}"
     assert backup.mean() > 2 * baseline.mean(), (
-        f"backup mean {backup.mean():.1f} vs random {baseline.mean():.1f} ({backup.tolist()})")
+        f"backup mean {backup.mean():.1f} vs random {baseline.mean():.1f} ({backup.tolist()})"
+    )
     # It is meant to balance: most episodes should reach well past what random play does.
     assert np.mean(backup > baseline.max()) >= 0.8
 
@@ -102,7 +103,8 @@ def test_backup_follows_the_linear_rule() -> None:
     rebuilt = module.build_model()
     committed = onnx.load(str(BACKUP))
     assert rebuilt.graph.SerializeToString() == committed.graph.SerializeToString(), (
-        "backup_policy.onnx is stale: rerun examples/cartpole/make_backup_policy.py")
+        "backup_policy.onnx is stale: rerun examples/cartpole/make_backup_policy.py"
+    )
 
     obs = np.random.default_rng(1).normal(size=(2048, 4)).astype(np.float32)
     x, x_dot, theta, theta_dot = obs.T.astype(np.float64)

@@ -22,9 +22,21 @@ agents:
     action: {type: discrete, n: 2}
 """)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "interlock.cli", "serve", "--config", str(cfg), "--port", "0",
-         "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "interlock.cli",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()
@@ -48,8 +60,12 @@ def test_serve_bad_config_exits_with_message(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("agents:\n  - id: a\n    observation: {shape: [2]}\n    action: {type: box, shape: [1]}\n")
     start = time.time()
-    out = subprocess.run([sys.executable, "-m", "interlock.cli", "serve", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "interlock.cli", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and time.time() - start < 60
     assert "agents[0].action.box.low: Field required" in out.stderr
 

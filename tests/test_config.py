@@ -125,3 +125,14 @@ def test_example_config_is_valid():
     loaded_cfg = load_config("examples/cartpole/interlock.yaml")
     assert [a.id for a in loaded_cfg.config.agents] == ["cartpole"]
     Guard(loaded_cfg)  # compiles every rule
+
+
+def test_rules_may_read_labels_and_signal_typos_behind_short_circuits_are_caught():
+    agent = discrete_agent()
+    agent["policy"]["rules"][1]["when"] = "'zone' in labels && labels['zone'] == 'red'"
+    Guard(loaded([agent]))  # labels are free-form: not a signal error
+    agent["policy"]["rules"][1]["when"] = "false && tripped.limits.pole_uprigt"
+    with pytest.raises(ConfigError, match=r"reads a signal no monitor produces \(limits.pole_uprigt\)"):
+        Guard(loaded([agent]))
+    agent["policy"]["rules"][1]["when"] = "labels['zone'] == 'red'"
+    Guard(loaded([agent]))

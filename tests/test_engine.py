@@ -173,8 +173,9 @@ def test_fallback_raising_at_run_time_halts_and_is_recorded(tmp_path):
     from tests.fixtures import linear_model
 
     linear_model(tmp_path / "wrong_dims.onnx", np.ones((3, 2), np.float32))  # expects obs of size 3, gets 4
-    agent = discrete_agent(fallbacks={"noop": {"kind": "onnx_policy", "model": "wrong_dims.onnx",
-                                               "output": "logits"}})
+    agent = discrete_agent(
+        fallbacks={"noop": {"kind": "onnx_policy", "model": "wrong_dims.onnx", "output": "logits"}}
+    )
     [d] = guard_for(agent, tmp_path=tmp_path).check([CheckInput("cartpole", TILTED, np.int64(1))])
     assert d.verdict is Verdict.HALT and d.action is None
     assert d.errors == ["fallback:noop"]
@@ -183,17 +184,25 @@ def test_fallback_raising_at_run_time_halts_and_is_recorded(tmp_path):
 
 def test_one_session_per_model_file_and_cpu_fallback_provider(tmp_path):
     cartpole_balancer(tmp_path / "backup.onnx")
-    agent = discrete_agent(fallbacks={
-        "a": {"kind": "onnx_policy", "model": "backup.onnx", "output": "logits"},
-        "b": {"kind": "onnx_policy", "model": str(tmp_path / "backup.onnx"), "output": "logits"},
-    })
+    agent = discrete_agent(
+        fallbacks={
+            "a": {"kind": "onnx_policy", "model": "backup.onnx", "output": "logits"},
+            "b": {"kind": "onnx_policy", "model": str(tmp_path / "backup.onnx"), "output": "logits"},
+        }
+    )
     agent["policy"]["rules"] = [{"name": "r", "when": "true", "verdict": "substitute", "fallback": "a"}]
-    g = Guard(loaded([agent], base_dir=tmp_path, onnx={"providers": ["CUDAExecutionProvider",
-                                                                     "CPUExecutionProvider"]})).load()
+    g = Guard(
+        loaded(
+            [agent], base_dir=tmp_path, onnx={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        )
+    ).load()
     fa, fb = g.agents[0].fallbacks["a"], g.agents[0].fallbacks["b"]
     assert fa._session is fb._session
     import onnxruntime as ort
 
-    expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else (
-        "CPUExecutionProvider")
+    expected = (
+        "CUDAExecutionProvider"
+        if "CUDAExecutionProvider" in ort.get_available_providers()
+        else ("CPUExecutionProvider")
+    )
     assert fa._session.get_providers()[0] == expected

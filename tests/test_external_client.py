@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CLIENT = textwrap.dedent('''
+CLIENT = textwrap.dedent("""
     import struct, sys
     import grpc
     import interlock
@@ -31,7 +31,7 @@ CLIENT = textwrap.dedent('''
     print("batch", [pb.Verdict.Name(x.verdict) for x in out.decisions])
     out = list(stub.CheckStream(iter([req(0.0, 1), req(0.15, 1), req(0.0, 0)])))
     print("stream", [pb.Verdict.Name(x.verdict) for x in out])
-''')
+""")
 
 
 def test_stock_generated_client(server, tmp_path):
@@ -40,17 +40,31 @@ def test_stock_generated_client(server, tmp_path):
     gen = tmp_path / "gen"
     gen.mkdir()
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_root}", f"--python_out={gen}",
-         f"--grpc_python_out={gen}", "interlock/v1/interlock.proto"],
-        check=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{proto_root}",
+            f"--python_out={gen}",
+            f"--grpc_python_out={gen}",
+            "interlock/v1/interlock.proto",
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     # Regular packages in gen/ shadow the installed interlock package for the script's sys.path[0].
     (gen / "interlock" / "__init__.py").write_text("")
     (gen / "interlock" / "v1" / "__init__.py").write_text("")
     (gen / "client.py").write_text(CLIENT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, str(gen / "client.py"), f"127.0.0.1:{server.port}"],
-                         capture_output=True, text=True, timeout=60, env=env, cwd=gen)
+    out = subprocess.run(
+        [sys.executable, str(gen / "client.py"), f"127.0.0.1:{server.port}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=gen,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "check VERDICT_ALLOW 1",

@@ -26,10 +26,24 @@ def test_wire_contract_names_and_numbers():
 
     req = pb.CheckRequest.DESCRIPTOR.fields_by_name
     assert {n: f.number for n, f in req.items()} == {
-        "agent_id": 1, "episode_id": 2, "step": 3, "observation": 4, "action": 5, "labels": 6}
+        "agent_id": 1,
+        "episode_id": 2,
+        "step": 3,
+        "observation": 4,
+        "action": 5,
+        "labels": 6,
+    }
     dec = pb.Decision.DESCRIPTOR.fields_by_name
-    for name, number in {"decision_id": 1, "verdict": 2, "action": 3, "signals": 4, "reasons": 5,
-                         "fallback": 6, "escalation_id": 7, "config_version": 8}.items():
+    for name, number in {
+        "decision_id": 1,
+        "verdict": 2,
+        "action": 3,
+        "signals": 4,
+        "reasons": 5,
+        "fallback": 6,
+        "escalation_id": 7,
+        "config_version": 8,
+    }.items():
         assert dec[name].number == number
     assert pb.DataType.Value("DATA_TYPE_UINT8") == 6 and pb.Verdict.Value("VERDICT_HALT") == 4
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["Guard"].methods}

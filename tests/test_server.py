@@ -170,8 +170,9 @@ def test_internal_errors_fail_closed_and_are_counted(tmp_path):
     from tests.fixtures import discrete_agent, linear_model, loaded
 
     linear_model(tmp_path / "broken.onnx", np.ones((3, 2), np.float32))  # wrong input size: raises per call
-    agent = discrete_agent(fallbacks={"noop": {"kind": "onnx_policy", "model": "broken.onnx",
-                                               "output": "logits"}})
+    agent = discrete_agent(
+        fallbacks={"noop": {"kind": "onnx_policy", "model": "broken.onnx", "output": "logits"}}
+    )
     with background_server(loaded([agent], base_dir=tmp_path), metrics_port=0) as srv:
         stub = pb_grpc.GuardStub(grpc.insecure_channel(f"127.0.0.1:{srv.port}"))
         d = stub.Check(req(TILTED))

@@ -20,6 +20,7 @@ from interlock.errors import ConfigError
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: list[str] = [
     "interlock.demo",
+    "interlock.bench",
     "interlock.cli_ops",
     "interlock.cli_escalations",
     "interlock.reachability.cli",
@@ -30,6 +31,12 @@ COMMAND_MODULES: list[str] = [
 def _cmd_serve(args: argparse.Namespace) -> int:
     from interlock.server.app import serve
 
+    if args.workers > 1:
+        from interlock.server.workers import serve_workers
+
+        mport = -1 if args.metrics_port is None else args.metrics_port
+        cport = -1 if args.console_port is None else args.console_port
+        return serve_workers(args.config, args.workers, args.host, args.port, mport, args.verbose, cport)
     asyncio.run(
         serve(
             args.config,
@@ -89,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Prometheus /metrics port (default: server.metrics_port)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port via SO_REUSEPORT (one per core; Python serves about one "
+        "core per process); metrics of all workers are summed on the metrics port",
     )
     serve.add_argument(
         "--console-port",

@@ -124,6 +124,31 @@ def make_request(
     )
 
 
+def make_batch_request(
+    agent_id: str,
+    observations: Any,
+    actions: Any,
+    episode_ids: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    labels: Sequence[Mapping[str, str]] | None = None,
+) -> pb.CheckBatchRequest:
+    """One CheckBatchRequest for row ``i`` of ``observations`` / ``actions`` (``[batch, ...]`` each)."""
+    obs, acts = np.asarray(observations), np.asarray(actions)
+    return pb.CheckBatchRequest(
+        requests=[
+            make_request(
+                agent_id,
+                obs[i],
+                acts[i],
+                episode_ids[i] if episode_ids else "",
+                steps[i] if steps is not None else 0,
+                labels[i] if labels else None,
+            )
+            for i in range(len(obs))
+        ]
+    )
+
+
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -194,23 +219,8 @@ class GuardClient:
         labels: Sequence[Mapping[str, str]] | None = None,
     ) -> list[CheckResult]:
         """Check ``observations[i]`` / ``actions[i]`` for every row in one call (``[batch, ...]`` each)."""
-        obs, acts = np.asarray(observations), np.asarray(actions)
-        n = len(obs)
-        aid = agent_id or self.agent_id
-        reqs = [
-            make_request(
-                aid,
-                obs[i],
-                acts[i],
-                episode_ids[i] if episode_ids else "",
-                steps[i] if steps is not None else 0,
-                labels[i] if labels else None,
-            )
-            for i in range(n)
-        ]
-        resp = self.stub.CheckBatch(
-            pb.CheckBatchRequest(requests=reqs), timeout=self.timeout, metadata=self.metadata
-        )
+        req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
+        resp = self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
@@ -265,14 +275,18 @@ class AsyncGuardClient:
         return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
 
     async def check_batch(
-        self, observations: Any, actions: Any, *, agent_id: str | None = None
+        self,
+        observations: Any,
+        actions: Any,
+        *,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | None = None,
+        labels: Sequence[Mapping[str, str]] | None = None,
     ) -> list[CheckResult]:
-        obs, acts = np.asarray(observations), np.asarray(actions)
-        aid = agent_id or self.agent_id
-        reqs = [make_request(aid, obs[i], acts[i]) for i in range(len(obs))]
-        resp = await self.stub.CheckBatch(
-            pb.CheckBatchRequest(requests=reqs), timeout=self.timeout, metadata=self.metadata
-        )
+        """Check every row of ``[batch, ...]`` observations and actions in one call."""
+        req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
+        resp = await self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     async def check_stream(

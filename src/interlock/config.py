@@ -101,7 +101,9 @@ class TabularModelConfig(_Strict):
     kind: Literal["tabular"] = "tabular"
     transitions: str = Field(description="Path of the .npz model, relative to the config file.")
     state_field: int | None = Field(
-        None, ge=0, description="Flat index of the observation element that holds the state index; "
+        None,
+        ge=0,
+        description="Flat index of the observation element that holds the state index; "
         "null when the observation is the state index itself (shape [] or [1]).",
     )
     cache: str | None = Field(
@@ -138,7 +140,8 @@ class RiskConfig(_Strict):
     delta: float = Field(gt=0, lt=1, description="Allowed when P(stay safe for horizon steps) >= 1 - delta.")
     horizon: int = Field(100, gt=0, description="Steps over which the safety probability is computed.")
     relative: bool = Field(
-        False, description="Compare with (1 - delta) x the safest action's probability instead of 1 - delta.",
+        False,
+        description="Compare with (1 - delta) x the safest action's probability instead of 1 - delta.",
     )
 
 
@@ -173,7 +176,10 @@ class ReachabilityMonitorConfig(_Strict):
     risk: RiskConfig | None = Field(None, description="Tabular: a probabilistic instead of an exact shield.")
     relative_reachability: bool = Field(True, description="Tabular: compute the irreversibility signal.")
     irreversibility_threshold: float | None = Field(
-        None, ge=0, le=1, description="Tripping threshold of 'irreversibility'; default 0.5 (tabular), 0.0 "
+        None,
+        ge=0,
+        le=1,
+        description="Tripping threshold of 'irreversibility'; default 0.5 (tabular), 0.0 "
         "(dynamics: any failing member trips it and makes the action unsafe).",
     )
     backup_policy: BackupPolicyConfig | None = Field(None, description="Dynamics: the policy rolled out.")
@@ -182,7 +188,8 @@ class ReachabilityMonitorConfig(_Strict):
         description="Dynamics: name -> CEL over obs that must hold at every rollout step.",
     )
     safe_set: str | None = Field(
-        None, description="Dynamics: CEL over obs; the rollout must re-enter it within the horizon.",
+        None,
+        description="Dynamics: CEL over obs; the rollout must re-enter it within the horizon.",
     )
     horizon: int = Field(20, gt=0, le=10_000, description="Dynamics: rollout steps.")
     min_margin: int = Field(1, ge=0, description="Dynamics: 'margin' trips below this many steps.")
@@ -193,17 +200,21 @@ class ReachabilityMonitorConfig(_Strict):
             extra = [k for k in ("backup_policy", "safe_set") if getattr(self, k) is not None]
             extra += ["constraints"] if self.constraints else []
             if extra:
-                raise ValueError(f"{', '.join(extra)} only apply to model kind dynamics_ensemble; the "
-                                 "tabular model's unsafe states come from its transitions file")
+                raise ValueError(
+                    f"{', '.join(extra)} only apply to model kind dynamics_ensemble; the "
+                    "tabular model's unsafe states come from its transitions file"
+                )
         else:
             if self.backup_policy is None:
                 raise ValueError("model kind dynamics_ensemble needs backup_policy: {model: FILE.onnx}")
             if not self.constraints and self.safe_set is None:
-                raise ValueError("model kind dynamics_ensemble needs constraints and/or safe_set "
-                                 "(CEL over obs)")
+                raise ValueError(
+                    "model kind dynamics_ensemble needs constraints and/or safe_set (CEL over obs)"
+                )
             if self.risk is not None:
-                raise ValueError("risk applies to tabular models only; use horizon and "
-                                 "irreversibility_threshold")
+                raise ValueError(
+                    "risk applies to tabular models only; use horizon and irreversibility_threshold"
+                )
         return self
 
 
@@ -283,7 +294,8 @@ class ShieldFallbackConfig(_Strict):
     kind: Literal["shield"] = "shield"
     monitor: str = Field("reachability", description="Name of the tabular reachability monitor.")
     scores: str | None = Field(
-        None, description="The agent's preferences: a .npy table [n_states, n_actions], or an .onnx model "
+        None,
+        description="The agent's preferences: a .npy table [n_states, n_actions], or an .onnx model "
         "from observation batch to [batch, n_actions] Q-values or logits.",
     )
     order: list[int] | None = Field(
@@ -476,6 +488,15 @@ class OnnxConfig(_Strict):
     allow_spinning: bool = Field(False, description="Busy-wait between runs (costs CPU, saves latency).")
 
 
+class BatchingConfig(_Strict):
+    """Dynamic micro-batching of concurrent Check/CheckStream requests (one engine run for many agents)."""
+
+    max_batch: int = Field(64, gt=0, description="Most requests decided together.")
+    max_delay_ms: float = Field(
+        0.0, ge=0, description="Longest wait of a request for others to batch with; 0 turns batching off."
+    )
+
+
 class AuditRetention(_Strict):
     """How long audit records are kept; pruned in the background by the writer."""
 
@@ -492,9 +513,7 @@ class AuditConfig(_Strict):
     """
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
-    path: str = Field(
-        "interlock-audit.db", description="SQLite file, relative to the config file's folder."
-    )
+    path: str = Field("interlock-audit.db", description="SQLite file, relative to the config file's folder.")
     dsn: str | None = Field(
         None,
         description="PostgreSQL connection string (backend postgres); '${ENV}' reads an environment "
@@ -543,6 +562,7 @@ class ServerConfig(_Strict):
     metrics_port: int | None = Field(9464, ge=0, le=65535, description="Prometheus port; null disables.")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request accepted.")
     max_batch: int = Field(4096, gt=0, description="Most requests in one CheckBatch.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     max_concurrent_rpcs: int | None = Field(
         None, gt=0, description="Calls in flight beyond this get RESOURCE_EXHAUSTED (health is exempt)."
     )

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interlock.config import AgentConfig, LoadedConfig
-from interlock.errors import ConfigError, InvalidRequest, UnknownAgent
+from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent
 from interlock.fallbacks import Fallback, build_fallback
 from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
 from interlock.policies import DecisionPolicy
+from interlock.policies.vectorized import batch_columns
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
 
@@ -122,7 +123,11 @@ class AgentRuntime:
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
         self.policy = DecisionPolicy(
-            cfg.policy, self.spaces.action.discrete, self.signal_names, f"{where}.policy"
+            cfg.policy,
+            self.spaces.action.discrete,
+            self.signal_names,
+            f"{where}.policy",
+            obs_size=int(np.prod(self.spaces.observation.shape)),
         )
         for i, rule in enumerate(cfg.policy.rules):
             if rule.verdict == "escalate" and not (rule.fallback or cfg.escalation.fallback or cfg.fail_safe):
@@ -210,23 +215,37 @@ class AgentRuntime:
                 self._fail(d, failed_monitors)
             return decisions
 
-        # 2. Signals per row, then the policy.
+        # 2. Signals per row, then the policy (simple rules vectorized over the batch, the rest per row).
         names = list(signals)
-        values = np.stack([signals[k].values for k in names], axis=1) if names else np.zeros((n, 0))
+        values = (
+            np.stack([signals[k].values for k in names], axis=1).astype(np.float64)
+            if names
+            else np.zeros((n, 0))
+        )
         trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
         thresholds = [signals[k].threshold for k in names]
         split = [k.partition(".") for k in names]
-        rows = batch.rows()
-        wanted: dict[str, list[int]] = defaultdict(list)
-        for i, d in enumerate(decisions):
-            vals, tr = values[i].tolist(), trips[i].tolist()
+        all_vals, all_trips = values.tolist(), trips.tolist()
+
+        def activation(i: int) -> dict:
             sig_map: dict[str, dict[str, float]] = {}
             trip_map: dict[str, dict[str, bool]] = {}
             for j, (mon, _, sig) in enumerate(split):
-                sig_map.setdefault(mon, {})[sig] = vals[j]
-                trip_map.setdefault(mon, {})[sig] = tr[j]
+                sig_map.setdefault(mon, {})[sig] = all_vals[i][j]
+                trip_map.setdefault(mon, {})[sig] = all_trips[i][j]
+            return {**batch.rows()[i], "signals": sig_map, "tripped": trip_map}
+
+        cols = batch_columns(
+            batch,
+            {k: values[:, j] for j, k in enumerate(names)},
+            {k: trips[:, j] for j, k in enumerate(names)},
+        )
+        outcomes = self.policy.decide_batch(cols, activation)
+        wanted: dict[str, list[int]] = defaultdict(list)
+        for i, d in enumerate(decisions):
+            vals, tr = all_vals[i], all_trips[i]
             d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
-            outcome = self.policy.decide({**rows[i], "signals": sig_map, "tripped": trip_map})
+            outcome = outcomes[i]
             if outcome.error is not None:
                 d.errors.append("policy")
                 self._fail(d, [f"rule '{outcome.rule.name}' could not be evaluated: {outcome.error}"])
@@ -304,6 +323,21 @@ class AgentRuntime:
             return
         d.verdict = Verdict.SUBSTITUTE
         d.rule = ""
+        try:
+            action = self.fallback_action(fs, d)
+        except Exception as e:
+            d.errors.append(f"fallback:{fs}")
+            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
+            return
+        d.action = action
+        d.fallback = fs
+        d.reasons.append(f"fail-safe fallback '{fs}' applied")
+
+    def fallback_action(self, name: str, d: Decision) -> np.ndarray:
+        """Fallback ``name``'s action for the single row of decision ``d``, checked against the space.
+
+        Raises whatever the fallback raises, or ValueError when its action is outside the space.
+        """
         single = Batch(
             d.agent_id,
             d.observation[None],
@@ -312,17 +346,10 @@ class AgentRuntime:
             [d.episode_id],
             [d.labels],
         )
-        try:
-            action = np.asarray(self.fallbacks[fs].propose(single, {}))[0]
-            if self.spaces.action.invalid(action[None])[0]:
-                raise ValueError(f"fail-safe action {action.tolist()} is outside the action space")
-        except Exception as e:
-            d.errors.append(f"fallback:{fs}")
-            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
-            return
-        d.action = action
-        d.fallback = fs
-        d.reasons.append(f"fail-safe fallback '{fs}' applied")
+        action = np.asarray(self.fallbacks[name].propose(single, {}))[0]
+        if self.spaces.action.invalid(action[None])[0]:
+            raise ValueError(f"fallback '{name}' action {action.tolist()} is outside the action space")
+        return action
 
     @staticmethod
     def _halt(d: Decision, why: str) -> None:
@@ -432,7 +459,31 @@ class Guard:
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
         the first malformed request (nothing is decided then).
         """
-        validated = self.validate(items, indexed)
+        return self._decide(items, self.validate(items, indexed))
+
+    def check_each(self, items: Sequence[CheckInput]) -> list[Decision | InterlockError]:
+        """Decide independent requests together; a malformed one gets its error, the others decide.
+
+        This is the micro-batcher's entry point: requests from different calls
+        share one run of every monitor, and one bad request fails only itself.
+        """
+        out: list[Decision | InterlockError] = list(items)  # type: ignore[arg-type]
+        good: list[int] = []
+        validated = []
+        for i, item in enumerate(items):
+            try:
+                validated.append(self.validate([item])[0])
+                good.append(i)
+            except InterlockError as e:
+                out[i] = e
+        if good:
+            for i, d in zip(good, self._decide([items[i] for i in good], validated), strict=True):
+                out[i] = d
+        return out
+
+    def _decide(
+        self, items: Sequence[CheckInput], validated: list[tuple[AgentRuntime, np.ndarray, np.ndarray]]
+    ) -> list[Decision]:
         if len(items) == 1:
             rt, obs, act = validated[0]
             return rt.decide(items, obs[None], act[None])

@@ -6,6 +6,7 @@ import numpy as np
 
 from interlock.monitors.base import Batch, Monitor, SignalBatch
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
+from interlock.policies.vectorized import batch_columns, compile_vectorized
 
 
 class RulesMonitor(Monitor):
@@ -29,15 +30,24 @@ class RulesMonitor(Monitor):
         self._constraints = {
             key: CelPredicate(env, expr, f"{where}.constraints.{key}") for key, expr in constraints.items()
         }
+        obs_size = int(np.prod(spaces.observation.shape))
+        self._vectorized = {
+            key: compile_vectorized(p.source, p, obs_size, spaces.action.discrete, None)
+            for key, p in self._constraints.items()
+        }
 
     @property
     def signal_names(self) -> list[str]:
         return list(self._constraints)
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
-        rows = batch.rows()
         out: dict[str, SignalBatch] = {}
         for key, predicate in self._constraints.items():
+            fast = self._vectorized[key]
+            if fast is not None:  # the whole batch at once (same results as CEL row by row)
+                out[key] = SignalBatch.above(np.where(fast(batch_columns(batch)), 0.0, 1.0), 0.5)
+                continue
+            rows = batch.rows()
             violated = np.empty(len(rows), dtype=np.float64)
             for i, row in enumerate(rows):
                 try:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from interlock.config import DecisionRule, PolicyConfig
 from interlock.errors import ConfigError
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
+from interlock.policies.vectorized import Columns, VectorizedCondition, compile_vectorized
+
+_SIGNAL_REF = re.compile(r"\b(?:signals|tripped)\s*\.\s*(\w+)\s*\.\s*(\w+)")
+_MISSING_KEY = re.compile(r'Key not found in map : "([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -17,6 +24,8 @@ class CompiledRule:
     fallback: str | None
     reason: str
     predicate: CelPredicate
+    #: The same condition over a whole batch (None: row by row through CEL).
+    vectorized: VectorizedCondition | None = None
 
 
 @dataclass(frozen=True)
@@ -37,15 +46,38 @@ class DecisionPolicy:
         signal_names: Every "<monitor>.<signal>" the agent's monitors produce; rules
             that read any other signal are rejected at load.
         where: Config location for messages.
+        obs_size: Elements of one flattened observation; given, simple rules are also compiled
+            to a vectorized form (:mod:`interlock.policies.vectorized`) for :meth:`decide_batch`.
     """
 
     def __init__(
-        self, config: PolicyConfig, discrete_action: bool, signal_names: Sequence[str], where: str
+        self,
+        config: PolicyConfig,
+        discrete_action: bool,
+        signal_names: Sequence[str],
+        where: str,
+        obs_size: int | None = None,
     ) -> None:
         env = make_env(discrete_action, with_signals=True)
         self.default = config.default
         self.rules = [self._compile(env, r, f"{where}.rules[{i}]") for i, r in enumerate(config.rules)]
         self._check_signal_references(signal_names)
+        if obs_size is not None:
+            self.rules = [
+                CompiledRule(
+                    r.name,
+                    r.verdict,
+                    r.fallback,
+                    r.reason,
+                    r.predicate,
+                    compile_vectorized(
+                        r.predicate.source, r.predicate, obs_size, discrete_action, signal_names
+                    ),
+                )
+                for r in self.rules
+            ]
+        self._fired = [RuleOutcome(r, r.verdict) for r in self.rules]
+        self._default = RuleOutcome(None, self.default)
 
     @staticmethod
     def _compile(env, rule: DecisionRule, where: str) -> CompiledRule:
@@ -71,16 +103,24 @@ class DecisionPolicy:
             "tripped": tripped,
         }
         known = ", ".join(signal_names) or "none"
+        produced = set(signal_names)
         for rule in self.rules:
+            where, source = rule.predicate.where, rule.predicate.source
+            # Static pass: every `signals.m.s` / `tripped.m.s` must exist, even behind a short circuit.
+            for m, s in _SIGNAL_REF.findall(source):
+                if f"{m}.{s}" not in produced:
+                    raise ConfigError(
+                        f"{where}: reads a signal no monitor produces ({m}.{s}); available signals: {known}"
+                    )
             try:
                 rule.predicate(probe)
             except CelEvalError as e:
-                text = str(e)
-                if "Key not found" in text:
-                    missing = text.split(":", 1)[1].strip()
+                match = _MISSING_KEY.search(str(e))
+                key = match.group(1) if match else None
+                # The probe has no labels, so labels['x'] fails here and is not a signal problem.
+                if key is not None and not re.search(rf"labels\s*\[\s*['\"]{re.escape(key)}['\"]", source):
                     raise ConfigError(
-                        f"{rule.predicate.where}: reads a signal no monitor produces ({missing}); "
-                        f"available signals: {known}"
+                        f"{where}: reads a signal no monitor produces ({key}); available signals: {known}"
                     ) from None
                 # Other runtime errors (e.g. obs[3] on the empty probe) depend on the input: fine.
 
@@ -94,3 +134,42 @@ class DecisionPolicy:
             if fired:
                 return RuleOutcome(rule, rule.verdict)
         return RuleOutcome(None, self.default)
+
+    def decide_batch(
+        self, cols: Columns, activation: Callable[[int], Mapping[str, object]]
+    ) -> list[RuleOutcome]:
+        """:meth:`decide` for every row of a batch, with the same results.
+
+        Vectorized rules are evaluated once over ``cols``; the others row by row
+        through CEL on ``activation(i)``, only for rows no earlier rule decided.
+        """
+        n = cols.n
+        masks = [r.vectorized(cols) if r.vectorized is not None else None for r in self.rules]
+        if all(m is not None for m in masks):
+            if not masks:
+                return [self._default] * n
+            stacked = np.stack(masks)  # [rules, n]
+            first = stacked.argmax(axis=0).tolist()
+            fired = stacked.any(axis=0).tolist()
+            return [self._fired[first[i]] if fired[i] else self._default for i in range(n)]
+        out: list[RuleOutcome] = []
+        for i in range(n):
+            act = None
+            outcome = self._default
+            for k, rule in enumerate(self.rules):
+                m = masks[k]
+                if m is not None:
+                    hit = bool(m[i])
+                else:
+                    if act is None:
+                        act = activation(i)
+                    try:
+                        hit = rule.predicate(act)
+                    except CelEvalError as e:
+                        outcome = RuleOutcome(rule, "error", error=str(e))
+                        break
+                if hit:
+                    outcome = self._fired[k]
+                    break
+            out.append(outcome)
+        return out

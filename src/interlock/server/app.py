@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -53,6 +54,8 @@ class InterlockServer:
         metrics_port: int | None = -1,
         grace_seconds: float | None = None,
         console_port: int | None = -1,
+        reuse_port: bool = False,
+        hooks: Sequence[Callable[[InterlockServer], None]] = (),
     ) -> None:
         cfg = loaded.config.server
         self.loaded = loaded
@@ -60,6 +63,10 @@ class InterlockServer:
         self.requested_port = port if port is not None else cfg.port
         self.metrics_port = cfg.metrics_port if metrics_port == -1 else metrics_port
         self.grace_seconds = cfg.grace_seconds if grace_seconds is None else grace_seconds
+        #: SO_REUSEPORT, so several worker processes share the port (``interlock serve --workers``).
+        self.reuse_port = reuse_port
+        #: Called with this server after the services are added and before binding (extra services...).
+        self.hooks = tuple(hooks)
         self.metrics = Metrics()
         self.audit: AuditLog | None = None
         self.tls: ReloadableTls | None = None
@@ -87,13 +94,13 @@ class InterlockServer:
         if cfg.audit is not None:
             self.audit = AuditLog.from_config(cfg.audit, self.loaded.base_dir, self.metrics)
             await asyncio.to_thread(self.audit.start)
-        self.service = GuardService(guard, self.metrics, audit=self.audit)
+        self.service = GuardService(guard, self.metrics, audit=self.audit, batching=cfg.batching)
         limit = cfg.max_message_bytes * _TRANSPORT_SLACK
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self.reuse_port)),
             ],
             interceptors=[
                 ServerLimits(cfg.max_concurrent_rpcs, self.metrics),  # limits, deadlines, in-flight gauge
@@ -112,6 +119,8 @@ class InterlockServer:
             ),
             self.server,
         )
+        for hook in self.hooks:
+            hook(self)
         address = f"{self.host}:{self.requested_port}"
         if cfg.tls is not None:
             self.tls = ReloadableTls(cfg.tls, self.loaded.base_dir)

@@ -28,6 +28,7 @@ import random
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,7 @@ class AuditQuery:
 # --------------------------------------------------------------------------- backends
 
 
-class SqlAuditBackend:
+class SqlAuditBackend(ABC):
     """SQL shared by SQLite and PostgreSQL; subclasses connect and name their placeholder.
 
     Methods are called from one thread at a time (the writer thread, or the CLI).
@@ -257,8 +258,9 @@ class SqlAuditBackend:
         self.conn: Any = None
 
     # -- subclass hooks
-    def connect(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def connect(self) -> Any:
+        """Open the database connection."""
 
     def where(self) -> str:
         """Where the log lives, for messages."""
@@ -288,9 +290,9 @@ class SqlAuditBackend:
         marks = ", ".join([self.placeholder] * len(COLUMNS))
         return f"{self.insert_verb} {TABLE} ({', '.join(COLUMNS)}) VALUES ({marks}){self.insert_suffix}"
 
+    @abstractmethod
     def write(self, records: Sequence[AuditRecord]) -> None:
         """Insert ``records`` in one transaction (already-present ids are skipped)."""
-        raise NotImplementedError
 
     def _filters(self, q: AuditQuery) -> tuple[str, list[Any]]:
         p = self.placeholder
@@ -336,7 +338,7 @@ class SqlAuditBackend:
         self._end_read()
         return int(n)
 
-    def _end_read(self) -> None:
+    def _end_read(self) -> None:  # noqa: B027 - an optional hook, a no-op for drivers without one
         """Hook: end the read transaction if the driver opened one."""
 
     def prune(self, max_age_seconds: float | None, max_rows: int | None, now: float | None = None) -> int:
@@ -358,8 +360,9 @@ class SqlAuditBackend:
             )
         return self._execute_deletes(stmts)
 
+    @abstractmethod
     def _execute_deletes(self, stmts: list[tuple[str, list[Any]]]) -> int:
-        raise NotImplementedError
+        """Run the retention DELETEs in one transaction; returns the rows removed."""
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

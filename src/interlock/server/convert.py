@@ -29,21 +29,52 @@ def request_to_input(req: pb.CheckRequest, field: str = "") -> CheckInput:
     )
 
 
-def decision_to_pb(d: Decision) -> pb.Decision:
-    """Encode a Decision. On HALT without a fail-safe action, ``action`` is an empty tensor (shape [0])."""
+#: Encoded scalar actions (discrete agents send a handful of distinct values): (dtype, value) -> Tensor.
+_SCALAR_TENSORS: dict[tuple[str, object], pb.Tensor] = {}
+
+
+def _action_tensor(action: np.ndarray) -> pb.Tensor:
+    if action.ndim == 0 and action.dtype.kind in "iub":
+        key = (action.dtype.str, action.item())
+        t = _SCALAR_TENSORS.get(key)
+        if t is None:
+            t = from_numpy(action)
+            if len(_SCALAR_TENSORS) < 4096:
+                _SCALAR_TENSORS[key] = t
+        return t
+    return from_numpy(action)
+
+
+def fill_decision(msg: pb.Decision, d: Decision) -> pb.Decision:
+    """Write ``d`` into an empty Decision message (e.g. one from ``response.decisions.add()``)."""
     if d.action is not None:
-        action = from_numpy(d.action)
+        action = _action_tensor(d.action)
     else:
         dt = d.proposed_action.dtype.name
         action = from_numpy(np.zeros((0,), dtype=dt)) if dt else _EMPTY_INT64
-    return pb.Decision(
-        decision_id=d.decision_id,
-        verdict=int(d.verdict),
-        action=action,
-        signals=[pb.Signal(name=n, value=v, threshold=t, tripped=tr) for n, v, t, tr in d.signals],
-        reasons=d.reasons,
-        fallback=d.fallback,
-        escalation_id=d.escalation_id,
-        config_version=d.config_version,
-        rule=d.rule,
-    )
+    msg.decision_id = d.decision_id
+    msg.verdict = int(d.verdict)
+    msg.action.CopyFrom(action)
+    add = msg.signals.add
+    for n, v, t, tr in d.signals:
+        add(name=n, value=v, threshold=t, tripped=tr)
+    msg.reasons.extend(d.reasons)
+    msg.fallback = d.fallback
+    msg.escalation_id = d.escalation_id
+    msg.config_version = d.config_version
+    msg.rule = d.rule
+    return msg
+
+
+def decision_to_pb(d: Decision) -> pb.Decision:
+    """Encode a Decision. On HALT without a fail-safe action, ``action`` is an empty tensor (shape [0])."""
+    return fill_decision(pb.Decision(), d)
+
+
+def decisions_to_batch_response(decisions: list[Decision]) -> pb.CheckBatchResponse:
+    """Encode decisions in order as a CheckBatchResponse (built in place: no per-decision copy)."""
+    resp = pb.CheckBatchResponse()
+    add = resp.decisions.add
+    for d in decisions:
+        fill_decision(add(), d)
+    return resp

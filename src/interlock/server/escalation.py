@@ -44,7 +44,6 @@ from interlock.errors import (
     ResourceExhausted,
     UnknownAgent,
 )
-from interlock.monitors import Batch
 from interlock.server.escalation_store import EscalationStore
 from interlock.server.metrics import Metrics
 from interlock.tensors import from_numpy, to_numpy
@@ -339,18 +338,8 @@ class EscalationManager:
         d.action, d.fallback = None, ""
         if not name:
             return
-        single = Batch(
-            d.agent_id,
-            d.observation[None],
-            d.proposed_action[None],
-            np.array([d.step], dtype=np.int64),
-            [d.episode_id],
-            [d.labels],
-        )
         try:
-            action = np.asarray(rt.fallbacks[name].propose(single, {}))[0]
-            if rt.spaces.action.invalid(action[None])[0]:
-                raise ValueError(f"action {action.tolist()} is outside the action space")
+            action = rt.fallback_action(name, d)
         except Exception as e:
             log.exception("fail-safe fallback %s failed while halting %s", name, d.agent_id)
             d.errors.append(f"fallback:{name}")

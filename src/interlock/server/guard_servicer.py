@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from interlock.errors import InterlockError, InvalidRequest, ResourceExhausted
-from interlock.server.convert import decision_to_pb, request_to_input
+from interlock.server.convert import decision_to_pb, decisions_to_batch_response, request_to_input
 from interlock.server.errors import handle_errors
 from interlock.server.service import GuardService
 from interlock.v1 import interlock_pb2 as pb
@@ -96,7 +96,7 @@ class GuardServicer(pb_grpc.GuardServicer):
             )
         items = [self._decode(r, f"requests[{i}]") for i, r in enumerate(request.requests)]
         decisions = await self.service.check(items, indexed=True)
-        return pb.CheckBatchResponse(decisions=[decision_to_pb(d) for d in decisions])
+        return decisions_to_batch_response(decisions)
 
     @handle_errors()
     async def CheckStream(

@@ -8,6 +8,7 @@ is the *configured* agent id (a glob stays a glob), which bounds cardinality.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -62,6 +63,7 @@ class Metrics:
             "interlock_escalations_pending",
             "Escalations waiting for an operator.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.escalation_wait = Histogram(
             "interlock_escalation_wait_seconds",
@@ -74,6 +76,7 @@ class Metrics:
             "The config version being served (value 1).",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",  # several workers: see interlock.server.workers
         )
 
         # Operations (interlock.server.audit, reload, limits).
@@ -111,23 +114,39 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "interlock_rpcs_in_flight", "Calls being served now (health excluded).", registry=r
+            "interlock_rpcs_in_flight",
+            "Calls being served now (health excluded).",
+            registry=r,
+            multiprocess_mode="livesum",
         )
 
     def set_config_version(self, version: str) -> None:
-        self.config_info.clear()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers: labels cannot be removed, zero them
+            for old in getattr(self, "_versions", ()):
+                self.config_info.labels(version=old).set(0)
+            self._versions = {version}
+        else:
+            self.config_info.clear()
         self.config_info.labels(version=version).set(1)
 
     def record(self, decisions: Iterable[Decision], agent_labels: Iterable[str], seconds: float) -> None:
         """Count decisions; ``seconds`` is the latency each of them saw."""
+        counts: dict[tuple[str, str, str], int] = {}
+        n = 0
         for d, agent in zip(decisions, agent_labels, strict=True):
-            self.decisions.labels(agent=agent, verdict=d.verdict.label, rule=d.rule).inc()
-            self.decision_duration.observe(seconds)
+            key = (agent, d.verdict.label, d.rule)
+            counts[key] = counts.get(key, 0) + 1
+            n += 1
             for stage in d.errors:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()
             would = d.shadow_verdict
             if would is not None and would.label != "allow":
                 self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
+        for (agent, verdict, rule), k in counts.items():  # one update per label set, not per decision
+            self.decisions.labels(agent=agent, verdict=verdict, rule=rule).inc(k)
+        observe = self.decision_duration.observe
+        for _ in range(n):
+            observe(seconds)
 
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+from interlock.config import BatchingConfig
 from interlock.engine import CheckInput, Decision, Guard, Verdict
 from interlock.errors import InterlockError
+from interlock.server.batcher import MicroBatcher
 from interlock.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class GuardService:
         escalations: Optional handler for ESCALATE verdicts; without one the
             fail-safe action applies at once with a reason saying so.
         audit: Optional durable log, written before answers are returned.
+        batching: Micro-batch concurrent single-request checks (off when max_delay_ms is 0).
     """
 
     def __init__(
@@ -50,12 +53,18 @@ class GuardService:
         metrics: Metrics | None = None,
         escalations: EscalationHandler | None = None,
         audit: AuditSink | None = None,
+        batching: BatchingConfig | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.escalations = escalations
         self.audit = audit
         self.guard = guard
         self.metrics.set_config_version(guard.version)
+        self.batcher = (
+            MicroBatcher(lambda: self.guard, batching.max_batch, batching.max_delay_ms)
+            if batching is not None and batching.max_delay_ms > 0
+            else None
+        )
 
     def swap(self, guard: Guard) -> Guard:
         """Atomically replace the engine (hot reload); returns the old one."""
@@ -68,7 +77,11 @@ class GuardService:
         start = time.perf_counter()
         guard = self.guard  # one config version for the whole call
         try:
-            decisions = guard.check(items, indexed=indexed)
+            if self.batcher is not None and len(items) == 1 and not indexed:
+                decisions = [await self.batcher.submit(items[0])]
+                guard = self.guard
+            else:
+                decisions = guard.check(items, indexed=indexed)
         except InterlockError as e:
             self.metrics.reject(e.reason)
             raise

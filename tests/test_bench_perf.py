@@ -1,0 +1,56 @@
+"""Smoke test of ``interlock bench perf --quick``: the harness runs and its outputs are well formed.
+
+No timing assertions: speed figures live in docs/benchmarks.md, not in tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench_smoke import check_docs, positive, run_quick
+
+HEADLINE = (
+    "check_p50_over_transport_floor",
+    "batch_throughput_over_compute_floor",
+    "check_decisions_per_second_16_clients",
+)
+
+
+@pytest.mark.slow
+def test_bench_perf_quick_outputs_are_well_formed(tmp_path):
+    result, docs, stdout = run_quick("perf", tmp_path)
+
+    for key in HEADLINE:
+        assert positive(result[key]), key
+        assert result["summary"]["targets"][key]["value"] == result[key]
+        assert key in stdout
+    assert result["quick"] is True and result["machine"]["cpus"] >= 1
+    assert result["scenario"]["verdicts_in_process"]["ALLOW"] > 0
+    assert result["scenario"]["verdicts_in_process"]["SUBSTITUTE"] > 0
+    for floor in ("compute_floor", "engine_in_process"):
+        assert {f["batch"] for f in result[floor]} >= {1, *result["settings"]["batch_sizes"]}
+        assert all(positive(f["decisions_per_second"]) for f in result[floor])
+
+    points = result["setups"][0]["points"]
+    shapes = {(p["method"], p["service"]) for p in points}
+    for method in ("Check", "CheckStream", "CheckBatch"):
+        assert {(method, "guard"), (method, "echo")} <= shapes
+    for p in points:
+        assert p["errors"] == 0 and p["calls"] > 0, p
+        for k in ("calls_per_second", "decisions_per_second", "p50_us", "p99_us", "p999_us", "mean_us"):
+            assert positive(p[k]), (k, p)
+        assert p["p50_us"] <= p["p99_us"] <= p["p999_us"]
+
+    md = check_docs(docs, "perf", min_images=2)
+    assert "| Check p50 / transport floor (1 client) |" in md
+    assert (docs / "img" / "perf_latency.png").is_file() and (docs / "img" / "perf_throughput.png").is_file()
+
+
+def test_bench_is_a_group_with_help():
+    from interlock.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench"])  # a subcommand is required
+    args = parser.parse_args(["bench", "perf", "--quick", "--json", "x.json"])
+    assert args.quick and args.json == "x.json" and args.docs is None
