@@ -59,11 +59,10 @@ def make_env(config: dict | None = None):
 
 def train(timesteps: int, max_minutes: float, seed: int):
     """Train SB3 DQN; returns the model (stops early at ``max_minutes`` of wall clock)."""
+    import torch
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
     from tqdm import tqdm
-
-    import torch
 
     torch.set_num_threads(1)  # a 2x128 MLP: threads only contend with the simulator
 
