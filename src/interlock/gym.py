@@ -54,6 +54,16 @@ def _check_space(space: gymnasium.Space, what: str) -> None:
         )
 
 
+def _connect(
+    target: str, agent_id: str, client: GuardClient | None, timeout: float
+) -> tuple[GuardClient, str]:
+    """The client to check through and the agent id to check as (the client's default if not given)."""
+    if not agent_id and client is None:
+        raise ValueError("agent_id is required: the id of this agent in the Interlock config")
+    client = client or GuardClient(target, agent_id=agent_id, timeout=timeout)
+    return client, agent_id or client.agent_id
+
+
 class InterlockWrapper(gymnasium.Wrapper):
     """Checks each ``step(action)`` with Interlock and executes the action it returns.
 
@@ -84,10 +94,7 @@ class InterlockWrapper(gymnasium.Wrapper):
     ) -> None:
         super().__init__(env)
         _check_space(env.action_space, "action")
-        if not agent_id and client is None:
-            raise ValueError("agent_id is required: the id of this agent in the Interlock config")
-        self.client = client or GuardClient(target, agent_id=agent_id, timeout=timeout)
-        self.agent_id = agent_id or self.client.agent_id
+        self.client, self.agent_id = _connect(target, agent_id, client, timeout)
         self._obs: Any = None
         self._episode = ""
         self._step = 0
@@ -144,10 +151,7 @@ class InterlockVectorWrapper(VectorWrapper):
     ) -> None:
         super().__init__(env)
         _check_space(env.single_action_space, "action")
-        if not agent_id and client is None:
-            raise ValueError("agent_id is required: the id of this agent in the Interlock config")
-        self.client = client or GuardClient(target, agent_id=agent_id, timeout=timeout)
-        self.agent_id = agent_id or self.client.agent_id
+        self.client, self.agent_id = _connect(target, agent_id, client, timeout)
         self._obs: Any = None
         self._episodes: list[str] = []
         self._steps = np.zeros(env.num_envs, dtype=np.int64)
