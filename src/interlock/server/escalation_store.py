@@ -32,6 +32,22 @@ log = logging.getLogger(__name__)
 PENDING = pb.ESCALATION_STATE_PENDING
 
 
+
+def list_filter(placeholder: str, state: int, agent_id: str, resolved: bool) -> tuple[str, tuple]:
+    """The WHERE clause and parameters of ``list()``, for a driver's placeholder (``?`` or ``%s``)."""
+    clauses: list[str] = []
+    params: list[object] = []
+    if resolved:
+        clauses.append(f"state != {placeholder}")
+        params.append(PENDING)
+    if state:
+        clauses.append(f"state = {placeholder}")
+        params.append(state)
+    if agent_id:
+        clauses.append(f"agent_id = {placeholder}")
+        params.append(agent_id)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
+
 class StoreError(InterlockError):
     """The escalation store cannot be read or written (disk full, locked, corrupt)."""
 
@@ -226,18 +242,8 @@ class SqliteEscalationStore(EscalationStore):
     async def list(
         self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
     ) -> list[pb.Escalation]:
-        clauses, params = [], []
-        if resolved:
-            clauses.append("state != ?")
-            params.append(PENDING)
-        if state:
-            clauses.append("state = ?")
-            params.append(state)
-        if agent_id:
-            clauses.append("agent_id = ?")
-            params.append(agent_id)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return await self._run(self._select, where, tuple(params), "created_time DESC", limit)
+        where, params = list_filter("?", state, agent_id, resolved)
+        return await self._run(self._select, where, params, "created_time DESC", limit)
 
     async def pending(self) -> list[pb.Escalation]:
         return await self._run(self._select, "WHERE state = ?", (PENDING,), "created_time")

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from interlock.errors import ConfigError
 from interlock.server.audit_postgres import _SCHEMA_LOCK, _psycopg, redact
-from interlock.server.escalation_store import PENDING, EscalationStore, StoreError
+from interlock.server.escalation_store import PENDING, EscalationStore, StoreError, list_filter
 from interlock.v1 import interlock_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -173,18 +173,8 @@ class PostgresEscalationStore(EscalationStore):
     async def list(
         self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
     ) -> list[pb.Escalation]:
-        clauses, params = [], []
-        if resolved:
-            clauses.append("state != %s")
-            params.append(PENDING)
-        if state:
-            clauses.append("state = %s")
-            params.append(state)
-        if agent_id:
-            clauses.append("agent_id = %s")
-            params.append(agent_id)
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        return await self._select(where, tuple(params), "created_time DESC", limit)
+        where, params = list_filter("%s", state, agent_id, resolved)
+        return await self._select(where, params, "created_time DESC", limit)
 
     async def pending(self) -> list[pb.Escalation]:
         return await self._select("WHERE state = %s", (PENDING,), "created_time")
