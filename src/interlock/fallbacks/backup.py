@@ -4,36 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from interlock.errors import ConfigError
-from interlock.fallbacks.base import Fallback
-from interlock.fallbacks.binding import find_monitor
+from interlock.fallbacks.binding import MonitorBoundFallback
 from interlock.monitors.reachability import RecoverabilityMonitor
 
 
-class BackupFallback(Fallback):
+class BackupFallback(MonitorBoundFallback):
     """Returns the backup policy's action for each row's observation (one ONNX call per batch)."""
 
     kind = "backup"
-
-    def __init__(self, name, spaces, runtime, monitor: str, where: str = "fallback") -> None:
-        super().__init__(name, spaces, runtime)
-        self.monitor_name = monitor
-        self.where = where
-        self.monitor: RecoverabilityMonitor | None = None
-
-    def bind(self, monitors) -> None:
-        self.monitor = find_monitor(
-            monitors,
-            self.monitor_name,
-            RecoverabilityMonitor,
-            "a reachability monitor with a dynamics_ensemble model",
-            self.where,
-        )
-
-    def load(self) -> None:
-        if self.monitor is None:
-            raise ConfigError(f"{self.where}: not bound to a monitor")
-        self.ready = True
+    monitor_class = RecoverabilityMonitor
+    monitor_what = "a reachability monitor with a dynamics_ensemble model"
 
     def propose(self, batch, signals) -> np.ndarray:
         engine = self.monitor.engine

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from interlock.errors import ConfigError
-from interlock.fallbacks.base import Fallback
-from interlock.fallbacks.binding import find_monitor
+from interlock.fallbacks.binding import MonitorBoundFallback
 from interlock.monitors.reachability import RecoverabilityMonitor
 
 
-class RecoverFallback(Fallback):
+class RecoverFallback(MonitorBoundFallback):
     """Scores candidate actions with the monitor's rollout check, all rows and candidates in one batch.
 
     Candidates: every action (discrete); for box actions, ``candidates`` points drawn
@@ -21,6 +20,8 @@ class RecoverFallback(Fallback):
     """
 
     kind = "recover"
+    monitor_class = RecoverabilityMonitor
+    monitor_what = "a reachability monitor with a dynamics_ensemble model"
 
     def __init__(
         self,
@@ -32,10 +33,7 @@ class RecoverFallback(Fallback):
         seed: int = 0,
         where: str = "fallback",
     ) -> None:
-        super().__init__(name, spaces, runtime)
-        self.monitor_name = monitor
-        self.where = where
-        self.monitor: RecoverabilityMonitor | None = None
+        super().__init__(name, spaces, runtime, monitor, where)
         space = spaces.action
         if space.discrete:
             self._fixed = np.arange(space.n, dtype=space.dtype)
@@ -45,20 +43,6 @@ class RecoverFallback(Fallback):
             if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
                 raise ConfigError(f"{where}: sampling candidates needs finite action bounds")
             self._fixed = (lo + (hi - lo) * rng.random((candidates, *space.shape))).astype(space.dtype)
-
-    def bind(self, monitors) -> None:
-        self.monitor = find_monitor(
-            monitors,
-            self.monitor_name,
-            RecoverabilityMonitor,
-            "a reachability monitor with a dynamics_ensemble model",
-            self.where,
-        )
-
-    def load(self) -> None:
-        if self.monitor is None:
-            raise ConfigError(f"{self.where}: not bound to a monitor")
-        self.ready = True
 
     def propose(self, batch, signals) -> np.ndarray:
         mon = self.monitor

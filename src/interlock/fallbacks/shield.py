@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from interlock.errors import ConfigError
-from interlock.fallbacks.base import Fallback
-from interlock.fallbacks.binding import find_monitor
+from interlock.fallbacks.binding import MonitorBoundFallback
 from interlock.monitors.reachability import TabularReachabilityMonitor
 
 _SCORE_INPUT = {
@@ -19,7 +18,7 @@ _SCORE_INPUT = {
 }
 
 
-class ShieldFallback(Fallback):
+class ShieldFallback(MonitorBoundFallback):
     """Picks, per row, the allowed action with the highest preference.
 
     Preference, highest first: the agent's scores (``scores:`` a ``.npy`` table
@@ -30,6 +29,8 @@ class ShieldFallback(Fallback):
     """
 
     kind = "shield"
+    monitor_class = TabularReachabilityMonitor
+    monitor_what = "a reachability monitor with a tabular model"
 
     def __init__(
         self,
@@ -41,9 +42,7 @@ class ShieldFallback(Fallback):
         order: list[int] | None = None,
         where: str = "fallback",
     ) -> None:
-        super().__init__(name, spaces, runtime)
-        self.where = where
-        self.monitor_name = monitor
+        super().__init__(name, spaces, runtime, monitor, where)
         self.scores_path = scores
         if not spaces.action.discrete:
             raise ConfigError(f"{where}: the shield fallback needs a discrete action space")
@@ -56,22 +55,11 @@ class ShieldFallback(Fallback):
         else:
             rank = -np.arange(n, dtype=np.float64)
         self._rank = rank
-        self.monitor: TabularReachabilityMonitor | None = None
         self._table: np.ndarray | None = None
         self._session = None
 
-    def bind(self, monitors) -> None:
-        self.monitor = find_monitor(
-            monitors,
-            self.monitor_name,
-            TabularReachabilityMonitor,
-            "a reachability monitor with a tabular model",
-            self.where,
-        )
-
     def load(self) -> None:
-        if self.monitor is None:
-            raise ConfigError(f"{self.where}: not bound to a monitor")
+        self.require_bound()
         if self.scores_path:
             path = Path(self.scores_path)
             if path.suffix == ".npy":
