@@ -54,22 +54,32 @@ def checkout_root() -> Path:
     )
 
 
+def _docs_dir(args: argparse.Namespace, root: Path) -> str | None:
+    """Where to write tables and plots: ``--docs``, else docs/ for full runs, else nowhere (``--quick``)."""
+    if args.docs is None and not args.quick:
+        return str(root / "docs")
+    return args.docs
+
+
+def _redraw(report, from_json: str, docs: str) -> int:
+    """Rewrite a benchmark's docs section and plots from a saved JSON result, without measuring."""
+    import json
+
+    result = json.loads(Path(from_json).read_text())
+    report.write(result, Path(docs))
+    print(report.summary_text(result))
+    return 0
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     root = checkout_root()
     from benchmarks.perf.run import main
 
-    docs = args.docs
-    if docs is None and not args.quick:
-        docs = str(root / "docs")
+    docs = _docs_dir(args, root)
     if args.from_json:
-        import json
-
         from benchmarks.perf import report
 
-        result = json.loads(Path(args.from_json).read_text())
-        report.write(result, Path(docs or root / "docs"))
-        print(report.summary_text(result))
-        return 0
+        return _redraw(report, args.from_json, docs or str(root / "docs"))
     main(args.json, args.quick, docs)
     return 0
 
@@ -84,18 +94,11 @@ def _cmd_safety(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"interlock bench safety: unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}"
         )
-    docs = args.docs
-    if docs is None and not args.quick:
-        docs = str(root / "docs")
+    docs = _docs_dir(args, root)
     if args.from_json:
-        import json
-
         from benchmarks.safety import report
 
-        result = json.loads(Path(args.from_json).read_text())
-        report.write(result, Path(docs or root / "docs"))
-        print(report.summary_text(result))
-        return 0
+        return _redraw(report, args.from_json, docs or str(root / "docs"))
     result = main(args.json, args.quick, docs, seeds=args.seeds, only=only)
     return 1 if result.get("failed") else 0
 
