@@ -33,6 +33,12 @@ PENDING = pb.ESCALATION_STATE_PENDING
 
 
 
+def insert_row(e: pb.Escalation) -> tuple:
+    """The escalations table row of a new escalation (resolved_time NULL, the message as the body)."""
+    body = e.SerializeToString()
+    return (e.escalation_id, e.agent_id, e.state, e.created_time, e.deadline_time, None, body)
+
+
 def list_filter(placeholder: str, state: int, agent_id: str, resolved: bool) -> tuple[str, tuple]:
     """The WHERE clause and parameters of ``list()``, for a driver's placeholder (``?`` or ``%s``)."""
     clauses: list[str] = []
@@ -183,18 +189,7 @@ class SqliteEscalationStore(EscalationStore):
     # ------------------------------------------------------------------ writes
 
     async def create(self, escalations: Sequence[pb.Escalation]) -> None:
-        rows = [
-            (
-                e.escalation_id,
-                e.agent_id,
-                e.state,
-                e.created_time,
-                e.deadline_time,
-                None,
-                e.SerializeToString(),
-            )
-            for e in escalations
-        ]
+        rows = [insert_row(e) for e in escalations]
         await self._run(self._insert, rows)
 
     def _insert(self, rows: list[tuple]) -> None:

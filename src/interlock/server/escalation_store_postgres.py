@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from interlock.errors import ConfigError
 from interlock.server.audit_postgres import _SCHEMA_LOCK, _psycopg, redact
-from interlock.server.escalation_store import PENDING, EscalationStore, StoreError, list_filter
+from interlock.server.escalation_store import PENDING, EscalationStore, StoreError, insert_row, list_filter
 from interlock.v1 import interlock_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -110,18 +110,7 @@ class PostgresEscalationStore(EscalationStore):
     # ------------------------------------------------------------------ writes
 
     async def create(self, escalations: Sequence[pb.Escalation]) -> None:
-        rows = [
-            (
-                e.escalation_id,
-                e.agent_id,
-                e.state,
-                e.created_time,
-                e.deadline_time,
-                None,
-                e.SerializeToString(),
-            )
-            for e in escalations
-        ]
+        rows = [insert_row(e) for e in escalations]
 
         def work(conn):
             with conn.transaction(), conn.cursor() as cur:
