@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import InvalidRequest, UnknownAgent
 from interlock.monitors import BUILDERS, Monitor
+from interlock.types import CheckInput, Verdict
 from tests.fixtures import box_agent, cartpole_balancer, discrete_agent, loaded
 
 UPRIGHT = np.array([0.0, 0.0, 0.01, 0.0], np.float32)

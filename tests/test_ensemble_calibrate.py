@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from interlock.cli_ensemble import main as ensemble_main
-from interlock.engine import CheckInput, Guard
-from interlock.ensembles.calibrate import calibrate, conformal_threshold
+from interlock.engine import Guard
 from interlock.ensembles.compile import compile_ensemble
 from interlock.errors import ConfigError
+from interlock.monitors.calibrate import calibrate, conformal_threshold
+from interlock.types import CheckInput
 from tests.ensemble_models import cartpole_transitions, dynamics_members, q_ensemble_members
 
 

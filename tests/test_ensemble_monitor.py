@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.ensembles.compile import compile_ensemble
 from interlock.ensembles.scores import softmax
 from interlock.errors import ConfigError
 from interlock.fallbacks.quantilizer import quantilize
+from interlock.types import CheckInput, Verdict
 from tests.ensemble_models import mlp_onnx, q_ensemble_members, random_mlp, run
 from tests.fixtures import loaded
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.engine import Verdict
 from interlock.operator_client import OperatorClient
 from interlock.server.background import background_server
 from interlock.tensors import from_numpy, to_numpy
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
 from tests.escalation_support import (
     AGENT,
@@ -293,10 +293,11 @@ def test_substitute_action_for_a_box_agent_is_checked_against_its_bounds(tmp_pat
 
 
 async def test_a_failing_store_fails_closed_to_the_fail_safe(tmp_path):
-    from interlock.engine import CheckInput, Guard
+    from interlock.engine import Guard
     from interlock.server.escalation import EscalationManager
     from interlock.server.escalation_store import SqliteEscalationStore
     from interlock.server.metrics import Metrics
+    from interlock.types import CheckInput
 
     guard = Guard(example_loaded(tmp_path)).load()
     metrics = Metrics()

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.engine import Verdict
 from interlock.operator_client import OperatorClient
 from interlock.server.escalation_store import SqliteEscalationStore
 from interlock.tensors import to_numpy
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
 from tests.escalation_support import (
     AGENT,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from interlock.config import load_config
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
+from interlock.types import CheckInput, Verdict
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parents[1]

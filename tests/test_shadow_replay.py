@@ -8,10 +8,11 @@ import grpc
 import numpy as np
 
 from interlock.cli import main
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.server.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
+from interlock.types import CheckInput, Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
 from tests.fixtures import box_agent, discrete_agent, loaded

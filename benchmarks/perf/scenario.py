@@ -26,8 +26,8 @@ import yaml
 
 from benchmarks.perf.models import build_backup, build_dynamics, build_ensemble, reference_ensemble
 from interlock.client import make_request
-from interlock.engine import CheckInput, Verdict
 from interlock.ensembles.scores import q_scores
+from interlock.types import CheckInput, Verdict
 from interlock.v1 import interlock_pb2 as pb
 
 OBS_DIM = 8

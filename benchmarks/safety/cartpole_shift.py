@@ -45,7 +45,8 @@ def _episodes(physics: Any, guarded: bool, seeds: int, max_steps: int, bar: Any)
     import onnxruntime as ort
 
     from interlock.config import load_config
-    from interlock.engine import CheckInput, Guard
+    from interlock.engine import Guard
+    from interlock.types import CheckInput
 
     agent = ort.InferenceSession(str(EXAMPLE / "agent.onnx"), providers=["CPUExecutionProvider"])
     guard = Guard(load_config(str(EXAMPLE / "interlock.yaml"))).load() if guarded else None

@@ -61,8 +61,9 @@ def _config(transitions: Path, base: Path):
 def _episodes(slippery: bool, guarded: bool, q: np.ndarray, seeds: int, bar: Any, tmp: Path) -> Condition:
     import gymnasium as gym
 
-    from interlock.engine import CheckInput, Guard
+    from interlock.engine import Guard
     from interlock.reachability.gym_models import CLIFF_REWARD, cliffwalking_model
+    from interlock.types import CheckInput
 
     guard = None
     if guarded:

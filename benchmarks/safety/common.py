@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from interlock.engine import Decision, Guard, Verdict
+from interlock.engine import Guard
+from interlock.types import Decision, Verdict
 
 METRICS = (
     "catastrophe_rate",

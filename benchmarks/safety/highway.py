@@ -135,7 +135,7 @@ class _Agent:
 
 
 def _episode(env, agent: _Agent, guard, seed: int, guarded: bool) -> _Episode:
-    from interlock.engine import CheckInput, Verdict
+    from interlock.types import CheckInput, Verdict
 
     ep = _Episode()
     obs, _ = env.reset(seed=seed)

@@ -185,7 +185,8 @@ def operator_answer(model: GridModel, dist: np.ndarray):
 
 
 async def _episodes(env_id: str, q: dict, guarded: str, seeds: int, bar: Any, workdir: Path) -> Condition:
-    from interlock.engine import CheckInput, Guard
+    from interlock.engine import Guard
+    from interlock.types import CheckInput
 
     env = tm.make(env_id)
     env.reset(seed=0)

@@ -27,17 +27,18 @@ _LAZY = {
     "AsyncGuardClient": "interlock.client",
     "InterlockWrapper": "interlock.gym",
     "Guard": "interlock.engine",
-    "CheckInput": "interlock.engine",
-    "Decision": "interlock.engine",
-    "Verdict": "interlock.engine",
+    "CheckInput": "interlock.types",
+    "Decision": "interlock.types",
+    "Verdict": "interlock.types",
     "load_config": "interlock.config",
 }
 
 if TYPE_CHECKING:
     from interlock.client import AsyncGuardClient, GuardClient
     from interlock.config import load_config
-    from interlock.engine import CheckInput, Decision, Guard, Verdict
+    from interlock.engine import Guard
     from interlock.gym import InterlockWrapper
+    from interlock.types import CheckInput, Decision, Verdict
 
 
 def __getattr__(name: str) -> Any:

@@ -78,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from interlock.ensembles.calibrate import calibrate
+    from interlock.monitors.calibrate import calibrate
 
     try:
         report = calibrate(

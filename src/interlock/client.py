@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import grpc
 import numpy as np
 
-from interlock.engine import Verdict
 from interlock.tensors import from_numpy, to_numpy
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
 

@@ -26,7 +26,7 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv, VectorWrapper
 
 from interlock.client import CheckResult, GuardClient
-from interlock.engine import Verdict
+from interlock.types import Verdict
 
 
 class InterlockHalted(RuntimeError):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from interlock.engine import CheckInput, Decision, Guard
+from interlock.engine import Guard
 from interlock.errors import ConfigError, InterlockError
+from interlock.types import CheckInput, Decision
 
 
 @dataclass

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interlock.engine import Decision, Verdict
 from interlock.errors import ConfigError, DeadlineExceeded, Unavailable
 from interlock.server.limits import time_remaining
+from interlock.types import Decision, Verdict
 
 if TYPE_CHECKING:
     from interlock.config import AuditConfig

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from interlock.config import EscalationConfig
-from interlock.engine import AgentRuntime, Decision, Guard, Verdict
+from interlock.engine import AgentRuntime, Guard
 from interlock.errors import (
     FailedPrecondition,
     InterlockError,
@@ -47,6 +47,7 @@ from interlock.errors import (
 from interlock.server.escalation_store import EscalationStore
 from interlock.server.metrics import Metrics
 from interlock.tensors import from_numpy, to_numpy
+from interlock.types import Decision, Verdict
 from interlock.v1 import interlock_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from interlock.config import BatchingConfig
-from interlock.engine import CheckInput, Decision, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import InterlockError
 from interlock.server.batcher import MicroBatcher
 from interlock.server.metrics import Metrics
+from interlock.types import CheckInput, Decision, Verdict
 
 log = logging.getLogger(__name__)
 

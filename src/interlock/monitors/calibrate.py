@@ -82,7 +82,7 @@ class CalibrationReport:
 
 def monitor_scores(monitor, data: Transitions, rows: np.ndarray, spaces, batch_size: int = 4096):
     """``{signal: [len(rows)]}`` raw scores of ``monitor`` on the given rows, in batches."""
-    from interlock.monitors.base import Batch
+    from interlock.batch import Batch
 
     obs_shape = spaces.observation.shape
     out: dict[str, list[np.ndarray]] = {s: [] for s in monitor.signal_names}
