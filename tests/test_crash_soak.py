@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from interlock.server.audit import AuditQuery, open_backend
+from interlock.audit import AuditQuery, open_backend
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
 from tests.ops_fixtures import POSTGRES_DSN, TILTED, UPRIGHT, ServerProcess, needs_postgres, req, write_config

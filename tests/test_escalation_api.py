@@ -294,8 +294,8 @@ def test_substitute_action_for_a_box_agent_is_checked_against_its_bounds(tmp_pat
 
 async def test_a_failing_store_fails_closed_to_the_fail_safe(tmp_path):
     from interlock.engine import Guard
-    from interlock.server.escalation import EscalationManager
-    from interlock.server.escalation_store import SqliteEscalationStore
+    from interlock.escalation.manager import EscalationManager
+    from interlock.escalation.sqlite import SqliteEscalationStore
     from interlock.server.metrics import Metrics
     from interlock.types import CheckInput
 

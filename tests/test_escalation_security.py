@@ -14,10 +14,10 @@ from interlock import GuardClient
 from interlock.config import AuthConfig, TokenSourceConfig
 from interlock.engine import Guard
 from interlock.errors import ConfigError
+from interlock.escalation.manager import EscalationManager
+from interlock.escalation.sqlite import SqliteEscalationStore
 from interlock.server.auth import AuthInterceptor, Credentials
 from interlock.server.background import background_server
-from interlock.server.escalation import EscalationManager
-from interlock.server.escalation_store import SqliteEscalationStore
 from interlock.server.metrics import Metrics
 from interlock.server.operator_servicer import OperatorServicer, add_operator_service
 from interlock.types import Verdict

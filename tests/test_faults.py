@@ -19,8 +19,8 @@ import grpc
 import numpy as np
 import pytest
 
+from interlock.audit import AuditQuery, open_backend
 from interlock.errors import Unavailable
-from interlock.server.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
 from interlock.v1 import interlock_pb2 as pb

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from interlock.server.audit import AuditQuery, open_backend
+from interlock.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc

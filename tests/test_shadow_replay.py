@@ -7,9 +7,9 @@ import json
 import grpc
 import numpy as np
 
+from interlock.audit import AuditQuery, open_backend
 from interlock.cli import main
 from interlock.engine import Guard
-from interlock.server.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
 from interlock.types import CheckInput, Verdict

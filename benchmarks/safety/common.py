@@ -130,8 +130,8 @@ class OperatorDesk:
     async def __aenter__(self) -> OperatorDesk:
         from prometheus_client import CollectorRegistry
 
-        from interlock.server.escalation import EscalationManager
-        from interlock.server.escalation_store import SqliteEscalationStore
+        from interlock.escalation.manager import EscalationManager
+        from interlock.escalation.sqlite import SqliteEscalationStore
         from interlock.server.metrics import Metrics
 
         self._tmp = tempfile.TemporaryDirectory(prefix="interlock-bench-")
@@ -153,7 +153,7 @@ class OperatorDesk:
         self._tmp.cleanup()
 
     async def _run(self) -> None:
-        from interlock.server.escalation import PENDING
+        from interlock.escalation.manager import PENDING
 
         async for rec in self.manager.watch():
             if rec is None or rec.state != PENDING or self.delay is None:

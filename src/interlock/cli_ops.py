@@ -39,7 +39,7 @@ def parse_time(text: str) -> float:
 
 
 def _backend(args: argparse.Namespace):
-    from interlock.server.audit import backend_for_config, open_backend
+    from interlock.audit import backend_for_config, open_backend
 
     if args.db:
         return open_backend(args.db)
@@ -55,7 +55,7 @@ def _backend(args: argparse.Namespace):
 
 
 def _query(args: argparse.Namespace, newest_first: bool):
-    from interlock.server.audit import AuditQuery
+    from interlock.audit import AuditQuery
 
     return AuditQuery(
         agent_id=args.agent,

@@ -86,7 +86,7 @@ class ReplayReport:
 
 def read_audit(spec: str, query=None) -> Iterator[ReplayItem]:
     """Items from an audit log (SQLite path or PostgreSQL DSN)."""
-    from interlock.server.audit import AuditQuery, open_backend
+    from interlock.audit import AuditQuery, open_backend
 
     backend = open_backend(spec)
     backend.open()

@@ -79,7 +79,7 @@ class Metrics:
             multiprocess_mode="livemax",  # several workers: see interlock.server.workers
         )
 
-        # Operations (interlock.server.audit, reload, limits).
+        # Operations (interlock.audit, reload, limits).
         self.config_reloads = Counter(
             "interlock_config_reloads_total",
             "Config reloads by result: success, or failure (the old config kept serving).",

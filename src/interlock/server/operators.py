@@ -1,9 +1,10 @@
-"""Everything human escalation adds to a server, behind four calls that ``app.py`` makes.
+"""The operator side of a server (escalations), behind the calls that ``app.py`` makes.
 
-* :meth:`EscalationSetup.interceptors` - credentials on the Operator (and optionally Guard) service;
-* :meth:`EscalationSetup.attach` - the manager (durable queue) and the Operator service;
-* :meth:`EscalationSetup.start_console` - the web console on ``server.console_port``;
-* :meth:`EscalationSetup.close` - in reverse order.
+* :meth:`OperatorSide.attach` - the manager (durable queue) and the Operator service;
+* :meth:`OperatorSide.start_console` - the web console on ``server.console_port``;
+* :meth:`OperatorSide.close` - in reverse order.
+
+Credentials and the auth interceptor are the server's (``app.py`` installs them for every service).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import logging
 import grpc
 
 from interlock.config import LoadedConfig
-from interlock.server.auth import OPERATOR_SERVICE, AuthInterceptor, Credentials
-from interlock.server.escalation import EscalationManager
-from interlock.server.escalation_store import open_store
+from interlock.escalation.factory import open_store
+from interlock.escalation.manager import EscalationManager
+from interlock.server.auth import OPERATOR_SERVICE, Credentials
 from interlock.server.metrics import Metrics
 from interlock.server.operator_servicer import OperatorServicer, add_operator_service
 from interlock.server.service import GuardService
@@ -23,20 +24,23 @@ from interlock.server.service import GuardService
 log = logging.getLogger(__name__)
 
 
-class EscalationSetup:
-    """Reads credentials at construction (raises ConfigError on a bad token file or token)."""
+class OperatorSide:
+    """The escalation manager, the Operator service and the console of one server.
 
-    def __init__(self, loaded: LoadedConfig, metrics: Metrics) -> None:
+    Args:
+        loaded: The config (``escalations``, ``auth``).
+        metrics: The server's metrics.
+        credentials: Who may answer (the console signs operators in with them).
+    """
+
+    def __init__(self, loaded: LoadedConfig, metrics: Metrics, credentials: Credentials) -> None:
         self.loaded = loaded
         self.metrics = metrics
-        self.credentials = Credentials.from_config(loaded.config.auth, loaded)
+        self.credentials = credentials
         self.enabled = loaded.config.escalations_enabled
         self.manager: EscalationManager | None = None
         self.console = None
         self.console_port: int | None = None
-
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [AuthInterceptor(self.credentials, on_reject=self.metrics.reject)]
 
     @property
     def service_names(self) -> tuple[str, ...]:
@@ -67,7 +71,7 @@ class EscalationSetup:
         """Serve the web console when ``port`` is not None; returns the bound port."""
         if port is None or self.manager is None:
             return None
-        from interlock.console.server import Console
+        from interlock.server.console.server import Console
 
         manager = self.manager
         self.console = Console(manager, self.credentials, lambda: manager.guard())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,23 +29,17 @@ from aiohttp import web
 
 from interlock.engine import Guard
 from interlock.errors import InterlockError, InvalidRequest
+from interlock.escalation.convert import FRAME_LABEL, escalation_dict, json_number
+from interlock.escalation.manager import EscalationManager
+from interlock.escalation.model import Escalation, EscalationState, Resolution
 from interlock.server.auth import Credentials, Principal
-from interlock.server.escalation import STATE_NAMES, EscalationManager
-from interlock.tensors import to_numpy
-from interlock.v1 import interlock_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-#: Label an agent sets to show a camera frame with its escalation (base64 PNG, no data: prefix).
-FRAME_LABEL = "frame_png_base64"
 HEARTBEAT_SECONDS = 15.0
-_STATE_OF_NAME = {v: k for k, v in STATE_NAMES.items()}
-_RESOLUTION_OF_NAME = {
-    "approve": pb.RESOLUTION_APPROVE,
-    "reject": pb.RESOLUTION_REJECT,
-    "substitute": pb.RESOLUTION_SUBSTITUTE,
-}
+_STATE_OF_NAME = EscalationState.named()
+_RESOLUTION_OF_NAME = Resolution.named()
 _HTTP_OF_REASON = {
     "unauthenticated": 401,
     "permission_denied": 403,
@@ -65,18 +58,8 @@ _SECURITY_HEADERS = {
 _KEY_PRINCIPAL = web.AppKey("principal_of", Callable)
 
 
-def _num(x: float) -> float | str:
-    """JSON has no NaN/Inf: send those as strings."""
-    if math.isfinite(x):
-        return x
-    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
-
-
-def _tensor(t: pb.Tensor) -> dict[str, Any] | None:
-    if not t.ByteSize():
-        return None
-    arr = to_numpy(t, "tensor")
-    flat = [_num(float(v)) if arr.dtype.kind == "f" else v for v in arr.reshape(-1).tolist()]
+def _tensor(arr: np.ndarray) -> dict[str, Any]:
+    flat = [json_number(float(v)) if arr.dtype.kind == "f" else v for v in arr.reshape(-1).tolist()]
     return {"shape": list(arr.shape), "dtype": arr.dtype.name, "values": flat}
 
 
@@ -95,40 +78,13 @@ def _space(guard: Guard, agent_id: str) -> dict[str, Any] | None:
     }
 
 
-def escalation_json(rec: pb.Escalation, guard: Guard) -> dict[str, Any]:
-    """One escalation as the console's JSON (tensors as ``{shape, dtype, values}``)."""
-    labels = dict(rec.labels)
-    frame = labels.pop(FRAME_LABEL, "")
-    return {
-        "id": rec.escalation_id,
-        "agent_id": rec.agent_id,
-        "episode_id": rec.episode_id,
-        "step": rec.step,
-        "state": STATE_NAMES.get(rec.state, "unknown"),
-        "mode": rec.mode,
-        "rule": rec.rule,
-        "reasons": list(rec.reasons),
-        "labels": labels,
-        "frame_png_base64": frame,
-        "observation": _tensor(rec.observation),
-        "proposed_action": _tensor(rec.proposed_action),
-        "fallback": rec.fallback,
-        "fallback_action": _tensor(rec.fallback_action),
-        "resolved_action": _tensor(rec.resolved_action),
-        "signals": [
-            {"name": s.name, "value": _num(s.value), "threshold": _num(s.threshold), "tripped": s.tripped}
-            for s in rec.signals
-        ],
-        "created_time": rec.created_time,
-        "deadline_time": rec.deadline_time,
-        "resolved_time": rec.resolved_time or None,
-        "operator": rec.operator,
-        "comment": rec.comment,
-        "authenticated_as": rec.authenticated_as,
-        "decision_id": rec.decision_id,
-        "config_version": rec.config_version,
-        "action_space": _space(guard, rec.agent_id),
-    }
+def escalation_json(rec: Escalation, guard: Guard) -> dict[str, Any]:
+    """One escalation as the console's JSON (tensors as ``{shape, dtype, values}``, the frame apart)."""
+    data = escalation_dict(rec, tensor=_tensor, number=json_number)
+    data["id"] = data.pop("escalation_id")
+    data["frame_png_base64"] = data["labels"].pop(FRAME_LABEL, "")
+    data["action_space"] = _space(guard, rec.agent_id)
+    return data
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from interlock.server.audit import TABLE, AuditRecord, SqlAuditBackend
+from interlock.audit.backend import SqlAuditBackend
+from interlock.audit.record import TABLE, AuditRecord
+from interlock.storage.sqlite import connect_wal
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,7 @@ class SqliteAuditBackend(SqlAuditBackend):
         return str(self.path)
 
     def connect(self) -> Any:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode (got {mode})")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn = connect_wal(self.path, self.synchronous, timeout=self.busy_timeout_ms / 1000)
         for stmt in self.schema_sql():
             conn.execute(stmt)
         return conn

@@ -1,6 +1,6 @@
 """PostgreSQL escalation store: several Guard replicas share one durable queue.
 
-Implements :class:`interlock.server.escalation_store.EscalationStore` (the
+Implements :class:`interlock.escalation.store.EscalationStore` (the
 escalation feature's interface). Records are ``interlock.v1.Escalation``
 messages kept beside the columns queries need, as in the SQLite store.
 :meth:`finish` is a compare-and-set on the PENDING state: under PostgreSQL's
@@ -19,9 +19,18 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from interlock.errors import ConfigError
-from interlock.server.audit_postgres import _SCHEMA_LOCK, _psycopg, redact
-from interlock.server.escalation_store import PENDING, EscalationStore, StoreError, insert_row, list_filter
-from interlock.v1 import interlock_pb2 as pb
+from interlock.escalation.convert import from_bytes
+from interlock.escalation.model import Escalation
+from interlock.escalation.store import (
+    EXPIRED,
+    PENDING,
+    EscalationStore,
+    StoreError,
+    finish_args,
+    insert_row,
+    list_filter,
+)
+from interlock.storage.postgres import SCHEMA_LOCK, psycopg, redact
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +65,9 @@ class PostgresEscalationStore(EscalationStore):
         self._executor: ThreadPoolExecutor | None = None
 
     def _connect(self):
-        psycopg = _psycopg()
-        conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
+        conn = psycopg().connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
             for stmt in _SCHEMA:
                 conn.execute(stmt)
         return conn
@@ -90,17 +98,17 @@ class PostgresEscalationStore(EscalationStore):
             raise StoreError("the escalation store is not open")
 
         def call():
-            psycopg = _psycopg()
+            pg = psycopg()
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
                 try:
                     return work(self._conn)
-                except psycopg.OperationalError:
+                except pg.OperationalError:
                     self._conn.close()  # connection lost: reconnect once and retry
                     self._conn = self._connect()
                     return work(self._conn)
-            except psycopg.Error as e:
+            except pg.Error as e:
                 if self._conn is not None and not self._conn.closed:
                     self._conn.rollback()
                 raise StoreError(f"escalation store {redact(self.dsn)}: {type(e).__name__}: {e}") from e
@@ -109,7 +117,7 @@ class PostgresEscalationStore(EscalationStore):
 
     # ------------------------------------------------------------------ writes
 
-    async def create(self, escalations: Sequence[pb.Escalation]) -> None:
+    async def create(self, escalations: Sequence[Escalation]) -> None:
         rows = [insert_row(e) for e in escalations]
 
         def work(conn):
@@ -122,14 +130,8 @@ class PostgresEscalationStore(EscalationStore):
 
         await self._run(work)
 
-    async def finish(self, escalation: pb.Escalation) -> bool:
-        args = (
-            escalation.state,
-            escalation.resolved_time,
-            escalation.SerializeToString(),
-            escalation.escalation_id,
-            PENDING,
-        )
+    async def finish(self, escalation: Escalation) -> bool:
+        args = finish_args(escalation)
 
         def work(conn):
             with conn.transaction(), conn.cursor() as cur:
@@ -151,24 +153,24 @@ class PostgresEscalationStore(EscalationStore):
 
         def work(conn):
             with conn.transaction():
-                return [pb.Escalation.FromString(bytes(r[0])) for r in conn.execute(sql, params)]
+                return [from_bytes(bytes(r[0])) for r in conn.execute(sql, params)]
 
         return await self._run(work)
 
-    async def get(self, escalation_id: str) -> pb.Escalation | None:
+    async def get(self, escalation_id: str) -> Escalation | None:
         rows = await self._select("WHERE escalation_id = %s", (escalation_id,), "created_time")
         return rows[0] if rows else None
 
     async def list(
         self, state: int = 0, agent_id: str = "", limit: int = 100, resolved: bool = False
-    ) -> list[pb.Escalation]:
+    ) -> list[Escalation]:
         where, params = list_filter("%s", state, agent_id, resolved)
         return await self._select(where, params, "created_time DESC", limit)
 
-    async def pending(self) -> list[pb.Escalation]:
+    async def pending(self) -> list[Escalation]:
         return await self._select("WHERE state = %s", (PENDING,), "created_time")
 
-    async def resolved_since(self, since: float) -> list[pb.Escalation]:
+    async def resolved_since(self, since: float) -> list[Escalation]:
         return await self._select(
-            "WHERE resolved_time >= %s AND state != %s", (since, pb.ESCALATION_STATE_EXPIRED), "resolved_time"
+            "WHERE resolved_time >= %s AND state != %s", (since, EXPIRED), "resolved_time"
         )

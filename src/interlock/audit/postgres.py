@@ -10,29 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from interlock.errors import ConfigError
-from interlock.server.audit import TABLE, AuditRecord, SqlAuditBackend
-
-#: Serialises schema creation between replicas starting at once.
-_SCHEMA_LOCK = 0x1A7E_A0D1
-
-
-def _psycopg():
-    try:
-        import psycopg
-    except ImportError:
-        raise ConfigError(
-            "server.audit.backend is postgres but psycopg is not installed: pip install 'interlock[postgres]'"
-        ) from None
-    return psycopg
-
-
-def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    import re
-
-    dsn = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
-    return re.sub(r"password=\S+", "password=***", dsn)
+from interlock.audit.backend import SqlAuditBackend
+from interlock.audit.record import AuditRecord
+from interlock.storage.postgres import SCHEMA_LOCK, psycopg, redact
 
 
 class PostgresAuditBackend(SqlAuditBackend):
@@ -56,10 +36,10 @@ class PostgresAuditBackend(SqlAuditBackend):
         return redact(self.dsn)
 
     def connect(self) -> Any:
-        psycopg = _psycopg()
-        conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
+        pg = psycopg()
+        conn = pg.connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
             for stmt in self.schema_sql():
                 conn.execute(stmt)
         return conn
@@ -70,11 +50,11 @@ class PostgresAuditBackend(SqlAuditBackend):
             self.open()
 
     def _retrying(self, work):
-        psycopg = _psycopg()
+        pg = psycopg()
         self._ensure()
         try:
             return work(self.conn)
-        except psycopg.OperationalError:
+        except pg.OperationalError:
             self.close()  # the connection is gone: reconnect once and retry
             self.open()
             return work(self.conn)
@@ -110,4 +90,4 @@ class PostgresAuditBackend(SqlAuditBackend):
         return self._retrying(work)
 
 
-__all__ = ["TABLE", "PostgresAuditBackend", "redact"]
+__all__ = ["PostgresAuditBackend"]
