@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.tensors import from_numpy, to_numpy
 from interlock.types import Verdict

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from interlock.cli import main
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb

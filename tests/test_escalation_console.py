@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb

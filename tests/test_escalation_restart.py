@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
+from interlock.client.operator import OperatorClient
 from interlock.escalation.model import Escalation, EscalationState
 from interlock.escalation.sqlite import SqliteEscalationStore
-from interlock.operator_client import OperatorClient
 from interlock.tensors import to_numpy
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb

@@ -168,7 +168,7 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 
 def _client(args: argparse.Namespace):
-    from interlock.operator_client import OPERATOR_TOKEN_ENV, OperatorClient
+    from interlock.client.operator import OPERATOR_TOKEN_ENV, OperatorClient
 
     token = args.token
     if args.token_file:

@@ -77,8 +77,8 @@ def run_episodes(env, agent: NoisyOnnxAgent, episodes: int, seed: int, progress:
 def demo_cartpole(config: Path, episodes: int, epsilon: float, seed: int) -> dict:
     import gymnasium as gym
 
+    from interlock.client.gym import InterlockWrapper
     from interlock.config import load_config
-    from interlock.gym import InterlockWrapper
     from interlock.server.background import background_server
 
     loaded = load_config(config)
