@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlock.bench import section_markers
+from interlock.bench.docs import section_markers
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = "hand-written text that must survive"

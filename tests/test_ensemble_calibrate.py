@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from interlock.cli_ensemble import main as ensemble_main
+from interlock.cli import main as ensemble_main
 from interlock.engine import Guard
 from interlock.ensembles.compile import compile_ensemble
 from interlock.errors import ConfigError

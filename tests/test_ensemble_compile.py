@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from interlock.cli_ensemble import main as ensemble_main
+from interlock.cli import main as ensemble_main
 from interlock.ensembles import EnsembleError
 from interlock.ensembles.compile import compile_ensemble
 from tests.ensemble_models import mlp_onnx, q_ensemble_members, random_mlp, residual_onnx, run

@@ -85,7 +85,7 @@ def test_training_errors_are_clear(tmp_path, data, monkeypatch):
 
 def test_box_action_dynamics_via_cli(tmp_path, capsys):
     pytest.importorskip("torch")
-    from interlock.cli_ensemble import main
+    from interlock.cli import main
 
     rng = np.random.default_rng(0)
     obs = rng.standard_normal((600, 3)).astype(np.float32)

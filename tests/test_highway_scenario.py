@@ -68,7 +68,7 @@ def test_lane_change_into_an_occupied_gap_keeps_the_lane(guard: Guard) -> None:
 
 def test_quick_run_is_well_formed() -> None:
     pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
-    from benchmarks.safety import highway
+    from interlock.bench.safety import highway
 
     if not highway.AGENT.exists():
         pytest.skip(f"{highway.AGENT} is missing: run examples/highway/train_agent.py")

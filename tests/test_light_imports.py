@@ -7,7 +7,13 @@ import subprocess
 import sys
 
 #: Modules an agent process must never load (the engine, config, rules, models, the CEL binding).
-SERVER_SIDE = ("interlock.engine", "interlock.config", "interlock.policies", "interlock.monitors", "cel_expr_python")
+SERVER_SIDE = (
+    "interlock.engine",
+    "interlock.config",
+    "interlock.policies",
+    "interlock.monitors",
+    "cel_expr_python",
+)
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Train the MiniGrid agent of the safety benchmark: tabular Q-learning on DistShift1.
 
-    python benchmarks/safety/train_minigrid.py        # seconds; writes models/minigrid_distshift1_q.npz
+    python -m interlock.bench.safety.train_minigrid   # seconds; writes models/minigrid_distshift1_q.npz
 
 The agent sees what MiniGrid gives it, the egocentric 7x7 view (``obs["image"]``), and keys its
 Q-table on that view's bytes. It uses the three movement actions (0 left, 1 right, 2 forward).

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from benchmarks.perf.models import build_backup, build_dynamics, build_ensemble, reference_ensemble
+from interlock.bench.perf.models import build_backup, build_dynamics, build_ensemble, reference_ensemble
 from interlock.client import make_request
 from interlock.ensembles.scores import q_scores
 from interlock.types import CheckInput, Verdict

@@ -322,7 +322,7 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
 
 def write(result: dict[str, Any], docs: Path) -> Path:
     """Plots into ``docs/img``; the ``perf`` section of ``docs/benchmarks.md`` replaced (or appended)."""
-    from interlock.bench import write_docs_section
+    from interlock.bench.docs import write_docs_section
 
     docs.mkdir(parents=True, exist_ok=True)
     images = plot(result, docs / "img")

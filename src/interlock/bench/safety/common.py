@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,16 @@ import numpy as np
 
 from interlock.engine import Guard
 from interlock.types import Decision, Verdict
+
+
+def example_dir(name: str) -> Path:
+    """``examples/<name>`` of the Interlock source checkout, whose configs and agents some scenarios use.
+
+    ``$INTERLOCK_EXAMPLES`` names the examples folder; otherwise ``examples/`` in the working directory
+    (run ``interlock bench safety`` from the checkout). The path may not exist: the scenario says so
+    when it needs a file there.
+    """
+    return Path(os.environ.get("INTERLOCK_EXAMPLES", "examples")).resolve() / name
 
 METRICS = (
     "catastrophe_rate",

@@ -15,80 +15,42 @@ import argparse
 import getpass
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from interlock.tensors import to_numpy
-from interlock.v1 import interlock_pb2 as pb
+from interlock.cli.errors import CliError, UsageError
+from interlock.errors import ConfigError
+from interlock.escalation.convert import FRAME_LABEL, from_pb
+from interlock.escalation.convert import escalation_dict as _plain_dict
+from interlock.escalation.model import Escalation, EscalationState, Resolution
+from interlock.tokens import read_token_file
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-STATES = {
-    "all": 0,
-    "pending": pb.ESCALATION_STATE_PENDING,
-    "approved": pb.ESCALATION_STATE_APPROVED,
-    "rejected": pb.ESCALATION_STATE_REJECTED,
-    "substituted": pb.ESCALATION_STATE_SUBSTITUTED,
-    "expired": pb.ESCALATION_STATE_EXPIRED,
-}
-STATE_NAME = {v: k for k, v in STATES.items() if v}
-FRAME_LABEL = "frame_png_base64"
+#: ``--state`` choices: every state by name, and "all".
+STATES = {"all": int(EscalationState.UNSPECIFIED), **{k: int(v) for k, v in EscalationState.named().items()}}
 
 
-class CliError(Exception):
-    pass
-
-
-def _tensor(t: pb.Tensor) -> Any:
-    if not t.ByteSize():
-        return None
-    return to_numpy(t, "tensor").tolist()
-
-
-def escalation_dict(e: pb.Escalation) -> dict[str, Any]:
+def escalation_dict(e: Escalation) -> dict[str, Any]:
     """JSON-friendly view (``--json``); a frame label is replaced by its size."""
-    labels = dict(e.labels)
-    if FRAME_LABEL in labels:
-        labels[FRAME_LABEL] = f"<{len(labels[FRAME_LABEL])} base64 characters>"
-    return {
-        "escalation_id": e.escalation_id,
-        "state": STATE_NAME.get(e.state, str(e.state)),
-        "mode": e.mode,
-        "agent_id": e.agent_id,
-        "episode_id": e.episode_id,
-        "step": e.step,
-        "rule": e.rule,
-        "observation": _tensor(e.observation),
-        "proposed_action": _tensor(e.proposed_action),
-        "fallback": e.fallback,
-        "fallback_action": _tensor(e.fallback_action),
-        "signals": [
-            {"name": s.name, "value": s.value, "threshold": s.threshold, "tripped": s.tripped}
-            for s in e.signals
-        ],
-        "reasons": list(e.reasons),
-        "labels": labels,
-        "created_time": e.created_time,
-        "deadline_time": e.deadline_time,
-        "resolved_time": e.resolved_time or None,
-        "resolved_action": _tensor(e.resolved_action),
-        "operator": e.operator,
-        "comment": e.comment,
-        "authenticated_as": e.authenticated_as,
-        "decision_id": e.decision_id,
-        "config_version": e.config_version,
-    }
+    d = _plain_dict(e)
+    if FRAME_LABEL in d["labels"]:
+        d["labels"][FRAME_LABEL] = f"<{len(d['labels'][FRAME_LABEL])} base64 characters>"
+    return d
+
+
+def _list(array: Any) -> Any:
+    return None if array is None else array.tolist()
 
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
-def _deadline(e: pb.Escalation) -> str:
-    if e.state != pb.ESCALATION_STATE_PENDING:
+def _deadline(e: Escalation) -> str:
+    if not e.pending:
         return "-"
     left = e.deadline_time - time.time()
     return f"{left:.1f}s left" if left > 0 else "due"
@@ -99,7 +61,7 @@ def _short(value: Any, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def print_table(rows: list[pb.Escalation]) -> None:
+def print_table(rows: list[Escalation]) -> None:
     if not rows:
         print("no escalations")
         return
@@ -107,12 +69,12 @@ def print_table(rows: list[pb.Escalation]) -> None:
     body = [
         (
             e.escalation_id,
-            STATE_NAME.get(e.state, "?"),
+            e.state.label,
             e.agent_id,
             e.rule,
             _when(e.created_time),
             _deadline(e),
-            _short(_tensor(e.proposed_action)),
+            _short(_list(e.proposed_action)),
             e.operator,
         )
         for e in rows
@@ -122,13 +84,13 @@ def print_table(rows: list[pb.Escalation]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def print_detail(e: pb.Escalation) -> None:
+def print_detail(e: Escalation) -> None:
     d = escalation_dict(e)
     print(f"escalation {e.escalation_id}: {d['state']} ({e.mode or 'unknown'} mode)")
     print(f"  agent     {e.agent_id}   episode {e.episode_id or '-'}   step {e.step}")
     print(f"  rule      {e.rule}")
     print(f"  created   {_when(e.created_time)}   deadline {_when(e.deadline_time)} ({_deadline(e)})")
-    obs = to_numpy(e.observation, "observation") if e.observation.ByteSize() else None
+    obs = e.observation
     if obs is not None:
         print(f"  observation {list(obs.shape)} {obs.dtype.name}:")
         for i, v in enumerate(obs.reshape(-1).tolist()):
@@ -145,7 +107,7 @@ def print_detail(e: pb.Escalation) -> None:
         print(f"  reason    {r}")
     for k, v in d["labels"].items():
         print(f"  label     {k} = {v}")
-    if e.state != pb.ESCALATION_STATE_PENDING:
+    if not e.pending:
         who = e.operator or "the deadline"
         if e.authenticated_as and e.authenticated_as != e.operator:
             who += f" (credential {e.authenticated_as})"
@@ -164,7 +126,7 @@ def _read(path: str | None, what: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        raise CliError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def _client(args: argparse.Namespace):
@@ -172,23 +134,25 @@ def _client(args: argparse.Namespace):
 
     token = args.token
     if args.token_file:
-        raw = _read(args.token_file, "the token file") or b""
-        lines = [ln.split()[-1] for ln in raw.decode().splitlines() if ln.strip() and not ln.startswith("#")]
-        if not lines:
-            raise CliError(f"the token file {args.token_file} holds no token")
-        token = lines[0]
+        try:
+            tokens = read_token_file(Path(args.token_file), lambda n: f"line {n}", what="the token file")
+        except ConfigError as e:
+            raise UsageError(e.message) from None
+        if not tokens:
+            raise UsageError(f"the token file {args.token_file} holds no token")
+        token = tokens[0][1]
     token = token or os.environ.get(OPERATOR_TOKEN_ENV) or None
     creds = None
     if args.tls_ca or args.tls_cert:
         if bool(args.tls_cert) != bool(args.tls_key):
-            raise CliError("--tls-cert and --tls-key go together (the client certificate and its key)")
+            raise UsageError("--tls-cert and --tls-key go together (the client certificate and its key)")
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(args.tls_ca, "the CA file"),
             private_key=_read(args.tls_key, "the key file"),
             certificate_chain=_read(args.tls_cert, "the certificate file"),
         )
     if token is None and creds is None:
-        raise CliError(
+        raise UsageError(
             f"no operator credential: set ${OPERATOR_TOKEN_ENV}, or pass --token-file FILE "
             "(or --tls-cert/--tls-key for mTLS)"
         )
@@ -206,7 +170,7 @@ def _operator(args: argparse.Namespace) -> str:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     with _client(args) as ops:
-        rows = ops.list(STATES[args.state], args.agent or "", args.limit)
+        rows = [from_pb(e) for e in ops.list(STATES[args.state], args.agent or "", args.limit)]
     if args.json:
         print(json.dumps([escalation_dict(e) for e in rows], indent=2))
     else:
@@ -216,7 +180,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as ops:
-        e = ops.get(args.id)
+        e = from_pb(ops.get(args.id))
     if args.json:
         print(json.dumps(escalation_dict(e), indent=2))
     else:
@@ -226,42 +190,42 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _resolve(args: argparse.Namespace, resolution: int, action: Any = None) -> int:
     with _client(args) as ops:
-        e = ops.resolve(args.id, resolution, action, _operator(args), args.comment or "")
+        e = from_pb(ops.resolve(args.id, resolution, action, _operator(args), args.comment or ""))
     if args.json:
         print(json.dumps(escalation_dict(e), indent=2))
     else:
-        executed = json.dumps(_tensor(e.resolved_action))
-        state = STATE_NAME.get(e.state, "?")
-        print(f"{e.escalation_id}: {state} by {e.operator}; the agent executes {executed}")
+        executed = json.dumps(_list(e.resolved_action))
+        print(f"{e.escalation_id}: {e.state.label} by {e.operator}; the agent executes {executed}")
     return 0
 
 
 def _cmd_approve(args: argparse.Namespace) -> int:
-    return _resolve(args, pb.RESOLUTION_APPROVE)
+    return _resolve(args, Resolution.APPROVE)
 
 
 def _cmd_reject(args: argparse.Namespace) -> int:
-    return _resolve(args, pb.RESOLUTION_REJECT)
+    return _resolve(args, Resolution.REJECT)
 
 
 def _cmd_substitute(args: argparse.Namespace) -> int:
     try:
         action = json.loads(args.action)
     except json.JSONDecodeError:
-        raise CliError(
+        raise UsageError(
             f"--action {args.action!r} is not JSON: use an integer for discrete actions (--action 0) "
             "or a list for box actions (--action '[0.5, -0.2]')"
         ) from None
     if isinstance(action, bool) or not isinstance(action, int | float | list):
-        raise CliError("--action must be a number or a list of numbers")
-    return _resolve(args, pb.RESOLUTION_SUBSTITUTE, action)
+        raise UsageError("--action must be a number or a list of numbers")
+    return _resolve(args, Resolution.SUBSTITUTE, action)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as ops:
         stream = ops.watch(args.agent or "", include_pending=not args.no_pending)
         try:
-            for e in stream:
+            for msg in stream:
+                e = from_pb(msg)
                 if args.json:
                     print(json.dumps(escalation_dict(e)), flush=True)
                 else:
@@ -351,7 +315,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _install_error_handler(sub: argparse._SubParsersAction) -> None:
-    """Wrap every subcommand so that RPC and usage errors print one clear line (exit 1)."""
+    """Wrap every subcommand so that an RPC error becomes one clear CliError line (exit 1)."""
     for parser in sub.choices.values():
         func = parser.get_default("func")
         parser.set_defaults(func=_friendly(func))
@@ -361,9 +325,6 @@ def _friendly(func):
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except CliError as e:
-            print(f"interlock escalations: {e}", file=sys.stderr)
-            return 2
         except grpc.RpcError as e:
             code = e.code()
             hint = ""
@@ -371,7 +332,6 @@ def _friendly(func):
                 hint = f" (is `interlock serve` running at {args.target}? set --target)"
             elif code == grpc.StatusCode.UNIMPLEMENTED:
                 hint = " (this server has no escalations: no rule escalates and no 'escalations:' section)"
-            print(f"interlock escalations: {code.name}: {e.details()}{hint}", file=sys.stderr)
-            return 1
+            raise CliError(f"escalations: {code.name}: {e.details()}{hint}") from None
 
     return run

@@ -10,8 +10,9 @@ the settings, so it is rebuilt only when either changes.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+
+from interlock.cli.errors import CliError, UsageError
 
 _EPILOG = """examples:
   interlock shield build examples/cliffwalking/interlock.yaml
@@ -52,11 +53,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     unknown = wanted - {a.id for a in loaded.config.agents}
     if unknown:
         have = ", ".join(a.id for a in loaded.config.agents)
-        print(
-            f"interlock: no agent {', '.join(sorted(unknown))} in {args.config} (agents: {have})",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"no agent {', '.join(sorted(unknown))} in {args.config} (agents: {have})")
     built = 0
     for agent in loaded.config.agents:
         if wanted and agent.id not in wanted:
@@ -96,6 +93,5 @@ def _cmd_build(args: argparse.Namespace) -> int:
             )
             built += 1
     if not built:
-        print(f"interlock: {args.config} has no reachability monitor with a tabular model", file=sys.stderr)
-        return 1
+        raise CliError(f"{args.config} has no reachability monitor with a tabular model")
     return 0

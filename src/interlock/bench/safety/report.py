@@ -203,7 +203,7 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
 
 def write(result: dict[str, Any], docs: Path) -> Path:
     """Plots under ``docs/img`` and the ``safety`` section of ``docs/benchmarks.md``."""
-    from interlock.bench import write_docs_section
+    from interlock.bench.docs import write_docs_section
 
     plots(result, docs / "img")
     return write_docs_section(docs / "benchmarks.md", "safety", markdown(result))

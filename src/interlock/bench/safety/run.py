@@ -1,6 +1,6 @@
 """``interlock bench safety``: every scenario, unguarded and guarded, in distribution and under shift.
 
-Each scenario module ``benchmarks/safety/<name>.py`` exposes
+Each scenario module ``src/interlock/bench/safety/<name>.py`` exposes
 ``run(quick: bool, seeds: int, progress: bool) -> dict`` (see ``common.py`` for the metric
 definitions). This module runs them, scores them against the targets of issue 7 and writes the
 JSON, the markdown section of ``docs/benchmarks.md`` and the plots.
@@ -71,9 +71,9 @@ def run_all(
     }
     for name in only or SCENARIOS:
         try:
-            mod = importlib.import_module(f"benchmarks.safety.{name}")
+            mod = importlib.import_module(f"interlock.bench.safety.{name}")
         except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("benchmarks.safety"):
+            if e.name and e.name.startswith("interlock.bench.safety"):
                 out["skipped"][name] = "scenario module not present in this checkout"
             else:
                 out["skipped"][name] = f"needs the '{e.name}' package (pip install {e.name})"
@@ -102,7 +102,7 @@ def main(
     seeds: int | None = None,
     only: list[str] | None = None,
 ) -> dict[str, Any]:
-    from benchmarks.safety import report
+    from interlock.bench.safety import report
 
     result = run_all(quick, seeds, only)
     if json_path:

@@ -34,7 +34,7 @@ shadow, would not have allowed the agent's action).
 
 Run::
 
-    SDL_VIDEODRIVER=dummy python -m benchmarks.safety.highway --seeds 50 --json highway.json
+    SDL_VIDEODRIVER=dummy python -m interlock.bench.safety.highway --seeds 50 --json highway.json
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from typing import Any
 
 import numpy as np
 
+from interlock.bench.safety.common import example_dir
+
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "highway"
+EXAMPLE = example_dir("highway")
 CONFIG = EXAMPLE / "interlock.yaml"
 AGENT = EXAMPLE / "agent.onnx"
 ENV_ID = "highway-fast-v0"

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.safety import train_minigrid as tm
-from benchmarks.safety.common import Condition, Episode, OperatorDesk, bar_for, result
+from interlock.bench.safety import train_minigrid as tm
+from interlock.bench.safety.common import Condition, Episode, OperatorDesk, bar_for, result
 
 TRAIN_ENV, SHIFT_ENV = "MiniGrid-DistShift1-v0", "MiniGrid-DistShift2-v0"
 EPSILON = 0.05

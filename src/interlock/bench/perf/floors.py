@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.perf.scenario import Scenario
+from interlock.bench.perf.scenario import Scenario
 
 
 def _time_per_call(fn: Callable[[], object], min_seconds: float, min_calls: int = 5) -> float:

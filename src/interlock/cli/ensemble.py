@@ -1,36 +1,43 @@
 """CLI for ensembles: ``interlock ensemble compile|train`` and ``interlock calibrate``.
 
-Registered by :mod:`interlock.cli` through ``register(subparsers)``.
+Registered by :mod:`interlock.cli.main` through ``register(subparsers)``. An
+:class:`~interlock.ensembles.common.EnsembleError` (a bad member file, unusable data) is a problem
+with the inputs: a :class:`~interlock.cli.errors.UsageError`, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import functools
+from collections.abc import Callable
 
+from interlock.cli.errors import UsageError
 from interlock.ensembles.common import EnsembleError
 
 
-def _fail(e: EnsembleError) -> int:
-    print(f"interlock: {e.message}", file=sys.stderr)
-    return 2
+def _inputs_checked(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except EnsembleError as e:
+            raise UsageError(e.message) from None
+
+    return run
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from interlock.ensembles.compile import compile_ensemble
 
-    try:
-        report = compile_ensemble(
-            args.members,
-            args.output,
-            strategy=args.strategy,
-            atol=args.atol,
-            kind=args.kind,
-            seed=args.seed,
-            int_high=args.int_high,
-        )
-    except EnsembleError as e:
-        return _fail(e)
+    report = compile_ensemble(
+        args.members,
+        args.output,
+        strategy=args.strategy,
+        atol=args.atol,
+        kind=args.kind,
+        seed=args.seed,
+        int_high=args.int_high,
+    )
     print(report.summary())
     print(f"wrote {report.path}")
     return 0
@@ -67,12 +74,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    try:
-        report = train_ensemble(
-            args.data, args.output, cfg, progress=not args.quiet, members_dir=args.members_dir
-        )
-    except EnsembleError as e:
-        return _fail(e)
+    report = train_ensemble(
+        args.data, args.output, cfg, progress=not args.quiet, members_dir=args.members_dir
+    )
     print(report.summary())
     return 0
 
@@ -80,19 +84,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from interlock.monitors.calibrate import calibrate
 
-    try:
-        report = calibrate(
-            args.config,
-            args.agent,
-            args.data,
-            rate=args.false_alarm_rate,
-            holdout=args.holdout,
-            seed=args.seed,
-            monitors=args.monitor or None,
-            output=args.output,
-        )
-    except EnsembleError as e:
-        return _fail(e)
+    report = calibrate(
+        args.config,
+        args.agent,
+        args.data,
+        rate=args.false_alarm_rate,
+        holdout=args.holdout,
+        seed=args.seed,
+        monitors=args.monitor or None,
+        output=args.output,
+    )
     print(report.summary())
     return 0
 
@@ -139,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="integer inputs (e.g. discrete actions) are drawn from [0, INT_HIGH) (default 2)",
     )
-    c.set_defaults(func=_cmd_compile)
+    c.set_defaults(func=_inputs_checked(_cmd_compile))
 
     t = esub.add_parser(
         "train",
@@ -177,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--members-dir", default=None, help="also write each member as DIR/member_<k>.onnx")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(func=_inputs_checked(_cmd_train))
 
     cal = sub.add_parser(
         "calibrate",
@@ -206,16 +207,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", default=None, help="thresholds file (default: the monitor's thresholds_file)"
     )
     cal.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
-    cal.set_defaults(func=_cmd_calibrate)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m interlock.cli_ensemble``); ``interlock`` registers the same."""
-    parser = argparse.ArgumentParser(prog="interlock")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    cal.set_defaults(func=_inputs_checked(_cmd_calibrate))

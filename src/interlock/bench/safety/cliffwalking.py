@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.safety.common import Condition, Episode, bar_for, result
+from interlock.bench.safety.common import Condition, Episode, bar_for, result
 
 EPSILON = 0.1
 MAX_STEPS = 200

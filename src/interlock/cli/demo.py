@@ -1,6 +1,8 @@
 """``interlock demo cartpole``: serve the CartPole example and drive a real agent through it.
 
-The agent is the policy trained by ``examples/cartpole/train_policy.py``, made
+The config and models ship with the package (:mod:`interlock.demo_assets`), so the demo runs
+from any folder after ``pip install interlock``. The agent is the policy trained by
+``examples/cartpole/train_policy.py`` (in the source checkout), made
 unreliable on purpose: with probability ``--epsilon`` it proposes a random
 action (a stand-in for a policy meeting states it was not trained on). The demo
 runs the same seeded episodes unguarded and guarded and prints return and
@@ -10,22 +12,26 @@ interventions for both.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from interlock.cli.errors import UsageError
+
+#: Demos whose config and models ship in interlock.demo_assets.
+DEMOS = ("cartpole",)
 
 
-def find_example(name: str) -> Path:
-    """``examples/<name>/interlock.yaml`` from the working directory or the source checkout."""
-    for base in (Path.cwd() / "examples", EXAMPLES):
-        cfg = base / name / "interlock.yaml"
-        if cfg.is_file():
-            return cfg
-    raise FileNotFoundError(
-        f"examples/{name}/interlock.yaml not found; run from the Interlock checkout or pass --config"
-    )
+@contextlib.contextmanager
+def demo_config(name: str) -> Iterator[Path]:
+    """The shipped ``interlock.yaml`` of demo ``name`` as a file path (models beside it)."""
+    if name not in DEMOS:
+        raise UsageError(f"no demo named '{name}' (available: {', '.join(DEMOS)})")
+    with resources.as_file(resources.files("interlock.demo_assets") / name) as folder:
+        yield Path(folder) / "interlock.yaml"
 
 
 class NoisyOnnxAgent:
@@ -102,10 +108,11 @@ def demo_cartpole(config: Path, episodes: int, epsilon: float, seed: int) -> dic
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    config = Path(args.config) if args.config else find_example(args.example)
-    if args.example != "cartpole":
-        raise SystemExit(f"no demo named '{args.example}' (available: cartpole)")
-    demo_cartpole(config, args.episodes, args.epsilon, args.seed)
+    if args.config:
+        demo_cartpole(Path(args.config), args.episodes, args.epsilon, args.seed)
+        return 0
+    with demo_config(args.example) as config:
+        demo_cartpole(config, args.episodes, args.epsilon, args.seed)
     return 0
 
 
@@ -113,11 +120,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="serve an example and drive a real agent through it",
-        description="Serve examples/<EXAMPLE>/interlock.yaml on a free loopback port, run seeded episodes "
-        "of a deliberately noisy agent unguarded and then guarded, and print return and "
-        "interventions.",
+        description="Serve the example's config (shipped with the package; examples/<EXAMPLE>/interlock.yaml "
+        "in the checkout) on a free loopback port, run seeded episodes of a deliberately noisy agent "
+        "unguarded and then guarded, and print return and interventions.",
     )
-    p.add_argument("example", nargs="?", default="cartpole", choices=["cartpole"], help="which example")
+    p.add_argument("example", nargs="?", default="cartpole", choices=list(DEMOS), help="which example")
     p.add_argument("--config", default=None, help="use this config instead of the example's")
     p.add_argument("--episodes", type=int, default=10, help="episodes per run (default 10)")
     p.add_argument("--epsilon", type=float, default=0.3, help="share of random actions the agent proposes")

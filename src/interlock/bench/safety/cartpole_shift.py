@@ -14,16 +14,15 @@ batched Guard call per step.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.safety.common import Condition, Episode, bar_for, result
+from interlock.bench.safety.common import Condition, Episode, bar_for, example_dir, result
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "examples" / "cartpole_recovery"
+EXAMPLE = example_dir("cartpole_recovery")
 EPSILON = 0.1
 
 
@@ -33,11 +32,18 @@ def SHIFT(cp: Any) -> Any:
 
 
 def _physics():
-    if str(EXAMPLE) not in sys.path:
-        sys.path.insert(0, str(EXAMPLE))
-    import cartpole_physics
-
-    return cartpole_physics
+    """The example's ``cartpole_physics.py``, loaded from its file (the example is not a package)."""
+    path = EXAMPLE / "cartpole_physics.py"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: run from the Interlock checkout or set INTERLOCK_EXAMPLES"
+        )
+    spec = importlib.util.spec_from_file_location("cartpole_physics", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("cartpole_physics", module)  # dataclasses in it look their module up
+    spec.loader.exec_module(module)
+    return sys.modules["cartpole_physics"]
 
 
 def _episodes(physics: Any, guarded: bool, seeds: int, max_steps: int, bar: Any) -> Condition:

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.perf import floors, scenario
-from benchmarks.perf.echo import SERVICE as ECHO
-from benchmarks.perf.echo import make_hook
-from benchmarks.perf.loadgen import LoadGenerator
+from interlock.bench.perf import floors, scenario
+from interlock.bench.perf.echo import SERVICE as ECHO
+from interlock.bench.perf.echo import make_hook
+from interlock.bench.perf.loadgen import LoadGenerator
 
 GUARD = "interlock.v1.Guard"
 
@@ -335,7 +335,7 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
 
 
 def main(json_path: str | None, quick: bool, docs: str | None) -> dict[str, Any]:
-    from benchmarks.perf import report
+    from interlock.bench.perf import report
 
     result = run(quick=quick)
     if json_path:
