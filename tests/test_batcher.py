@@ -20,7 +20,7 @@ from interlock.tensors import to_numpy
 from interlock.types import CheckInput
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
+from tests.support.fixtures import box_agent, discrete_agent, loaded
 
 BATCHING = {"max_batch": 8, "max_delay_ms": 20.0}
 

@@ -14,7 +14,7 @@ from interlock.ensembles.compile import compile_ensemble
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate, conformal_threshold
 from interlock.types import CheckInput
-from tests.ensemble_models import cartpole_transitions, dynamics_members, q_ensemble_members
+from tests.support.ensembles import cartpole_transitions, dynamics_members, q_ensemble_members
 
 
 @pytest.fixture(scope="module")

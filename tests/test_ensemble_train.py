@@ -13,7 +13,7 @@ from interlock.ensembles import EnsembleError
 from interlock.ensembles.common import META_KIND, META_STATE_SCALE
 from interlock.ensembles.scores import dynamics_scores, q_scores
 from interlock.ensembles.train import TrainConfig, train_ensemble
-from tests.ensemble_models import cartpole_transitions, run
+from tests.support.ensembles import cartpole_transitions, run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from interlock.server.background import background_server
 from interlock.tensors import from_numpy, to_numpy
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     OPERATOR_TOKEN,
     RISKY,
@@ -46,7 +46,7 @@ def metrics_text(srv) -> str:
 
 def test_example_config_is_what_the_issue_asks_for():
     from interlock.config import load_config
-    from tests.escalation_support import EXAMPLE
+    from tests.support.escalation import EXAMPLE
 
     cfg = load_config(EXAMPLE).config
     [agent] = cfg.agents

@@ -14,7 +14,7 @@ from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import OPERATOR_TOKEN, AgentCall, example_loaded, wait_for
+from tests.support.escalation import OPERATOR_TOKEN, AgentCall, example_loaded, wait_for
 
 
 @pytest.fixture(autouse=True)

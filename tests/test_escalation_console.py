@@ -24,7 +24,7 @@ from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     AGENT_TOKEN,
     OPERATOR_TOKEN,

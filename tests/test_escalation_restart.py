@@ -20,7 +20,7 @@ from interlock.escalation.sqlite import SqliteEscalationStore
 from interlock.tensors import to_numpy
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     OPERATOR_TOKEN,
     RISKY,

@@ -23,7 +23,7 @@ from interlock.server.operator_servicer import OperatorServicer, add_operator_se
 from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     AGENT_TOKEN,
     OPERATOR_TOKEN,

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.ops_fixtures import POSTGRES_DSN, needs_postgres
+from tests.support.ops import POSTGRES_DSN, needs_postgres
 
 pytest.importorskip(
     "interlock.escalation.store", reason="the escalation feature's store interface is not merged yet"
@@ -100,7 +100,7 @@ def test_replicas_behind_one_service_share_escalations_through_postgres(fresh_ta
     from interlock.client import make_request
     from interlock.server.background import background_server
     from interlock.v1 import interlock_pb2_grpc as pb_grpc
-    from tests.fixtures import loaded
+    from tests.support.fixtures import loaded
 
     token = "operator-token-0123456789abcdef"
     monkeypatch.setenv("INTERLOCK_OPERATOR_TOKEN", token)

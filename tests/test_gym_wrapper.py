@@ -8,7 +8,7 @@ import pytest
 
 from interlock import AsyncGuardClient, GuardClient, InterlockVectorWrapper, InterlockWrapper
 from interlock.server.background import background_server
-from tests.fixtures import discrete_agent, loaded
+from tests.support.fixtures import discrete_agent, loaded
 
 
 def test_wrapper_executes_the_decided_action(server):

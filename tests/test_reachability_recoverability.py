@@ -15,7 +15,7 @@ from interlock.errors import ConfigError
 from interlock.reachability.constraints import BatchedCondition
 from interlock.reachability.onnx_build import linear_logits, mlp_ensemble, save
 from interlock.types import CheckInput, Verdict
-from tests.fixtures import loaded
+from tests.support.fixtures import loaded
 
 DT = 0.1
 WALL = 1.0

@@ -15,8 +15,8 @@ from interlock.tensors import to_numpy
 from interlock.types import CheckInput, Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
-from tests.ops_fixtures import TILTED, UPRIGHT, metric_value, req, write_config
+from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.ops import TILTED, UPRIGHT, metric_value, req, write_config
 
 
 def test_shadow_mode_answers_allow_and_keeps_the_would_be_verdict(tmp_path):

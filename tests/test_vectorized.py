@@ -11,7 +11,7 @@ from interlock.policies.cel import CelPredicate, make_env
 from interlock.policies.decision import DecisionPolicy
 from interlock.policies.vectorized import _probe_columns, compile_vectorized, probe_rows
 from interlock.types import CheckInput
-from tests.fixtures import discrete_agent, loaded
+from tests.support.fixtures import discrete_agent, loaded
 
 SIGNALS = ["u.q_std", "u.disagreement", "action_space.invalid", "limits.tilt"]
 

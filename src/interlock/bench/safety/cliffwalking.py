@@ -1,7 +1,7 @@
 """CliffWalking-v1 (deterministic, training) -> CliffWalking-v1 slippery (deployment).
 
 Agent: epsilon-greedy (epsilon 0.1) on the optimal Q-values of the deterministic grid (value
-iteration over the environment's own model, ``interlock.reachability.agents.q_values``), so it
+iteration over the environment's own model, ``interlock.bench.agents.q_values``), so it
 walks along the cliff edge. Catastrophe: a step off the cliff (reward -100).
 
 Guard: the exact shield of ``examples/cliffwalking`` (a ``reachability`` monitor over the tabular
@@ -103,7 +103,7 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
     """Every condition over ``seeds`` episodes (one per seed)."""
     import gymnasium as gym
 
-    from interlock.reachability.agents import q_values
+    from interlock.bench.agents import q_values
 
     raw = gym.make("CliffWalking-v1").unwrapped
     q = q_values(raw.P, raw.observation_space.n, raw.action_space.n)

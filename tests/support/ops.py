@@ -19,7 +19,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from interlock.client import make_request
-from tests.fixtures import box_agent, discrete_agent
+from tests.support.fixtures import box_agent, discrete_agent
 
 UPRIGHT = np.array([0.0, 0.0, 0.01, 0.0], np.float32)
 TILTED = np.array([0.0, 0.0, 0.15, 0.0], np.float32)

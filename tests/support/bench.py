@@ -18,7 +18,7 @@ from typing import Any
 
 from interlock.bench.docs import section_markers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEEP = "hand-written text that must survive"
 
 

@@ -18,7 +18,7 @@ from interlock import GuardClient
 from interlock.client import CheckResult
 from interlock.config import LoadedConfig, parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "escalation" / "interlock.yaml"
 AGENT = "escalation-demo"
 OPERATOR_TOKEN = "op-token-" + "7" * 24
