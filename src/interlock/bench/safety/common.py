@@ -164,10 +164,8 @@ class OperatorDesk:
         self._tmp.cleanup()
 
     async def _run(self) -> None:
-        from interlock.escalation.manager import PENDING
-
         async for rec in self.manager.watch():
-            if rec is None or rec.state != PENDING or self.delay is None:
+            if rec is None or not rec.pending or self.delay is None:
                 continue
             t = asyncio.get_running_loop().create_task(self._resolve(rec))
             self._tasks.add(t)

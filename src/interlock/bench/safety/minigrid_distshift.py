@@ -163,12 +163,11 @@ def config(transitions: Path, base: Path):
 
 def operator_answer(model: GridModel, dist: np.ndarray):
     """The simulated operator's judgement: approve a move on a shortest lava-free path, else give one."""
-    from interlock.tensors import to_numpy
-    from interlock.v1 import interlock_pb2 as pb
+    from interlock.escalation.model import Resolution
 
     def answer(rec: Any) -> tuple[int, np.ndarray | None]:
-        s = int(to_numpy(rec.observation))
-        proposed = int(to_numpy(rec.proposed_action))
+        s = int(rec.observation)
+        proposed = int(rec.proposed_action)
         best = min(
             range(3),
             key=lambda a: (
@@ -178,8 +177,8 @@ def operator_answer(model: GridModel, dist: np.ndarray):
             ),
         )
         if proposed < 3 and dist[model.step(s, proposed)[0]] <= dist[model.step(s, best)[0]]:
-            return pb.RESOLUTION_APPROVE, None
-        return pb.RESOLUTION_SUBSTITUTE, np.int64(best)
+            return Resolution.APPROVE, None
+        return Resolution.SUBSTITUTE, np.int64(best)
 
     return answer
 
