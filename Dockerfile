@@ -8,11 +8,14 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY deploy/install.sh ./deploy/install.sh
 RUN bash deploy/install.sh /opt/interlock
+# examples/cartpole links to the package's demo assets (one copy of each model): resolve the links.
+COPY examples ./examples
+RUN cp -rL examples /opt/interlock-examples
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home interlock
 COPY --from=build /opt/interlock /opt/interlock
-COPY examples /usr/share/interlock/examples
+COPY --from=build /opt/interlock-examples /usr/share/interlock/examples
 ENV PATH=/opt/interlock/bin:$PATH PYTHONUNBUFFERED=1
 USER 10001
 # gRPC (Guard, Operator, grpc.health.v1 for readiness probes, reflection) and Prometheus /metrics.

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from interlock.client import make_request
 from interlock.server.background import background_server
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import discrete_agent, loaded
+from tests.support.fixtures import discrete_agent, loaded
 
 TILTED = np.array([0.0, 0.0, 0.15, 0.0], np.float32)
 

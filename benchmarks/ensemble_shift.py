@@ -221,10 +221,10 @@ def lunarlander() -> EnvSpec:
 
 
 def run_env(spec: EnvSpec, work: Path, seed: int = 0, progress: bool = False) -> dict:
+    from interlock.batch import Batch
     from interlock.engine import Guard
-    from interlock.ensembles.calibrate import calibrate
     from interlock.ensembles.train import TrainConfig, train_ensemble
-    from interlock.monitors.base import Batch
+    from interlock.monitors.calibrate import calibrate
 
     t0 = time.perf_counter()
     train = rollouts(spec.make, spec.controller, spec.train_episodes, seed, max_steps=spec.max_steps)

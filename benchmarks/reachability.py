@@ -81,8 +81,9 @@ def per_member_copy(example: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from interlock.engine import CheckInput, Guard
-    from interlock.monitors.base import Batch
+    from interlock.batch import Batch
+    from interlock.engine import Guard
+    from interlock.types import CheckInput
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -28,7 +28,8 @@ sys.path.insert(0, str(EXAMPLE))
 from cartpole_physics import NOMINAL, SHIFTED, Physics  # noqa: E402
 
 from interlock.config import LoadedConfig, load_config  # noqa: E402
-from interlock.engine import CheckInput, Guard, Verdict  # noqa: E402
+from interlock.engine import Guard  # noqa: E402
+from interlock.types import CheckInput, Verdict  # noqa: E402
 
 
 def with_fallback(loaded: LoadedConfig, fallback: str) -> LoadedConfig:

@@ -32,10 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from interlock.bench.agents import EpsilonGreedy, RandomAgent, q_values  # noqa: E402
 from interlock.config import LoadedConfig, parse_config  # noqa: E402
-from interlock.engine import CheckInput, Guard, Verdict  # noqa: E402
-from interlock.reachability.agents import EpsilonGreedy, RandomAgent, q_values  # noqa: E402
+from interlock.engine import Guard  # noqa: E402
 from interlock.reachability.gym_models import cliffwalking_model, frozenlake_model  # noqa: E402
+from interlock.types import CheckInput, Verdict  # noqa: E402
 
 # ---------------------------------------------------------------------------- exact
 

@@ -5,7 +5,7 @@ import pytest
 
 from interlock.server.background import background_server
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
+from tests.support.fixtures import box_agent, discrete_agent, loaded
 
 
 @pytest.fixture

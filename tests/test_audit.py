@@ -10,14 +10,14 @@ import grpc
 import numpy as np
 import pytest
 
+from interlock.audit import AuditQuery, open_backend
 from interlock.cli import main
-from interlock.server.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
-from tests.ops_fixtures import POSTGRES_DSN, TILTED, UPRIGHT, metric_value, needs_postgres, req, write_config
+from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.ops import POSTGRES_DSN, TILTED, UPRIGHT, metric_value, needs_postgres, req, write_config
 
 
 def reset_postgres() -> None:

@@ -8,17 +8,19 @@ import grpc
 import numpy as np
 import pytest
 
+from interlock.batch import SignalBatch
 from interlock.client import make_request
-from interlock.engine import CheckInput, Guard
+from interlock.engine import Guard
 from interlock.errors import InvalidRequest, UnknownAgent
-from interlock.monitors.base import Monitor, SignalBatch
+from interlock.monitors.base import Monitor
 from interlock.server.background import background_server
 from interlock.server.batcher import MicroBatcher
 from interlock.server.service import GuardService
 from interlock.tensors import to_numpy
+from interlock.types import CheckInput
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
+from tests.support.fixtures import box_agent, discrete_agent, loaded
 
 BATCHING = {"max_batch": 8, "max_delay_ms": 20.0}
 

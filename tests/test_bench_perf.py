@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench_smoke import check_docs, positive, run_quick
+from tests.support.bench import check_docs, positive, run_quick
 
 HEADLINE = (
     "check_p50_over_transport_floor",

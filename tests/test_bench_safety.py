@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from tests.bench_smoke import check_docs, run_quick
+from tests.support.bench import check_docs, run_quick
 
 METRICS = (
     "catastrophe_rate",

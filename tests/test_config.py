@@ -6,7 +6,7 @@ from interlock.cli import main
 from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.errors import ConfigError
-from tests.fixtures import discrete_agent, loaded
+from tests.support.fixtures import discrete_agent, loaded
 
 
 def write(tmp_path, text):

@@ -16,10 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from interlock.server.audit import AuditQuery, open_backend
+from interlock.audit import AuditQuery, open_backend
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.ops_fixtures import POSTGRES_DSN, TILTED, UPRIGHT, ServerProcess, needs_postgres, req, write_config
+from tests.support.ops import POSTGRES_DSN, TILTED, UPRIGHT, ServerProcess, needs_postgres, req, write_config
 
 
 def stored_ids(spec: str) -> set[str]:

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import InvalidRequest, UnknownAgent
 from interlock.monitors import BUILDERS, Monitor
-from tests.fixtures import box_agent, cartpole_balancer, discrete_agent, loaded
+from interlock.types import CheckInput, Verdict
+from tests.support.fixtures import box_agent, cartpole_balancer, discrete_agent, loaded
 
 UPRIGHT = np.array([0.0, 0.0, 0.01, 0.0], np.float32)
 TILTED = np.array([0.0, 0.0, 0.15, 0.0], np.float32)
@@ -140,7 +141,7 @@ def test_fallback_outside_action_space_halts(tmp_path):
     agent = box_agent()
     agent["fallbacks"]["wild"] = {"kind": "onnx_policy", "model": "wild.onnx"}
     agent["policy"]["rules"][0]["fallback"] = "wild"
-    from tests.fixtures import linear_model
+    from tests.support.fixtures import linear_model
 
     linear_model(tmp_path / "wild.onnx", np.full((3, 2), 10.0, np.float32), np.full(2, 5.0, np.float32))
     [d] = guard_for(agent, tmp_path=tmp_path).check(
@@ -170,7 +171,7 @@ def test_halt_default_and_fail_safe_action_on_halt():
 
 
 def test_fallback_raising_at_run_time_halts_and_is_recorded(tmp_path):
-    from tests.fixtures import linear_model
+    from tests.support.fixtures import linear_model
 
     linear_model(tmp_path / "wrong_dims.onnx", np.ones((3, 2), np.float32))  # expects obs of size 3, gets 4
     agent = discrete_agent(

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from interlock.cli_ensemble import main as ensemble_main
+from interlock.cli import main as ensemble_main
 from interlock.ensembles import EnsembleError
 from interlock.ensembles.compile import compile_ensemble
-from tests.ensemble_models import mlp_onnx, q_ensemble_members, random_mlp, residual_onnx, run
+from tests.support.ensembles import mlp_onnx, q_ensemble_members, random_mlp, residual_onnx, run
 
 
 def _ops(path) -> list[str]:

@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.ensembles.compile import compile_ensemble
 from interlock.ensembles.scores import softmax
 from interlock.errors import ConfigError
 from interlock.fallbacks.quantilizer import quantilize
-from tests.ensemble_models import mlp_onnx, q_ensemble_members, random_mlp, run
-from tests.fixtures import loaded
+from interlock.types import CheckInput, Verdict
+from tests.support.ensembles import mlp_onnx, q_ensemble_members, random_mlp, run
+from tests.support.fixtures import loaded
 
 OBS = np.random.default_rng(42).standard_normal((32, 4)).astype(np.float32)
 
@@ -164,7 +165,7 @@ def test_policy_ensemble_mutual_information(tmp_path):
 
 
 def test_dynamics_disagreement_is_normalised_per_dimension(tmp_path):
-    from tests.ensemble_models import dynamics_members
+    from tests.support.ensembles import dynamics_members
 
     paths = dynamics_members(tmp_path, k=3)
     compile_ensemble(paths, tmp_path / "dyn.onnx")

@@ -13,7 +13,7 @@ from interlock.ensembles import EnsembleError
 from interlock.ensembles.common import META_KIND, META_STATE_SCALE
 from interlock.ensembles.scores import dynamics_scores, q_scores
 from interlock.ensembles.train import TrainConfig, train_ensemble
-from tests.ensemble_models import cartpole_transitions, run
+from tests.support.ensembles import cartpole_transitions, run
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_training_errors_are_clear(tmp_path, data, monkeypatch):
 
 def test_box_action_dynamics_via_cli(tmp_path, capsys):
     pytest.importorskip("torch")
-    from interlock.cli_ensemble import main
+    from interlock.cli import main
 
     rng = np.random.default_rng(0)
     obs = rng.standard_normal((600, 3)).astype(np.float32)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.engine import Verdict
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
 from interlock.tensors import from_numpy, to_numpy
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     OPERATOR_TOKEN,
     RISKY,
@@ -46,7 +46,7 @@ def metrics_text(srv) -> str:
 
 def test_example_config_is_what_the_issue_asks_for():
     from interlock.config import load_config
-    from tests.escalation_support import EXAMPLE
+    from tests.support.escalation import EXAMPLE
 
     cfg = load_config(EXAMPLE).config
     [agent] = cfg.agents
@@ -293,10 +293,11 @@ def test_substitute_action_for_a_box_agent_is_checked_against_its_bounds(tmp_pat
 
 
 async def test_a_failing_store_fails_closed_to_the_fail_safe(tmp_path):
-    from interlock.engine import CheckInput, Guard
-    from interlock.server.escalation import EscalationManager
-    from interlock.server.escalation_store import SqliteEscalationStore
+    from interlock.engine import Guard
+    from interlock.escalation.manager import EscalationManager
+    from interlock.escalation.sqlite import SqliteEscalationStore
     from interlock.server.metrics import Metrics
+    from interlock.types import CheckInput
 
     guard = Guard(example_loaded(tmp_path)).load()
     metrics = Metrics()

@@ -10,11 +10,11 @@ import sys
 import pytest
 
 from interlock.cli import main
-from interlock.engine import Verdict
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import OPERATOR_TOKEN, AgentCall, example_loaded, wait_for
+from tests.support.escalation import OPERATOR_TOKEN, AgentCall, example_loaded, wait_for
 
 
 @pytest.fixture(autouse=True)

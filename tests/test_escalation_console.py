@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.engine import Verdict
-from interlock.operator_client import OperatorClient
+from interlock.client.operator import OperatorClient
 from interlock.server.background import background_server
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     AGENT_TOKEN,
     OPERATOR_TOKEN,

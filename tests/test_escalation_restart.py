@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -13,12 +14,13 @@ import numpy as np
 import pytest
 
 from interlock import GuardClient
-from interlock.engine import Verdict
-from interlock.operator_client import OperatorClient
-from interlock.server.escalation_store import SqliteEscalationStore
+from interlock.client.operator import OperatorClient
+from interlock.escalation.model import Escalation, EscalationState
+from interlock.escalation.sqlite import SqliteEscalationStore
 from interlock.tensors import to_numpy
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     OPERATOR_TOKEN,
     RISKY,
@@ -124,16 +126,10 @@ async def test_sqlite_store_is_wal_durable_and_compare_and_set(tmp_path):
     path = tmp_path / "store.db"
     store = SqliteEscalationStore(path)
     await store.open()
-    rec = pb.Escalation(
-        escalation_id="esc-1", agent_id="a", state=PENDING, created_time=1.0, deadline_time=9.0
-    )
+    rec = Escalation(escalation_id="esc-1", agent_id="a", created_time=1.0, deadline_time=9.0)
     await store.create([rec])
-    won = pb.Escalation()
-    won.CopyFrom(rec)
-    won.state, won.resolved_time, won.operator = pb.ESCALATION_STATE_APPROVED, 2.0, "alice"
-    lost = pb.Escalation()
-    lost.CopyFrom(rec)
-    lost.state, lost.resolved_time = pb.ESCALATION_STATE_EXPIRED, 3.0
+    won = dataclasses.replace(rec, state=EscalationState.APPROVED, resolved_time=2.0, operator="alice")
+    lost = dataclasses.replace(rec, state=EscalationState.EXPIRED, resolved_time=3.0)
     assert await store.finish(won) is True
     assert await store.finish(lost) is False, "only one final answer may win"
     assert (await store.list(agent_id="a"))[0].operator == "alice"

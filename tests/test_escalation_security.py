@@ -12,17 +12,18 @@ import pytest
 
 from interlock import GuardClient
 from interlock.config import AuthConfig, TokenSourceConfig
-from interlock.engine import Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import ConfigError
+from interlock.escalation.manager import EscalationManager
+from interlock.escalation.sqlite import SqliteEscalationStore
 from interlock.server.auth import AuthInterceptor, Credentials
 from interlock.server.background import background_server
-from interlock.server.escalation import EscalationManager
-from interlock.server.escalation_store import SqliteEscalationStore
 from interlock.server.metrics import Metrics
 from interlock.server.operator_servicer import OperatorServicer, add_operator_service
+from interlock.types import Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.escalation_support import (
+from tests.support.escalation import (
     AGENT,
     AGENT_TOKEN,
     OPERATOR_TOKEN,
@@ -207,7 +208,7 @@ async def test_operator_identity_from_a_client_certificate(tmp_path):
     await server.start()
     try:
         # Open a real escalation through the manager, as the Guard path does.
-        from interlock.engine import CheckInput
+        from interlock.types import CheckInput
 
         [d] = guard.check([CheckInput(AGENT, RISKY, np.int64(1))])
         await manager.handle(guard, [d])

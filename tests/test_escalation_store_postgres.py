@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
 import pytest
 
-from tests.ops_fixtures import POSTGRES_DSN, needs_postgres
+from tests.support.ops import POSTGRES_DSN, needs_postgres
 
 pytest.importorskip(
-    "interlock.server.escalation_store", reason="the escalation feature's store interface is not merged yet"
+    "interlock.escalation.store", reason="the escalation feature's store interface is not merged yet"
 )
 pytestmark = needs_postgres
 
 from interlock.errors import ConfigError  # noqa: E402
-from interlock.server.escalation_store_postgres import PostgresEscalationStore  # noqa: E402
+from interlock.escalation.model import Escalation, EscalationState  # noqa: E402
+from interlock.escalation.postgres import PostgresEscalationStore  # noqa: E402
 from interlock.v1 import interlock_pb2 as pb  # noqa: E402
 
 
-def escalation(agent: str = "robot-1", **kw) -> pb.Escalation:
+def escalation(agent: str = "robot-1", **kw) -> Escalation:
     now = time.time()
-    return pb.Escalation(
+    return Escalation(
         escalation_id=uuid.uuid4().hex,
         agent_id=agent,
-        state=pb.ESCALATION_STATE_PENDING,
+        state=EscalationState.PENDING,
         created_time=kw.pop("created", now),
         deadline_time=now + 30,
         **kw,
@@ -50,16 +52,10 @@ async def test_two_replicas_share_the_queue_and_only_one_answer_wins(fresh_table
         assert (await b.get(e2.escalation_id)).step == 4
         assert [e.escalation_id for e in await b.list(agent_id="robot-2")] == [e2.escalation_id]
 
-        approve = pb.Escalation()
-        approve.CopyFrom(e1)
-        approve.state, approve.resolved_time, approve.operator = (
-            pb.ESCALATION_STATE_APPROVED,
-            time.time(),
-            "ann",
+        approve = dataclasses.replace(
+            e1, state=EscalationState.APPROVED, resolved_time=time.time(), operator="ann"
         )
-        expire = pb.Escalation()
-        expire.CopyFrom(e1)
-        expire.state, expire.resolved_time = pb.ESCALATION_STATE_EXPIRED, time.time()
+        expire = dataclasses.replace(e1, state=EscalationState.EXPIRED, resolved_time=time.time())
         results = await asyncio.gather(a.finish(approve), b.finish(expire))
         assert sorted(results) == [False, True]
         final = await a.get(e1.escalation_id)
@@ -104,7 +100,7 @@ def test_replicas_behind_one_service_share_escalations_through_postgres(fresh_ta
     from interlock.client import make_request
     from interlock.server.background import background_server
     from interlock.v1 import interlock_pb2_grpc as pb_grpc
-    from tests.fixtures import loaded
+    from tests.support.fixtures import loaded
 
     token = "operator-token-0123456789abcdef"
     monkeypatch.setenv("INTERLOCK_OPERATOR_TOKEN", token)

@@ -19,14 +19,14 @@ import grpc
 import numpy as np
 import pytest
 
+from interlock.audit import AuditQuery, open_backend
 from interlock.errors import Unavailable
-from interlock.server.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import discrete_agent, linear_model, loaded
-from tests.ops_fixtures import POSTGRES_DSN, TILTED, UPRIGHT, metric_value, needs_postgres, req
+from tests.support.fixtures import discrete_agent, linear_model, loaded
+from tests.support.ops import POSTGRES_DSN, TILTED, UPRIGHT, metric_value, needs_postgres, req
 
 
 def test_onnx_session_raising_fails_closed(tmp_path):

@@ -20,8 +20,8 @@ from interlock.server.background import background_server
 from interlock.tensors import DTYPE_OF
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
-from tests.ops_fixtures import health_status, req
+from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.ops import health_status, req
 
 CLIENT_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,

@@ -6,10 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from interlock import AsyncGuardClient, GuardClient, InterlockWrapper
-from interlock.gym import InterlockVectorWrapper
+from interlock import AsyncGuardClient, GuardClient, InterlockVectorWrapper, InterlockWrapper
 from interlock.server.background import background_server
-from tests.fixtures import discrete_agent, loaded
+from tests.support.fixtures import discrete_agent, loaded
 
 
 def test_wrapper_executes_the_decided_action(server):
@@ -59,8 +58,9 @@ class CountingClient(GuardClient):
 def test_vector_env_uses_one_check_batch_per_step(server):
     venv = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
     client = CountingClient(f"127.0.0.1:{server.port}", agent_id="cartpole")
-    env = InterlockWrapper(venv, client=client)
-    assert isinstance(env, InterlockVectorWrapper)
+    with pytest.raises(TypeError, match="use InterlockVectorWrapper"):
+        InterlockWrapper(venv, client=client)  # vector envs take their own wrapper class (Gymnasium's rule)
+    env = InterlockVectorWrapper(venv, client=client)
     env.reset(seed=0)
     for _ in range(30):
         _, _, _, _, infos = env.step(np.ones(4, dtype=np.int64))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from interlock.config import load_config
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
+from interlock.types import CheckInput, Verdict
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_lane_change_into_an_occupied_gap_keeps_the_lane(guard: Guard) -> None:
 
 def test_quick_run_is_well_formed() -> None:
     pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
-    from benchmarks.safety import highway
+    from interlock.bench.safety import highway
 
     if not highway.AGENT.exists():
         pytest.skip(f"{highway.AGENT} is missing: run examples/highway/train_agent.py")

@@ -11,12 +11,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from interlock.server.audit import AuditQuery, open_backend
+from interlock.audit import AuditQuery, open_backend
 from interlock.server.background import background_server
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
-from tests.ops_fixtures import TILTED, ServerProcess, health_status, metric_value, req, write_config
+from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.ops import TILTED, ServerProcess, health_status, metric_value, req, write_config
 
 
 def held_stream(stub, release: threading.Event, answers: list):

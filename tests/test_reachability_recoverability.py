@@ -10,11 +10,12 @@ import onnx
 import pytest
 from onnx import helper
 
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import ConfigError
 from interlock.reachability.constraints import BatchedCondition
 from interlock.reachability.onnx_build import linear_logits, mlp_ensemble, save
-from tests.fixtures import loaded
+from interlock.types import CheckInput, Verdict
+from tests.support.fixtures import loaded
 
 DT = 0.1
 WALL = 1.0

@@ -10,14 +10,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from interlock.bench.agents import q_values
 from interlock.cli import main as cli_main
 from interlock.config import load_config
-from interlock.engine import CheckInput, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import ConfigError
-from interlock.reachability.agents import q_values
 from interlock.reachability.gym_models import cliffwalking_model, frozenlake_model
 from interlock.reachability.shield_build import clear_memo
-from tests.fixtures import loaded
+from interlock.types import CheckInput, Verdict
+from tests.support.fixtures import loaded
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

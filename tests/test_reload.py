@@ -15,8 +15,8 @@ from interlock.server.background import background_server
 from interlock.tensors import to_numpy
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, cartpole_balancer, discrete_agent
-from tests.ops_fixtures import TILTED, ServerProcess, metric_value, req, write_config
+from tests.support.fixtures import box_agent, cartpole_balancer, discrete_agent
+from tests.support.ops import TILTED, ServerProcess, metric_value, req, write_config
 
 FAST = {"reload": {"poll_seconds": 0.05}}
 

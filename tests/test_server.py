@@ -167,7 +167,7 @@ def test_metrics_are_exposed(metrics_server):
 
 def test_internal_errors_fail_closed_and_are_counted(tmp_path):
     from interlock.server.background import background_server
-    from tests.fixtures import discrete_agent, linear_model, loaded
+    from tests.support.fixtures import discrete_agent, linear_model, loaded
 
     linear_model(tmp_path / "broken.onnx", np.ones((3, 2), np.float32))  # wrong input size: raises per call
     agent = discrete_agent(

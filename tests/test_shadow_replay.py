@@ -7,15 +7,16 @@ import json
 import grpc
 import numpy as np
 
+from interlock.audit import AuditQuery, open_backend
 from interlock.cli import main
-from interlock.engine import CheckInput, Guard, Verdict
-from interlock.server.audit import AuditQuery, open_backend
+from interlock.engine import Guard
 from interlock.server.background import background_server
 from interlock.tensors import to_numpy
+from interlock.types import CheckInput, Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import box_agent, discrete_agent, loaded
-from tests.ops_fixtures import TILTED, UPRIGHT, metric_value, req, write_config
+from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.ops import TILTED, UPRIGHT, metric_value, req, write_config
 
 
 def test_shadow_mode_answers_allow_and_keeps_the_would_be_verdict(tmp_path):

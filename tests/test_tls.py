@@ -13,7 +13,7 @@ from interlock.errors import ConfigError
 from interlock.server.background import background_server
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.ops_fixtures import make_certs, metric_value, req, write_config
+from tests.support.ops import make_certs, metric_value, req, write_config
 
 
 def check(port: int, ca: bytes | None, cert: bytes | None = None, key: bytes | None = None):

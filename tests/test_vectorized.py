@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from interlock.config import PolicyConfig
-from interlock.engine import CheckInput, Guard
+from interlock.engine import Guard
 from interlock.policies.cel import CelPredicate, make_env
 from interlock.policies.decision import DecisionPolicy
 from interlock.policies.vectorized import _probe_columns, compile_vectorized, probe_rows
-from tests.fixtures import discrete_agent, loaded
+from interlock.types import CheckInput
+from tests.support.fixtures import discrete_agent, loaded
 
 SIGNALS = ["u.q_std", "u.disagreement", "action_space.invalid", "limits.tilt"]
 

@@ -16,7 +16,7 @@ import yaml
 from interlock.client import make_request
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.fixtures import discrete_agent
+from tests.support.fixtures import discrete_agent
 
 
 def _config(tmp_path) -> str:

@@ -66,8 +66,8 @@ def collect(
 
 
 def main() -> None:
-    from interlock.ensembles.calibrate import calibrate
     from interlock.ensembles.train import TrainConfig, train_ensemble
+    from interlock.monitors.calibrate import calibrate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=40, help="training episodes (default 40, ~20k steps)")

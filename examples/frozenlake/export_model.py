@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interlock.reachability.agents import q_values
+from interlock.bench.agents import q_values
 from interlock.reachability.gym_models import frozenlake_model
 
 HERE = Path(__file__).resolve().parent

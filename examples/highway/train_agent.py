@@ -36,7 +36,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 HERE = Path(__file__).resolve().parent
 ENV_ID = "highway-fast-v0"
-#: Nominal traffic; benchmarks/safety/highway.py evaluates in the same configuration.
+#: Nominal traffic; src/interlock/bench/safety/highway.py evaluates in the same configuration.
 NOMINAL = {
     "duration": 20,
     "vehicles_count": 15,

@@ -3,6 +3,7 @@
 Public API::
 
     from interlock import GuardClient, AsyncGuardClient, InterlockWrapper, Verdict, load_config
+    from interlock import InterlockVectorWrapper, OperatorClient
 """
 
 from __future__ import annotations
@@ -16,28 +17,34 @@ __all__ = [
     "Decision",
     "Guard",
     "GuardClient",
+    "InterlockVectorWrapper",
     "InterlockWrapper",
+    "OperatorClient",
     "Verdict",
     "__version__",
     "load_config",
 ]
 
 _LAZY = {
-    "GuardClient": "interlock.client",
-    "AsyncGuardClient": "interlock.client",
-    "InterlockWrapper": "interlock.gym",
+    "GuardClient": "interlock.client.guard",
+    "AsyncGuardClient": "interlock.client.guard",
+    "OperatorClient": "interlock.client.operator",
+    "InterlockWrapper": "interlock.client.gym",
+    "InterlockVectorWrapper": "interlock.client.gym",
     "Guard": "interlock.engine",
-    "CheckInput": "interlock.engine",
-    "Decision": "interlock.engine",
-    "Verdict": "interlock.engine",
+    "CheckInput": "interlock.types",
+    "Decision": "interlock.types",
+    "Verdict": "interlock.types",
     "load_config": "interlock.config",
 }
 
 if TYPE_CHECKING:
-    from interlock.client import AsyncGuardClient, GuardClient
+    from interlock.client.guard import AsyncGuardClient, GuardClient
+    from interlock.client.gym import InterlockVectorWrapper, InterlockWrapper
+    from interlock.client.operator import OperatorClient
     from interlock.config import load_config
-    from interlock.engine import CheckInput, Decision, Guard, Verdict
-    from interlock.gym import InterlockWrapper
+    from interlock.engine import Guard
+    from interlock.types import CheckInput, Decision, Verdict
 
 
 def __getattr__(name: str) -> Any:

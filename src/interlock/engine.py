@@ -11,38 +11,28 @@ fails too. Only ``fail_mode: open`` turns an internal error into ALLOW.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from interlock.batch import Batch, SignalBatch, cel_activation
 from interlock.config import AgentConfig, LoadedConfig
 from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent
 from interlock.fallbacks import Fallback, build_fallback
-from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
+from interlock.monitors import Monitor, build_monitor
 from interlock.policies import DecisionPolicy
 from interlock.policies.vectorized import batch_columns
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
+from interlock.types import CheckInput, Decision, Verdict
 
 log = logging.getLogger(__name__)
 
-
-class Verdict(enum.IntEnum):
-    """Mirrors ``interlock.v1.Verdict``."""
-
-    ALLOW = 1
-    SUBSTITUTE = 2
-    ESCALATE = 3
-    HALT = 4
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
+# Re-exported: the records moved to interlock.types so the agent side can use them without the engine.
+__all__ = ["AgentRuntime", "CheckInput", "Decision", "Guard", "Verdict", "new_decision_id"]
 
 
 _VERDICT_OF = {
@@ -51,48 +41,6 @@ _VERDICT_OF = {
     "escalate": Verdict.ESCALATE,
     "halt": Verdict.HALT,
 }
-
-
-@dataclass
-class CheckInput:
-    """One decoded request. Arrays are one observation / one action (no batch axis)."""
-
-    agent_id: str
-    observation: np.ndarray
-    action: np.ndarray
-    episode_id: str = ""
-    step: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Decision:
-    """The engine's answer for one request.
-
-    ``action`` is what the agent executes: the proposed action on ALLOW, the
-    fallback's otherwise; ``None`` on HALT when no fail-safe action exists.
-    ``signals`` holds ``(name, value, threshold, tripped)`` tuples.
-    """
-
-    decision_id: str
-    agent_id: str
-    verdict: Verdict
-    action: np.ndarray | None
-    proposed_action: np.ndarray
-    observation: np.ndarray
-    signals: list[tuple[str, float, float, bool]]
-    reasons: list[str]
-    config_version: str
-    fallback: str = ""
-    rule: str = ""
-    escalation_id: str = ""
-    episode_id: str = ""
-    step: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    #: Stages that raised ("monitor:<name>", "policy", "fallback:<name>"), for metrics.
-    errors: list[str] = field(default_factory=list)
-    #: Shadow mode: the verdict that would have been enforced (``verdict`` is then ALLOW).
-    shadow_verdict: Verdict | None = None
 
 
 def new_decision_id() -> str:
@@ -224,16 +172,11 @@ class AgentRuntime:
         )
         trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
         thresholds = [signals[k].threshold for k in names]
-        split = [k.partition(".") for k in names]
         all_vals, all_trips = values.tolist(), trips.tolist()
 
         def activation(i: int) -> dict:
-            sig_map: dict[str, dict[str, float]] = {}
-            trip_map: dict[str, dict[str, bool]] = {}
-            for j, (mon, _, sig) in enumerate(split):
-                sig_map.setdefault(mon, {})[sig] = all_vals[i][j]
-                trip_map.setdefault(mon, {})[sig] = all_trips[i][j]
-            return {**batch.rows()[i], "signals": sig_map, "tripped": trip_map}
+            row = batch.rows()[i]
+            return cel_activation(**row, signal_names=names, values=all_vals[i], tripped=all_trips[i])
 
         cols = batch_columns(
             batch,
@@ -302,10 +245,8 @@ class AgentRuntime:
             d = decisions[i]
             if bad[k]:
                 self._halt(d, f"fallback '{name}' proposed {proposed[k].tolist()}, outside the action space")
-            elif d.verdict is Verdict.HALT:
-                d.action = proposed[k]  # the fail-safe action to hold while stopping
-                d.fallback = name
             else:
+                # On HALT this is the fail-safe action to hold while stopping.
                 d.action = proposed[k]
                 d.fallback = name
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from interlock.engine import CheckInput, Decision, Guard
+from interlock.engine import Guard
 from interlock.errors import ConfigError, InterlockError
+from interlock.types import CheckInput, Decision
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ReplayReport:
 
 def read_audit(spec: str, query=None) -> Iterator[ReplayItem]:
     """Items from an audit log (SQLite path or PostgreSQL DSN)."""
-    from interlock.server.audit import AuditQuery, open_backend
+    from interlock.audit import AuditQuery, open_backend
 
     backend = open_backend(spec)
     backend.open()

@@ -14,7 +14,8 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from interlock.monitors.base import Batch, Monitor, SignalBatch
+    from interlock.batch import Batch, SignalBatch
+    from interlock.monitors.base import Monitor
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 

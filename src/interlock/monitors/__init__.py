@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from interlock.batch import Batch, SignalBatch
 from interlock.monitors.action_space import ActionSpaceMonitor
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.monitors.base import Monitor
 from interlock.monitors.rules import RulesMonitor
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.batch import Batch, SignalBatch
+from interlock.monitors.base import Monitor
 
 
 class ActionSpaceMonitor(Monitor):

@@ -1,5 +1,8 @@
 """The monitor interface: a batch of observations and actions in, named signals out.
 
+:class:`~interlock.batch.Batch` and :class:`~interlock.batch.SignalBatch` live in
+:mod:`interlock.batch` (fallbacks, policies and calibration use them too).
+
 Monitors see whole batches (``[batch, *obs_shape]`` observations and
 ``[batch, *action_shape]`` actions, ``[batch]`` for discrete) so that model-based
 monitors run each ensemble once per batch. Each signal is a ``[batch]`` float64
@@ -13,95 +16,15 @@ path, ``unload()`` releases resources.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-import numpy as np
+from interlock.batch import Batch, SignalBatch
+
+__all__ = ["Batch", "Monitor", "SignalBatch"]
 
 if TYPE_CHECKING:
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
-
-
-@dataclass
-class Batch:
-    """The requests of one agent that are decided together.
-
-    Attributes:
-        agent_id: The agent's id as sent (not the glob it matched).
-        observations: ``[batch, *obs_shape]`` in the observation space's dtype.
-        actions: ``[batch, *action_shape]`` (``[batch]`` int for discrete).
-        steps: ``[batch]`` int64 step numbers.
-        episode_ids: One episode id per row.
-        labels: One label mapping per row.
-    """
-
-    agent_id: str
-    observations: np.ndarray
-    actions: np.ndarray
-    steps: np.ndarray
-    episode_ids: Sequence[str] = field(default_factory=list)
-    labels: Sequence[dict[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.observations)
-
-    def rows(self) -> list[dict]:
-        """Plain-Python view of each row (``obs``, ``action``, ``labels``, ``step``, ids), as CEL sees it.
-
-        Computed once per batch and shared by every rule that reads it.
-        """
-        cached = self.__dict__.get("_rows")
-        if cached is None:
-            n = len(self)
-            obs = self.observations.reshape(n, -1).astype(np.float64).tolist()
-            acts = self.actions
-            actions = (
-                acts.astype(np.int64).tolist()
-                if acts.ndim == 1 and acts.dtype.kind in "iu"
-                else (acts.reshape(n, -1).astype(np.float64).tolist())
-            )
-            steps = self.steps.tolist()
-            cached = [
-                {
-                    "obs": obs[i],
-                    "action": actions[i],
-                    "labels": self.labels[i] if self.labels else {},
-                    "step": steps[i],
-                    "agent_id": self.agent_id,
-                    "episode_id": self.episode_ids[i] if self.episode_ids else "",
-                }
-                for i in range(n)
-            ]
-            self.__dict__["_rows"] = cached
-        return cached
-
-    def take(self, rows: np.ndarray | Sequence[int]) -> Batch:
-        """The sub-batch of the given row indices."""
-        idx = np.asarray(rows, dtype=np.int64)
-        return Batch(
-            agent_id=self.agent_id,
-            observations=self.observations[idx],
-            actions=self.actions[idx],
-            steps=self.steps[idx],
-            episode_ids=[self.episode_ids[i] for i in idx] if self.episode_ids else [],
-            labels=[self.labels[i] for i in idx] if self.labels else [],
-        )
-
-
-class SignalBatch(NamedTuple):
-    """One signal over a batch. ``values`` and ``tripped`` have shape ``[batch]``."""
-
-    values: np.ndarray
-    threshold: float
-    tripped: np.ndarray
-
-    @classmethod
-    def above(cls, values: np.ndarray, threshold: float) -> SignalBatch:
-        """Tripped where ``values > threshold`` (NaN counts as tripped: fail closed)."""
-        v = np.asarray(values, dtype=np.float64)
-        return cls(v, float(threshold), ~(v <= threshold))
 
 
 class Monitor(ABC):

@@ -27,9 +27,10 @@ import logging
 
 import numpy as np
 
+from interlock.batch import Batch, SignalBatch
 from interlock.config import ReachabilityMonitorConfig
 from interlock.errors import ConfigError
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.monitors.base import Monitor
 from interlock.reachability.constraints import BatchedCondition
 from interlock.reachability.recoverability import OnnxBackupPolicy, OnnxDynamics, Recoverability
 from interlock.reachability.shield_build import ShieldSettings, ShieldTables, default_cache_path, tables_for

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.batch import Batch, SignalBatch
+from interlock.monitors.base import Monitor
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
 from interlock.policies.vectorized import batch_columns, compile_vectorized
 

@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from interlock.batch import Batch, SignalBatch
 from interlock.ensembles.common import META_STATE_SCALE, parse_json_list
 from interlock.ensembles.model import EnsembleModel, file_sha256
 from interlock.ensembles.scores import SIGNALS, dynamics_scores, policy_scores, q_scores
 from interlock.ensembles.thresholds import read_thresholds_file
 from interlock.errors import ConfigError
-from interlock.monitors.base import Batch, Monitor, SignalBatch
+from interlock.monitors.base import Monitor
 
 
 class UncertaintyMonitor(Monitor):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from interlock.batch import cel_activation
 from interlock.config import DecisionRule, PolicyConfig
 from interlock.errors import ConfigError
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
@@ -87,21 +88,18 @@ class DecisionPolicy:
 
     def _check_signal_references(self, signal_names: Sequence[str]) -> None:
         """Evaluate each rule once on neutral inputs so a misspelt signal is a load-time error."""
-        signals: dict[str, dict[str, float]] = {}
-        for full in signal_names:
-            monitor, _, sig = full.partition(".")
-            signals.setdefault(monitor, {})[sig] = 0.0
-        tripped = {m: dict.fromkeys(s, False) for m, s in signals.items()}
-        probe = {
-            "obs": [],
-            "action": 0,
-            "labels": {},
-            "step": 0,
-            "agent_id": "",
-            "episode_id": "",
-            "signals": signals,
-            "tripped": tripped,
-        }
+        names = list(signal_names)
+        probe = cel_activation(
+            obs=[],
+            action=0,
+            labels={},
+            step=0,
+            agent_id="",
+            episode_id="",
+            signal_names=names,
+            values=[0.0] * len(names),
+            tripped=[False] * len(names),
+        )
         known = ", ".join(signal_names) or "none"
         produced = set(signal_names)
         for rule in self.rules:

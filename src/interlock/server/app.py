@@ -16,16 +16,17 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio  # the public name of the asyncio servicer
 from grpc_reflection.v1alpha import reflection
 
+from interlock.audit import AuditLog
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
-from interlock.server.audit import AuditLog
-from interlock.server.escalation_setup import EscalationSetup
+from interlock.server.auth import AuthInterceptor, Credentials
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
 from interlock.server.limits import ServerLimits
 from interlock.server.metrics import Metrics
+from interlock.server.operators import OperatorSide
 from interlock.server.reload import Reloader
 from interlock.server.service import GuardService
 from interlock.server.tls import ReloadableTls
@@ -72,12 +73,14 @@ class InterlockServer:
         self.tls: ReloadableTls | None = None
         self.reloader: Reloader | None = None
         self._watch: asyncio.Task | None = None
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.service: GuardService | None = None
         self.port = 0
         self.bound_metrics_port: int | None = None
-        self.escalation = EscalationSetup(loaded, self.metrics)  # escalations, operator auth, console
+        # Raises ConfigError on a bad token file or token, before anything binds.
+        self.credentials = Credentials.from_config(loaded.config.auth, loaded)
+        self.escalation = OperatorSide(loaded, self.metrics, self.credentials)  # escalations, console
         self.requested_console_port = cfg.console_port if console_port == -1 else console_port
         self.console_port: int | None = None
 
@@ -104,7 +107,7 @@ class InterlockServer:
             ],
             interceptors=[
                 ServerLimits(cfg.max_concurrent_rpcs, self.metrics),  # limits, deadlines, in-flight gauge
-                *self.escalation.interceptors(),
+                AuthInterceptor(self.credentials, on_reject=self.metrics.reject),  # tokens, mTLS names
             ],
         )
         add_guard_service(GuardServicer(self.service, cfg.max_message_bytes, cfg.max_batch), self.server)

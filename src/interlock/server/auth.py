@@ -27,13 +27,12 @@ import grpc
 
 from interlock.config import AuthConfig, LoadedConfig, TokenSourceConfig
 from interlock.errors import ConfigError, InterlockError, PermissionDenied, Unauthenticated
+from interlock.tokens import MAKE_TOKEN, MIN_TOKEN_CHARS, read_token_file
 
 log = logging.getLogger(__name__)
 
-MIN_TOKEN_CHARS = 16
 OPERATOR_SERVICE = "interlock.v1.Operator"
 GUARD_SERVICE = "interlock.v1.Guard"
-_MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 Role = Literal["operator", "agent"]
 
@@ -61,32 +60,17 @@ def _read_tokens(src: TokenSourceConfig, role: Role, loaded: LoadedConfig | None
             if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
                 raise ConfigError(
                     f"the {role} token in ${src.env} is shorter than {MIN_TOKEN_CHARS} characters or "
-                    f"contains spaces; make one with {_MAKE_TOKEN}"
+                    f"contains spaces; make one with {MAKE_TOKEN}"
                 )
             found.append((f"${src.env}", value))
     if src.file:
         path = loaded.resolve(src.file) if loaded is not None else Path(src.file)
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot read the {role} token file {path}: {e.strerror or e} "
-                f"(auth.{role}_tokens.file; one token per line, optionally 'NAME TOKEN')"
-            ) from None
-        for n, line in enumerate(lines, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.split()
-            if len(parts) > 2:
-                raise ConfigError(f"{path}:{n}: expected 'TOKEN' or 'NAME TOKEN', got {len(parts)} words")
-            name, token = (parts[0], parts[1]) if len(parts) == 2 else (f"{role}:{path.name}:{n}", parts[0])
-            if len(token) < MIN_TOKEN_CHARS:
-                raise ConfigError(
-                    f"{path}:{n}: the token is shorter than {MIN_TOKEN_CHARS} characters; make one with "
-                    f"{_MAKE_TOKEN}"
-                )
-            found.append((name, token))
+        found += read_token_file(
+            path,
+            lambda n: f"{role}:{path.name}:{n}",
+            what=f"the {role} token file",
+            fix=f" (auth.{role}_tokens.file; one token per line, optionally 'NAME TOKEN')",
+        )
     return found
 
 

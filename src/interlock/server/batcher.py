@@ -29,7 +29,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from interlock.engine import CheckInput, Decision, Guard
+from interlock.engine import Guard
+from interlock.types import CheckInput, Decision
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from interlock.engine import CheckInput, Decision
 from interlock.errors import InvalidRequest
 from interlock.tensors import from_numpy, to_numpy
+from interlock.types import CheckInput, Decision
 from interlock.v1 import interlock_pb2 as pb
 
 _EMPTY_INT64 = pb.Tensor(dtype=pb.DATA_TYPE_INT64, shape=[0])

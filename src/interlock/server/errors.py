@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
 
 import grpc
 
@@ -26,7 +25,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the action was not checked"
 
 
-def handle_errors(on_reject: Callable[[str], None] | None = None):
+def handle_errors():
     """Decorate an aio servicer method (unary or server-streaming) to abort with the mapped status."""
 
     def wrap(method):

@@ -16,27 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import grpc
 
+from interlock.deadline import set_deadline, time_remaining
+
 if TYPE_CHECKING:
     from interlock.server.metrics import Metrics
 
-#: Monotonic time at which the current call's deadline passes (None: no deadline).
-_DEADLINE: ContextVar[float | None] = ContextVar("interlock_deadline", default=None)
 #: Remaining times above this mean "no deadline" (gRPC reports infinity as a huge number).
 _NO_DEADLINE = 1e8
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-def time_remaining() -> float | None:
-    """Seconds until the current call's deadline, or None when the caller set none."""
-    d = _DEADLINE.get()
-    return None if d is None else d - time.monotonic()
 
 
 class ServerLimits(grpc.aio.ServerInterceptor):
@@ -80,7 +72,7 @@ class ServerLimits(grpc.aio.ServerInterceptor):
             )
         self.inflight += 1
         self.metrics.inflight.inc()
-        _DEADLINE.set(None if remaining is None or remaining > _NO_DEADLINE else time.monotonic() + remaining)
+        set_deadline(None if remaining is None or remaining > _NO_DEADLINE else remaining)
 
     def _leave(self) -> None:
         self.inflight -= 1

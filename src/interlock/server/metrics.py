@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from interlock.engine import Decision
+from interlock.types import Decision
 
 #: Decision latency buckets: 50 us .. 5 s (escalations can block for seconds).
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -79,7 +79,7 @@ class Metrics:
             multiprocess_mode="livemax",  # several workers: see interlock.server.workers
         )
 
-        # Operations (interlock.server.audit, reload, limits).
+        # Operations (interlock.audit, reload, limits).
         self.config_reloads = Counter(
             "interlock_config_reloads_total",
             "Config reloads by result: success, or failure (the old config kept serving).",

@@ -1,5 +1,7 @@
 """The operator-facing ``interlock.v1.Operator`` service: thin, the logic is in EscalationManager.
 
+Records cross the wire through :mod:`interlock.escalation.convert`.
+
 Authentication happens before these methods run (:class:`interlock.server.auth.AuthInterceptor`);
 the caller's principal is in :data:`interlock.server.auth.CURRENT_PRINCIPAL`.
 """
@@ -11,9 +13,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from interlock.errors import PermissionDenied
+from interlock.escalation.convert import to_pb
+from interlock.escalation.manager import EscalationManager
 from interlock.server.auth import CURRENT_PRINCIPAL, Principal
 from interlock.server.errors import handle_errors
-from interlock.server.escalation import EscalationManager
 from interlock.server.metrics import Metrics
 from interlock.tensors import to_numpy
 from interlock.v1 import interlock_pb2 as pb
@@ -40,18 +43,18 @@ class OperatorServicer(pb_grpc.OperatorServicer):
     ) -> pb.ListEscalationsResponse:
         _principal()
         found = await self.manager.list(request.state, request.agent_id, request.limit)
-        return pb.ListEscalationsResponse(escalations=found)
+        return pb.ListEscalationsResponse(escalations=[to_pb(e) for e in found])
 
     @handle_errors()
     async def GetEscalation(self, request: pb.GetEscalationRequest, context) -> pb.Escalation:
         _principal()
-        return await self.manager.get(request.escalation_id)
+        return to_pb(await self.manager.get(request.escalation_id))
 
     @handle_errors()
     async def ResolveEscalation(self, request: pb.ResolveEscalationRequest, context) -> pb.Escalation:
         who = _principal()
         action = to_numpy(request.action, "action") if request.HasField("action") else None
-        return await self.manager.resolve(
+        answered = await self.manager.resolve(
             request.escalation_id,
             request.resolution,
             action,
@@ -59,6 +62,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
             comment=request.comment[:MAX_TEXT],
             authenticated_as=who.name,
         )
+        return to_pb(answered)
 
     @handle_errors()
     async def WatchEscalations(
@@ -67,7 +71,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         _principal()
         async for rec in self.manager.watch(request.agent_id, request.include_pending):
             if rec is not None:
-                yield rec
+                yield to_pb(rec)
 
 
 def add_operator_service(servicer: OperatorServicer, server: grpc.aio.Server) -> None:

@@ -13,23 +13,25 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from interlock.config import BatchingConfig
-from interlock.engine import CheckInput, Decision, Guard, Verdict
+from interlock.engine import Guard
 from interlock.errors import InterlockError
+from interlock.escalation import outcome
 from interlock.server.batcher import MicroBatcher
 from interlock.server.metrics import Metrics
+from interlock.types import CheckInput, Decision, Verdict
 
 log = logging.getLogger(__name__)
 
 
 class EscalationHandler(Protocol):
-    """Routes ESCALATE decisions to people (see ``interlock.server.escalation``)."""
+    """Routes ESCALATE decisions to people (see :mod:`interlock.escalation.manager`)."""
 
     async def handle(self, guard: Guard, decisions: list[Decision]) -> None:
         """Update decisions in place: open escalations, wait (blocking mode), apply standing answers."""
 
 
 class AuditSink(Protocol):
-    """Durable decision log (see ``interlock.server.audit``)."""
+    """Durable decision log (see ``interlock.audit``)."""
 
     async def record(self, decisions: Sequence[Decision]) -> None:
         """Persist decisions before their answers are returned."""
@@ -99,4 +101,4 @@ class GuardService:
             return
         for d in decisions:
             if d.verdict is Verdict.ESCALATE:
-                d.reasons.append("no operator channel is configured: the fail-safe fallback applied at once")
+                outcome.no_operator_channel(d)

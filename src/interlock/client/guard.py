@@ -1,0 +1,305 @@
+"""Python clients of the Guard service, sync and asyncio.
+
+Example:
+    >>> from interlock import GuardClient
+    >>> with GuardClient("127.0.0.1:50051", agent_id="cartpole") as guard:   # doctest: +SKIP
+    ...     decision = guard.check(obs, action)
+    ...     env.step(decision.action)
+
+A client never turns a failure into permission: an unreachable server or an
+expired deadline raises :class:`grpc.RpcError` (``GuardClient.check``), so the
+caller cannot mistake "no answer" for ALLOW.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import grpc
+import numpy as np
+
+from interlock.tensors import from_numpy, to_numpy
+from interlock.types import Verdict
+from interlock.v1 import interlock_pb2 as pb
+from interlock.v1 import interlock_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT = 10.0
+#: Environment variable an agent's bearer token is read from when ``token`` is not given.
+AGENT_TOKEN_ENV = "INTERLOCK_AGENT_TOKEN"
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    token = token if token is not None else os.environ.get(AGENT_TOKEN_ENV) or None
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+class SignalValue(NamedTuple):
+    value: float
+    threshold: float
+    tripped: bool
+
+
+@dataclass
+class CheckResult:
+    """A decision as the agent sees it.
+
+    Attributes:
+        verdict: ALLOW, SUBSTITUTE, ESCALATE or HALT.
+        action: The action to execute (``None`` on HALT without a fail-safe action).
+        signals: ``"<monitor>.<signal>"`` -> value, threshold, tripped.
+        reasons: Why the verdict was reached, for logs.
+    """
+
+    verdict: Verdict
+    action: np.ndarray | None
+    signals: dict[str, SignalValue]
+    reasons: list[str]
+    fallback: str
+    rule: str
+    decision_id: str
+    escalation_id: str
+    config_version: str
+    raw: pb.Decision = field(repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @property
+    def halted(self) -> bool:
+        return self.verdict is Verdict.HALT
+
+    @classmethod
+    def from_pb(cls, d: pb.Decision) -> CheckResult:
+        action: np.ndarray | None = to_numpy(d.action, "decision.action")
+        if action.ndim == 1 and action.size == 0:  # HALT without a fail-safe action
+            action = None
+        return cls(
+            verdict=Verdict(d.verdict),
+            action=action,
+            signals={s.name: SignalValue(s.value, s.threshold, s.tripped) for s in d.signals},
+            reasons=list(d.reasons),
+            fallback=d.fallback,
+            rule=d.rule,
+            decision_id=d.decision_id,
+            escalation_id=d.escalation_id,
+            config_version=d.config_version,
+            raw=d,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (what the Gymnasium wrapper puts in ``info["interlock"]``)."""
+        return {
+            "verdict": self.verdict.name,
+            "action": None if self.action is None else self.action.tolist(),
+            "signals": {k: v._asdict() for k, v in self.signals.items()},
+            "reasons": self.reasons,
+            "fallback": self.fallback,
+            "rule": self.rule,
+            "decision_id": self.decision_id,
+            "escalation_id": self.escalation_id,
+            "config_version": self.config_version,
+        }
+
+
+def make_request(
+    agent_id: str,
+    observation: Any,
+    action: Any,
+    episode_id: str = "",
+    step: int = 0,
+    labels: Mapping[str, str] | None = None,
+) -> pb.CheckRequest:
+    """Build a CheckRequest from array-likes (Python ints become int64, floats float64)."""
+    return pb.CheckRequest(
+        agent_id=agent_id,
+        episode_id=episode_id,
+        step=int(step),
+        observation=from_numpy(np.asarray(observation)),
+        action=from_numpy(np.asarray(action)),
+        labels=dict(labels or {}),
+    )
+
+
+def make_batch_request(
+    agent_id: str,
+    observations: Any,
+    actions: Any,
+    episode_ids: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    labels: Sequence[Mapping[str, str]] | None = None,
+) -> pb.CheckBatchRequest:
+    """One CheckBatchRequest for row ``i`` of ``observations`` / ``actions`` (``[batch, ...]`` each)."""
+    obs, acts = np.asarray(observations), np.asarray(actions)
+    return pb.CheckBatchRequest(
+        requests=[
+            make_request(
+                agent_id,
+                obs[i],
+                acts[i],
+                episode_ids[i] if episode_ids else "",
+                steps[i] if steps is not None else 0,
+                labels[i] if labels else None,
+            )
+            for i in range(len(obs))
+        ]
+    )
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class GuardClient:
+    """Blocking client of ``interlock.v1.Guard``.
+
+    Args:
+        target: ``host:port`` of the Interlock server.
+        agent_id: Default agent id for calls that do not pass one.
+        timeout: Deadline per call in seconds; an expired deadline raises, never allows.
+        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
+        token: The agent's bearer token, for servers with ``auth.agent_tokens``
+            (default: ``$INTERLOCK_AGENT_TOKEN`` when set). Escalating agents should also
+            set ``timeout`` above their ``escalation.timeout_seconds``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        agent_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        token: str | None = None,
+    ) -> None:
+        self.target = target
+        self.agent_id = agent_id
+        self.timeout = timeout
+        self.metadata = _auth_metadata(token)
+        opts = _channel_options(max_message_bytes)
+        self.channel = (
+            grpc.secure_channel(target, credentials, opts)
+            if credentials
+            else grpc.insecure_channel(target, opts)
+        )
+        self.stub = pb_grpc.GuardStub(self.channel)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects (raises grpc.FutureTimeoutError otherwise)."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def check(
+        self,
+        observation: Any,
+        action: Any,
+        *,
+        agent_id: str | None = None,
+        episode_id: str = "",
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> CheckResult:
+        """Check one proposed action. Raises grpc.RpcError on any failure."""
+        req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
+        return CheckResult.from_pb(self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
+
+    def check_batch(
+        self,
+        observations: Any,
+        actions: Any,
+        *,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | None = None,
+        labels: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[CheckResult]:
+        """Check ``observations[i]`` / ``actions[i]`` for every row in one call (``[batch, ...]`` each)."""
+        req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
+        resp = self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
+        return [CheckResult.from_pb(d) for d in resp.decisions]
+
+    def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
+        """Send requests over one CheckStream; yields one result per request, in order."""
+        for d in self.stub.CheckStream(iter(requests), metadata=self.metadata):
+            yield CheckResult.from_pb(d)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> GuardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncGuardClient:
+    """asyncio client of ``interlock.v1.Guard``; same arguments as :class:`GuardClient`."""
+
+    def __init__(
+        self,
+        target: str,
+        agent_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        credentials: grpc.ChannelCredentials | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        token: str | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.timeout = timeout
+        self.metadata = _auth_metadata(token)
+        opts = _channel_options(max_message_bytes)
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, opts)
+            if credentials
+            else grpc.aio.insecure_channel(target, opts)
+        )
+        self.stub = pb_grpc.GuardStub(self.channel)
+
+    async def check(
+        self,
+        observation: Any,
+        action: Any,
+        *,
+        agent_id: str | None = None,
+        episode_id: str = "",
+        step: int = 0,
+        labels: Mapping[str, str] | None = None,
+    ) -> CheckResult:
+        req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
+        return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
+
+    async def check_batch(
+        self,
+        observations: Any,
+        actions: Any,
+        *,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | None = None,
+        labels: Sequence[Mapping[str, str]] | None = None,
+    ) -> list[CheckResult]:
+        """Check every row of ``[batch, ...]`` observations and actions in one call."""
+        req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
+        resp = await self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
+        return [CheckResult.from_pb(d) for d in resp.decisions]
+
+    async def check_stream(
+        self, requests: AsyncIterator[pb.CheckRequest] | Iterable[pb.CheckRequest]
+    ) -> AsyncIterator[CheckResult]:
+        async for d in self.stub.CheckStream(requests, metadata=self.metadata):
+            yield CheckResult.from_pb(d)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncGuardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,205 @@
+"""Gymnasium wrappers that check every action through an Interlock server.
+
+Example:
+    >>> import gymnasium as gym
+    >>> from interlock import InterlockWrapper
+    >>> env = gym.make("CartPole-v1")
+    >>> env = InterlockWrapper(env, "127.0.0.1:50051", agent_id="cartpole")  # doctest: +SKIP
+    >>> obs, info = env.reset(seed=0)  # doctest: +SKIP
+    >>> obs, reward, terminated, truncated, info = env.step(1)  # doctest: +SKIP
+    >>> info["interlock"]["verdict"]  # doctest: +SKIP
+    'ALLOW'
+
+A ``gymnasium.vector.VectorEnv`` takes :class:`InterlockVectorWrapper` (Gymnasium keeps
+vector wrappers apart), which checks all sub-environments in one ``CheckBatch`` call per step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, SupportsFloat
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv, VectorWrapper
+
+from interlock.client.guard import CheckResult, GuardClient
+from interlock.types import Verdict
+
+__all__ = ["InterlockHalted", "InterlockVectorWrapper", "InterlockWrapper"]
+
+
+class InterlockHalted(RuntimeError):
+    """Interlock answered HALT and gave no safe action to execute."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__("Interlock halted the agent: " + "; ".join(result.reasons))
+        self.result = result
+
+
+def _to_env_action(space: gymnasium.Space, action: np.ndarray) -> Any:
+    """The decision's action in the form ``space`` expects (an int for Discrete)."""
+    if isinstance(space, spaces.Discrete):
+        return int(np.asarray(action).reshape(()))
+    if isinstance(space, spaces.Box):
+        return np.asarray(action, dtype=space.dtype).reshape(space.shape)
+    return action
+
+
+def _check_space(space: gymnasium.Space, what: str) -> None:
+    if not isinstance(space, spaces.Discrete | spaces.Box):
+        raise TypeError(
+            f"InterlockWrapper supports Discrete and Box {what} spaces, got {type(space).__name__}; "
+            "flatten it first (gymnasium.wrappers.FlattenObservation) or use GuardClient directly"
+        )
+
+
+def _connect(
+    target: str, agent_id: str, client: GuardClient | None, timeout: float
+) -> tuple[GuardClient, str]:
+    """The client to check through and the agent id to check as (the client's default if not given)."""
+    if not agent_id and client is None:
+        raise ValueError("agent_id is required: the id of this agent in the Interlock config")
+    client = client or GuardClient(target, agent_id=agent_id, timeout=timeout)
+    return client, agent_id or client.agent_id
+
+
+class InterlockWrapper(gymnasium.Wrapper):
+    """Checks each ``step(action)`` with Interlock and executes the action it returns.
+
+    The decision is in ``info["interlock"]`` (see :meth:`CheckResult.as_dict`). On
+    HALT the wrapped environment executes the fail-safe action if the server gave
+    one, else it is not stepped; either way the episode ends as truncated.
+
+    Args:
+        env: The environment to guard.
+        target: ``host:port`` of the Interlock server (ignored when ``client`` is given).
+        agent_id: The agent's id in the Interlock config.
+        client: An existing :class:`GuardClient` to share.
+        timeout: Per-call deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        env: gymnasium.Env,
+        target: str = "127.0.0.1:50051",
+        agent_id: str = "",
+        client: GuardClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if isinstance(env, VectorEnv):
+            raise TypeError(
+                f"InterlockWrapper wraps one environment, got the vector environment {type(env).__name__}; "
+                "use InterlockVectorWrapper(env, ...) instead (one CheckBatch call per step)"
+            )
+        super().__init__(env)
+        _check_space(env.action_space, "action")
+        self.client, self.agent_id = _connect(target, agent_id, client, timeout)
+        self._obs: Any = None
+        self._episode = ""
+        self._step = 0
+        #: Counts of verdicts over the wrapper's lifetime, e.g. {"ALLOW": 480, "SUBSTITUTE": 3}.
+        self.verdict_counts: dict[str, int] = {}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs, self._episode, self._step = obs, uuid.uuid4().hex, 0
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._obs is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        result = self.client.check(
+            self._obs, action, agent_id=self.agent_id, episode_id=self._episode, step=self._step
+        )
+        name = result.verdict.name
+        self.verdict_counts[name] = self.verdict_counts.get(name, 0) + 1
+        self._step += 1
+        if result.verdict is Verdict.HALT:
+            if result.action is None:
+                return self._obs, 0.0, False, True, {"interlock": result.as_dict()}
+            obs, reward, terminated, _, info = self.env.step(_to_env_action(self.action_space, result.action))
+            self._obs = obs
+            return obs, reward, terminated, True, {**info, "interlock": result.as_dict()}
+        obs, reward, terminated, truncated, info = self.env.step(
+            _to_env_action(self.action_space, result.action)
+        )
+        self._obs = obs
+        return obs, reward, terminated, truncated, {**info, "interlock": result.as_dict()}
+
+    def close(self) -> None:
+        super().close()
+        self.client.close()
+
+
+class InterlockVectorWrapper(VectorWrapper):
+    """Checks the actions of every sub-environment in one ``CheckBatch`` call per step.
+
+    ``infos["interlock"]`` holds one decision dict per sub-environment. A HALT
+    with a fail-safe action executes that action (see the verdict in ``infos``);
+    a HALT without one raises :class:`InterlockHalted`, because a vector
+    environment cannot skip one of its members.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> from interlock import InterlockVectorWrapper
+        >>> venv = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+        >>> venv = InterlockVectorWrapper(venv, "127.0.0.1:50051", agent_id="cartpole")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        target: str = "127.0.0.1:50051",
+        agent_id: str = "",
+        client: GuardClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(env)
+        _check_space(env.single_action_space, "action")
+        self.client, self.agent_id = _connect(target, agent_id, client, timeout)
+        self._obs: Any = None
+        self._episodes: list[str] = []
+        self._steps = np.zeros(env.num_envs, dtype=np.int64)
+        self.verdict_counts: dict[str, int] = {}
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs = obs
+        self._episodes = [uuid.uuid4().hex for _ in range(self.num_envs)]
+        self._steps[:] = 0
+        return obs, info
+
+    def step(self, actions: Any):
+        if self._obs is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        results = self.client.check_batch(
+            self._obs,
+            np.asarray(actions),
+            agent_id=self.agent_id,
+            episode_ids=self._episodes,
+            steps=self._steps.tolist(),
+        )
+        space = self.single_action_space
+        executed = []
+        for r in results:
+            self.verdict_counts[r.verdict.name] = self.verdict_counts.get(r.verdict.name, 0) + 1
+            if r.action is None:
+                raise InterlockHalted(r)
+            executed.append(_to_env_action(space, r.action))
+        obs, rewards, terminations, truncations, infos = self.env.step(
+            np.stack([np.asarray(a) for a in executed])
+        )
+        self._obs = obs
+        self._steps += 1
+        for i in np.flatnonzero(terminations | truncations):
+            self._episodes[i] = uuid.uuid4().hex
+            self._steps[i] = 0
+        infos = dict(infos)
+        infos["interlock"] = [r.as_dict() for r in results]
+        return obs, rewards, terminations, truncations, infos
+
+    def close(self, **kwargs: Any) -> None:
+        super().close(**kwargs)
+        self.client.close()

@@ -1,1 +1,0 @@
-"""The operator web console (see ``interlock.console.server``)."""

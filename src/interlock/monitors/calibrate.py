@@ -1,0 +1,196 @@
+"""Set the thresholds of ``uncertainty`` monitors from in-distribution data.
+
+The data (a transitions ``.npz``: ``obs`` and ``action``, optionally ``episode``)
+is split into a calibration part and a held-out part (by whole episodes when
+there are at least four). Each signal's threshold is the conformal
+``(1 - rate)`` quantile of its calibration scores (the ``ceil((n + 1)(1 - rate))``-th
+smallest), so that a new in-distribution row exceeds it with probability at
+most ``rate``; the false-alarm rate actually measured on the held-out part is
+reported next to it, per signal and for "any signal of the monitor".
+
+The thresholds go into the file the monitor's ``thresholds_file`` names (or
+``--output``), together with the SHA-256 of the ensemble they belong to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from interlock.ensembles.common import EnsembleError
+from interlock.ensembles.data import Transitions, load_transitions, split_indices
+from interlock.ensembles.model import file_sha256
+from interlock.ensembles.thresholds import update_thresholds_file
+from interlock.errors import ConfigError
+
+
+def conformal_threshold(scores: np.ndarray, rate: float) -> float:
+    """The ``ceil((n + 1)(1 - rate))``-th smallest score (the largest if that exceeds n)."""
+    v = np.sort(np.asarray(scores, np.float64))
+    if v.size == 0:
+        raise EnsembleError("no calibration scores")
+    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
+    return float(v[k - 1])
+
+
+@dataclass
+class SignalCalibration:
+    signal: str
+    threshold: float
+    calibration_rate: float
+    held_out_rate: float
+
+
+@dataclass
+class MonitorCalibration:
+    monitor: str
+    path: str
+    signals: list[SignalCalibration]
+    held_out_any_rate: float
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate` measured and wrote."""
+
+    agent: str
+    target: float
+    calibration_rows: int
+    held_out_rows: int
+    monitors: list[MonitorCalibration] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"agent {self.agent}: target false-alarm rate {self.target:g}; {self.calibration_rows} "
+            f"rows to set "
+            f"thresholds, {self.held_out_rows} held out to measure them",
+            f"{'signal':34s} {'threshold':>12s} {'FAR (calibration)':>18s} {'FAR (held out)':>15s}",
+        ]
+        for m in self.monitors:
+            for s in m.signals:
+                lines.append(
+                    f"{m.monitor + '.' + s.signal:34s} {s.threshold:12.5g} {s.calibration_rate:18.4f} "
+                    f"{s.held_out_rate:15.4f}"
+                )
+            lines.append(f"{m.monitor + ' (any signal)':34s} {'':12s} {'':18s} {m.held_out_any_rate:15.4f}")
+            lines.append(f"wrote thresholds of '{m.monitor}' to {m.path}")
+        return "\n".join(lines)
+
+
+def monitor_scores(monitor, data: Transitions, rows: np.ndarray, spaces, batch_size: int = 4096):
+    """``{signal: [len(rows)]}`` raw scores of ``monitor`` on the given rows, in batches."""
+    from interlock.batch import Batch
+
+    obs_shape = spaces.observation.shape
+    out: dict[str, list[np.ndarray]] = {s: [] for s in monitor.signal_names}
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start : start + batch_size]
+        obs = data.obs[idx].reshape(len(idx), *obs_shape).astype(spaces.observation.dtype)
+        act = np.asarray(data.action[idx])
+        act = act.astype(spaces.action.dtype).reshape(len(idx), *spaces.action.shape)
+        batch = Batch(data.source, obs, act, np.zeros(len(idx), np.int64))
+        for s, v in monitor.scores(batch).items():
+            out[s].append(np.asarray(v, np.float64))
+    return {s: np.concatenate(v) if v else np.zeros(0) for s, v in out.items()}
+
+
+def calibrate(
+    config: str | Path,
+    agent: str,
+    data: str | Path | dict[str, np.ndarray],
+    rate: float = 0.01,
+    holdout: float = 0.3,
+    seed: int = 0,
+    monitors: list[str] | None = None,
+    output: str | Path | None = None,
+) -> CalibrationReport:
+    """Calibrate every ``uncertainty`` monitor of ``agent`` (or those named) and write the thresholds.
+
+    Raises:
+        ConfigError: the config or agent is wrong, or no thresholds file is named.
+        EnsembleError: the data is unusable.
+    """
+    from interlock.config import UncertaintyMonitorConfig, load_config
+    from interlock.monitors.uncertainty import UncertaintyMonitor
+    from interlock.runtime import ModelRuntime
+    from interlock.spaces import AgentSpaces
+
+    if not 0.0 < rate < 1.0:
+        raise EnsembleError(f"--false-alarm-rate must be in (0, 1), got {rate}")
+    loaded = load_config(config)
+    agent_cfg = next((a for a in loaded.config.agents if a.id == agent), None) or loaded.config.agent_for(
+        agent
+    )
+    if agent_cfg is None:
+        known = ", ".join(a.id for a in loaded.config.agents)
+        raise ConfigError(f"{config}: no agent '{agent}' (configured: {known})")
+    chosen = [
+        m
+        for m in agent_cfg.monitors
+        if isinstance(m, UncertaintyMonitorConfig) and (not monitors or m.name in monitors)
+    ]
+    if not chosen:
+        names = ", ".join(m.name for m in agent_cfg.monitors)
+        raise ConfigError(
+            f"{config}: agent '{agent_cfg.id}' has no uncertainty monitor"
+            + (f" named {', '.join(monitors)}" if monitors else "")
+            + f" (its monitors: {names})"
+        )
+    spaces = AgentSpaces.from_config(agent_cfg)
+    runtime = ModelRuntime.for_config(loaded)
+    ds = load_transitions(data)
+    if int(np.prod(spaces.observation.shape)) != ds.obs.shape[1]:
+        raise EnsembleError(
+            f"{ds.source}: observations have {ds.obs.shape[1]} values; agent '{agent_cfg.id}' observes "
+            f"shape {list(spaces.observation.shape)}"
+        )
+    fit, held = split_indices(ds, holdout, seed)
+    report = CalibrationReport(agent_cfg.id, rate, len(fit), len(held))
+    for mcfg in chosen:
+        where = f"{loaded.source}: agents[{agent_cfg.id}].monitors[{mcfg.name}]"
+        target = output if output is not None else mcfg.thresholds_file
+        if target is None:
+            raise ConfigError(
+                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or "
+                f"pass --output"
+            )
+        path = loaded.resolve(str(target)) if output is None else Path(output)
+        monitor = UncertaintyMonitor(
+            mcfg.name,
+            spaces,
+            runtime,
+            mcfg.model,
+            mcfg.ensemble,
+            output_name=mcfg.output_name,
+            policy_output=mcfg.policy_output,
+            state_scale=mcfg.state_scale,
+            thresholds_file=None,
+            require_thresholds=False,
+            where=where,
+        )
+        monitor.load()
+        cal = monitor_scores(monitor, ds, fit, spaces)
+        test = monitor_scores(monitor, ds, held, spaces)
+        signals = []
+        any_trip = np.zeros(len(held), bool)
+        for s in monitor.signal_names:
+            thr = conformal_threshold(cal[s], rate)
+            trip = ~(test[s] <= thr)
+            any_trip |= trip
+            signals.append(SignalCalibration(s, thr, float(np.mean(~(cal[s] <= thr))), float(np.mean(trip))))
+        report.monitors.append(MonitorCalibration(mcfg.name, str(path), signals, float(np.mean(any_trip))))
+        entry = {
+            "model": mcfg.model,
+            "model_sha256": file_sha256(monitor.model.resolved),
+            "ensemble": mcfg.ensemble,
+            "thresholds": {s.signal: s.threshold for s in signals},
+            "held_out_false_alarm_rate": {s.signal: s.held_out_rate for s in signals},
+            "held_out_any_signal_false_alarm_rate": float(np.mean(any_trip)),
+            "samples": {"calibration": len(fit), "held_out": len(held)},
+            "data": Path(ds.source).name,
+        }
+        update_thresholds_file(path, agent_cfg.id, rate, {mcfg.name: entry})
+    return report

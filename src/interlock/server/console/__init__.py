@@ -1,0 +1,1 @@
+"""The operator web console (see ``interlock.server.console.server``)."""

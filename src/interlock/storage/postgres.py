@@ -1,0 +1,28 @@
+"""PostgreSQL helpers for the stores: the driver (an optional extra), the schema lock, DSN redaction."""
+
+from __future__ import annotations
+
+import re
+from types import ModuleType
+
+from interlock.errors import ConfigError
+
+#: Advisory lock that serialises schema creation between replicas starting at once.
+SCHEMA_LOCK = 0x1A7E_A0D1
+
+
+def psycopg() -> ModuleType:
+    """The psycopg module; raises ConfigError saying how to install it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError(
+            "server.audit.backend is postgres but psycopg is not installed: pip install 'interlock[postgres]'"
+        ) from None
+    return psycopg
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    dsn = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
+    return re.sub(r"password=\S+", "password=***", dsn)
