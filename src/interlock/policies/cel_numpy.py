@@ -54,6 +54,9 @@ _CMP = {
     "!=": np.not_equal,
 }
 
+# Prefix operators: the operand type each takes (and returns), and its numpy form.
+_UNARY = {"!": ("bool", np.logical_not), "-": ("double", np.negative)}
+
 
 class Unsupported(Exception):
     """The expression is outside the compiled subset (it keeps the CEL path)."""
@@ -141,19 +144,19 @@ class _Parser:
             raise Unsupported("trailing tokens")
         return node
 
-    def or_(self) -> _Node:
-        node = self.and_()
-        while self.peek() == "||":
-            self.take()
-            node = _logic(node, self.and_(), np.logical_or)
+    def chain(self, operand: Callable[[], _Node], ops: Mapping[str, Callable], combine) -> _Node:
+        """A left-associative run ``operand (op operand)*`` of one precedence level."""
+        node = operand()
+        while self.peek() in ops:
+            op = self.take()[1]
+            node = combine(node, operand(), ops[op])
         return node
 
+    def or_(self) -> _Node:
+        return self.chain(self.and_, {"||": np.logical_or}, _logic)
+
     def and_(self) -> _Node:
-        node = self.cmp()
-        while self.peek() == "&&":
-            self.take()
-            node = _logic(node, self.cmp(), np.logical_and)
-        return node
+        return self.chain(self.cmp, {"&&": np.logical_and}, _logic)
 
     def cmp(self) -> _Node:
         node = self.add()
@@ -170,32 +173,20 @@ class _Parser:
         return node
 
     def add(self) -> _Node:
-        node = self.mul()
-        while self.peek() in ("+", "-"):
-            op = self.take()[1]
-            node = _arith(node, self.mul(), np.add if op == "+" else np.subtract)
-        return node
+        return self.chain(self.mul, {"+": np.add, "-": np.subtract}, _arith)
 
     def mul(self) -> _Node:
-        node = self.unary()
-        while self.peek() in ("*", "/"):
-            op = self.take()[1]
-            node = _arith(node, self.unary(), np.multiply if op == "*" else np.divide)
-        return node
+        return self.chain(self.unary, {"*": np.multiply, "/": np.divide}, _arith)
 
     def unary(self) -> _Node:
-        if self.peek() == "!":
+        op = self.peek()
+        if op in _UNARY:
             self.take()
+            want, fn = _UNARY[op]
             t, f = self.unary()
-            if t != "bool":
-                raise Unsupported("! on a number")
-            return "bool", lambda c: np.logical_not(f(c))
-        if self.peek() == "-":
-            self.take()
-            t, f = self.unary()
-            if t != "double":
-                raise Unsupported("- on a non-double")
-            return "double", lambda c: np.negative(f(c))
+            if t != want:
+                raise Unsupported(f"{op} on a {t}")
+            return t, lambda c: fn(f(c))
         return self.primary()
 
     def primary(self) -> _Node:
