@@ -18,7 +18,8 @@ import contextvars
 import hmac
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ import grpc
 
 from interlock.config import AuthConfig, LoadedConfig, TokenSourceConfig
 from interlock.errors import ConfigError, InterlockError, PermissionDenied, Unauthenticated
+from interlock.server.layers import Layer, wrap_handler
 from interlock.tokens import MAKE_TOKEN, MIN_TOKEN_CHARS, read_token_file
 
 log = logging.getLogger(__name__)
@@ -186,69 +188,23 @@ def _common_names(context) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in auth.get("x509_common_name", [])]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, check: Callable[[object], Principal]) -> grpc.RpcMethodHandler:
-    """The same handler, authenticating first and exposing the principal in CURRENT_PRINCIPAL."""
+def _authenticated(check: Callable[[object], Principal]) -> Layer:
+    """A layer that authenticates first and exposes the principal in CURRENT_PRINCIPAL during the call."""
 
-    async def authenticate(context) -> contextvars.Token:
+    @asynccontextmanager
+    async def layer(request, context) -> AsyncIterator[None]:
         try:
-            return CURRENT_PRINCIPAL.set(check(context))
+            principal = check(context)
         except InterlockError as e:
             await context.abort(e.status_code, e.message)
             raise  # unreachable: abort raises
-
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request, context):
-            token = await authenticate(context)
-            try:
-                return await inner_uu(request, context)
-            finally:
-                CURRENT_PRINCIPAL.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request, context):
-            token = await authenticate(context)
-            try:
-                async for item in inner_us(request, context):
-                    yield item
-            finally:
-                CURRENT_PRINCIPAL.reset(token)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(request_iterator, context):
-            token = await authenticate(context)
-            try:
-                return await inner_su(request_iterator, context)
-            finally:
-                CURRENT_PRINCIPAL.reset(token)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(request_iterator, context):
-        token = await authenticate(context)
+        token = CURRENT_PRINCIPAL.set(principal)
         try:
-            async for item in inner_ss(request_iterator, context):
-                yield item
+            yield
         finally:
             CURRENT_PRINCIPAL.reset(token)
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )
+    return layer
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -286,7 +242,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return None
         service = handler_call_details.method.split("/")[1] if handler_call_details.method else ""
         if service == OPERATOR_SERVICE:
-            return _wrap(handler, self._counted(self.check_operator))
+            return wrap_handler(handler, _authenticated(self._counted(self.check_operator)))
         if service == GUARD_SERVICE and self.credentials.agents_required:
-            return _wrap(handler, self._counted(self.check_agent))
+            return wrap_handler(handler, _authenticated(self._counted(self.check_agent)))
         return handler

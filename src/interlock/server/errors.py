@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
 from interlock.errors import InterlockError
+from interlock.server.layers import wrap_call
 
 log = logging.getLogger(__name__)
 
@@ -25,36 +27,20 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the action was not checked"
 
 
-def handle_errors():
-    """Decorate an aio servicer method (unary or server-streaming) to abort with the mapped status."""
+def handle_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an aio servicer method (unary or streaming) to abort with the mapped status."""
+    return wrap_call(method, _aborting)
 
-    def wrap(method):
-        if inspect.isasyncgenfunction(method):
 
-            @functools.wraps(method)
-            async def stream(self, request, context):
-                try:
-                    async for item in method(self, request, context):
-                        yield item
-                except (grpc.aio.AbortError, GeneratorExit):
-                    raise
-                except Exception as e:
-                    await _abort(self, context, e)
-
-            return stream
-
-        @functools.wraps(method)
-        async def unary(self, request, context):
-            try:
-                return await method(self, request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as e:
-                await _abort(self, context, e)
-
-        return unary
-
-    return wrap
+@asynccontextmanager
+async def _aborting(servicer, request, context) -> AsyncIterator[None]:
+    """The layer :func:`handle_errors` runs a method in (``request`` may be a request iterator)."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as e:
+        await _abort(servicer, context, e)
 
 
 async def _abort(servicer, context, e: Exception) -> None:

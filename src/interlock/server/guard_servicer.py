@@ -76,13 +76,13 @@ class GuardServicer(pb_grpc.GuardServicer):
                 f"{what} is {size} bytes; the limit is {self.max_message_bytes} (server.max_message_bytes)"
             )
 
-    @handle_errors()
+    @handle_errors
     async def Check(self, request: pb.CheckRequest, context) -> pb.Decision:
         self._check_size(request, "the request")
         [decision] = await self.service.check([self._decode(request)])
         return decision_to_pb(decision)
 
-    @handle_errors()
+    @handle_errors
     async def CheckBatch(self, request: pb.CheckBatchRequest, context) -> pb.CheckBatchResponse:
         self._check_size(request, "the batch")
         n = len(request.requests)
@@ -98,7 +98,7 @@ class GuardServicer(pb_grpc.GuardServicer):
         decisions = await self.service.check(items, indexed=True)
         return decisions_to_batch_response(decisions)
 
-    @handle_errors()
+    @handle_errors
     async def CheckStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context
     ) -> AsyncIterator[pb.Decision]:

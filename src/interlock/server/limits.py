@@ -15,12 +15,14 @@ health and reflection (probes must answer even under overload) so that:
 from __future__ import annotations
 
 import asyncio
-import inspect
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import grpc
 
 from interlock.deadline import set_deadline, time_remaining
+from interlock.server.layers import wrap_handler
 
 if TYPE_CHECKING:
     from interlock.server.metrics import Metrics
@@ -48,13 +50,7 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._wrap(handler.unary_unary), *_serde(handler))
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(self._wrap(handler.unary_stream), *_serde(handler))
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(self._wrap(handler.stream_unary), *_serde(handler))
-        return grpc.stream_stream_rpc_method_handler(self._wrap(handler.stream_stream), *_serde(handler))
+        return wrap_handler(handler, self._limited)
 
     async def _enter(self, context) -> None:
         remaining = context.time_remaining()
@@ -83,36 +79,14 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         remaining = time_remaining()
         self.metrics.reject("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
 
-    def _wrap(self, behavior):
-        if inspect.isasyncgenfunction(behavior):
-
-            async def stream(request, context):
-                await self._enter(context)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except asyncio.CancelledError:
-                    self._cancelled()
-                    raise
-                finally:
-                    self._leave()
-
-            return stream
-        if inspect.iscoroutinefunction(behavior):
-
-            async def unary(request, context):
-                await self._enter(context)
-                try:
-                    return await behavior(request, context)
-                except asyncio.CancelledError:
-                    self._cancelled()
-                    raise
-                finally:
-                    self._leave()
-
-            return unary
-        return behavior  # synchronous handlers are not used by Interlock's services
-
-
-def _serde(handler) -> tuple:
-    return handler.request_deserializer, handler.response_serializer
+    @asynccontextmanager
+    async def _limited(self, request, context) -> AsyncIterator[None]:
+        """The layer every non-exempt call runs in (``request`` may be a request iterator)."""
+        await self._enter(context)
+        try:
+            yield
+        except asyncio.CancelledError:
+            self._cancelled()
+            raise
+        finally:
+            self._leave()

@@ -37,7 +37,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         self.manager = manager
         self.metrics = metrics
 
-    @handle_errors()
+    @handle_errors
     async def ListEscalations(
         self, request: pb.ListEscalationsRequest, context
     ) -> pb.ListEscalationsResponse:
@@ -45,12 +45,12 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         found = await self.manager.list(request.state, request.agent_id, request.limit)
         return pb.ListEscalationsResponse(escalations=[to_pb(e) for e in found])
 
-    @handle_errors()
+    @handle_errors
     async def GetEscalation(self, request: pb.GetEscalationRequest, context) -> pb.Escalation:
         _principal()
         return to_pb(await self.manager.get(request.escalation_id))
 
-    @handle_errors()
+    @handle_errors
     async def ResolveEscalation(self, request: pb.ResolveEscalationRequest, context) -> pb.Escalation:
         who = _principal()
         action = to_numpy(request.action, "action") if request.HasField("action") else None
@@ -64,7 +64,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
         )
         return to_pb(answered)
 
-    @handle_errors()
+    @handle_errors
     async def WatchEscalations(
         self, request: pb.WatchEscalationsRequest, context
     ) -> AsyncIterator[pb.Escalation]:
