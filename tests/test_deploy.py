@@ -22,8 +22,10 @@ def manifests() -> dict[str, dict]:
     docs = {}
     for p in sorted(K8S.glob("*.yaml")):
         for doc in yaml.safe_load_all(p.read_text()):
-            main = doc["metadata"]["name"] in ("interlock", "interlock-config")
-            docs[doc["kind"] if main else f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+            name = doc.get("metadata", {}).get("name")  # the Kustomization has none
+            docs[
+                doc["kind"] if name in (None, "interlock", "interlock-config") else f"{doc['kind']}/{name}"
+            ] = doc
     return docs
 
 
