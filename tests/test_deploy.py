@@ -18,10 +18,14 @@ K8S = ROOT / "deploy" / "kubernetes"
 
 
 def manifests() -> dict[str, dict]:
+    """By kind; a second object of a kind (the headless Service) as ``kind/name``."""
     docs = {}
     for p in sorted(K8S.glob("*.yaml")):
         for doc in yaml.safe_load_all(p.read_text()):
-            docs[doc["kind"]] = doc
+            name = doc.get("metadata", {}).get("name")  # the Kustomization has none
+            docs[
+                doc["kind"] if name in (None, "interlock", "interlock-config") else f"{doc['kind']}/{name}"
+            ] = doc
     return docs
 
 
@@ -43,11 +47,19 @@ def test_every_manifest_is_listed_and_well_formed(k8s):
     assert sorted(kust["resources"]) == sorted(
         p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"
     )
-    assert set(k8s) == {"ConfigMap", "Deployment", "Service", "ServiceMonitor"}
-    for doc in k8s.values():
-        assert doc["apiVersion"] and doc["metadata"]["name"] == {"ConfigMap": "interlock-config"}.get(
-            doc["kind"], "interlock"
-        )
+    assert set(k8s) == {
+        "ConfigMap",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "Service/interlock-headless",
+        "ServiceMonitor",
+    }
+    for key, doc in k8s.items():
+        assert doc["apiVersion"] and doc["metadata"]["name"] == {
+            "ConfigMap": "interlock-config",
+            "Service/interlock-headless": "interlock-headless",
+        }.get(key, "interlock")
 
 
 def test_probes_and_ports_match_the_served_config(k8s, served):
