@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from interlock.config import AgentConfig, LoadedConfig
-from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent
+from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent, shorten
 from interlock.fallbacks import Fallback, build_fallback
+from interlock.faultlog import FailureLog
 from interlock.monitors import Batch, Monitor, SignalBatch, build_monitor
 from interlock.policies import DecisionPolicy
 from interlock.policies.vectorized import batch_columns
@@ -118,6 +119,8 @@ class AgentRuntime:
             name: build_fallback(name, f, self.spaces, runtime, f"{where}.fallbacks.{name}")
             for name, f in cfg.fallbacks.items()
         }
+        #: Rate-limited logs of failing stages ("monitor:<name>", "fallback:<name>").
+        self.failure_logs: dict[str, FailureLog] = {}
         by_name = {m.name: m for m in self.monitors}
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
@@ -194,26 +197,10 @@ class AgentRuntime:
             for i, it in enumerate(items)
         ]
 
-        # 1. Monitors, each over the whole batch.
-        signals: dict[str, SignalBatch] = {}
-        failed_monitors: list[str] = []
-        for m in self.monitors:
-            try:
-                out = m.check(batch)
-                for sig in m.signal_names:
-                    s = out[sig]
-                    if len(s.values) != n:
-                        raise ValueError(f"signal '{sig}' has {len(s.values)} values for a batch of {n}")
-                    signals[f"{m.name}.{sig}"] = s
-            except Exception as e:
-                log.exception("monitor %s failed", m.name)
-                failed_monitors.append(f"monitor '{m.name}' failed: {type(e).__name__}: {e}")
-                for d in decisions:
-                    d.errors.append(f"monitor:{m.name}")
-        if failed_monitors:
-            for d in decisions:
-                self._fail(d, failed_monitors)
-            return decisions
+        # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
+        #    only the monitors defined there (action_space); the policy decides it from those.
+        invalid = self.spaces.action.invalid(actions)
+        signals, ran, row_errors = self._run_monitors(batch, invalid)
 
         # 2. Signals per row, then the policy (simple rules vectorized over the batch, the rest per row).
         names = list(signals)
@@ -242,9 +229,15 @@ class AgentRuntime:
         )
         outcomes = self.policy.decide_batch(cols, activation)
         wanted: dict[str, list[int]] = defaultdict(list)
+        all_ran = np.stack([ran[k] for k in names], axis=1).tolist() if names else [[]] * n
         for i, d in enumerate(decisions):
-            vals, tr = all_vals[i], all_trips[i]
-            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
+            vals, tr, r = all_vals[i], all_trips[i], all_ran[i]
+            # Signals of monitors that did not run on this row (invalid action, failure) are left out.
+            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names)) if r[j]]
+            if i in row_errors:
+                d.errors.extend(stage for stage, _ in row_errors[i])
+                self._fail(d, [why for _, why in row_errors[i]])
+                continue
             outcome = outcomes[i]
             if outcome.error is not None:
                 d.errors.append("policy")
@@ -271,10 +264,103 @@ class AgentRuntime:
         # 3. Fallbacks, batched per fallback, each action checked against the space.
         for name, idx in wanted.items():
             self._apply_fallback(name, idx, batch, signals, decisions)
+        # No rule stopped an action outside the space (no action_space rule, default allow): never execute it.
+        for i in np.flatnonzero(invalid).tolist():
+            d = decisions[i]
+            if d.verdict is Verdict.ALLOW:
+                d.rule = ""
+                self._fail(d, [f"the action {_shown(d.proposed_action)} is outside the action space"])
         if self.config.shadow:
             for d in decisions:
                 _shadow(d)
         return decisions
+
+    def _run_monitors(
+        self, batch: Batch, invalid: np.ndarray
+    ) -> tuple[dict[str, SignalBatch], dict[str, np.ndarray], dict[int, list[tuple[str, str]]]]:
+        """Run every monitor over the rows it is defined on.
+
+        Args:
+            batch: The batch of ``n`` rows.
+            invalid: ``[n]`` bool, True where the action is outside the action space.
+
+        Returns:
+            ``signals`` (``"<monitor>.<signal>"`` -> ``[n]`` values; NaN and tripped where the
+            monitor did not run), ``ran`` (``[n]`` bool per signal: the value was computed) and
+            ``row_errors`` (row -> ``[(stage, reason)]`` for the rows a monitor failed on).
+        """
+        n = len(batch)
+        all_rows = np.arange(n)
+        valid_rows = np.flatnonzero(~invalid) if invalid.any() else all_rows
+        signals: dict[str, SignalBatch] = {}
+        ran: dict[str, np.ndarray] = {}
+        row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for m in self.monitors:
+            rows = all_rows if m.accepts_invalid_actions else valid_rows
+            out, done = self._monitor_over(m, batch, rows, row_errors)
+            for sig in m.signal_names:
+                key = f"{m.name}.{sig}"
+                signals[key] = out[sig]
+                ran[key] = done
+        return signals, ran, row_errors
+
+    def _monitor_over(
+        self, m: Monitor, batch: Batch, rows: np.ndarray, row_errors: dict[int, list[tuple[str, str]]]
+    ) -> tuple[dict[str, SignalBatch], np.ndarray]:
+        """Monitor ``m`` over the given rows of ``batch`` (``n`` rows): its ``[n]`` signals and where it ran.
+
+        The rows go in one call; only if that raises are they retried one by one, so that the
+        rows it fails on (recorded in ``row_errors``) are found and the others keep their values.
+        """
+        n = len(batch)
+        values = {s: np.full(n, np.nan) for s in m.signal_names}
+        tripped = {s: np.ones(n, bool) for s in m.signal_names}
+        thresholds: dict[str, float] = {}
+        done = np.zeros(n, bool)
+        parts: list[tuple[np.ndarray, Batch]] = [(rows, batch if len(rows) == n else batch.take(rows))]
+        while parts:
+            at, sub = parts.pop()
+            if not len(at):
+                continue
+            try:
+                out = self._monitor_signals(m, sub)
+            except Exception as e:
+                if len(at) == 1:
+                    self._monitor_failed(m, e, int(at[0]), row_errors)
+                else:
+                    parts.extend((at[k : k + 1], sub.take([k])) for k in range(len(at)))
+                continue
+            for sig, sb in out.items():
+                values[sig][at] = sb.values
+                tripped[sig][at] = sb.tripped
+                thresholds.setdefault(sig, sb.threshold)
+            done[at] = True
+        return {
+            s: SignalBatch(values[s], thresholds.get(s, float("nan")), tripped[s]) for s in m.signal_names
+        }, done
+
+    @staticmethod
+    def _monitor_signals(m: Monitor, batch: Batch) -> dict[str, SignalBatch]:
+        """``m.check(batch)``, checked to hold every signal with one value per row."""
+        out = m.check(batch)
+        n = len(batch)
+        for sig in m.signal_names:
+            if len(out[sig].values) != n:
+                raise ValueError(f"signal '{sig}' has {len(out[sig].values)} values for a batch of {n}")
+        return {sig: out[sig] for sig in m.signal_names}
+
+    def _monitor_failed(
+        self, m: Monitor, e: Exception, row: int, row_errors: dict[int, list[tuple[str, str]]]
+    ) -> None:
+        stage = f"monitor:{m.name}"
+        self._failure_log(stage, f"{self.where}: monitor '{m.name}'").failed(e)
+        row_errors[row].append((stage, f"monitor '{m.name}' failed: {type(e).__name__}: {shorten(e, 200)}"))
+
+    def _failure_log(self, stage: str, what: str) -> FailureLog:
+        fl = self.failure_logs.get(stage)
+        if fl is None:
+            fl = self.failure_logs.setdefault(stage, FailureLog(log, what))
+        return fl
 
     def _apply_fallback(
         self,
@@ -293,10 +379,10 @@ class AgentRuntime:
                 raise ValueError(f"returned shape {list(proposed.shape)}, expected {list(expected)}")
             bad = self.spaces.action.invalid(proposed)
         except Exception as e:
-            log.exception("fallback %s failed", name)
+            self._failure_log(f"fallback:{name}", f"{self.where}: fallback '{name}'").failed(e)
             for i in idx:
                 decisions[i].errors.append(f"fallback:{name}")
-                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {e}")
+                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {shorten(e, 200)}")
             return
         for k, i in enumerate(idx):
             d = decisions[i]
@@ -312,8 +398,9 @@ class AgentRuntime:
     def _fail(self, d: Decision, why: list[str]) -> None:
         """An internal error for this row: fail-safe fallback, HALT, or (fail_mode open) ALLOW."""
         d.reasons.extend(why)
-        if self.config.fail_mode == "open":
+        if self.config.fail_mode == "open" and not self.spaces.action.invalid(d.proposed_action[None])[0]:
             d.verdict = Verdict.ALLOW
+            d.rule = ""
             d.action = d.proposed_action
             d.reasons.append("fail_mode is open: the unchecked action was allowed")
             return
@@ -327,7 +414,7 @@ class AgentRuntime:
             action = self.fallback_action(fs, d)
         except Exception as e:
             d.errors.append(f"fallback:{fs}")
-            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
+            self._halt(d, f"fail-safe fallback '{fs}' failed: {shorten(e, 200)}")
             return
         d.action = action
         d.fallback = fs
@@ -357,6 +444,11 @@ class AgentRuntime:
         d.action = None
         d.fallback = ""
         d.reasons.append(why)
+
+
+def _shown(action: np.ndarray) -> str:
+    """An action for a message, shortened (a client chose it)."""
+    return shorten(np.asarray(action).tolist())
 
 
 def _shadow(d: Decision) -> None:
