@@ -525,7 +525,9 @@ class Guard:
                     self._by_id[agent_id] = a
                 return a
         known = ", ".join(a.config.id for a in self.agents)
-        raise UnknownAgent(f"agent_id '{agent_id}' matches no agent in the config (configured: {known})")
+        raise UnknownAgent(
+            f"agent_id '{shorten(agent_id)}' matches no agent in the config (configured: {known})"
+        )
 
     def validate(
         self, items: Sequence[CheckInput], indexed: bool = False

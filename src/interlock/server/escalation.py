@@ -43,6 +43,7 @@ from interlock.errors import (
     NotFound,
     ResourceExhausted,
     UnknownAgent,
+    shorten,
 )
 from interlock.server.escalation_store import EscalationStore
 from interlock.server.metrics import Metrics
@@ -418,7 +419,7 @@ class EscalationManager:
         """Mark it EXPIRED unless an answer won; returns the final record either way."""
         rec = await self.store.get(escalation_id)
         if rec is None:
-            raise NotFound(f"no escalation '{escalation_id}'")
+            raise NotFound(f"no escalation '{shorten(escalation_id)}'")
         if rec.state != PENDING:
             return rec
         final = pb.Escalation()
@@ -457,7 +458,8 @@ class EscalationManager:
         rec = await self.store.get(escalation_id) if escalation_id else None
         if rec is None:
             raise NotFound(
-                f"no escalation '{escalation_id}'; list them with `interlock escalations list --state all`"
+                f"no escalation '{shorten(escalation_id)}'; list them with "
+                "`interlock escalations list --state all`"
             )
         return rec
 
