@@ -1,4 +1,4 @@
-"""Issue 10, items 3-4: absurd shapes, oversized ids and bad stream messages, on the shipped examples.
+"""Issue 10, items 3-5: absurd shapes, oversized ids and bad stream messages, on the shipped examples.
 
 A real server on loopback runs ``examples/cartpole/interlock.yaml`` and
 ``examples/escalation/interlock.yaml`` (its store in a temporary folder).
@@ -90,3 +90,44 @@ def test_a_huge_unknown_agent_id_is_not_found_with_a_short_message(served):
         stub.CheckBatch(pb.CheckBatchRequest(requests=[valid(agent), req(AGENTS[agent], agent=ghost)]))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert_short(err.value.details())
+    [d] = list(stub.CheckStream(iter([req(AGENTS[agent], agent=ghost)])))
+    assert d.verdict == pb.VERDICT_HALT and d.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert_short(d.error.message)
+
+
+def test_a_bad_stream_message_gets_halt_and_the_stream_goes_on(served):
+    srv, _, agent = served
+    nan_obs = AGENTS[agent].copy()
+    nan_obs[0] = np.nan
+    messages = [
+        valid(agent, step=0).SerializeToString(),
+        b"\xff\xff\xff not a CheckRequest",
+        req(np.zeros(7, np.float32), agent=agent).SerializeToString(),  # wrong shape
+        req(AGENTS[agent], agent="ghost").SerializeToString(),
+        with_shape(agent, "observation", [0, 2**62, 2**62]).SerializeToString(),
+        req(nan_obs, agent=agent).SerializeToString(),
+        valid(agent, step=6).SerializeToString(),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    with channel:
+        call = channel.stream_stream(
+            "/interlock.v1.Guard/CheckStream",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.Decision.FromString,
+        )
+        out = list(call(iter(messages), timeout=30))
+    assert len(out) == len(messages)
+    assert [d.verdict for d in out] == [pb.VERDICT_ALLOW] + [pb.VERDICT_HALT] * 5 + [pb.VERDICT_ALLOW]
+    assert not out[0].HasField("error") and not out[-1].HasField("error")
+    codes = [d.error.code for d in out[1:6]]
+    assert codes == [INVALID.value[0]] * 2 + [grpc.StatusCode.NOT_FOUND.value[0]] + [INVALID.value[0]] * 2
+    for i, d in enumerate(out[1:6], start=1):
+        assert d.error.message.startswith(f"stream message {i}: "), d.error.message
+        assert list(d.reasons) == [d.error.message]
+        assert to_numpy(d.action).size == 0 and d.fallback == "" and d.config_version == "test"
+    assert "observation has shape [7]" in out[2].error.message
+    assert (
+        "observation.shape [0, 4611686018427387904, 4611686018427387904] is too large" in out[4].error.message
+    )
+    assert "NaN or Inf" in out[5].error.message
+    assert not metric_value(srv, "interlock_requests_rejected_total", reason="internal")
