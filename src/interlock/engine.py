@@ -96,6 +96,10 @@ class Decision:
     shadow_verdict: Verdict | None = None
 
 
+class NotLoaded(RuntimeError):
+    """API misuse: a :class:`Guard` was asked to decide before ``load()`` (or after ``unload()``)."""
+
+
 def new_decision_id() -> str:
     return os.urandom(12).hex()
 
@@ -551,9 +555,18 @@ class Guard:
         """Decide every request, batching the requests of each agent together.
 
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
-        the first malformed request (nothing is decided then).
+        the first malformed request (nothing is decided then), and NotLoaded before
+        :meth:`load` (or after :meth:`unload`).
         """
+        self._require_ready()
         return self._decide(items, self.validate(items, indexed))
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise NotLoaded(
+                "Guard.check called on a Guard whose models are not loaded: call guard.load() first "
+                "(Guard.from_file(path).load()), and do not check after guard.unload()"
+            )
 
     def check_each(self, items: Sequence[CheckInput]) -> list[Decision | InterlockError]:
         """Decide independent requests together; a malformed one gets its error, the others decide.
@@ -561,6 +574,7 @@ class Guard:
         This is the micro-batcher's entry point: requests from different calls
         share one run of every monitor, and one bad request fails only itself.
         """
+        self._require_ready()
         out: list[Decision | InterlockError] = list(items)  # type: ignore[arg-type]
         good: list[int] = []
         validated = []

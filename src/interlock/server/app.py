@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
+from interlock.server import reflection
 from interlock.server.audit import AuditLog
 from interlock.server.escalation_setup import EscalationSetup
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
@@ -115,7 +115,6 @@ class InterlockServer:
                 GUARD_SERVICE,
                 *self.escalation.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
             self.server,
         )
