@@ -317,24 +317,33 @@ class AgentRuntime:
         rows it fails on (recorded in ``row_errors``) are found and the others keep their values.
         """
         n = len(batch)
+        sub = batch if len(rows) == n else batch.take(rows)
+        error: Exception | None = None
+        out: dict[str, SignalBatch] = {}
+        if len(rows):
+            try:
+                out = self._monitor_signals(m, sub)
+            except Exception as e:
+                error = e
+        if error is None and len(rows) == n:  # the usual case: every row in one call, nothing to fill in
+            return out, np.ones(n, bool)
         values = {s: np.full(n, np.nan) for s in m.signal_names}
         tripped = {s: np.ones(n, bool) for s in m.signal_names}
         thresholds: dict[str, float] = {}
         done = np.zeros(n, bool)
-        parts: list[tuple[np.ndarray, Batch]] = [(rows, batch if len(rows) == n else batch.take(rows))]
-        while parts:
-            at, sub = parts.pop()
-            if not len(at):
-                continue
-            try:
-                out = self._monitor_signals(m, sub)
-            except Exception as e:
-                if len(at) == 1:
-                    self._monitor_failed(m, e, int(at[0]), row_errors)
-                else:
-                    parts.extend((at[k : k + 1], sub.take([k])) for k in range(len(at)))
-                continue
-            for sig, sb in out.items():
+        found: list[tuple[np.ndarray, dict[str, SignalBatch]]] = []
+        if error is None:
+            found.append((rows, out))
+        elif len(rows) == 1:
+            self._monitor_failed(m, error, int(rows[0]), row_errors)
+        else:  # find the rows it fails on; the others keep their values
+            for k, r in enumerate(rows.tolist()):
+                try:
+                    found.append((rows[k : k + 1], self._monitor_signals(m, sub.take([k]))))
+                except Exception as e:
+                    self._monitor_failed(m, e, r, row_errors)
+        for at, part in found:
+            for sig, sb in part.items():
                 values[sig][at] = sb.values
                 tripped[sig][at] = sb.tripped
                 thresholds.setdefault(sig, sb.threshold)
