@@ -233,11 +233,14 @@ class AgentRuntime:
         )
         outcomes = self.policy.decide_batch(cols, activation)
         wanted: dict[str, list[int]] = defaultdict(list)
-        all_ran = np.stack([ran[k] for k in names], axis=1).tolist() if names else [[]] * n
+        # Signals of monitors that did not run on a row (invalid action, failure) are left out of it.
+        partial = [(j, ran[k]) for j, k in enumerate(names) if ran[k] is not None]
         for i, d in enumerate(decisions):
-            vals, tr, r = all_vals[i], all_trips[i], all_ran[i]
-            # Signals of monitors that did not run on this row (invalid action, failure) are left out.
-            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names)) if r[j]]
+            vals, tr = all_vals[i], all_trips[i]
+            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
+            if partial:
+                skip = {j for j, done in partial if not done[i]}
+                d.signals = [s for j, s in enumerate(d.signals) if j not in skip]
             if i in row_errors:
                 d.errors.extend(stage for stage, _ in row_errors[i])
                 self._fail(d, [why for _, why in row_errors[i]])
@@ -281,7 +284,7 @@ class AgentRuntime:
 
     def _run_monitors(
         self, batch: Batch, invalid: np.ndarray
-    ) -> tuple[dict[str, SignalBatch], dict[str, np.ndarray], dict[int, list[tuple[str, str]]]]:
+    ) -> tuple[dict[str, SignalBatch], dict[str, np.ndarray | None], dict[int, list[tuple[str, str]]]]:
         """Run every monitor over the rows it is defined on.
 
         Args:
@@ -290,14 +293,15 @@ class AgentRuntime:
 
         Returns:
             ``signals`` (``"<monitor>.<signal>"`` -> ``[n]`` values; NaN and tripped where the
-            monitor did not run), ``ran`` (``[n]`` bool per signal: the value was computed) and
+            monitor did not run), ``ran`` (``[n]`` bool per signal: the value was computed; None
+            when it was for every row) and
             ``row_errors`` (row -> ``[(stage, reason)]`` for the rows a monitor failed on).
         """
         n = len(batch)
         all_rows = np.arange(n)
         valid_rows = np.flatnonzero(~invalid) if invalid.any() else all_rows
         signals: dict[str, SignalBatch] = {}
-        ran: dict[str, np.ndarray] = {}
+        ran: dict[str, np.ndarray | None] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for m in self.monitors:
             rows = all_rows if m.accepts_invalid_actions else valid_rows
@@ -310,8 +314,10 @@ class AgentRuntime:
 
     def _monitor_over(
         self, m: Monitor, batch: Batch, rows: np.ndarray, row_errors: dict[int, list[tuple[str, str]]]
-    ) -> tuple[dict[str, SignalBatch], np.ndarray]:
+    ) -> tuple[dict[str, SignalBatch], np.ndarray | None]:
         """Monitor ``m`` over the given rows of ``batch`` (``n`` rows): its ``[n]`` signals and where it ran.
+
+        "Where it ran" is a ``[n]`` bool mask, or None for every row.
 
         The rows go in one call; only if that raises are they retried one by one, so that the
         rows it fails on (recorded in ``row_errors``) are found and the others keep their values.
@@ -326,7 +332,7 @@ class AgentRuntime:
             except Exception as e:
                 error = e
         if error is None and len(rows) == n:  # the usual case: every row in one call, nothing to fill in
-            return out, np.ones(n, bool)
+            return out, None
         values = {s: np.full(n, np.nan) for s in m.signal_names}
         tripped = {s: np.ones(n, bool) for s in m.signal_names}
         thresholds: dict[str, float] = {}
