@@ -1,26 +1,34 @@
 """Fuzzing a real server: malformed requests and random bytes never crash it and never get an unchecked ALLOW.
 
-Every answer is either a clear client error (INVALID_ARGUMENT, NOT_FOUND,
-RESOURCE_EXHAUSTED) or a decision; an ALLOW is accepted only when an independent
-check here agrees that the request was well-formed, finite, in the action space
-and within the agent's rules.
+The server runs the CartPole example's agent (real ONNX Q and dynamics ensembles) and a
+box-action agent, under ``fail_mode: closed`` and ``open``. Requests include
+out-of-range discrete actions, zero-and-huge shapes and oversized ids, through Check,
+CheckBatch and CheckStream. Every answer is either a clear client error
+(INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED; never INTERNAL) or a decision; no
+monitor, rule or fallback ever fails (``interlock_internal_errors_total`` stays 0); the
+executed action is always inside the action space; and an ALLOW is accepted only when an
+independent check here agrees that the request was well-formed, finite, in the action
+space and within the agent's rules.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from interlock.config import LoadedConfig, parse_config
 from interlock.server.background import background_server
 from interlock.tensors import DTYPE_OF
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.support.fixtures import box_agent, discrete_agent, loaded
+from tests.support.fixtures import box_agent
 from tests.support.ops import health_status, req
 
 CLIENT_ERRORS = {
@@ -36,21 +44,60 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    cfg = loaded([discrete_agent(), box_agent()], base_dir=tmp_path_factory.mktemp("fuzz"))
-    with background_server(cfg) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+CLIENT_CODES = {c.value[0] for c in CLIENT_ERRORS}
+CARTPOLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole" / "interlock.yaml"
+#: Shapes whose element count overflows int64 or numpy's size arithmetic (with or without a zero).
+HUGE_SHAPES = [[0, 2**62, 2**62], [0, 2**63 - 1], [2**62, 2**62], [2**31, 2**31, 0, 2**31], [2**40]]
+#: Discrete actions outside n = 2, from just past the end to the int64 extremes.
+BAD_INDICES = [2, 3, 7, 255, 2**31, 2**62, 2**63 - 1, -1, -2, -(2**63)]
+HUGE_IDS = ["g" * 100_000, "cartpole" + "x" * 5000, "arm-" + "1" * 70_000]
+
+
+def fuzz_config(fail_mode: str) -> LoadedConfig:
+    """The CartPole example's agent as shipped (models and all) beside a box agent, in ``fail_mode``."""
+    data = yaml.safe_load(CARTPOLE.read_text())
+    [cartpole] = data["agents"]
+    cfg = {"agents": [{**cartpole, "fail_mode": fail_mode}, box_agent(fail_mode=fail_mode)]}
+    return LoadedConfig(parse_config(cfg, str(CARTPOLE)), CARTPOLE.parent, "fuzz", str(CARTPOLE))
+
+
+@pytest.fixture(scope="module", params=["closed", "open"])
+def fuzz_server(request):
+    with (
+        background_server(fuzz_config(request.param)) as srv,
+        grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch,
+    ):
         yield srv, ch
 
 
+def internal_errors(srv) -> float:
+    """All of ``interlock_internal_errors_total`` (every agent and stage)."""
+    return sum(
+        s.value
+        for m in srv.metrics.registry.collect()
+        if m.name == "interlock_internal_errors"
+        for s in m.samples
+        if s.name == "interlock_internal_errors_total"
+    )
+
+
+def assert_no_internal_errors(srv) -> None:
+    assert internal_errors(srv) == 0, "a monitor, rule or fallback failed"
+    assert not srv.metrics.registry.get_sample_value(
+        "interlock_requests_rejected_total", {"reason": "internal"}
+    )
+
+
 def decoded(t: pb.Tensor) -> np.ndarray | None:
-    """The tensor as numpy, or None when it is malformed."""
+    """The tensor as numpy, or None when it is malformed (Python ints: huge shapes do not overflow)."""
     dt = DTYPE_OF.get(t.dtype)
     shape = tuple(t.shape)
     if dt is None or any(d < 0 for d in shape) or len(shape) > 8:
         return None
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if len(t.data) != n * dt.itemsize:
+    n = 1
+    for d in shape:
+        n *= d
+    if len(t.data) != n * dt.itemsize or n > 1024:
         return None
     return np.frombuffer(t.data, dtype=dt).reshape(shape)
 
@@ -75,17 +122,41 @@ def allow_is_justified(r: pb.CheckRequest) -> bool:
     return False
 
 
+def executed_action_in_space(d: pb.Decision, agent_id: str) -> bool:
+    """The action the agent is told to execute is inside its action space (empty only on HALT)."""
+    a = decoded(d.action)
+    if a is None:
+        return False
+    if a.size == 0:
+        return d.verdict == pb.VERDICT_HALT
+    if agent_id == "cartpole":
+        return a.dtype.kind in "iu" and a.shape == () and 0 <= int(a) < 2
+    if fnmatch.fnmatchcase(agent_id, "arm-*"):
+        return a.shape == (2,) and bool(np.isfinite(a).all() and (np.abs(a) <= 1.0).all())
+    return False
+
+
+def check_decision(d: pb.Decision, r: pb.CheckRequest | None) -> None:
+    """One answered decision is sound; ``r`` is the request (None when its bytes did not parse)."""
+    assert d.verdict in (pb.VERDICT_ALLOW, pb.VERDICT_SUBSTITUTE, pb.VERDICT_HALT, pb.VERDICT_ESCALATE)
+    if d.HasField("error"):  # a CheckStream message that could not be checked
+        assert d.verdict == pb.VERDICT_HALT and d.error.code in CLIENT_CODES, d.error
+        assert d.error.message and len(d.error.message) < 1000
+        return
+    assert r is not None
+    if d.verdict == pb.VERDICT_ALLOW:
+        assert allow_is_justified(r), f"ALLOW for a request that was not checked: {str(r)[:2000]}"
+    assert executed_action_in_space(d, r.agent_id), (d, str(r)[:2000])
+
+
 def check_outcome(call, request_for_allow) -> None:
     try:
         d = call()
     except grpc.RpcError as e:
         assert e.code() in CLIENT_ERRORS, (e.code(), e.details())
-        assert e.details()
+        assert e.details() and len(e.details()) < 1000
         return
-    assert d.verdict in (pb.VERDICT_ALLOW, pb.VERDICT_SUBSTITUTE, pb.VERDICT_HALT, pb.VERDICT_ESCALATE)
-    if d.verdict == pb.VERDICT_ALLOW:
-        r = request_for_allow()
-        assert allow_is_justified(r), f"ALLOW for a request that was not checked: {r}"
+    check_decision(d, request_for_allow())
 
 
 floats = st.one_of(
@@ -96,6 +167,7 @@ dtypes = st.sampled_from([*DTYPE_OF, 0, 7, 99, -1])
 shapes = st.one_of(
     st.sampled_from([[], [1], [2], [3], [4], [5], [0], [2, 2], [4, 1]]),
     st.lists(st.integers(-3, 6), max_size=10),
+    st.sampled_from(HUGE_SHAPES),
 )
 
 
@@ -104,8 +176,10 @@ def tensors(draw) -> pb.Tensor:
     code = draw(dtypes)
     shape = draw(shapes)
     dt = DTYPE_OF.get(code)
-    if dt is not None and all(d >= 0 for d in shape) and draw(st.booleans()):
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = 1
+    for d in shape:
+        n *= max(d, 0)
+    if dt is not None and all(d >= 0 for d in shape) and n <= 4096 and draw(st.booleans()):
         values = draw(st.lists(floats, min_size=n, max_size=n)) if n <= 64 else [0.0] * n
         with np.errstate(all="ignore"):
             arr = np.asarray(values, dtype=np.float64)
@@ -121,7 +195,8 @@ def tensors(draw) -> pb.Tensor:
 def random_request(draw) -> pb.CheckRequest:
     r = pb.CheckRequest(
         agent_id=draw(
-            st.sampled_from(["cartpole", "arm-1", "arm-", "ghost", "", "carTpole"]) | st.text(max_size=20)
+            st.sampled_from(["cartpole", "arm-1", "arm-", "ghost", "", "carTpole", *HUGE_IDS])
+            | st.text(max_size=20)
         ),
         episode_id=draw(st.text(max_size=10)),
         step=draw(st.integers(-(2**63), 2**63 - 1)),
@@ -143,14 +218,14 @@ def near_valid_request(draw) -> pb.CheckRequest:
     if draw(st.booleans()):
         agent = "cartpole"
         obs = np.asarray(draw(st.lists(small, min_size=4, max_size=4)), np.float64)
-        act: np.ndarray = np.int64(draw(st.integers(-3, 4)))
+        act: np.ndarray = np.int64(draw(st.integers(-3, 4) | st.sampled_from(BAD_INDICES)))
     else:
         agent = f"arm-{draw(st.integers(0, 99))}"
         obs = np.asarray(draw(st.lists(small, min_size=3, max_size=3)), np.float64)
         act = np.asarray(draw(st.lists(st.floats(-1.5, 1.5) | floats, min_size=2, max_size=2)), np.float64)
     with np.errstate(all="ignore"):
         r = req(obs=obs.astype(draw(st.sampled_from([np.float32, np.float64]))), action=act, agent=agent)
-    mutation = draw(st.integers(0, 8))
+    mutation = draw(st.integers(0, 10))
     if mutation == 1:
         r.observation.data = r.observation.data[: draw(st.integers(0, len(r.observation.data)))]
     elif mutation == 2:
@@ -161,6 +236,14 @@ def near_valid_request(draw) -> pb.CheckRequest:
         r.agent_id = draw(st.text(max_size=12))
     elif mutation == 5:
         r.ClearField(draw(st.sampled_from(["observation", "action"])))
+    elif mutation == 6:
+        field = getattr(r, draw(st.sampled_from(["observation", "action"])))
+        field.shape[:] = draw(st.sampled_from(HUGE_SHAPES))
+        field.data = b""
+    elif mutation == 7:
+        r.agent_id = draw(st.sampled_from(HUGE_IDS))
+    elif mutation == 8:
+        r.episode_id = "e" * 50_000
     return r
 
 
@@ -170,23 +253,52 @@ requests = st.one_of(random_request(), near_valid_request(), near_valid_request(
 @FUZZ
 @given(r=requests)
 def test_fuzzed_requests(fuzz_server, r):
-    _, ch = fuzz_server
+    srv, ch = fuzz_server
     check_outcome(lambda: pb_grpc.GuardStub(ch).Check(r, timeout=10), lambda: r)
+    assert_no_internal_errors(srv)
 
 
 @FUZZ
 @given(rs=st.lists(requests, min_size=1, max_size=6))
 def test_fuzzed_batches(fuzz_server, rs):
-    _, ch = fuzz_server
+    srv, ch = fuzz_server
     stub = pb_grpc.GuardStub(ch)
     try:
         out = stub.CheckBatch(pb.CheckBatchRequest(requests=rs), timeout=10).decisions
     except grpc.RpcError as e:
         assert e.code() in CLIENT_ERRORS, (e.code(), e.details())
+        assert e.details() and len(e.details()) < 1000
+        assert_no_internal_errors(srv)
         return
     assert len(out) == len(rs)
     for d, r in zip(out, rs, strict=True):
-        assert d.verdict != pb.VERDICT_ALLOW or allow_is_justified(r), r
+        assert not d.HasField("error")
+        check_decision(d, r)
+    assert_no_internal_errors(srv)
+
+
+@FUZZ
+@given(rs=st.lists(requests, min_size=1, max_size=6), garbage=st.lists(st.binary(max_size=40), max_size=2))
+def test_fuzzed_streams(fuzz_server, rs, garbage):
+    """CheckStream answers every message, in order; the bad ones with HALT and an error."""
+    srv, ch = fuzz_server
+    messages: list[bytes] = [r.SerializeToString() for r in rs] + garbage
+    parsed: list[pb.CheckRequest | None] = [*rs]
+    for g in garbage:
+        try:
+            parsed.append(pb.CheckRequest.FromString(g))
+        except Exception:
+            parsed.append(None)
+    call = ch.stream_stream(
+        "/interlock.v1.Guard/CheckStream",
+        request_serializer=lambda b: b,
+        response_deserializer=pb.Decision.FromString,
+    )
+    out = list(call(iter(messages), timeout=30))
+    assert len(out) == len(messages)
+    for d, r in zip(out, parsed, strict=True):
+        check_decision(d, r)
+    assert_no_internal_errors(srv)
 
 
 @FUZZ
@@ -205,10 +317,7 @@ def test_server_survived_the_fuzzing(fuzz_server):
     srv, ch = fuzz_server
     assert health_status(ch) == 1  # SERVING
     assert pb_grpc.GuardStub(ch).Check(req()).verdict == pb.VERDICT_ALLOW
-    internal = srv.metrics.registry.get_sample_value(
-        "interlock_requests_rejected_total", {"reason": "internal"}
-    )
-    assert not internal
+    assert_no_internal_errors(srv)
 
 
 def test_values_that_overflow_the_declared_dtype_are_refused(fuzz_server):

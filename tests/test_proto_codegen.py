@@ -43,6 +43,8 @@ def test_wire_contract_names_and_numbers():
         "fallback": 6,
         "escalation_id": 7,
         "config_version": 8,
+        "rule": 9,
+        "error": 10,
     }.items():
         assert dec[name].number == number
     assert pb.DataType.Value("DATA_TYPE_UINT8") == 6 and pb.Verdict.Value("VERDICT_HALT") == 4

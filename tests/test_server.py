@@ -120,10 +120,11 @@ def test_bad_message_in_batch_and_stream_is_named(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.CheckBatch(pb.CheckBatchRequest())
     assert "requests is empty" in err.value.details()
-    with pytest.raises(grpc.RpcError) as err:
-        list(stub.CheckStream(iter([req(), req(), req(agent="ghost")])))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert err.value.details().startswith("stream message 2: agent_id 'ghost'")
+    # CheckStream answers a bad message with HALT and keeps going (issue 10, item 5).
+    out = list(stub.CheckStream(iter([req(), req(), req(agent="ghost"), req()])))
+    assert [d.verdict for d in out] == [pb.VERDICT_ALLOW] * 2 + [pb.VERDICT_HALT, pb.VERDICT_ALLOW]
+    assert out[2].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert out[2].error.message.startswith("stream message 2: agent_id 'ghost'")
 
 
 def test_garbage_bytes_on_the_wire(channel, stub):

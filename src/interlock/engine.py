@@ -12,7 +12,6 @@ fails too. Only ``fail_mode: open`` turns an internal error into ALLOW.
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -20,14 +19,15 @@ import numpy as np
 
 from interlock.batch import Batch, SignalBatch, cel_activation
 from interlock.config import AgentConfig, LoadedConfig
-from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent
+from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent, shorten
 from interlock.fallbacks import Fallback, build_fallback
+from interlock.faultlog import FailureLog
 from interlock.monitors import Monitor, build_monitor
 from interlock.policies import DecisionPolicy
 from interlock.policies.vectorized import batch_columns
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
-from interlock.types import CheckInput, Decision, Verdict
+from interlock.types import CheckInput, Decision, Verdict, new_decision_id
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ _VERDICT_OF = {
 }
 
 
-def new_decision_id() -> str:
-    return os.urandom(12).hex()
+class NotLoaded(RuntimeError):
+    """API misuse: a :class:`Guard` was asked to decide before ``load()`` (or after ``unload()``)."""
 
 
 class AgentRuntime:
@@ -66,6 +66,8 @@ class AgentRuntime:
             name: build_fallback(name, f, self.spaces, runtime, f"{where}.fallbacks.{name}")
             for name, f in cfg.fallbacks.items()
         }
+        #: Rate-limited logs of failing stages ("monitor:<name>", "fallback:<name>").
+        self.failure_logs: dict[str, FailureLog] = {}
         by_name = {m.name: m for m in self.monitors}
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
@@ -142,26 +144,10 @@ class AgentRuntime:
             for i, it in enumerate(items)
         ]
 
-        # 1. Monitors, each over the whole batch.
-        signals: dict[str, SignalBatch] = {}
-        failed_monitors: list[str] = []
-        for m in self.monitors:
-            try:
-                out = m.check(batch)
-                for sig in m.signal_names:
-                    s = out[sig]
-                    if len(s.values) != n:
-                        raise ValueError(f"signal '{sig}' has {len(s.values)} values for a batch of {n}")
-                    signals[f"{m.name}.{sig}"] = s
-            except Exception as e:
-                log.exception("monitor %s failed", m.name)
-                failed_monitors.append(f"monitor '{m.name}' failed: {type(e).__name__}: {e}")
-                for d in decisions:
-                    d.errors.append(f"monitor:{m.name}")
-        if failed_monitors:
-            for d in decisions:
-                self._fail(d, failed_monitors)
-            return decisions
+        # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
+        #    only the monitors defined there (action_space); the policy decides it from those.
+        invalid = self.spaces.action.invalid(actions)
+        signals, ran, row_errors = self._run_monitors(batch, invalid)
 
         # 2. Signals per row, then the policy (simple rules vectorized over the batch, the rest per row).
         names = list(signals)
@@ -185,9 +171,18 @@ class AgentRuntime:
         )
         outcomes = self.policy.decide_batch(cols, activation)
         wanted: dict[str, list[int]] = defaultdict(list)
+        # Signals of monitors that did not run on a row (invalid action, failure) are left out of it.
+        partial = [(j, ran[k]) for j, k in enumerate(names) if ran[k] is not None]
         for i, d in enumerate(decisions):
             vals, tr = all_vals[i], all_trips[i]
             d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
+            if partial:
+                skip = {j for j, done in partial if not done[i]}
+                d.signals = [s for j, s in enumerate(d.signals) if j not in skip]
+            if i in row_errors:
+                d.errors.extend(stage for stage, _ in row_errors[i])
+                self._fail(d, [why for _, why in row_errors[i]])
+                continue
             outcome = outcomes[i]
             if outcome.error is not None:
                 d.errors.append("policy")
@@ -214,10 +209,115 @@ class AgentRuntime:
         # 3. Fallbacks, batched per fallback, each action checked against the space.
         for name, idx in wanted.items():
             self._apply_fallback(name, idx, batch, signals, decisions)
+        # No rule stopped an action outside the space (no action_space rule, default allow): never execute it.
+        for i in np.flatnonzero(invalid).tolist():
+            d = decisions[i]
+            if d.verdict is Verdict.ALLOW:
+                d.rule = ""
+                self._fail(d, [f"the action {_shown(d.proposed_action)} is outside the action space"])
         if self.config.shadow:
             for d in decisions:
                 _shadow(d)
         return decisions
+
+    def _run_monitors(
+        self, batch: Batch, invalid: np.ndarray
+    ) -> tuple[dict[str, SignalBatch], dict[str, np.ndarray | None], dict[int, list[tuple[str, str]]]]:
+        """Run every monitor over the rows it is defined on.
+
+        Args:
+            batch: The batch of ``n`` rows.
+            invalid: ``[n]`` bool, True where the action is outside the action space.
+
+        Returns:
+            ``signals`` (``"<monitor>.<signal>"`` -> ``[n]`` values; NaN and tripped where the
+            monitor did not run), ``ran`` (``[n]`` bool per signal: the value was computed; None
+            when it was for every row) and
+            ``row_errors`` (row -> ``[(stage, reason)]`` for the rows a monitor failed on).
+        """
+        n = len(batch)
+        all_rows = np.arange(n)
+        valid_rows = np.flatnonzero(~invalid) if invalid.any() else all_rows
+        signals: dict[str, SignalBatch] = {}
+        ran: dict[str, np.ndarray | None] = {}
+        row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for m in self.monitors:
+            rows = all_rows if m.accepts_invalid_actions else valid_rows
+            out, done = self._monitor_over(m, batch, rows, row_errors)
+            for sig in m.signal_names:
+                key = f"{m.name}.{sig}"
+                signals[key] = out[sig]
+                ran[key] = done
+        return signals, ran, row_errors
+
+    def _monitor_over(
+        self, m: Monitor, batch: Batch, rows: np.ndarray, row_errors: dict[int, list[tuple[str, str]]]
+    ) -> tuple[dict[str, SignalBatch], np.ndarray | None]:
+        """Monitor ``m`` over the given rows of ``batch`` (``n`` rows): its ``[n]`` signals and where it ran.
+
+        "Where it ran" is a ``[n]`` bool mask, or None for every row.
+
+        The rows go in one call; only if that raises are they retried one by one, so that the
+        rows it fails on (recorded in ``row_errors``) are found and the others keep their values.
+        """
+        n = len(batch)
+        sub = batch if len(rows) == n else batch.take(rows)
+        error: Exception | None = None
+        out: dict[str, SignalBatch] = {}
+        if len(rows):
+            try:
+                out = self._monitor_signals(m, sub)
+            except Exception as e:
+                error = e
+        if error is None and len(rows) == n:  # the usual case: every row in one call, nothing to fill in
+            return out, None
+        values = {s: np.full(n, np.nan) for s in m.signal_names}
+        tripped = {s: np.ones(n, bool) for s in m.signal_names}
+        thresholds: dict[str, float] = {}
+        done = np.zeros(n, bool)
+        found: list[tuple[np.ndarray, dict[str, SignalBatch]]] = []
+        if error is None:
+            found.append((rows, out))
+        elif len(rows) == 1:
+            self._monitor_failed(m, error, int(rows[0]), row_errors)
+        else:  # find the rows it fails on; the others keep their values
+            for k, r in enumerate(rows.tolist()):
+                try:
+                    found.append((rows[k : k + 1], self._monitor_signals(m, sub.take([k]))))
+                except Exception as e:
+                    self._monitor_failed(m, e, r, row_errors)
+        for at, part in found:
+            for sig, sb in part.items():
+                values[sig][at] = sb.values
+                tripped[sig][at] = sb.tripped
+                thresholds.setdefault(sig, sb.threshold)
+            done[at] = True
+        return {
+            s: SignalBatch(values[s], thresholds.get(s, float("nan")), tripped[s]) for s in m.signal_names
+        }, done
+
+    @staticmethod
+    def _monitor_signals(m: Monitor, batch: Batch) -> dict[str, SignalBatch]:
+        """``m.check(batch)``, checked to hold every signal with one value per row."""
+        out = m.check(batch)
+        n = len(batch)
+        for sig in m.signal_names:
+            if len(out[sig].values) != n:
+                raise ValueError(f"signal '{sig}' has {len(out[sig].values)} values for a batch of {n}")
+        return {sig: out[sig] for sig in m.signal_names}
+
+    def _monitor_failed(
+        self, m: Monitor, e: Exception, row: int, row_errors: dict[int, list[tuple[str, str]]]
+    ) -> None:
+        stage = f"monitor:{m.name}"
+        self._failure_log(stage, f"{self.where}: monitor '{m.name}'").failed(e)
+        row_errors[row].append((stage, f"monitor '{m.name}' failed: {type(e).__name__}: {shorten(e, 200)}"))
+
+    def _failure_log(self, stage: str, what: str) -> FailureLog:
+        fl = self.failure_logs.get(stage)
+        if fl is None:
+            fl = self.failure_logs.setdefault(stage, FailureLog(log, what))
+        return fl
 
     def _apply_fallback(
         self,
@@ -236,10 +336,10 @@ class AgentRuntime:
                 raise ValueError(f"returned shape {list(proposed.shape)}, expected {list(expected)}")
             bad = self.spaces.action.invalid(proposed)
         except Exception as e:
-            log.exception("fallback %s failed", name)
+            self._failure_log(f"fallback:{name}", f"{self.where}: fallback '{name}'").failed(e)
             for i in idx:
                 decisions[i].errors.append(f"fallback:{name}")
-                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {e}")
+                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {shorten(e, 200)}")
             return
         for k, i in enumerate(idx):
             d = decisions[i]
@@ -253,8 +353,9 @@ class AgentRuntime:
     def _fail(self, d: Decision, why: list[str]) -> None:
         """An internal error for this row: fail-safe fallback, HALT, or (fail_mode open) ALLOW."""
         d.reasons.extend(why)
-        if self.config.fail_mode == "open":
+        if self.config.fail_mode == "open" and not self.spaces.action.invalid(d.proposed_action[None])[0]:
             d.verdict = Verdict.ALLOW
+            d.rule = ""
             d.action = d.proposed_action
             d.reasons.append("fail_mode is open: the unchecked action was allowed")
             return
@@ -268,7 +369,7 @@ class AgentRuntime:
             action = self.fallback_action(fs, d)
         except Exception as e:
             d.errors.append(f"fallback:{fs}")
-            self._halt(d, f"fail-safe fallback '{fs}' failed: {e}")
+            self._halt(d, f"fail-safe fallback '{fs}' failed: {shorten(e, 200)}")
             return
         d.action = action
         d.fallback = fs
@@ -298,6 +399,11 @@ class AgentRuntime:
         d.action = None
         d.fallback = ""
         d.reasons.append(why)
+
+
+def _shown(action: np.ndarray) -> str:
+    """An action for a message, shortened (a client chose it)."""
+    return shorten(np.asarray(action).tolist())
 
 
 def _shadow(d: Decision) -> None:
@@ -374,7 +480,9 @@ class Guard:
                     self._by_id[agent_id] = a
                 return a
         known = ", ".join(a.config.id for a in self.agents)
-        raise UnknownAgent(f"agent_id '{agent_id}' matches no agent in the config (configured: {known})")
+        raise UnknownAgent(
+            f"agent_id '{shorten(agent_id)}' matches no agent in the config (configured: {known})"
+        )
 
     def validate(
         self, items: Sequence[CheckInput], indexed: bool = False
@@ -398,9 +506,18 @@ class Guard:
         """Decide every request, batching the requests of each agent together.
 
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
-        the first malformed request (nothing is decided then).
+        the first malformed request (nothing is decided then), and NotLoaded before
+        :meth:`load` (or after :meth:`unload`).
         """
+        self._require_ready()
         return self._decide(items, self.validate(items, indexed))
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise NotLoaded(
+                "Guard.check called on a Guard whose models are not loaded: call guard.load() first "
+                "(Guard.from_file(path).load()), and do not check after guard.unload()"
+            )
 
     def check_each(self, items: Sequence[CheckInput]) -> list[Decision | InterlockError]:
         """Decide independent requests together; a malformed one gets its error, the others decide.
@@ -408,6 +525,7 @@ class Guard:
         This is the micro-batcher's entry point: requests from different calls
         share one run of every monitor, and one bad request fails only itself.
         """
+        self._require_ready()
         out: list[Decision | InterlockError] = list(items)  # type: ignore[arg-type]
         good: list[int] = []
         validated = []

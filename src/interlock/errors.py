@@ -94,3 +94,14 @@ class ConfigError(InterlockError):
 
     status_code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "config"
+
+
+def shorten(text: object, limit: int = 64) -> str:
+    """``text`` as a string of at most ``limit`` characters plus an ellipsis.
+
+    Used for anything a client controls (ids, shapes, exception texts) before it
+    goes into an error message: a 100 kB agent_id must not come back in the
+    status (gRPC would then refuse the oversized metadata).
+    """
+    s = str(text)
+    return s if len(s) <= limit else s[:limit] + "..."

@@ -69,6 +69,9 @@ class ActionSpace:
 
     def invalid(self, actions: np.ndarray) -> np.ndarray:
         """``[batch]`` bool: True where the action is not in the space (bounds, index, NaN/Inf)."""
+        if self.discrete:  # on every request: two comparisons, not the distance
+            a = np.asarray(actions).reshape(-1)
+            return (a < 0) | (a >= self.n)
         return self.distance(actions) > 0
 
     def distance(self, actions: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from interlock.errors import InvalidRequest
+from interlock.errors import InvalidRequest, shorten
 from interlock.v1 import interlock_pb2 as pb
 
 #: DataType enum value -> little-endian numpy dtype.
@@ -27,6 +27,9 @@ DATA_TYPE_OF: dict[str, int] = {dt.name: code for code, dt in DTYPE_OF.items()}
 DTYPE_NAMES = tuple(DATA_TYPE_OF)
 
 MAX_DIMS = 8
+#: At most this many elements in a tensor, counting only its non-zero dimensions (2**31: more than
+#: a gRPC message can carry, and far below what makes numpy's size arithmetic overflow).
+MAX_ELEMENTS = 2**31
 
 
 def dtype_name(code: int) -> str:
@@ -51,10 +54,19 @@ def to_numpy(tensor: pb.Tensor, field: str = "tensor") -> np.ndarray:
     if len(shape) > MAX_DIMS:
         raise InvalidRequest(f"{field}.shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(d < 0 for d in shape):
-        raise InvalidRequest(f"{field}.shape {list(shape)} has a negative dimension")
-    count = 1
+        raise InvalidRequest(f"{field}.shape {shorten(list(shape))} has a negative dimension")
+    # Python ints (no overflow), and checked before numpy sees the shape: numpy refuses
+    # [0, 2**62, 2**62] even without data, because the product of the non-zero dimensions overflows.
+    span = 1
     for d in shape:
-        count *= d
+        span *= max(d, 1)
+    if span > MAX_ELEMENTS:
+        raise InvalidRequest(
+            f"{field}.shape {shorten(list(shape))} is too large: its non-zero dimensions multiply to "
+            f"more than {MAX_ELEMENTS} elements",
+            reason="shape_too_large",
+        )
+    count = 0 if 0 in shape else span
     expected = count * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidRequest(

@@ -7,6 +7,7 @@ wrappers) can use them without loading the engine, the config or the CEL binding
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,3 +68,8 @@ class Decision:
     errors: list[str] = field(default_factory=list)
     #: Shadow mode: the verdict that would have been enforced (``verdict`` is then ALLOW).
     shadow_verdict: Verdict | None = None
+
+
+def new_decision_id() -> str:
+    """A fresh, unguessable decision id (24 hex characters)."""
+    return os.urandom(12).hex()

@@ -51,6 +51,7 @@ class CheckResult:
         action: The action to execute (``None`` on HALT without a fail-safe action).
         signals: ``"<monitor>.<signal>"`` -> value, threshold, tripped.
         reasons: Why the verdict was reached, for logs.
+        error: Set (with verdict HALT) when a stream message could not be checked: what was wrong.
     """
 
     verdict: Verdict
@@ -63,6 +64,7 @@ class CheckResult:
     escalation_id: str
     config_version: str
     raw: pb.Decision = field(repr=False)
+    error: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -88,6 +90,7 @@ class CheckResult:
             escalation_id=d.escalation_id,
             config_version=d.config_version,
             raw=d,
+            error=d.error.message if d.HasField("error") else "",
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,6 +105,7 @@ class CheckResult:
             "decision_id": self.decision_id,
             "escalation_id": self.escalation_id,
             "config_version": self.config_version,
+            "error": self.error,
         }
 
 

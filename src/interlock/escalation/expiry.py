@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from interlock.errors import InterlockError, NotFound
+from interlock.errors import InterlockError, NotFound, shorten
 from interlock.escalation.index import EscalationIndex
 from interlock.escalation.model import Escalation, EscalationState, iso
 from interlock.escalation.store import EscalationStore
@@ -43,7 +43,7 @@ class Expiry:
         """Mark it EXPIRED unless an answer won; returns the final record either way."""
         rec = await self.store.get(escalation_id)
         if rec is None:
-            raise NotFound(f"no escalation '{escalation_id}'")
+            raise NotFound(f"no escalation '{shorten(escalation_id)}'")
         if not rec.pending:
             return rec
         final = dataclasses.replace(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from interlock.errors import FailedPrecondition, InvalidRequest, NotFound, UnknownAgent
+from interlock.errors import FailedPrecondition, InvalidRequest, NotFound, UnknownAgent, shorten
 from interlock.escalation.expiry import Expiry
 from interlock.escalation.model import Escalation, EscalationState, Resolution, iso
 from interlock.escalation.store import EscalationStore
@@ -50,7 +50,8 @@ class OperatorApi:
         rec = await self.store.get(escalation_id) if escalation_id else None
         if rec is None:
             raise NotFound(
-                f"no escalation '{escalation_id}'; list them with `interlock escalations list --state all`"
+                f"no escalation '{shorten(escalation_id)}'; list them with "
+                "`interlock escalations list --state all`"
             )
         return rec
 

@@ -14,6 +14,7 @@ class ActionSpaceMonitor(Monitor):
     """
 
     kind = "action_space"
+    accepts_invalid_actions = True
 
     @property
     def signal_names(self) -> list[str]:

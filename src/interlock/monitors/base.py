@@ -38,6 +38,10 @@ class Monitor(ABC):
 
     #: The ``kind:`` this class implements in the config file.
     kind: str = ""
+    #: Whether ``check`` is defined on actions outside the action space. Only such monitors
+    #: (``action_space``) see those rows; for the others the engine leaves them out of the batch,
+    #: their signals there are NaN (tripped) and the policy decides from the action_space signals.
+    accepts_invalid_actions: bool = False
 
     def __init__(self, name: str, spaces: AgentSpaces, runtime: ModelRuntime) -> None:
         self.name = name

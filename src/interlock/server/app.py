@@ -17,11 +17,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # the public name of the asyncio servicer
-from grpc_reflection.v1alpha import reflection
 
 from interlock.audit import AuditLog
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
+from interlock.server import reflection
 from interlock.server.auth import AuthInterceptor, Credentials
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
 from interlock.server.limits import ServerLimits
@@ -118,7 +118,6 @@ class InterlockServer:
                 GUARD_SERVICE,
                 *self.escalation.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ),
             self.server,
         )

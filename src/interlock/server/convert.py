@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 
 from interlock.errors import InvalidRequest
 from interlock.tensors import from_numpy, to_numpy
-from interlock.types import CheckInput, Decision
+from interlock.types import CheckInput, Decision, new_decision_id
 from interlock.v1 import interlock_pb2 as pb
 
 _EMPTY_INT64 = pb.Tensor(dtype=pb.DATA_TYPE_INT64, shape=[0])
@@ -69,6 +70,18 @@ def fill_decision(msg: pb.Decision, d: Decision) -> pb.Decision:
 def decision_to_pb(d: Decision) -> pb.Decision:
     """Encode a Decision. On HALT without a fail-safe action, ``action`` is an empty tensor (shape [0])."""
     return fill_decision(pb.Decision(), d)
+
+
+def unchecked_decision(code: grpc.StatusCode, message: str, config_version: str) -> pb.Decision:
+    """HALT for a request that could not be checked (CheckStream): no action, ``error`` says why."""
+    return pb.Decision(
+        decision_id=new_decision_id(),
+        verdict=pb.VERDICT_HALT,
+        action=_EMPTY_INT64,
+        reasons=[message],
+        config_version=config_version,
+        error=pb.CheckError(code=code.value[0], message=message),
+    )
 
 
 def decisions_to_batch_response(decisions: list[Decision]) -> pb.CheckBatchResponse:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from interlock.errors import InterlockError, InvalidRequest, ResourceExhausted
-from interlock.server.convert import decision_to_pb, decisions_to_batch_response, request_to_input
-from interlock.server.errors import handle_errors
+from interlock.server.convert import (
+    decision_to_pb,
+    decisions_to_batch_response,
+    request_to_input,
+    unchecked_decision,
+)
+from interlock.server.errors import handle_errors, status_for
 from interlock.server.service import GuardService
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
 
 
 class Undecodable:
@@ -102,17 +110,29 @@ class GuardServicer(pb_grpc.GuardServicer):
     async def CheckStream(
         self, request_iterator: AsyncIterator[pb.CheckRequest], context
     ) -> AsyncIterator[pb.Decision]:
+        """One Decision per message; a message that cannot be checked gets HALT with ``error`` set.
+
+        A robot streaming sensor data must not lose its guard on one corrupt packet, so a bad
+        message does not end the stream (Check and CheckBatch answer it with a status instead).
+        """
         index = 0
         async for request in request_iterator:
-            self._check_size(request, f"stream message {index}")
             try:
-                item = self._decode(request)
-                [decision] = await self.service.check([item])
-            except InterlockError as e:
-                e.message = f"stream message {index}: {e.message}"
-                raise
-            yield decision_to_pb(decision)
+                self._check_size(request, f"stream message {index}")
+                [decision] = await self.service.check([self._decode(request)])
+                answer = decision_to_pb(decision)
+            except Exception as e:
+                answer = self._unchecked(e, f"stream message {index}")
+            yield answer
             index += 1
+
+    def _unchecked(self, e: Exception, where: str) -> pb.Decision:
+        """The HALT answer to a stream message that raised ``e`` (counted where it was raised)."""
+        code, message = status_for(e)
+        if not isinstance(e, InterlockError):
+            log.exception("unhandled error in CheckStream (%s)", where)
+            self.metrics.reject("internal")
+        return unchecked_decision(code, f"{where}: {message}", self.service.guard.version)
 
     def _decode(self, request: pb.CheckRequest, field: str = ""):
         try:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterlock/v1/interlock.proto\x12\x0cinterlock.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.interlock.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xfa\x01\n\x0c\x43heckRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12)\n\x0bobservation\x18\x04 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12$\n\x06\x61\x63tion\x18\x05 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x36\n\x06labels\x18\x06 \x03(\x0b\x32&.interlock.v1.CheckRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x0f\n\x07tripped\x18\x04 \x01(\x08\"\xf4\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12&\n\x07verdict\x18\x02 \x01(\x0e\x32\x15.interlock.v1.Verdict\x12$\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12%\n\x07signals\x18\x04 \x03(\x0b\x32\x14.interlock.v1.Signal\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\t\x12\x15\n\rescalation_id\x18\x07 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x08 \x01(\t\x12\x0c\n\x04rule\x18\t \x01(\t\"A\n\x11\x43heckBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.interlock.v1.CheckRequest\"?\n\x12\x43heckBatchResponse\x12)\n\tdecisions\x18\x01 \x03(\x0b\x32\x16.interlock.v1.Decision\"\xb6\x05\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nepisode_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12)\n\x0bobservation\x18\x05 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12-\n\x0fproposed_action\x18\x06 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12%\n\x07signals\x18\x07 \x03(\x0b\x32\x14.interlock.v1.Signal\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.interlock.v1.EscalationState\x12\x10\n\x08\x66\x61llback\x18\t \x01(\t\x12-\n\x0f\x66\x61llback_action\x18\n \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x14\n\x0c\x63reated_time\x18\x0b \x01(\x01\x12\x15\n\rdeadline_time\x18\x0c \x01(\x01\x12\x15\n\rresolved_time\x18\r \x01(\x01\x12-\n\x0fresolved_action\x18\x0e \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x10\n\x08operator\x18\x0f \x01(\t\x12\x0f\n\x07\x63omment\x18\x10 \x01(\t\x12\x0f\n\x07reasons\x18\x11 \x03(\t\x12\x34\n\x06labels\x18\x12 \x03(\x0b\x32$.interlock.v1.Escalation.LabelsEntry\x12\x0c\n\x04rule\x18\x13 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x14 \x01(\t\x12\x0c\n\x04mode\x18\x15 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x16 \x01(\t\x12\x18\n\x10\x61uthenticated_as\x18\x17 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x16ListEscalationsRequest\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.interlock.v1.EscalationState\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"H\n\x17ListEscalationsResponse\x12-\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x18.interlock.v1.Escalation\"-\n\x14GetEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"\xa8\x01\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12,\n\nresolution\x18\x02 \x01(\x0e\x32\x18.interlock.v1.Resolution\x12$\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"D\n\x17WatchEscalationsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08*\xa6\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x04\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x06*u\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x16\n\x12VERDICT_SUBSTITUTE\x10\x02\x12\x14\n\x10VERDICT_ESCALATE\x10\x03\x12\x10\n\x0cVERDICT_HALT\x10\x04*\xcf\x01\n\x0f\x45scalationState\x12 \n\x1c\x45SCALATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45SCALATION_STATE_PENDING\x10\x01\x12\x1d\n\x19\x45SCALATION_STATE_APPROVED\x10\x02\x12\x1d\n\x19\x45SCALATION_STATE_REJECTED\x10\x03\x12 \n\x1c\x45SCALATION_STATE_SUBSTITUTED\x10\x04\x12\x1c\n\x18\x45SCALATION_STATE_EXPIRED\x10\x05*r\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x16\n\x12RESOLUTION_APPROVE\x10\x01\x12\x15\n\x11RESOLUTION_REJECT\x10\x02\x12\x19\n\x15RESOLUTION_SUBSTITUTE\x10\x03\x32\xdc\x01\n\x05Guard\x12;\n\x05\x43heck\x12\x1a.interlock.v1.CheckRequest\x1a\x16.interlock.v1.Decision\x12O\n\nCheckBatch\x12\x1f.interlock.v1.CheckBatchRequest\x1a .interlock.v1.CheckBatchResponse\x12\x45\n\x0b\x43heckStream\x12\x1a.interlock.v1.CheckRequest\x1a\x16.interlock.v1.Decision(\x01\x30\x01\x32\xe7\x02\n\x08Operator\x12^\n\x0fListEscalations\x12$.interlock.v1.ListEscalationsRequest\x1a%.interlock.v1.ListEscalationsResponse\x12M\n\rGetEscalation\x12\".interlock.v1.GetEscalationRequest\x1a\x18.interlock.v1.Escalation\x12U\n\x11ResolveEscalation\x12&.interlock.v1.ResolveEscalationRequest\x1a\x18.interlock.v1.Escalation\x12U\n\x10WatchEscalations\x12%.interlock.v1.WatchEscalationsRequest\x1a\x18.interlock.v1.Escalation0\x01\x42T\n\x10\x64\x65v.interlock.v1P\x01Z>github.com/interlock/interlock/gen/go/interlock/v1;interlockv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cinterlock/v1/interlock.proto\x12\x0cinterlock.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.interlock.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xfa\x01\n\x0c\x43heckRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nepisode_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12)\n\x0bobservation\x18\x04 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12$\n\x06\x61\x63tion\x18\x05 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x36\n\x06labels\x18\x06 \x03(\x0b\x32&.interlock.v1.CheckRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x06Signal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x0f\n\x07tripped\x18\x04 \x01(\x08\"\x9d\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12&\n\x07verdict\x18\x02 \x01(\x0e\x32\x15.interlock.v1.Verdict\x12$\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12%\n\x07signals\x18\x04 \x03(\x0b\x32\x14.interlock.v1.Signal\x12\x0f\n\x07reasons\x18\x05 \x03(\t\x12\x10\n\x08\x66\x61llback\x18\x06 \x01(\t\x12\x15\n\rescalation_id\x18\x07 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x08 \x01(\t\x12\x0c\n\x04rule\x18\t \x01(\t\x12\'\n\x05\x65rror\x18\n \x01(\x0b\x32\x18.interlock.v1.CheckError\"+\n\nCheckError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"A\n\x11\x43heckBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.interlock.v1.CheckRequest\"?\n\x12\x43heckBatchResponse\x12)\n\tdecisions\x18\x01 \x03(\x0b\x32\x16.interlock.v1.Decision\"\xb6\x05\n\nEscalation\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nepisode_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12)\n\x0bobservation\x18\x05 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12-\n\x0fproposed_action\x18\x06 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12%\n\x07signals\x18\x07 \x03(\x0b\x32\x14.interlock.v1.Signal\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.interlock.v1.EscalationState\x12\x10\n\x08\x66\x61llback\x18\t \x01(\t\x12-\n\x0f\x66\x61llback_action\x18\n \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x14\n\x0c\x63reated_time\x18\x0b \x01(\x01\x12\x15\n\rdeadline_time\x18\x0c \x01(\x01\x12\x15\n\rresolved_time\x18\r \x01(\x01\x12-\n\x0fresolved_action\x18\x0e \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x10\n\x08operator\x18\x0f \x01(\t\x12\x0f\n\x07\x63omment\x18\x10 \x01(\t\x12\x0f\n\x07reasons\x18\x11 \x03(\t\x12\x34\n\x06labels\x18\x12 \x03(\x0b\x32$.interlock.v1.Escalation.LabelsEntry\x12\x0c\n\x04rule\x18\x13 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x14 \x01(\t\x12\x0c\n\x04mode\x18\x15 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x16 \x01(\t\x12\x18\n\x10\x61uthenticated_as\x18\x17 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x16ListEscalationsRequest\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.interlock.v1.EscalationState\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"H\n\x17ListEscalationsResponse\x12-\n\x0b\x65scalations\x18\x01 \x03(\x0b\x32\x18.interlock.v1.Escalation\"-\n\x14GetEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\"\xa8\x01\n\x18ResolveEscalationRequest\x12\x15\n\rescalation_id\x18\x01 \x01(\t\x12,\n\nresolution\x18\x02 \x01(\x0e\x32\x18.interlock.v1.Resolution\x12$\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x14.interlock.v1.Tensor\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\"D\n\x17WatchEscalationsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08*\xa6\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT32\x10\x03\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x04\x12\x12\n\x0e\x44\x41TA_TYPE_BOOL\x10\x05\x12\x13\n\x0f\x44\x41TA_TYPE_UINT8\x10\x06*u\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x11\n\rVERDICT_ALLOW\x10\x01\x12\x16\n\x12VERDICT_SUBSTITUTE\x10\x02\x12\x14\n\x10VERDICT_ESCALATE\x10\x03\x12\x10\n\x0cVERDICT_HALT\x10\x04*\xcf\x01\n\x0f\x45scalationState\x12 \n\x1c\x45SCALATION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45SCALATION_STATE_PENDING\x10\x01\x12\x1d\n\x19\x45SCALATION_STATE_APPROVED\x10\x02\x12\x1d\n\x19\x45SCALATION_STATE_REJECTED\x10\x03\x12 \n\x1c\x45SCALATION_STATE_SUBSTITUTED\x10\x04\x12\x1c\n\x18\x45SCALATION_STATE_EXPIRED\x10\x05*r\n\nResolution\x12\x1a\n\x16RESOLUTION_UNSPECIFIED\x10\x00\x12\x16\n\x12RESOLUTION_APPROVE\x10\x01\x12\x15\n\x11RESOLUTION_REJECT\x10\x02\x12\x19\n\x15RESOLUTION_SUBSTITUTE\x10\x03\x32\xdc\x01\n\x05Guard\x12;\n\x05\x43heck\x12\x1a.interlock.v1.CheckRequest\x1a\x16.interlock.v1.Decision\x12O\n\nCheckBatch\x12\x1f.interlock.v1.CheckBatchRequest\x1a .interlock.v1.CheckBatchResponse\x12\x45\n\x0b\x43heckStream\x12\x1a.interlock.v1.CheckRequest\x1a\x16.interlock.v1.Decision(\x01\x30\x01\x32\xe7\x02\n\x08Operator\x12^\n\x0fListEscalations\x12$.interlock.v1.ListEscalationsRequest\x1a%.interlock.v1.ListEscalationsResponse\x12M\n\rGetEscalation\x12\".interlock.v1.GetEscalationRequest\x1a\x18.interlock.v1.Escalation\x12U\n\x11ResolveEscalation\x12&.interlock.v1.ResolveEscalationRequest\x1a\x18.interlock.v1.Escalation\x12U\n\x10WatchEscalations\x12%.interlock.v1.WatchEscalationsRequest\x1a\x18.interlock.v1.Escalation0\x01\x42T\n\x10\x64\x65v.interlock.v1P\x01Z>github.com/interlock/interlock/gen/go/interlock/v1;interlockv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ESCALATION_LABELSENTRY']._loaded_options = None
   _globals['_ESCALATION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DATATYPE']._serialized_start=1996
-  _globals['_DATATYPE']._serialized_end=2162
-  _globals['_VERDICT']._serialized_start=2164
-  _globals['_VERDICT']._serialized_end=2281
-  _globals['_ESCALATIONSTATE']._serialized_start=2284
-  _globals['_ESCALATIONSTATE']._serialized_end=2491
-  _globals['_RESOLUTION']._serialized_start=2493
-  _globals['_RESOLUTION']._serialized_end=2607
+  _globals['_DATATYPE']._serialized_start=2082
+  _globals['_DATATYPE']._serialized_end=2248
+  _globals['_VERDICT']._serialized_start=2250
+  _globals['_VERDICT']._serialized_end=2367
+  _globals['_ESCALATIONSTATE']._serialized_start=2370
+  _globals['_ESCALATIONSTATE']._serialized_end=2577
+  _globals['_RESOLUTION']._serialized_start=2579
+  _globals['_RESOLUTION']._serialized_end=2693
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=122
   _globals['_CHECKREQUEST']._serialized_start=125
@@ -53,27 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNAL']._serialized_start=377
   _globals['_SIGNAL']._serialized_end=450
   _globals['_DECISION']._serialized_start=453
-  _globals['_DECISION']._serialized_end=697
-  _globals['_CHECKBATCHREQUEST']._serialized_start=699
-  _globals['_CHECKBATCHREQUEST']._serialized_end=764
-  _globals['_CHECKBATCHRESPONSE']._serialized_start=766
-  _globals['_CHECKBATCHRESPONSE']._serialized_end=829
-  _globals['_ESCALATION']._serialized_start=832
-  _globals['_ESCALATION']._serialized_end=1526
+  _globals['_DECISION']._serialized_end=738
+  _globals['_CHECKERROR']._serialized_start=740
+  _globals['_CHECKERROR']._serialized_end=783
+  _globals['_CHECKBATCHREQUEST']._serialized_start=785
+  _globals['_CHECKBATCHREQUEST']._serialized_end=850
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=852
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=915
+  _globals['_ESCALATION']._serialized_start=918
+  _globals['_ESCALATION']._serialized_end=1612
   _globals['_ESCALATION_LABELSENTRY']._serialized_start=330
   _globals['_ESCALATION_LABELSENTRY']._serialized_end=375
-  _globals['_LISTESCALATIONSREQUEST']._serialized_start=1528
-  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1631
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1633
-  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1705
-  _globals['_GETESCALATIONREQUEST']._serialized_start=1707
-  _globals['_GETESCALATIONREQUEST']._serialized_end=1752
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1755
-  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=1923
-  _globals['_WATCHESCALATIONSREQUEST']._serialized_start=1925
-  _globals['_WATCHESCALATIONSREQUEST']._serialized_end=1993
-  _globals['_GUARD']._serialized_start=2610
-  _globals['_GUARD']._serialized_end=2830
-  _globals['_OPERATOR']._serialized_start=2833
-  _globals['_OPERATOR']._serialized_end=3192
+  _globals['_LISTESCALATIONSREQUEST']._serialized_start=1614
+  _globals['_LISTESCALATIONSREQUEST']._serialized_end=1717
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_start=1719
+  _globals['_LISTESCALATIONSRESPONSE']._serialized_end=1791
+  _globals['_GETESCALATIONREQUEST']._serialized_start=1793
+  _globals['_GETESCALATIONREQUEST']._serialized_end=1838
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_start=1841
+  _globals['_RESOLVEESCALATIONREQUEST']._serialized_end=2009
+  _globals['_WATCHESCALATIONSREQUEST']._serialized_start=2011
+  _globals['_WATCHESCALATIONSREQUEST']._serialized_end=2079
+  _globals['_GUARD']._serialized_start=2696
+  _globals['_GUARD']._serialized_end=2916
+  _globals['_OPERATOR']._serialized_start=2919
+  _globals['_OPERATOR']._serialized_end=3278
 # @@protoc_insertion_point(module_scope)

@@ -109,7 +109,7 @@ class Signal(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., tripped: _Optional[bool] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "verdict", "action", "signals", "reasons", "fallback", "escalation_id", "config_version", "rule")
+    __slots__ = ("decision_id", "verdict", "action", "signals", "reasons", "fallback", "escalation_id", "config_version", "rule", "error")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class Decision(_message.Message):
     ESCALATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     verdict: Verdict
     action: Tensor
@@ -128,7 +129,16 @@ class Decision(_message.Message):
     escalation_id: str
     config_version: str
     rule: str
-    def __init__(self, decision_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., action: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ..., fallback: _Optional[str] = ..., escalation_id: _Optional[str] = ..., config_version: _Optional[str] = ..., rule: _Optional[str] = ...) -> None: ...
+    error: CheckError
+    def __init__(self, decision_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., action: _Optional[_Union[Tensor, _Mapping]] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., reasons: _Optional[_Iterable[str]] = ..., fallback: _Optional[str] = ..., escalation_id: _Optional[str] = ..., config_version: _Optional[str] = ..., rule: _Optional[str] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
+
+class CheckError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CheckBatchRequest(_message.Message):
     __slots__ = ("requests",)

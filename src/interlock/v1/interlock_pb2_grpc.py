@@ -69,7 +69,8 @@ class GuardServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckStream(self, request_iterator, context):
-        """One Decision per CheckRequest, in order.
+        """One Decision per CheckRequest, in order. A message that cannot be checked does not end
+        the stream: it is answered with a HALT Decision whose `error` says why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
