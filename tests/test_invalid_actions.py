@@ -23,7 +23,7 @@ from interlock.tensors import to_numpy
 from interlock.types import CheckInput, Verdict
 from interlock.v1 import interlock_pb2 as pb
 from interlock.v1 import interlock_pb2_grpc as pb_grpc
-from tests.support.fixtures import loaded
+from tests.support.fixtures import discrete_agent, loaded
 from tests.support.ops import TILTED, UPRIGHT, metric_value, req
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -206,3 +206,15 @@ def test_failure_log_summarises_once_per_interval(caplog):
     assert caplog.records[0].exc_info is not None and caplog.records[1].exc_info is None
     assert "failed 60 more times in the last 60 s (61 in all; latest: RuntimeError: boom 60)" in msgs[1]
     assert "boom 0" in (fl.first_traceback or "") and fl.total == 130
+
+
+def test_shadow_mode_never_executes_an_action_outside_the_space():
+    """Shadow mode answers ALLOW with the proposed action, except where no mode could execute it."""
+    guard = Guard(loaded([discrete_agent(shadow=True)])).load()
+    upright = np.zeros(4, np.float32)
+    ok, bad = guard.check(
+        [CheckInput("cartpole", upright, np.int64(1)), CheckInput("cartpole", upright, np.int64(7))]
+    )
+    assert ok.verdict is Verdict.ALLOW and int(ok.action) == 1
+    assert bad.verdict is Verdict.SUBSTITUTE and bad.rule == "invalid"
+    assert int(bad.action) == 0  # the fallback's action, inside the space

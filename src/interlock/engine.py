@@ -216,8 +216,8 @@ class AgentRuntime:
                 d.rule = ""
                 self._fail(d, [f"the action {_shown(d.proposed_action)} is outside the action space"])
         if self.config.shadow:
-            for d in decisions:
-                _shadow(d)
+            for i, d in enumerate(decisions):
+                _shadow(d, outside_space=bool(invalid[i]))
         return decisions
 
     def _run_monitors(
@@ -406,13 +406,15 @@ def _shown(action: np.ndarray) -> str:
     return shorten(np.asarray(action).tolist())
 
 
-def _shadow(d: Decision) -> None:
+def _shadow(d: Decision, outside_space: bool = False) -> None:
     """Shadow mode: answer ALLOW but keep the would-be verdict in ``shadow_verdict``, signals and reasons.
 
-    A decision whose monitors or policy failed was not checked: it keeps its fail-closed verdict.
+    A decision whose monitors or policy failed was not checked, and an action outside the action space
+    can never be executed: both keep their fail-closed verdict (shadow mode observes; it does not
+    let through what no mode would).
     """
     would = d.verdict
-    if any(e == "policy" or e.startswith("monitor:") for e in d.errors):
+    if outside_space or any(e == "policy" or e.startswith("monitor:") for e in d.errors):
         return
     d.shadow_verdict = would
     d.signals.append(("shadow.would_verdict", float(int(would)), float(int(Verdict.ALLOW)), would > 1))
