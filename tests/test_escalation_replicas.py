@@ -127,4 +127,3 @@ def test_a_replica_that_lost_its_feed_catches_up_when_it_reconnects(tmp_path, mo
     print(f"answer through B while A's feed was down -> answer on A in {latency * 1000:.1f} ms")
     assert result.verdict is Verdict.ALLOW
     assert latency < 10.0, "A did not re-read its escalations after reconnecting"
-

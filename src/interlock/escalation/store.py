@@ -106,13 +106,14 @@ class EscalationStore(ABC):
     #: This instance's id in the change feed (see :func:`new_origin`).
     origin: str = ""
 
+    @abstractmethod
     async def listen(self, on_changes: OnChanges) -> None:
         """Start delivering other processes' changes to ``on_changes`` on the running loop.
 
         Called once, after :meth:`open`; :meth:`close` stops it. Delivery starts with
         ``on_changes(None)`` once the feed is connected (and again after every reconnect), so
         the caller re-reads what it holds and nothing written before listening is missed.
-        The default does nothing: a store no other process can open (``:memory:``) has no feed.
+        A store no other process can open (``:memory:``) may do nothing.
         """
 
     @abstractmethod
