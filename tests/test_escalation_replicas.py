@@ -127,3 +127,49 @@ def test_a_replica_that_lost_its_feed_catches_up_when_it_reconnects(tmp_path, mo
     print(f"answer through B while A's feed was down -> answer on A in {latency * 1000:.1f} ms")
     assert result.verdict is Verdict.ALLOW
     assert latency < 10.0, "A did not re-read its escalations after reconnecting"
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=needs_postgres), "sqlite"])
+async def test_the_store_feed_carries_other_processes_commits_only(tmp_path, backend):
+    """Store level: B hears A's create and winning finish in order, never its own writes or a lost CAS."""
+    import asyncio
+    import dataclasses
+
+    from interlock.escalation.model import Escalation, EscalationState
+    from interlock.escalation.store import CREATED, FINISHED
+
+    with ExitStack() as stack:
+        if backend == "postgres":
+            from interlock.escalation.postgres import PostgresEscalationStore
+
+            dsn = stack.enter_context(postgres_schema("interlock_feed"))
+            a, b = PostgresEscalationStore(dsn), PostgresEscalationStore(dsn)
+        else:
+            from interlock.escalation.sqlite import SqliteEscalationStore
+
+            a, b = (SqliteEscalationStore(tmp_path / "esc.db") for _ in range(2))
+        await a.open()
+        await b.open()
+        heard: asyncio.Queue = asyncio.Queue()
+        await b.listen(heard.put_nowait)
+        try:
+            assert await asyncio.wait_for(heard.get(), 5) is None  # connected: re-read what you hold
+            now = time.time()
+            e = Escalation("esc-feed-1", AGENT, created_time=now, deadline_time=now + 30)
+            await a.create([e])
+            done = dataclasses.replace(e, state=EscalationState.APPROVED, resolved_time=time.time())
+            assert await a.finish(done)
+            assert not await b.finish(dataclasses.replace(done, state=EscalationState.EXPIRED))  # lost
+            await b.create([dataclasses.replace(e, escalation_id="esc-feed-2")])  # B's own write
+            got = []
+            while len(got) < 2:
+                got.extend(await asyncio.wait_for(heard.get(), 5) or [])
+            await asyncio.sleep(0.2)  # anything else would have arrived by now
+            assert heard.empty(), heard.get_nowait()
+        finally:
+            await a.close()
+            await b.close()
+    assert [(c.kind, c.escalation_id, c.origin) for c in got] == [
+        (CREATED, "esc-feed-1", a.origin),
+        (FINISHED, "esc-feed-1", a.origin),
+    ]
