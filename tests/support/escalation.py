@@ -71,6 +71,8 @@ class AgentCall:
         self.result: CheckResult | None = None
         self.error: BaseException | None = None
         self.seconds = 0.0
+        #: ``time.perf_counter()`` when the answer (or the error) arrived.
+        self.answered_at = 0.0
         token = kw.pop("token", None)
 
         def run() -> None:
@@ -80,7 +82,8 @@ class AgentCall:
                     self.result = client.check(observation, np.int64(action), **kw)
             except BaseException as e:
                 self.error = e
-            self.seconds = time.perf_counter() - start
+            self.answered_at = time.perf_counter()
+            self.seconds = self.answered_at - start
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +130,14 @@ def make_certs(folder: Path, names: tuple[str, ...] = ("server", "client")) -> d
 class ServerProcess:
     """``interlock serve`` as a subprocess (so it can be SIGTERMed, SIGHUPed or killed -9)."""
 
-    def __init__(self, config: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: Path, extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.config = config
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "interlock.cli", "serve", "--config", str(config), "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.lines: list[str] = []
         self._rest: str | None = None
@@ -191,3 +193,27 @@ def metric_value(server, name: str, **labels: str) -> float:
     """A sample's value from a server's registry (0 when absent)."""
     v = server.metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if v is None else v
+
+
+@contextmanager
+def postgres_schema(prefix: str = "interlock_test") -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test; yields a DSN whose ``search_path`` is that schema.
+
+    The stores' tables are unqualified, so servers given this DSN keep their tables apart from
+    other tests on the same database (the schema is dropped afterwards).
+    """
+    import uuid
+    from urllib.parse import quote
+
+    import psycopg
+
+    assert POSTGRES_DSN, "needs INTERLOCK_TEST_POSTGRES_DSN"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in POSTGRES_DSN else "?"
+    try:
+        yield f"{POSTGRES_DSN}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -9,10 +9,19 @@ Example:
 A client never turns a failure into permission: an unreachable server or an
 expired deadline raises :class:`grpc.RpcError` (``GuardClient.check``), so the
 caller cannot mistake "no answer" for ALLOW.
+
+Several replicas: pass a list of addresses, an ``ipv4:a:p1,b:p2`` target or a
+``dns:///name:port`` name that resolves to every replica (a Kubernetes headless
+Service); the channel then balances calls ``round_robin`` over them. Calls that end
+UNAVAILABLE are retried (gRPC's service-config ``retryPolicy``, ``retries`` more
+attempts) on the next replica. gRPC retries a call only while no response has been
+received, so an answer the agent may have executed is never asked for twice; why a
+retried Check is safe is in docs/operations.md ("Failover").
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -153,10 +162,82 @@ def make_batch_request(
     )
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+#: Extra attempts of a call that ended UNAVAILABLE (gRPC allows at most 4 extra).
+DEFAULT_RETRIES = 2
+GUARD_SERVICE = pb.DESCRIPTOR.services_by_name["Guard"].full_name
+
+
+def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
+    """The gRPC target for one address or several, and whether it may name several replicas.
+
+    Args:
+        target: ``host:port``, any gRPC target (``dns:///name:port``, ``ipv4:a:p,b:p``), or a
+            list of ``ip:port`` addresses (``[::1]:p`` for IPv6).
+
+    Raises:
+        ValueError: a list with a host name (gRPC cannot mix names in one target) or mixed families.
+    """
+    if isinstance(target, str):
+        scheme = target.split(":", 1)[0]
+        several = scheme == "dns" or (scheme in ("ipv4", "ipv6") and "," in target)
+        return target, several
+    addresses = list(target)
+    if not addresses:
+        raise ValueError("no address given: pass 'host:port' or a list of 'ip:port' addresses")
+    if len(addresses) == 1:
+        return addresses[0], False
+    import ipaddress
+
+    families = set()
+    for address in addresses:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(
+                f"'{address}' is not an ip:port address; for replicas behind a name give one target "
+                "that resolves to all of them, e.g. 'dns:///interlock-headless:50051'"
+            ) from None
+    if len(families) > 1:
+        raise ValueError(f"{addresses} mixes IPv4 and IPv6 addresses; give one family")
+    return f"ipv{families.pop()}:" + ",".join(addresses), True
+
+
+def service_config(retries: int = DEFAULT_RETRIES, round_robin: bool = False) -> str:
+    """gRPC service config (JSON): retry UNAVAILABLE ``retries`` times; ``round_robin`` balancing.
+
+    Only UNAVAILABLE is retried: the server was unreachable, went away, or refused the call before
+    answering it (an audit store that cannot commit also answers UNAVAILABLE, with no decision
+    delivered). DEADLINE_EXCEEDED and everything else reach the caller at once.
+    """
+    if not 0 <= retries <= 4:
+        raise ValueError(f"retries is {retries}; gRPC allows 0 to 4 extra attempts")
+    config: dict[str, Any] = {}
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    if retries:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": GUARD_SERVICE}],
+                "retryPolicy": {
+                    "maxAttempts": retries + 1,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def _channel_options(
+    max_message_bytes: int, retries: int = 0, round_robin: bool = False
+) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", service_config(retries, round_robin)),
     ]
 
 
@@ -164,33 +245,40 @@ class GuardClient:
     """Blocking client of ``interlock.v1.Guard``.
 
     Args:
-        target: ``host:port`` of the Interlock server.
+        target: ``host:port`` of the Interlock server; or several replicas: a list of ``ip:port``
+            addresses, ``ipv4:a:p1,b:p2``, or ``dns:///name:port`` (calls are then balanced
+            ``round_robin``).
         agent_id: Default agent id for calls that do not pass one.
         timeout: Deadline per call in seconds; an expired deadline raises, never allows.
         credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
         token: The agent's bearer token, for servers with ``auth.agent_tokens``
             (default: ``$INTERLOCK_AGENT_TOKEN`` when set). Escalating agents should also
             set ``timeout`` above their ``escalation.timeout_seconds``.
+        retries: Extra attempts of a call that ended UNAVAILABLE (0-4), within ``timeout``.
+        round_robin: Balance calls over every address the target resolves to; default: when
+            the target names several (a list, ``ipv4:a,b`` or ``dns:///``).
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         agent_id: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         token: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        round_robin: bool | None = None,
     ) -> None:
-        self.target = target
+        self.target, several = channel_target(target)
         self.agent_id = agent_id
         self.timeout = timeout
         self.metadata = _auth_metadata(token)
-        opts = _channel_options(max_message_bytes)
+        opts = _channel_options(max_message_bytes, retries, several if round_robin is None else round_robin)
         self.channel = (
-            grpc.secure_channel(target, credentials, opts)
+            grpc.secure_channel(self.target, credentials, opts)
             if credentials
-            else grpc.insecure_channel(target, opts)
+            else grpc.insecure_channel(self.target, opts)
         )
         self.stub = pb_grpc.GuardStub(self.channel)
 
@@ -247,21 +335,24 @@ class AsyncGuardClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         agent_id: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         credentials: grpc.ChannelCredentials | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         token: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        round_robin: bool | None = None,
     ) -> None:
+        self.target, several = channel_target(target)
         self.agent_id = agent_id
         self.timeout = timeout
         self.metadata = _auth_metadata(token)
-        opts = _channel_options(max_message_bytes)
+        opts = _channel_options(max_message_bytes, retries, several if round_robin is None else round_robin)
         self.channel = (
-            grpc.aio.secure_channel(target, credentials, opts)
+            grpc.aio.secure_channel(self.target, credentials, opts)
             if credentials
-            else grpc.aio.insecure_channel(target, opts)
+            else grpc.aio.insecure_channel(self.target, opts)
         )
         self.stub = pb_grpc.GuardStub(self.channel)
 

@@ -24,6 +24,7 @@ class Expiry:
         index: The pending escalations and their deadlines.
         clock: Wall-clock seconds.
         finished: Bookkeeping for a record that won the compare-and-set.
+        settle: Bookkeeping for a record another process finished (it leaves the index).
     """
 
     def __init__(
@@ -32,11 +33,13 @@ class Expiry:
         index: EscalationIndex,
         clock: Callable[[], float],
         finished: Callable[[Escalation], None],
+        settle: Callable[[Escalation], None],
     ) -> None:
         self.store = store
         self.index = index
         self.clock = clock
         self.finished = finished
+        self.settle = settle
         self._sweeper: asyncio.Task | None = None
 
     async def expire(self, escalation_id: str) -> Escalation:
@@ -45,6 +48,7 @@ class Expiry:
         if rec is None:
             raise NotFound(f"no escalation '{shorten(escalation_id)}'")
         if not rec.pending:
+            self.settle(rec)  # answered elsewhere (another replica): stop sweeping it here
             return rec
         final = dataclasses.replace(
             rec,
@@ -60,7 +64,9 @@ class Expiry:
         if await self.store.finish(final):
             self.finished(final)
             return final
-        return await self.store.get(escalation_id) or final
+        won = await self.store.get(escalation_id) or final
+        self.settle(won)
+        return won
 
     async def expire_due(self) -> None:
         now = self.clock()

@@ -23,10 +23,19 @@ fallback that applies, created time and deadline), unless flood control drops it
 Nothing is acknowledged before the store has committed it: an agent only sees an
 escalation id, and an operator only sees a resolution confirmed, once it is on disk.
 After a restart pending escalations, deadlines and remembered answers are reloaded.
+
+Several replicas (or ``--workers``) on one store act as one service through the
+store's change feed (:meth:`EscalationStore.listen`): an answer given on another
+replica wakes the Check blocked here at once, and watchers here see escalations
+opened and answered there. The in-memory index stays per replica (flood limits,
+held agents and expiry cover the escalations this replica opened); remembered
+answers are shared.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,7 +50,7 @@ from interlock.escalation.index import EscalationIndex
 from interlock.escalation.model import Escalation, EscalationState
 from interlock.escalation.operator import OperatorApi
 from interlock.escalation.requests import RequestPath
-from interlock.escalation.store import EscalationStore
+from interlock.escalation.store import CREATED, Change, EscalationStore
 from interlock.escalation.watch import Watchers
 from interlock.types import Decision
 
@@ -80,11 +89,14 @@ class EscalationManager:
         self.clock = clock
         self.index = EscalationIndex()
         self.watchers = Watchers()
-        self.expiry = Expiry(store, self.index, clock, self._finished)
+        self.expiry = Expiry(store, self.index, clock, self._finished, self._settle)
         self.requests = RequestPath(
             store, self.index, self.expiry, metrics, self.watchers.publish, clock, max_pending_total
         )
         self.operator = OperatorApi(store, guard, self.expiry, clock, self._finished)
+        #: Other processes' changes waiting to be applied here (None: re-read what we hold).
+        self._changes: asyncio.Queue[list[Change] | None] | None = None
+        self._follower: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,10 +113,20 @@ class EscalationManager:
         self.metrics.escalations_pending.set(len(self.index))
         await self.expiry.expire_due()
         self.expiry.start()
+        self._changes = asyncio.Queue()
+        self._follower = asyncio.get_running_loop().create_task(
+            self._follow(self._changes), name="interlock-escalation-follower"
+        )
+        await self.store.listen(self._changes.put_nowait)
         log.info("escalations: %d pending after start", len(self.index))
 
     async def close(self) -> None:
         await self.expiry.stop()
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         self.stop_watchers()
         await self.store.close()
 
@@ -177,16 +199,58 @@ class EscalationManager:
             if until > self.clock():
                 self.index.remember(rec, until)
 
-    def _finished(self, rec: Escalation) -> None:
-        """Bookkeeping after ``rec`` won the store's compare-and-set."""
+    def _settle(self, rec: Escalation) -> None:
+        """Apply a final record here: leave the index, remember the answer, wake the waiting Check.
+
+        Idempotent; counts nothing (the process whose compare-and-set won counts, in :meth:`_finished`).
+        """
         entry = self.index.remove(rec.escalation_id)
-        outcome = rec.state.label
-        self.metrics.escalations.labels(agent=self._label(rec.agent_id), outcome=outcome).inc()
-        self.metrics.escalation_wait.observe(max(0.0, rec.resolved_time - rec.created_time))
-        self.metrics.escalations_pending.set(len(self.index))
+        if entry is not None:
+            self.metrics.escalations_pending.set(len(self.index))
         self._remember(rec)
         if entry is not None and entry.waiter is not None and not entry.waiter.done():
             entry.waiter.set_result(rec)
+
+    async def _follow(self, changes: asyncio.Queue[list[Change] | None]) -> None:
+        """Apply other processes' changes, one batch at a time, in the order they committed."""
+        while True:
+            batch = await changes.get()
+            try:
+                if batch is None:
+                    await self._resync()
+                    continue
+                for change in batch:
+                    rec = await self.store.get(change.escalation_id)
+                    if rec is None:
+                        continue  # another deployment's table on the same channel
+                    if change.kind == CREATED:
+                        if rec.pending:  # else its FINISHED change follows and publishes it
+                            self.watchers.publish(rec)
+                    elif not rec.pending:
+                        self._settle(rec)
+                        self.watchers.publish(rec)
+            except InterlockError as e:  # the store failed: blocked Checks still end at their deadline
+                log.error("escalations: cannot apply another replica's change: %s", e.message)
+
+    async def _resync(self) -> None:
+        """Settle every escalation held here that another process finished while we were not listening."""
+        if not len(self.index):
+            return
+        still = {rec.escalation_id for rec in await self.store.pending()}
+        for entry in self.index.entries():
+            if entry.escalation_id not in still:
+                rec = await self.store.get(entry.escalation_id)
+                if rec is not None and not rec.pending:
+                    self._settle(rec)
+                    self.watchers.publish(rec)
+
+    def _finished(self, rec: Escalation) -> None:
+        """Bookkeeping after ``rec`` won the store's compare-and-set."""
+        outcome = rec.state.label
+        self.metrics.escalations.labels(agent=self._label(rec.agent_id), outcome=outcome).inc()
+        self.metrics.escalation_wait.observe(max(0.0, rec.resolved_time - rec.created_time))
+        self._settle(rec)
+        self.metrics.escalations_pending.set(len(self.index))
         self.watchers.publish(rec)
         log.info(
             "escalation %s (agent %s, rule %s) %s by %s",

@@ -8,12 +8,21 @@ row locking two replicas racing to resolve (or expire) the same escalation
 cannot both win. A lost connection is re-established once per call and the
 statement retried (inserts and the compare-and-set are safe to repeat).
 
+Change feed: ``create`` and a winning ``finish`` call ``pg_notify`` on the channel
+``interlock_escalations`` inside their transaction (PostgreSQL delivers it at commit,
+and never for a rolled-back one) with the payload ``"<origin> <kind> <escalation_id>"``.
+:meth:`listen` keeps one extra autocommit connection per replica that ``LISTEN``s on
+the event loop (psycopg's ``AsyncConnection.notifies``) and reconnects with backoff
+when it drops; after each (re)connect it reports ``None`` so the manager re-reads the
+escalations it holds, covering notifications sent while it was away.
+
 Requires ``pip install 'interlock[postgres]'``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,19 +31,28 @@ from interlock.errors import ConfigError
 from interlock.escalation.convert import from_bytes
 from interlock.escalation.model import Escalation
 from interlock.escalation.store import (
+    CREATED,
     EXPIRED,
+    FINISHED,
     PENDING,
+    Change,
     EscalationStore,
+    OnChanges,
     StoreError,
     finish_args,
     insert_row,
     list_filter,
+    new_origin,
 )
 from interlock.storage.postgres import SCHEMA_LOCK, psycopg, redact
 
 log = logging.getLogger(__name__)
 
 TABLE = "interlock_escalations"
+#: The NOTIFY channel of the change feed.
+CHANNEL = "interlock_escalations"
+#: Seconds between reconnect attempts of the listening connection (doubling up to the last).
+_RECONNECT = (0.1, 0.2, 0.5, 1.0, 2.0)
 _SCHEMA = [
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         escalation_id TEXT PRIMARY KEY,
@@ -63,6 +81,8 @@ class PostgresEscalationStore(EscalationStore):
         self.connect_timeout = connect_timeout
         self._conn = None
         self._executor: ThreadPoolExecutor | None = None
+        self.origin = new_origin()
+        self._listener: asyncio.Task | None = None
 
     def _connect(self):
         conn = psycopg().connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
@@ -86,6 +106,11 @@ class PostgresEscalationStore(EscalationStore):
             raise ConfigError(f"cannot open the escalation store at {redact(self.dsn)}: {e}") from None
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         conn, executor = self._conn, self._executor
         self._conn, self._executor = None, None
         if executor is not None:
@@ -117,8 +142,12 @@ class PostgresEscalationStore(EscalationStore):
 
     # ------------------------------------------------------------------ writes
 
+    def _payload(self, kind: str, escalation_id: str) -> tuple[str, str]:
+        return CHANNEL, f"{self.origin} {kind} {escalation_id}"
+
     async def create(self, escalations: Sequence[Escalation]) -> None:
         rows = [insert_row(e) for e in escalations]
+        notes = [self._payload(CREATED, e.escalation_id) for e in escalations]
 
         def work(conn):
             with conn.transaction(), conn.cursor() as cur:
@@ -127,11 +156,13 @@ class PostgresEscalationStore(EscalationStore):
                     "ON CONFLICT (escalation_id) DO NOTHING",
                     rows,
                 )
+                cur.executemany("SELECT pg_notify(%s, %s)", notes)
 
         await self._run(work)
 
     async def finish(self, escalation: Escalation) -> bool:
         args = finish_args(escalation)
+        note = self._payload(FINISHED, escalation.escalation_id)
 
         def work(conn):
             with conn.transaction(), conn.cursor() as cur:
@@ -140,9 +171,66 @@ class PostgresEscalationStore(EscalationStore):
                     "WHERE escalation_id = %s AND state = %s",
                     args,
                 )
-                return cur.rowcount == 1
+                won = cur.rowcount == 1
+                if won:
+                    cur.execute("SELECT pg_notify(%s, %s)", note)
+                return won
 
         return await self._run(work)
+
+    # ------------------------------------------------------------------ change feed
+
+    async def listen(self, on_changes: OnChanges) -> None:
+        """LISTEN on a dedicated connection; waits for the first connect (or its failure) only."""
+        connected = asyncio.Event()
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(on_changes, connected), name="interlock-escalations-listen"
+        )
+        await connected.wait()
+
+    async def _listen(self, on_changes: OnChanges, connected: asyncio.Event) -> None:
+        pg = psycopg()
+        failures = 0
+        while True:
+            try:
+                async with await pg.AsyncConnection.connect(
+                    self.dsn, connect_timeout=self.connect_timeout, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    if failures:
+                        log.warning("escalations: change feed reconnected to %s", redact(self.dsn))
+                    failures = 0
+                    connected.set()
+                    on_changes(None)  # re-read: notifications sent while not listening are lost
+                    async for note in conn.notifies():
+                        change = self._parse(note.payload)
+                        if change is not None and change.origin != self.origin:
+                            on_changes([change])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                delay = _RECONNECT[min(failures, len(_RECONNECT) - 1)]
+                if failures == 0:
+                    log.warning(
+                        "escalations: change feed %s lost (%s: %s); other replicas' answers reach "
+                        "blocked Checks at their deadline until it reconnects (retrying every %.1f-%.0f s)",
+                        redact(self.dsn),
+                        type(e).__name__,
+                        e,
+                        _RECONNECT[0],
+                        _RECONNECT[-1],
+                    )
+                failures += 1
+                connected.set()
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _parse(payload: str) -> Change | None:
+        parts = payload.split(" ")
+        if len(parts) != 3 or parts[1] not in (CREATED, FINISHED):
+            log.debug("escalations: ignoring notification %r", payload)
+            return None
+        return Change(*parts)
 
     # ------------------------------------------------------------------ reads
 

@@ -11,12 +11,21 @@ schema is versioned and stable, so it doubles as the storage schema, see
 Implementations: :mod:`interlock.escalation.sqlite`, :mod:`interlock.escalation.postgres`;
 :func:`interlock.escalation.factory.open_store` picks one from the config. This module
 imports neither.
+
+Replicas (and ``--workers`` processes) share one store, so a store also carries a
+*change feed*: every committed create and finish is announced as a :class:`Change`
+to the other processes on the same store (PostgreSQL ``LISTEN/NOTIFY``; SQLite a
+change table polled through ``PRAGMA data_version``), so the replica holding a
+blocked Check wakes as soon as another one answers, and every replica's watchers
+see every change.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -54,6 +63,30 @@ def list_filter(placeholder: str, state: int, agent_id: str, resolved: bool) -> 
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
 
 
+#: Change kinds in the feed.
+CREATED = "created"
+FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One committed write another process made: ``kind`` is CREATED or FINISHED."""
+
+    origin: str
+    kind: str
+    escalation_id: str
+
+
+#: ``on_changes(changes)``: committed writes of other processes, oldest first; ``None`` means some
+#: may have been missed (the feed reconnected), so re-read whatever you hold.
+OnChanges = Callable[[list[Change] | None], None]
+
+
+def new_origin() -> str:
+    """A random id for one store instance, so that a process can skip its own writes in the feed."""
+    return os.urandom(6).hex()
+
+
 class StoreError(InterlockError):
     """The escalation store cannot be read or written (disk full, locked, corrupt)."""
 
@@ -65,8 +98,23 @@ class EscalationStore(ABC):
     """Where escalations live. Every write is durable when its coroutine returns.
 
     Implementations must make :meth:`finish` a compare-and-set on the PENDING
-    state, so that an operator's answer and an expiry can never both win.
+    state, so that an operator's answer and an expiry can never both win, and
+    announce every committed :meth:`create` and winning :meth:`finish` in the change
+    feed (in the same transaction, so a change is announced if and only if it committed).
     """
+
+    #: This instance's id in the change feed (see :func:`new_origin`).
+    origin: str = ""
+
+    @abstractmethod
+    async def listen(self, on_changes: OnChanges) -> None:
+        """Start delivering other processes' changes to ``on_changes`` on the running loop.
+
+        Called once, after :meth:`open`; :meth:`close` stops it. Delivery starts with
+        ``on_changes(None)`` once the feed is connected (and again after every reconnect), so
+        the caller re-reads what it holds and nothing written before listening is missed.
+        A store no other process can open (``:memory:``) may do nothing.
+        """
 
     @abstractmethod
     async def open(self) -> None:

@@ -16,9 +16,10 @@ target as with a single process. The directory is removed at shutdown.
 Each worker loads the config and its models itself (models are small; memory
 grows by one copy per worker). The workers share the escalation store and the
 audit log as replicas do (docs/operations.md): worker 0 alone serves the
-operator console, and a Check blocked on an escalation in another worker learns
-of the answer only at its deadline (replicas do not notify each other yet), so
-use deferred escalations, or one worker, where blocking escalations matter.
+operator console, and it sees every worker's escalations. An answer given through
+one worker wakes a Check blocked in another within about 20 ms through the store's
+change feed (:mod:`interlock.escalation.sqlite` polls ``PRAGMA data_version``;
+PostgreSQL uses LISTEN/NOTIFY).
 Each worker reloads the config itself when the file changes.
 
 If a worker dies, the parent stops the others and exits non-zero, so a
