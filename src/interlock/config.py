@@ -581,13 +581,35 @@ class ServerConfig(_Strict):
 class TokenSourceConfig(_Strict):
     """Where bearer tokens come from: an environment variable and/or a file.
 
-    The file holds one token per line, optionally preceded by a name and a space
-    (``alice 3f9c...``); blank lines and ``#`` comments are ignored. The variable
-    holds one token. Tokens must be at least 16 characters.
+    The variable holds one token; ``name`` is the name resolutions, the audit log and the
+    console show for it (default: the role, ``operator`` or ``agent``). The file holds one
+    token per line, optionally preceded by a name and a space (``alice 3f9c...``); blank
+    lines and ``#`` comments are ignored. Tokens must be at least 16 characters.
+
+    A source written in the config must deliver: an unset or empty variable, or a missing,
+    unreadable or empty file, stops the server at start and is rejected on hot reload. Only
+    the built-in default (``$INTERLOCK_OPERATOR_TOKEN`` when ``auth.operator_tokens`` is not
+    written) may be absent.
     """
 
     env: str | None = Field(None, description="Environment variable holding one token.")
+    name: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^\S+$",
+        description="Name of the token in 'env' (one word; default: the role, 'operator' or 'agent'). "
+        "Token files name their tokens per line ('NAME TOKEN').",
+    )
     file: str | None = Field(None, description="Token file, relative to the config file.")
+
+    @model_validator(mode="after")
+    def _name_needs_env(self) -> TokenSourceConfig:
+        if self.name is not None and self.env is None:
+            raise ValueError(
+                "'name' names the token in 'env', and no 'env' is set; "
+                "in a token file write 'NAME TOKEN' lines instead"
+            )
+        return self
 
 
 class AuthConfig(_Strict):
