@@ -110,12 +110,14 @@ def test_the_default_operator_variable_may_be_absent_but_a_written_one_may_not()
 
 
 def _agent_config(tmp_path: Path, version: str, agent_tokens: dict) -> Path:
-    path = write_config(tmp_path / "interlock.yaml", version=version, reload={"poll_seconds": 0.05})
-    doc = yaml.safe_load(path.read_text())
+    # Built beside the served file and moved over it in one step: the server polls every 50 ms and must
+    # never see the intermediate config without `auth:` (which would turn agent tokens off).
+    draft = write_config(tmp_path / "draft.yaml", version=version, reload={"poll_seconds": 0.05})
+    doc = yaml.safe_load(draft.read_text())
     doc["auth"] = {"agent_tokens": agent_tokens}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(doc))
-    os.replace(tmp, path)
+    draft.write_text(yaml.safe_dump(doc))
+    path = tmp_path / "interlock.yaml"
+    os.replace(draft, path)
     return path
 
 
@@ -132,7 +134,7 @@ def _code(stub_call) -> grpc.StatusCode:
 
 
 def _wait_reloads(srv, result: str, before: float) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # generous: a reload loads every model, and CI machines are shared
     while metric_value(srv, "interlock_config_reloads_total", result=result) == before:
         assert time.monotonic() < deadline, f"no reload {result} was counted"
         time.sleep(0.02)
