@@ -165,11 +165,10 @@ class AgentRuntime:
         thresholds = [signals[k].threshold for k in names]
         all_vals, all_trips = values.tolist(), trips.tolist()
         episode = episode_columns(self.episode_sources, batch)  # after the monitors: "or now" counts
-        episode_rows = (
-            [dict(zip(episode, vals, strict=True)) for vals in zip(*(v.tolist() for v in episode.values()))]
-            if episode is not None
-            else None
-        )
+        episode_rows = None
+        if episode is not None:
+            listed = {k: v.tolist() for k, v in episode.items()}
+            episode_rows = [{k: v[i] for k, v in listed.items()} for i in range(n)]
 
         def activation(i: int) -> dict:
             row = batch.rows()[i]

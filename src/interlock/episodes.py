@@ -34,8 +34,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
-    "NEVER_SHIFTED",
     "EPISODE_FIELDS",
+    "NEVER_SHIFTED",
     "EpisodeFacts",
     "EpisodeFactsSource",
     "EpisodeState",

@@ -210,12 +210,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="in-distribution obs and action arrays (whole episodes, next_obs, for transition monitors)",
     )
     cal.add_argument("--env", default=None, metavar="ID", help="instead of --data: a Gymnasium env id")
-    cal.add_argument("--policy", default=None, metavar="POLICY.onnx", help="with --env: the policy to roll out")
+    cal.add_argument(
+        "--policy", default=None, metavar="POLICY.onnx", help="with --env: the policy to roll out"
+    )
     cal.add_argument(
         "--policy-output", choices=["logits", "action"], default="logits", help="what --policy outputs"
     )
-    cal.add_argument("--episodes", type=int, default=100, help="with --env: episodes to roll out (default 100)")
-    cal.add_argument("--env-seed", type=int, default=0, help="with --env: episode e resets with seed ENV_SEED + e")
+    cal.add_argument(
+        "--episodes", type=int, default=100, help="with --env: episodes to roll out (default 100)"
+    )
+    cal.add_argument(
+        "--env-seed", type=int, default=0, help="with --env: episode e resets with seed ENV_SEED + e"
+    )
     cal.add_argument(
         "--episode-false-alarm-rate",
         type=float,

@@ -64,7 +64,9 @@ class Monitor(ABC):
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         """Signals for every row of ``batch``, keyed by the names in :attr:`signal_names`."""
 
-    def after_decide(self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray) -> None:
+    def after_decide(  # noqa: B027 (a hook: optional, no-op by default)
+        self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray
+    ) -> None:
         """Told once per decided batch what each row executes; default: nothing.
 
         Called by the engine after the policy, fallbacks and shadow mode, with the same ``batch``

@@ -228,7 +228,8 @@ def calibrate(
         target = output if output is not None else tcfg.thresholds_file
         if target is None:
             raise ConfigError(
-                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or pass --output"
+                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or "
+                "pass --output"
             )
         path = loaded.resolve(str(target)) if output is None else Path(output)
         tmon = TransitionMonitor(tcfg, spaces, runtime, where, require_thresholds=False)
@@ -256,7 +257,10 @@ def calibrate(
             "drift": cal.drift,
             "thresholds": cal.thresholds,
             "false_alarm_rate": {"per_step": rate, "per_episode": episode_rate},
-            "held_out_false_alarm_rate": {**cal.held_out_step_rate, "shift_per_episode": cal.held_out_episode_rate},
+            "held_out_false_alarm_rate": {
+                **cal.held_out_step_rate,
+                "shift_per_episode": cal.held_out_episode_rate,
+            },
             "episodes": cal.episodes,
             "data": Path(episode_data.source).name,
         }

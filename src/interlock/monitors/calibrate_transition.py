@@ -127,7 +127,9 @@ def rollout_episodes(
             while not done:
                 flat = np.asarray(obs, np.float64).reshape(1, -1)
                 action = np.asarray(policy.act(flat))[0]
-                nxt, _, terminated, truncated, _ = env.step(action.item() if spaces.action.discrete else action)
+                nxt, _, terminated, truncated, _ = env.step(
+                    action.item() if spaces.action.discrete else action
+                )
                 obs_l.append(flat[0])
                 act_l.append(action)
                 nxt_l.append(np.asarray(nxt, np.float64).reshape(-1))
@@ -136,7 +138,11 @@ def rollout_episodes(
     finally:
         env.close()
     return EpisodeData(
-        np.stack(obs_l), np.stack(act_l), np.stack(nxt_l), np.asarray(ep_l, np.int64), f"{env_id} x {episodes}"
+        np.stack(obs_l),
+        np.stack(act_l),
+        np.stack(nxt_l),
+        np.asarray(ep_l, np.int64),
+        f"{env_id} x {episodes}",
     )
 
 
@@ -171,7 +177,8 @@ class TransitionCalibration:
                 f"  residual_scale {[float(f'{v:.4g}') for v in self.residual_scale]}",
                 f"  surprise: median {self.median_surprise:.3g}, threshold {t['surprise']:.4g} "
                 f"(held-out per-step FAR {h['surprise']:.4f})",
-                f"  residual_bias: threshold {t['residual_bias']:.4g} (held-out per-step FAR {h['residual_bias']:.4f})",
+                f"  residual_bias: threshold {t['residual_bias']:.4g} "
+                f"(held-out per-step FAR {h['residual_bias']:.4f})",
                 f"  shift (CUSUM): drift {self.drift:.4g}, threshold {t['shift']:.4g} "
                 f"(held-out per-episode FAR {self.held_out_episode_rate:.4f})",
             ]
@@ -231,7 +238,8 @@ def calibrate_transition(
             raise EnsembleError(f"the {name} false-alarm rate must be in (0, 1), got {rate}")
     if data.obs.shape[1] != monitor.obs_dim:
         raise EnsembleError(
-            f"{data.source}: observations have {data.obs.shape[1]} values; the agent observes {monitor.obs_dim}"
+            f"{data.source}: observations have {data.obs.shape[1]} values; "
+            f"the agent observes {monitor.obs_dim}"
         )
     uniq = np.unique(data.episode)
     if len(uniq) < 6:

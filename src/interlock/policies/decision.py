@@ -119,7 +119,9 @@ class DecisionPolicy:
             signal_names=names,
             values=[0.0] * len(names),
             tripped=[False] * len(names),
-            episode={"shifted": False, "steps_since_shift": NEVER_SHIFTED, "steps": 0} if self.episode else None,
+            episode={"shifted": False, "steps_since_shift": NEVER_SHIFTED, "steps": 0}
+            if self.episode
+            else None,
         )
         known = ", ".join(signal_names) or "none"
         produced = set(signal_names)
