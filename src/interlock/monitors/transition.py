@@ -95,6 +95,8 @@ class _Row:
     state: EpisodeState | None = None
     prev_obs: np.ndarray | None = None
     prev_action: np.ndarray | None = None
+    #: The state this row continues (stored, or an earlier row's of this batch, updated before this one).
+    parent: EpisodeState | None = None
 
 
 class TransitionMonitor(Monitor):
@@ -257,22 +259,12 @@ class TransitionMonitor(Monitor):
             if cur is None or t == 0 or t < cur.step:
                 new = EpisodeState(first_step=t, step=t, obs=obs[i], action=action)
                 rows[i] = _Row("fresh", new)
-            else:
-                new = EpisodeState(
-                    first_step=cur.first_step,
-                    step=t,
-                    obs=obs[i],
-                    action=action,
-                    statistic=cur.statistic,
-                    shift_step=cur.shift_step,
-                    bias=None if cur.bias is None else cur.bias.copy(),
-                    weight=cur.weight,
-                    residuals=cur.residuals,
-                )
+            else:  # the running statistics are carried over from ``parent`` in check, in step order
+                new = EpisodeState(first_step=cur.first_step, step=t, obs=obs[i], action=action)
                 if t == cur.step + 1 and cur.action is not None:
-                    rows[i] = _Row("predict", new, cur.obs, cur.action)
+                    rows[i] = _Row("predict", new, cur.obs, cur.action, cur)
                 else:
-                    rows[i] = _Row("gap", new)
+                    rows[i] = _Row("gap", new, parent=cur)
             pending[eid] = new
         return order, rows, pending
 
@@ -298,6 +290,15 @@ class TransitionMonitor(Monitor):
             st = row.state
             if st is None:
                 continue
+            if row.parent is not None:
+                p = row.parent
+                st.statistic, st.shift_step, st.weight, st.residuals = (
+                    p.statistic,
+                    p.shift_step,
+                    p.weight,
+                    p.residuals,
+                )
+                st.bias = None if p.bias is None else p.bias.copy()
             if row.plan == "predict":
                 s = float(step_surprise[i])
                 r = residual[i]
