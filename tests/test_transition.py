@@ -196,7 +196,7 @@ def test_the_executed_action_not_the_proposed_one_starts_the_next_transition(cal
 
 
 def rollout(seed: int, steps: int, shift: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``[T + 1, 4]`` observations and ``[T + 1]`` actions (alternating) of a real CartPole run, T <= steps."""
+    """``[T + 1, 4]`` observations, ``[T + 1]`` alternating actions of a real CartPole run (T <= steps)."""
     env = make_env(shift)
     obs, _ = env.reset(seed=seed)
     out, acts = [obs], [0]
@@ -333,9 +333,13 @@ def test_episode_rules_are_typed_at_load_and_need_a_transition_monitor(calibrate
 
 
 def test_episode_rules_are_vectorized(calibrated):
-    rules = '[{name: r, when: "episode.shifted || episode.steps_since_shift < 3 && episode.steps > 1", verdict: halt}]'
-    guard = Guard.from_file(str(write_config(calibrated, rules, "vec.yaml"))).load()
+    when = "episode.shifted || episode.steps_since_shift < 3 && episode.steps > 1"
+    rules = f'[{{name: r, when: "{when}", verdict: halt}}]'
+    guard = Guard.from_file(str(write_config(calibrated, rules, "v.yaml")))
     assert guard.agents[0].policy.rules[0].vectorized is not None
+    # the server tests below decide through these rules, so they run the numpy form
+    guard = Guard.from_file(str(write_config(calibrated, server_rules(), "v2.yaml")))
+    assert all(r.vectorized is not None for r in guard.agents[0].policy.rules)
 
 
 def server_rules() -> str:
