@@ -247,8 +247,70 @@ class UncertaintyMonitorConfig(_Strict):
     )
 
 
+class TransitionMonitorConfig(_Strict):
+    """Did the world do what the dynamics ensemble expected? (docs/shift.md)
+
+    For each check, the agent's previous observation and executed action in the same episode go
+    through the dynamics ensemble; its mean prediction is compared with the observation that
+    arrived. Signals: ``surprise`` (the residual over its calibrated in-distribution scale, RMS or
+    max over dimensions; 0 when the episode has no previous step), ``shift`` (CUSUM of surprise
+    minus ``drift`` over the episode; tripped above ``threshold``), ``shifted`` (1.0 from the first
+    trip of ``shift`` to the end of the episode) and ``residual_bias`` (RMS over dimensions of the
+    episode's exponentially weighted mean residual, in scale units). Rules also read
+    ``episode.shifted``, ``episode.steps_since_shift`` and ``episode.steps``.
+    """
+
+    kind: Literal["transition"] = "transition"
+    name: str = "transition"
+    model: str = Field(
+        description="Fused dynamics ensemble .onnx (obs, action -> [members, batch, obs_dim]), "
+        "relative to the config; `interlock ensemble train --kind dynamics` makes one."
+    )
+    predicts: Literal["delta", "next_state"] = Field(
+        "delta",
+        description="'delta' (what `interlock ensemble train` makes): the model outputs next_obs - obs.",
+    )
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    dims: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        description="Flat observation indices the surprise covers (e.g. leave out contact flags); "
+        "default all.",
+    )
+    aggregate: Literal["rms", "max"] = Field(
+        "rms", description="How per-dimension normalised residuals combine into the surprise."
+    )
+    residual_scale: list[float] | None = Field(
+        None,
+        description="Per-dimension in-distribution residual scale (one per observation element); "
+        "overrides the thresholds file.",
+    )
+    drift: float | None = Field(
+        None, ge=0, description="CUSUM drift k subtracted from each step's surprise; overrides the file."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Signal -> threshold (surprise, shift, residual_bias); overrides thresholds_file.",
+    )
+    thresholds_file: str | None = Field(
+        None, description="JSON written by `interlock calibrate`, relative to the config file."
+    )
+    bias_halflife: float = Field(
+        20.0, gt=0, description="Half-life in steps of the EW mean residual (residual_bias, shields)."
+    )
+    max_episodes: int = Field(
+        10_000, gt=0, description="Episodes whose state is kept per monitor (least recently seen dropped)."
+    )
+    episode_ttl_seconds: float = Field(
+        600.0, gt=0, description="An episode not checked for this long is forgotten (it restarts if seen)."
+    )
+
+
 MonitorConfig = Annotated[
-    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig | ReachabilityMonitorConfig,
+    ActionSpaceMonitorConfig
+    | RulesMonitorConfig
+    | UncertaintyMonitorConfig
+    | ReachabilityMonitorConfig
+    | TransitionMonitorConfig,
     Field(discriminator="kind"),
 ]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from interlock.batch import Batch, SignalBatch
 
 __all__ = ["Batch", "Monitor", "SignalBatch"]
@@ -61,6 +63,23 @@ class Monitor(ABC):
     @abstractmethod
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         """Signals for every row of ``batch``, keyed by the names in :attr:`signal_names`."""
+
+    def after_decide(  # noqa: B027 (a hook: optional, no-op by default)
+        self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Told once per decided batch what each row executes; default: nothing.
+
+        Called by the engine after the policy, fallbacks and shadow mode, with the same ``batch``
+        ``check`` saw (every row, also rows this monitor did not run on). Monitors that keep
+        per-episode state (``transition``) record the executed action here. An exception is
+        logged and does not change the decisions.
+
+        Args:
+            batch: The decided batch.
+            executed_actions: ``[batch, *action_shape]``: each decision's action, or the proposed
+                action where the decision has none (HALT without a fail-safe action).
+            valid: ``[batch]`` bool, False where that action is outside the action space.
+        """
 
     def unload(self) -> None:
         self.ready = False

@@ -13,7 +13,8 @@ The compiled subset, exactly:
 * literals: ``true``, ``false``, doubles (``0.5``, ``1e-3``), ints (``1``, below 2**53);
 * ``obs[i]`` with a constant index (double);
 * when in scope: ``action`` (int, discrete agents), ``step`` (int),
-  ``signals.<m>.<s>`` (double) and ``tripped.<m>.<s>`` (bool) for known signals;
+  ``signals.<m>.<s>`` (double) and ``tripped.<m>.<s>`` (bool) for known signals,
+  ``episode.shifted`` (bool), ``episode.steps_since_shift`` and ``episode.steps`` (int);
 * ``!``, unary ``-`` and ``+ - * /`` on doubles, ``< <= > >= == !=`` (bools only with
   ``==``/``!=``, no chains), ``&&``, ``||``, parentheses, ``math.abs(x)`` on doubles.
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from interlock.episodes import EPISODE_FIELDS, NEVER_SHIFTED
 from interlock.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Columns:
         step: ``[n]`` int64, or None where ``step`` is not in scope.
         signals: ``"<m>.<s>"`` -> ``[n]`` float64.
         tripped: ``"<m>.<s>"`` -> ``[n]`` bool.
+        episode: ``"<field>"`` -> ``[n]`` (``shifted`` bool, the others int64), when episode facts
+            are in scope (:mod:`interlock.episodes`).
     """
 
     n: int
@@ -81,6 +85,7 @@ class Columns:
     step: np.ndarray | None = None
     signals: Mapping[str, np.ndarray] = field(default_factory=dict)
     tripped: Mapping[str, np.ndarray] = field(default_factory=dict)
+    episode: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Scope:
         step: ``step`` is in scope.
         signals: Known ``"<m>.<s>"`` names for ``signals.m.s`` / ``tripped.m.s``, in a fixed
             order (None: signals are not in scope).
+        episode: ``episode.<field>`` is in scope (the agent keeps episode state).
         where: Config location. Given, ``obs[i]`` past the end is a :class:`ConfigError` at
             load naming it (states have a fixed size, so it can only be a mistake); without
             it, the condition keeps the CEL path, which fails such rows closed.
@@ -102,6 +108,7 @@ class Scope:
     action: bool = False
     step: bool = False
     signals: tuple[str, ...] | None = None
+    episode: bool = False
     where: str | None = None
 
 
@@ -224,6 +231,13 @@ class _Parser:
             return "int", lambda c: c.action
         if text == "step" and self.scope.step:
             return "int", lambda c: c.step
+        if text == "episode" and self.scope.episode and self.peek() == ".":
+            self.take(".")
+            name = self.take()[1]
+            kind = EPISODE_FIELDS.get(name)
+            if kind is None:
+                raise Unsupported(f"episode.{name}")
+            return kind, lambda c: c.episode[name]  # type: ignore[index]
         raise Unsupported(f"identifier {text}")
 
     def signal(self, which: str) -> _Node:
@@ -308,6 +322,11 @@ def probe_columns(scope: Scope, n: int, seed: int) -> Columns:
         return v
 
     signals = scope.signals or ()
+    episode = None
+    if scope.episode:
+        shifted = rng.random(n) < 0.5
+        since = np.where(shifted, rng.integers(0, 100, n), NEVER_SHIFTED).astype(np.int64)
+        episode = {"shifted": shifted, "steps_since_shift": since, "steps": rng.integers(0, 1000, n)}
     return Columns(
         n=n,
         obs=np.stack([col(n) for _ in range(scope.obs_size)], axis=1) if scope.obs_size else np.zeros((n, 0)),
@@ -315,6 +334,7 @@ def probe_columns(scope: Scope, n: int, seed: int) -> Columns:
         step=rng.integers(0, 1000, n).astype(np.int64) if scope.step else None,
         signals={k: col(n) for k in signals},
         tripped={k: rng.random(n) < 0.5 for k in signals},
+        episode=episode,
     )
 
 
