@@ -37,7 +37,7 @@ class Expiry:
         self.index = index
         self.clock = clock
         self.finished = finished
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def expire(self, escalation_id: str) -> Escalation:
         """Mark it EXPIRED unless an answer won; returns the final record either way."""

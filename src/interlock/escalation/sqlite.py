@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from interlock.errors import ConfigError
 from interlock.escalation.convert import from_bytes
@@ -37,6 +39,7 @@ CREATE INDEX IF NOT EXISTS escalations_by_agent ON escalations (agent_id, create
 CREATE INDEX IF NOT EXISTS escalations_by_resolved ON escalations (resolved_time);
 """
 _SCHEMA_VERSION = 1
+_T = TypeVar("_T")
 
 
 class SqliteEscalationStore(EscalationStore):
@@ -55,7 +58,7 @@ class SqliteEscalationStore(EscalationStore):
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._executor is None or self._conn is None:
             raise StoreError("the escalation store is not open")
         loop = asyncio.get_running_loop()
@@ -105,7 +108,7 @@ class SqliteEscalationStore(EscalationStore):
         rows = [insert_row(e) for e in escalations]
         await self._run(self._insert, rows)
 
-    def _insert(self, rows: list[tuple]) -> None:
+    def _insert(self, rows: list[tuple[object, ...]]) -> None:
         conn = self._conn
         assert conn is not None
         with conn:
@@ -115,7 +118,7 @@ class SqliteEscalationStore(EscalationStore):
     async def finish(self, escalation: Escalation) -> bool:
         return await self._run(self._update, finish_args(escalation))
 
-    def _update(self, args: tuple) -> bool:
+    def _update(self, args: tuple[object, ...]) -> bool:
         conn = self._conn
         assert conn is not None
         with conn:
@@ -129,7 +132,9 @@ class SqliteEscalationStore(EscalationStore):
 
     # ------------------------------------------------------------------ reads
 
-    def _select(self, where: str, params: tuple, order: str, limit: int | None = None) -> list[Escalation]:
+    def _select(
+        self, where: str, params: tuple[object, ...], order: str, limit: int | None = None
+    ) -> list[Escalation]:
         conn = self._conn
         assert conn is not None
         sql = f"SELECT body FROM escalations {where} ORDER BY {order}"
@@ -147,10 +152,10 @@ class SqliteEscalationStore(EscalationStore):
         where, params = list_filter("?", state, agent_id, resolved)
         return await self._run(self._select, where, params, "created_time DESC", limit)
 
-    async def pending(self) -> list[Escalation]:
+    async def pending(self) -> builtins.list[Escalation]:
         return await self._run(self._select, "WHERE state = ?", (PENDING,), "created_time")
 
-    async def resolved_since(self, since: float) -> list[Escalation]:
+    async def resolved_since(self, since: float) -> builtins.list[Escalation]:
         return await self._run(
             self._select,
             "WHERE resolved_time >= ? AND state != ?",
