@@ -90,7 +90,7 @@ def _episodes(slippery: bool, guarded: bool, q: np.ndarray, seeds: int, bar: Any
                 a = int(d.action)
             s, r, term, trunc, _ = env.step(a)
             ep.ret += float(r)
-            ep.catastrophes += int(r <= CLIFF_REWARD)
+            ep.catastrophes += int(float(r) <= CLIFF_REWARD)
             ep.steps += 1
             done = term or trunc
         cond.episodes.append(ep)
@@ -105,7 +105,7 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
 
     from interlock.bench.agents import q_values
 
-    raw = gym.make("CliffWalking-v1").unwrapped
+    raw: Any = gym.make("CliffWalking-v1").unwrapped  # Any: P is a toy-text attribute, not on gymnasium.Env
     q = q_values(raw.P, raw.observation_space.n, raw.action_space.n)
     raw.close()
     runs: dict[str, dict[str, Condition]] = {}

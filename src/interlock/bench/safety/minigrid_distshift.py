@@ -96,7 +96,7 @@ class GridModel:
             for a in range(3):
                 s2, _ = self.step(s, a)
                 preds.setdefault(s2, []).append(s)
-        queue = deque()
+        queue: deque[int] = deque()
         for s in range(self.S):
             if self.kind(*self.decode(s)[:2]) == "goal":
                 dist[s] = 0
