@@ -99,7 +99,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.observations)
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         """Plain-Python view of each row (``obs``, ``action``, ``labels``, ``step``, ids), as CEL sees it.
 
         Computed once per batch and shared by every rule that reads it.

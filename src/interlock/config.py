@@ -496,7 +496,7 @@ class AgentConfig(_Strict):
     observation: ObservationSpec
     action: ActionSpec
     monitors: list[MonitorConfig] = Field(
-        default_factory=lambda: [ActionSpaceMonitorConfig()],
+        default_factory=lambda: list[MonitorConfig]([ActionSpaceMonitorConfig()]),
         description="Signal sources, run in order on each batch.",
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

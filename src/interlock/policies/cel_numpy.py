@@ -34,6 +34,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,9 @@ class Scope:
 
 
 # A compiled node: (type, fn(columns) -> array [n] or scalar); type is "bool", "double" or "int".
-_Node = tuple[str, Callable[[Columns], object]]
+_Node = tuple[str, Callable[[Columns], Any]]
+# A numpy ufunc combining two operands (np.add, np.logical_and, ...).
+_Binary = Callable[[Any, Any], Any]
 
 
 class _Parser:
@@ -151,7 +154,12 @@ class _Parser:
             raise Unsupported("trailing tokens")
         return node
 
-    def chain(self, operand: Callable[[], _Node], ops: Mapping[str, Callable], combine) -> _Node:
+    def chain(
+        self,
+        operand: Callable[[], _Node],
+        ops: Mapping[str, _Binary],
+        combine: Callable[[_Node, _Node, _Binary], _Node],
+    ) -> _Node:
         """A left-associative run ``operand (op operand)*`` of one precedence level."""
         node = operand()
         while self.peek() in ops:
@@ -233,11 +241,11 @@ class _Parser:
             return "int", lambda c: c.step
         if text == "episode" and self.scope.episode and self.peek() == ".":
             self.take(".")
-            name = self.take()[1]
-            kind = EPISODE_FIELDS.get(name)
-            if kind is None:
-                raise Unsupported(f"episode.{name}")
-            return kind, lambda c: c.episode[name]  # type: ignore[index]
+            fact = self.take()[1]
+            fact_type = EPISODE_FIELDS.get(fact)
+            if fact_type is None:
+                raise Unsupported(f"episode.{fact}")
+            return fact_type, lambda c: c.episode[fact]
         raise Unsupported(f"identifier {text}")
 
     def signal(self, which: str) -> _Node:
@@ -269,14 +277,14 @@ class _Parser:
         return "double", lambda c: c.obs[:, j]
 
 
-def _logic(a: _Node, b: _Node, fn) -> _Node:
+def _logic(a: _Node, b: _Node, fn: _Binary) -> _Node:
     if a[0] != "bool" or b[0] != "bool":
         raise Unsupported("logic on non-bools")
     fa, fb = a[1], b[1]
     return "bool", lambda c: fn(fa(c), fb(c))
 
 
-def _arith(a: _Node, b: _Node, fn) -> _Node:
+def _arith(a: _Node, b: _Node, fn: _Binary) -> _Node:
     if a[0] != "double" or b[0] != "double":
         raise Unsupported("arithmetic on non-doubles")  # CEL int arithmetic can overflow / truncates
     fa, fb = a[1], b[1]
@@ -286,7 +294,7 @@ def _arith(a: _Node, b: _Node, fn) -> _Node:
 class NumpyCondition:
     """A compiled condition: ``__call__(columns)`` -> ``[n]`` bool."""
 
-    def __init__(self, source: str, fn: Callable[[Columns], object]) -> None:
+    def __init__(self, source: str, fn: Callable[[Columns], Any]) -> None:
         self.source = source
         self._fn = fn
 

@@ -166,12 +166,13 @@ class DecisionPolicy:
         """
         n = cols.n
         masks = [r.vectorized(cols) if r.vectorized is not None else None for r in self.rules]
-        if all(m is not None for m in masks):
-            if not masks:
+        vector_masks = [m for m in masks if m is not None]
+        if len(vector_masks) == len(masks):
+            if not vector_masks:
                 return [self._default] * n
-            stacked = np.stack(masks)  # [rules, n]
-            first = stacked.argmax(axis=0).tolist()
-            fired = stacked.any(axis=0).tolist()
+            stacked = np.stack(vector_masks)  # [rules, n]
+            first: list[int] = stacked.argmax(axis=0).tolist()
+            fired: list[bool] = np.any(stacked, axis=0).tolist()
             return [self._fired[first[i]] if fired[i] else self._default for i in range(n)]
         out: list[RuleOutcome] = []
         for i in range(n):

@@ -40,7 +40,8 @@ def probe_rows(cols: Columns) -> list[dict]:
     sig: dict[str, dict[str, float]] = {}
     rows = []
     for i in range(cols.n):
-        sig, trip = {}, {}
+        trip: dict[str, dict[str, bool]] = {}
+        sig = {}
         for k, v in cols.signals.items():
             m, _, s = k.partition(".")
             sig.setdefault(m, {})[s] = float(v[i])
