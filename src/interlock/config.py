@@ -137,7 +137,9 @@ class PythonModelConfig(_Strict):
     """
 
     kind: Literal["python"] = "python"
-    callable: str = Field(description="'package.module:attribute' (a function, or a class built with kwargs).")
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
     predicts: Literal["next_state", "delta"] = Field(
         "next_state", description="'delta': the model returns next_obs - obs."
@@ -158,7 +160,9 @@ class ContinuationConfig(_Strict):
     """
 
     kind: Literal["backup", "policy", "repeat"] = "backup"
-    model: str | None = Field(None, description="policy: the .onnx policy (observation batch -> action/logits).")
+    model: str | None = Field(
+        None, description="policy: the .onnx policy (observation batch -> action/logits)."
+    )
     output: Literal["action", "logits"] = Field("logits", description="policy: 'logits' takes the argmax.")
     input_name: str | None = None
     output_name: str | None = None
@@ -345,7 +349,9 @@ class PythonMonitorConfig(_Strict):
 
     kind: Literal["python"] = "python"
     name: str = "python"
-    callable: str = Field(description="'package.module:attribute' (a function, or a class built with kwargs).")
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
     signals: dict[str, PluginSignalConfig] = Field(
         min_length=1, description="Every signal the callable returns, with its threshold."
@@ -455,10 +461,15 @@ class ShieldChoiceFallbackConfig(_Strict):
 
 
 class PythonFallbackConfig(_Strict):
-    """An operator's controller in Python: ``callable(observations, actions, batch) -> [batch, *action_shape]``."""
+    """An operator's controller in Python: ``callable(observations, actions, batch) -> actions``.
+
+    Returns ``[batch]`` (discrete) or ``[batch, *action_shape]``; see docs/shield.md (plugins).
+    """
 
     kind: Literal["python"] = "python"
-    callable: str = Field(description="'package.module:attribute' (a function, or a class built with kwargs).")
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
 
 

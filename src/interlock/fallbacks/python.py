@@ -55,7 +55,8 @@ class PythonFallback(Fallback):
         want = (2, *self.spaces.action.shape)
         if out.shape != want:
             raise ConfigError(
-                f"{self.where}: {self.spec} returned shape {list(out.shape)} for 2 rows; expected {list(want)}"
+                f"{self.where}: {self.spec} returned shape {list(out.shape)} for 2 rows; "
+                f"expected {list(want)}"
             )
         self.ready = True
 

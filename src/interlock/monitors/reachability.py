@@ -24,18 +24,17 @@ Example config::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
-
-from dataclasses import dataclass
 
 from interlock.batch import Batch, SignalBatch
 from interlock.config import ReachabilityMonitorConfig
 from interlock.errors import ConfigError
 from interlock.monitors.base import Monitor
 from interlock.plugins import load_callable
-from interlock.reachability.constraints import BatchedCondition
 from interlock.reachability.candidates import Candidates, CandidateSet
+from interlock.reachability.constraints import BatchedCondition
 from interlock.reachability.correction import ResidualSource, batch_bias
 from interlock.reachability.recoverability import (
     Continuation,
@@ -243,7 +242,9 @@ class RecoverabilityMonitor(Monitor):
         source = monitors.get(corr.monitor)
         if source is None:
             have = ", ".join(sorted(monitors)) or "none"
-            raise ConfigError(f"{where}.monitor names '{corr.monitor}', which is not a monitor of this agent ({have})")
+            raise ConfigError(
+                f"{where}.monitor names '{corr.monitor}', which is not a monitor of this agent ({have})"
+            )
         if not isinstance(source, ResidualSource):
             raise ConfigError(
                 f"{where}.monitor '{corr.monitor}' is a {type(source).__name__}, which has no "
@@ -257,7 +258,9 @@ class RecoverabilityMonitor(Monitor):
         where = f"{self.where}.model"
         if model.kind == "python":
             fn = load_callable(model.callable, model.kwargs, where)
-            return PythonDynamics(fn, self.spaces.observation.shape, self.spaces.action, model.predicts, where)
+            return PythonDynamics(
+                fn, self.spaces.observation.shape, self.spaces.action, model.predicts, where
+            )
         session = self.runtime.session(model.model, what=f"{where}.model")
         return OnnxDynamics(
             session,
@@ -301,7 +304,11 @@ class RecoverabilityMonitor(Monitor):
             cont = RepeatContinuation()
         self.engine = Recoverability(dyn, backup, self.constraints, self.safe_set, cfg.horizon, cont)
         src = self.correction
-        if src is not None and getattr(src, "ready", False) and not getattr(src, "provides_residual_bias", True):
+        if (
+            src is not None
+            and getattr(src, "ready", False)
+            and not getattr(src, "provides_residual_bias", True)
+        ):
             raise ConfigError(
                 f"{self.where}.correction.monitor '{self.cfg.correction.monitor}': its python object "
                 "defines no residual_bias(batch) -> [batch, obs_dim]"

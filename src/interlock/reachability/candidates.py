@@ -44,7 +44,9 @@ class CandidateSet:
         where: Config location for messages.
     """
 
-    def __init__(self, space: ActionSpace, samples: int = 16, seed: int = 0, where: str = "candidates") -> None:
+    def __init__(
+        self, space: ActionSpace, samples: int = 16, seed: int = 0, where: str = "candidates"
+    ) -> None:
         self.space = space
         if space.discrete:
             self.fixed = np.arange(space.n, dtype=space.dtype)
