@@ -1,4 +1,4 @@
-"""The ``recover`` and ``shield_choice`` fallbacks: choices among a reachability monitor's rolled-out candidates.
+"""The ``recover`` and ``shield_choice`` fallbacks: choices among rolled-out candidate actions.
 
 Both ask the monitor to roll out every candidate action of every row in one batch
 (:meth:`~interlock.monitors.reachability.RecoverabilityMonitor.evaluate_candidates`); they
