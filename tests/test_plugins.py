@@ -1,4 +1,4 @@
-"""``kind: python`` monitors and fallbacks: loaded by name (never eval'd), probed at load, errors name the config path."""
+"""``kind: python`` monitors and fallbacks: loaded by name (never eval'd), probed at load, errors name where."""
 
 from __future__ import annotations
 

@@ -104,6 +104,23 @@ def test_the_agents_highest_logit_safe_action_is_chosen(tmp_path) -> None:
     assert d.verdict is Verdict.ALLOW and sig(d)["shield.safe_count"] == 2.0
 
 
+def test_an_action_outside_the_space_gets_the_preferred_safe_action(tmp_path) -> None:
+    agent = line_agent(tmp_path)
+    agent["monitors"].insert(0, {"kind": "action_space"})
+    agent["policy"]["rules"].insert(
+        0,
+        {
+            "name": "invalid",
+            "when": "tripped.action_space.invalid",
+            "verdict": "substitute",
+            "fallback": "choice",
+        },
+    )
+    guard = Guard(loaded([agent], base_dir=tmp_path)).load()
+    (d,) = check_line(guard, [0.5], [7])
+    assert d.verdict is Verdict.SUBSTITUTE and int(d.action) == 1 and d.rule == "invalid"
+
+
 def test_without_scores_the_best_worst_case_margin_wins(tmp_path) -> None:
     guard = Guard(loaded([line_agent(tmp_path, prefs=None, horizon=3)], base_dir=tmp_path)).load()
     # x = 0.5, H = 3: right breaks at once (margin 0), left reaches -1.3 at step 3 (margin 2),

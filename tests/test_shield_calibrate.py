@@ -1,4 +1,4 @@
-"""``interlock shield calibrate``: model-error margins of the CartPole dynamics ensemble from real episodes."""
+"""``interlock shield calibrate``: margins of the CartPole dynamics ensemble from real episodes."""
 
 from __future__ import annotations
 

@@ -127,8 +127,11 @@ class ShieldChoiceFallback(RecoverFallback):
         n = len(batch)
         rows = np.arange(n)
         safe = res.safe
-        choice = res.candidates.proposed.copy()
-        need = ~safe[rows, choice]
+        C = res.candidates.count
+        # A proposed index outside the space (a row the engine sent here for an invalid action) is never kept.
+        valid = (res.candidates.proposed >= 0) & (res.candidates.proposed < C)
+        choice = np.where(valid, res.candidates.proposed, 0)
+        need = ~valid | ~safe[rows, choice]
         if need.any():
             closeness = self._closeness(batch, res)
             if self._scores is not None:
