@@ -1,4 +1,4 @@
-"""``kind: python`` monitors and fallbacks: loaded by name (never eval'd), probed at load, errors name where."""
+"""``kind: python`` monitors and fallbacks: loaded by name (never eval'd), probed at load."""
 
 from __future__ import annotations
 
