@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from interlock import InterlockVectorWrapper, InterlockWrapper
+from interlock.batch import Batch
 from interlock.cli.main import main
 from interlock.config import load_config
 from interlock.engine import Guard
@@ -304,7 +305,8 @@ def test_monitor_residual_bias_follows_a_persistent_offset(monitor):
     obs, acts = rollout(21, 40, "gravity")
     for t in range(len(obs)):
         check(monitor, obs[t : t + 1], acts[t : t + 1], [t], ["g"])
-    bias = monitor.residual_bias("cartpole", ["g", "unknown"])
+    probe = Batch("cartpole", obs[:2], acts[:2], np.array([0, 0]), ["g", "unknown"])
+    bias = monitor.residual_bias(probe)
     assert bias.shape == (2, 4) and np.all(bias[1] == 0)
     # gravity x3 makes the pole fall faster than predicted: the angular velocity residual's mean has the
     # sign of the angle (the pole leans one way under this alternating policy) and is far above its scale
@@ -422,3 +424,27 @@ def test_calibrate_cli_reads_recorded_episodes_and_shows_progress(calibrated, tm
     np.savez(few, obs=np.stack(obs_l)[:50], action=np.asarray(act_l)[:50], episode=np.asarray(ep_l)[:50])
     assert main(["calibrate", "--config", str(config), "--agent", "cartpole", "--data", str(few), "-q"]) == 2
     assert "at least 6" in capsys.readouterr().err
+
+
+def test_a_shield_reads_the_transition_monitors_residual_bias(calibrated):
+    """The shield's online correction (``correction: {monitor: drift}``) is the transition monitor's bias."""
+    text = (calibrated / "interlock.yaml").read_text()
+    shield = """      - kind: reachability
+        name: shield
+        model: {kind: dynamics_ensemble, model: dynamics_ensemble.onnx, predicts: delta}
+        backup_policy: {model: backup_policy.onnx, output: logits}
+        constraints: {pole: "math.abs(obs[2]) < 0.2"}
+        horizon: 5
+        correction: {monitor: drift}
+"""
+    path = calibrated / "with_shield.yaml"
+    path.write_text(text.replace("    policy:\n", shield + "    policy:\n", 1))
+    guard = Guard.from_file(str(path)).load()
+    transition, reach = guard.agents[0].monitors
+    assert reach.correction is transition
+    obs, acts = rollout(21, 40, "gravity")
+    for t in range(len(obs)):
+        guard.check([CheckInput("cartpole", obs[t], acts[t], episode_id="g", step=t)])
+    probe = Batch("cartpole", obs[:1], acts[:1], np.array([0]), ["g"])
+    bias = reach.correction.residual_bias(probe)
+    assert abs(bias[0, 3]) > 5 * transition.scale[3]  # the shifted world's offset reaches the shield

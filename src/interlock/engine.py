@@ -70,6 +70,8 @@ class AgentRuntime:
         #: Rate-limited logs of failing stages ("monitor:<name>", "fallback:<name>").
         self.failure_logs: dict[str, FailureLog] = {}
         by_name = {m.name: m for m in self.monitors}
+        for m in self.monitors:
+            m.bind(by_name)  # monitors that read another (a reachability monitor's correction source)
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]

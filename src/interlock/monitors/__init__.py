@@ -63,6 +63,12 @@ def _transition(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     return TransitionMonitor(cfg, spaces, runtime, where)
 
 
+def _python(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.python import PythonMonitor
+
+    return PythonMonitor(cfg, spaces, runtime, where)
+
+
 #: config ``kind`` -> builder(config, spaces, runtime, where) -> Monitor
 BUILDERS: dict[str, Callable[..., Monitor]] = {
     "action_space": _action_space,
@@ -70,6 +76,7 @@ BUILDERS: dict[str, Callable[..., Monitor]] = {
     "reachability": _reachability,
     "uncertainty": _uncertainty,
     "transition": _transition,
+    "python": _python,
 }
 
 

@@ -25,6 +25,8 @@ from interlock.batch import Batch, SignalBatch
 __all__ = ["Batch", "Monitor", "SignalBatch"]
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 
@@ -55,6 +57,10 @@ class Monitor(ABC):
     @abstractmethod
     def signal_names(self) -> list[str]:
         """Names (without the monitor prefix) of every signal ``check`` returns; fixed at construction."""
+
+    def bind(self, monitors: Mapping[str, Monitor]) -> None:  # noqa: B027 - optional hook
+        """Called once after construction with the agent's monitors by name, for monitors that read another
+        (a reachability monitor's ``correction:`` source)."""
 
     def load(self) -> None:
         """Open models and precompute tables; must leave the monitor ``ready`` or raise."""

@@ -348,10 +348,13 @@ class TransitionMonitor(Monitor):
         eids = list(batch.episode_ids) if batch.episode_ids else [""] * len(batch)
         return self.store.facts(batch.agent_id, eids, batch.steps)
 
-    def residual_bias(self, agent_id: str, episode_ids: list[str]) -> np.ndarray:
-        """``[batch, obs_dim]`` EW mean residual (observation units) per episode, for a shield to add
-        to its predictions; zeros for unknown episodes (see :meth:`EpisodeStore.residual_bias`)."""
-        return self.store.residual_bias(agent_id, episode_ids, self.obs_dim)
+    def residual_bias(self, batch: Batch) -> np.ndarray:
+        """``[batch, obs_dim]`` EW mean residual (observation units) of each row's episode, for a shield
+        to add to its predictions (:class:`interlock.reachability.correction.ResidualSource`); zeros for
+        unknown episodes (see :meth:`EpisodeStore.residual_bias`). List this monitor before the shield:
+        its ``check`` has then folded this step's transition in."""
+        eids = list(batch.episode_ids) if batch.episode_ids else [""] * len(batch)
+        return self.store.residual_bias(batch.agent_id, eids, self.obs_dim)
 
     def unload(self) -> None:
         self.store.clear()
