@@ -208,8 +208,8 @@ def test_unreadable_rows_fail_alone_with_checks_message(tmp_path):
             srv.metrics.registry.get_sample_value(
                 "interlock_requests_rejected_total", {"reason": "non_finite"}
             )
-            == 2.0
-        )  # the column row and the single Check
+            == 3.0
+        )  # the column row, the single Check and the refused CheckBatch
 
 
 @pytest.mark.parametrize(
