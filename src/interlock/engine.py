@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,7 +233,7 @@ class ColumnDecisions:
             self.rule_reasons = [*self.rule_reasons, ""]
         return len(names)
 
-    def expand(self, n: int, rows: np.ndarray, unchecked: dict[int, InterlockError]) -> ColumnDecisions:
+    def expand(self, n: int, rows: np.ndarray, unchecked: Mapping[int, InterlockError]) -> ColumnDecisions:
         """These answers (for ``rows`` of a larger batch of ``n``) spread over all ``n`` rows.
 
         The other rows are HALT without an action, their error in ``unchecked``.

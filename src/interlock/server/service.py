@@ -118,8 +118,8 @@ class GuardService:
         except InterlockError as e:
             self.metrics.reject(e.reason)
             raise
-        for e in cd.unchecked.values():
-            self.metrics.reject(e.reason)
+        for unchecked in cd.unchecked.values():
+            self.metrics.reject(unchecked.reason)
         checked = (
             np.flatnonzero(~np.isin(np.arange(len(cd)), list(cd.unchecked)))
             if cd.unchecked
