@@ -11,8 +11,10 @@ from tests.support.bench import check_docs, positive, run_quick
 
 HEADLINE = (
     "check_p50_over_transport_floor",
-    "batch_throughput_over_compute_floor",
-    "check_decisions_per_second_16_clients",
+    "check_throughput_16_clients_over_transport_floor",
+    "columns_throughput_over_compute_floor",
+    "columns_over_batch_throughput",
+    "engine_batch1_over_onnx",
 )
 
 
@@ -27,13 +29,13 @@ def test_bench_perf_quick_outputs_are_well_formed(tmp_path):
     assert result["quick"] is True and result["machine"]["cpus"] >= 1
     assert result["scenario"]["verdicts_in_process"]["ALLOW"] > 0
     assert result["scenario"]["verdicts_in_process"]["SUBSTITUTE"] > 0
-    for floor in ("compute_floor", "engine_in_process"):
+    for floor in ("compute_floor", "engine_in_process", "onnx_floor"):
         assert {f["batch"] for f in result[floor]} >= {1, *result["settings"]["batch_sizes"]}
         assert all(positive(f["decisions_per_second"]) for f in result[floor])
 
     points = result["setups"][0]["points"]
     shapes = {(p["method"], p["service"]) for p in points}
-    for method in ("Check", "CheckStream", "CheckBatch"):
+    for method in ("Check", "CheckStream", "CheckBatch", "CheckColumns"):
         assert {(method, "guard"), (method, "echo")} <= shapes
     for p in points:
         assert p["errors"] == 0 and p["calls"] > 0, p
@@ -43,6 +45,8 @@ def test_bench_perf_quick_outputs_are_well_formed(tmp_path):
 
     md = check_docs(docs, "perf", min_images=2)
     assert "| Check p50 / transport floor (1 client) |" in md
+    assert "#### CheckColumns against the compute floor" in md
+    assert all(positive(v) for v in result["summary"]["server_cpu_us_per_decision"].values())
     assert (docs / "img" / "perf_latency.png").is_file() and (docs / "img" / "perf_throughput.png").is_file()
 
 

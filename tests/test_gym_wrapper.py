@@ -48,14 +48,14 @@ def test_halt_truncates_without_stepping(tmp_path):
 class CountingClient(GuardClient):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.batch_calls = 0
+        self.columns_calls = 0
 
-    def check_batch(self, *a, **kw):
-        self.batch_calls += 1
-        return super().check_batch(*a, **kw)
+    def check_columns(self, *a, **kw):
+        self.columns_calls += 1
+        return super().check_columns(*a, **kw)
 
 
-def test_vector_env_uses_one_check_batch_per_step(server):
+def test_vector_env_uses_one_check_columns_per_step(server):
     venv = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
     client = CountingClient(f"127.0.0.1:{server.port}", agent_id="cartpole")
     with pytest.raises(TypeError, match="use InterlockVectorWrapper"):
@@ -65,7 +65,7 @@ def test_vector_env_uses_one_check_batch_per_step(server):
     for _ in range(30):
         _, _, _, _, infos = env.step(np.ones(4, dtype=np.int64))
         assert len(infos["interlock"]) == 4
-    assert client.batch_calls == 30
+    assert client.columns_calls == 30
     assert env.verdict_counts.get("SUBSTITUTE", 0) > 0
     env.close()
 

@@ -49,4 +49,18 @@ def test_wire_contract_names_and_numbers():
         assert dec[name].number == number
     assert pb.DataType.Value("DATA_TYPE_UINT8") == 6 and pb.Verdict.Value("VERDICT_HALT") == 4
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["Guard"].methods}
-    assert methods == {"Check", "CheckBatch", "CheckStream"}
+    assert methods == {"Check", "CheckBatch", "CheckColumns", "CheckStream"}
+    # Issue 13 pins CheckColumns' first fields; verdicts go packed.
+    creq = pb.CheckColumnsRequest.DESCRIPTOR.fields_by_name
+    for name, number in {
+        "agent_id": 1,
+        "observations": 2,
+        "actions": 3,
+        "episode_ids": 4,
+        "steps": 5,
+    }.items():
+        assert creq[name].number == number
+    cresp = pb.CheckColumnsResponse.DESCRIPTOR.fields_by_name
+    for name, number in {"verdicts": 1, "actions": 2, "config_version": 3}.items():
+        assert cresp[name].number == number
+    assert cresp["verdicts"].is_repeated and cresp["verdicts"].is_packed

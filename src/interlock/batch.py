@@ -129,6 +129,30 @@ class Batch:
             self.__dict__["_rows"] = cached
         return cached
 
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as CEL sees it (:func:`cel_activation` without signals), built for that row alone.
+
+        The per-row policy path calls this only for rows that a rule the vectoriser could not
+        compile has to see; :meth:`rows` builds every row at once (the ``rules`` monitor).
+        """
+        cached: list[dict[str, Any]] | None = self.__dict__.get("_rows")
+        if cached is not None:
+            return cached[i]
+        act = self.actions[i]
+        action = (
+            int(act)
+            if self.actions.ndim == 1 and self.actions.dtype.kind in "iu"
+            else np.asarray(act).reshape(-1).astype(np.float64).tolist()
+        )
+        return cel_activation(
+            obs=np.asarray(self.observations[i]).reshape(-1).astype(np.float64).tolist(),
+            action=action,
+            labels=self.labels[i] if self.labels else {},
+            step=int(self.steps[i]),
+            agent_id=self.agent_id,
+            episode_id=self.episode_ids[i] if self.episode_ids else "",
+        )
+
     def take(self, rows: np.ndarray | Sequence[int]) -> Batch:
         """The sub-batch of the given row indices."""
         idx = np.asarray(rows, dtype=np.int64)

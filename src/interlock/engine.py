@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from interlock.fallbacks import Fallback, build_fallback
 from interlock.faultlog import FailureLog
 from interlock.monitors import Monitor, build_monitor
 from interlock.policies import DecisionPolicy
-from interlock.policies.vectorized import batch_columns
+from interlock.policies.vectorized import batch_columns, first_rules
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
 from interlock.types import CheckInput, Decision, Verdict, new_decision_id
@@ -33,7 +34,15 @@ from interlock.types import CheckInput, Decision, Verdict, new_decision_id
 log = logging.getLogger(__name__)
 
 # Re-exported: the records moved to interlock.types so the agent side can use them without the engine.
-__all__ = ["AgentRuntime", "CheckInput", "Decision", "Guard", "Verdict", "new_decision_id"]
+__all__ = [
+    "AgentRuntime",
+    "CheckInput",
+    "ColumnDecisions",
+    "Decision",
+    "Guard",
+    "Verdict",
+    "new_decision_id",
+]
 
 
 _VERDICT_OF = {
@@ -42,6 +51,227 @@ _VERDICT_OF = {
     "escalate": Verdict.ESCALATE,
     "halt": Verdict.HALT,
 }
+_ALLOW, _SUBSTITUTE, _ESCALATE, _HALT = (int(v) for v in Verdict)
+_DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is halt"
+
+
+@dataclass
+class AgentPlan:
+    """What one agent's decisions need, computed once at load (nothing per call looks names up).
+
+    Rule index 0 and fallback index 0 are "" (none); rule ``k`` of the policy is index ``k + 1``.
+    """
+
+    signal_names: list[str]
+    rule_names: list[str]
+    rule_reasons: list[str]
+    #: ``[rules + 1]`` int8: the verdict of each rule index (index 0: the policy default).
+    rule_verdicts: np.ndarray
+    #: Per rule index: the fallback a SUBSTITUTE / ESCALATE of that rule applies (None: none).
+    rule_fallbacks: list[str | None]
+    fallback_names: list[str]
+    fallback_index: dict[str, int]
+
+
+@dataclass
+class ColumnDecisions:
+    """The engine's answers for the ``n`` rows of one :class:`Batch`, as columns.
+
+    Row ``i`` is the :class:`Decision` :meth:`decision` builds, built only for the rows that
+    need one (escalation, audit, the list API). Rows absent from the sparse maps have no
+    reasons beyond their rule's (``plan.rule_reasons[rules[i]]``), no errors and no escalation.
+
+    Attributes:
+        batch: The rows (observations ``[n, *obs_shape]``, proposed actions ``[n, *action_shape]``).
+        verdicts: ``[n]`` int8 Verdict values.
+        actions: ``[n, *action_shape]``: the action each row executes (its proposed action where
+            ``has_action`` is False: HALT without a fail-safe action).
+        has_action: ``[n]`` bool.
+        rules: ``[n]`` int32 index into ``rule_names``.
+        fallbacks: ``[n]`` int32 index into ``fallback_names``.
+        values: ``[n, S]`` float64 signal values (NaN where the monitor did not run).
+        thresholds: ``[S]`` float64.
+        tripped: ``[n, S]`` bool.
+        ran: ``[n, S]`` bool, where each signal was computed; None: everywhere.
+        shadow: ``[n]`` int8 would-be verdicts in shadow mode (0: the row kept its fail-closed
+            verdict); None when the agent is not in shadow mode.
+        unchecked: Rows that were not checked at all (validation), with the error Check would raise.
+    """
+
+    agent_id: str
+    config_version: str
+    batch_id: str
+    batch: Batch
+    verdicts: np.ndarray
+    actions: np.ndarray
+    has_action: np.ndarray
+    rules: np.ndarray
+    fallbacks: np.ndarray
+    signal_names: list[str]
+    values: np.ndarray
+    thresholds: np.ndarray
+    tripped: np.ndarray
+    ran: np.ndarray | None
+    rule_names: list[str]
+    rule_reasons: list[str]
+    fallback_names: list[str]
+    shadow: np.ndarray | None = None
+    reasons: dict[int, list[str]] = field(default_factory=dict)
+    errors: dict[int, list[str]] = field(default_factory=dict)
+    escalation_ids: dict[int, str] = field(default_factory=dict)
+    unchecked: dict[int, InterlockError] = field(default_factory=dict)
+    _own_actions: bool = False
+
+    def __len__(self) -> int:
+        return len(self.verdicts)
+
+    def decision_id(self, i: int) -> str:
+        return f"{self.batch_id}-{i}"
+
+    def reasons_of(self, i: int) -> list[str]:
+        """Row ``i``'s reasons (the rule's reason unless more was said)."""
+        r = self.reasons.get(i)
+        if r is not None:
+            return r
+        k = int(self.rules[i])
+        return [self.rule_reasons[k]] if k else []
+
+    def _reasons_for_edit(self, i: int) -> list[str]:
+        r = self.reasons.get(i)
+        if r is None:
+            r = self.reasons[i] = self.reasons_of(i)
+        return r
+
+    def set_action(self, rows: np.ndarray | list[int], actions: np.ndarray) -> None:
+        """Write executed actions (``[len(rows), *action_shape]``) for ``rows``; copies the column once."""
+        if not self._own_actions:
+            self.actions = np.array(self.actions, copy=True)
+            self._own_actions = True
+        self.actions[rows] = actions
+        self.has_action[rows] = True
+
+    def halt(self, i: int, why: str) -> None:
+        self.verdicts[i] = _HALT
+        self.has_action[i] = False
+        self.fallbacks[i] = 0
+        self._reasons_for_edit(i).append(why)
+
+    def needs_detail(self) -> np.ndarray:
+        """``[n]`` bool: rows that are not a plain ALLOW (verdict, reasons, errors, escalation, unchecked)."""
+        mask = self.verdicts != _ALLOW
+        for rows in (self.reasons, self.errors, self.escalation_ids, self.unchecked):
+            if rows:
+                mask[list(rows)] = True
+        return mask
+
+    def decision(self, i: int, decision_id: str | None = None) -> Decision:
+        """Row ``i`` as a :class:`Decision` (a fresh object; :meth:`put` writes changes back)."""
+        b = self.batch
+        names, vals, tr = self.signal_names, self.values[i].tolist(), self.tripped[i].tolist()
+        th = self.thresholds.tolist()
+        if self.ran is None:
+            signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names))]
+        else:
+            done = self.ran[i].tolist()
+            signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names)) if done[j]]
+        shadow_verdict = None
+        if self.shadow is not None and self.shadow[i]:
+            would = Verdict(int(self.shadow[i]))
+            shadow_verdict = would
+            signals.append(("shadow.would_verdict", float(int(would)), float(_ALLOW), would > 1))
+        proposed = b.actions[i]
+        return Decision(
+            decision_id=decision_id or self.decision_id(i),
+            agent_id=self.agent_id,
+            verdict=Verdict(int(self.verdicts[i])),
+            action=self.actions[i] if self.has_action[i] else None,
+            proposed_action=proposed,
+            observation=b.observations[i],
+            signals=signals,
+            reasons=list(self.reasons_of(i)),
+            config_version=self.config_version,
+            fallback=self.fallback_names[int(self.fallbacks[i])],
+            rule=self.rule_names[int(self.rules[i])],
+            escalation_id=self.escalation_ids.get(i, ""),
+            episode_id=b.episode_ids[i] if b.episode_ids else "",
+            step=int(b.steps[i]),
+            labels=b.labels[i] if b.labels else {},
+            errors=list(self.errors.get(i, ())),
+            shadow_verdict=shadow_verdict,
+        )
+
+    def decisions(self, ids: Sequence[str] | None = None) -> list[Decision]:
+        """Every row as a :class:`Decision` (the list API: Check, CheckBatch, the micro-batcher)."""
+        return [self.decision(i, ids[i] if ids is not None else None) for i in range(len(self))]
+
+    def put(self, i: int, d: Decision) -> None:
+        """Write a row's :class:`Decision` back (after per-row work: fail-safe, escalation)."""
+        self.verdicts[i] = int(d.verdict)
+        if d.action is None:
+            self.has_action[i] = False
+        else:
+            self.set_action([i], np.asarray(d.action)[None])
+        self.rules[i] = self._name_index("rule_names", d.rule, int(self.rules[i]))
+        self.fallbacks[i] = self._name_index("fallback_names", d.fallback, int(self.fallbacks[i]))
+        k = int(self.rules[i])
+        if i in self.reasons or d.reasons != ([self.rule_reasons[k]] if k else []):
+            self.reasons[i] = list(d.reasons)
+        if d.errors:
+            self.errors[i] = list(d.errors)
+        if d.escalation_id:
+            self.escalation_ids[i] = d.escalation_id
+
+    def _name_index(self, attr: str, name: str, current: int) -> int:
+        """Index of ``name`` in the ``attr`` name list; a new name (e.g. the operator's) is appended
+        to a copy (the lists are the agent plan's, shared by every batch)."""
+        names: list[str] = getattr(self, attr)
+        if names[current] == name:
+            return current
+        if name in names:
+            return names.index(name)
+        setattr(self, attr, [*names, name])
+        if attr == "rule_names":
+            self.rule_reasons = [*self.rule_reasons, ""]
+        return len(names)
+
+    def expand(self, n: int, rows: np.ndarray, unchecked: Mapping[int, InterlockError]) -> ColumnDecisions:
+        """These answers (for ``rows`` of a larger batch of ``n``) spread over all ``n`` rows.
+
+        The other rows are HALT without an action, their error in ``unchecked``.
+        """
+        s = len(self.signal_names)
+
+        def spread(col: np.ndarray, fill: object) -> np.ndarray:
+            out = np.full((n, *col.shape[1:]), fill, dtype=col.dtype)
+            out[rows] = col
+            return out
+
+        at = rows.tolist()
+        return ColumnDecisions(
+            agent_id=self.agent_id,
+            config_version=self.config_version,
+            batch_id=self.batch_id,
+            batch=self.batch,  # replaced by the caller with the full batch
+            verdicts=spread(self.verdicts, _HALT),
+            actions=spread(self.actions, 0),
+            has_action=spread(self.has_action, False),
+            rules=spread(self.rules, 0),
+            fallbacks=spread(self.fallbacks, 0),
+            signal_names=self.signal_names,
+            values=spread(self.values, np.nan) if s else np.zeros((n, 0)),
+            thresholds=self.thresholds,
+            tripped=spread(self.tripped, True) if s else np.zeros((n, 0), bool),
+            ran=spread(self.ran if self.ran is not None else np.ones((len(rows), s), bool), False),
+            rule_names=self.rule_names,
+            rule_reasons=self.rule_reasons,
+            fallback_names=self.fallback_names,
+            shadow=spread(self.shadow, 0) if self.shadow is not None else None,
+            reasons={at[k]: v for k, v in self.reasons.items()},
+            errors={at[k]: v for k, v in self.errors.items()},
+            escalation_ids={at[k]: v for k, v in self.escalation_ids.items()},
+            unchecked=dict(unchecked),
+            _own_actions=True,
+        )
 
 
 class NotLoaded(RuntimeError):
@@ -93,6 +323,33 @@ class AgentRuntime:
                     "when nobody answers: set the rule's fallback, escalation.fallback or fail_safe"
                 )
 
+        self.plan = self._plan()
+
+    def _plan(self) -> AgentPlan:
+        cfg = self.config
+        rules = self.policy.rules
+        verdicts = [_VERDICT_OF[self.policy.default]] + [_VERDICT_OF[r.verdict] for r in rules]
+        rule_fallbacks: list[str | None] = [cfg.fail_safe if self.policy.default == "halt" else None]
+        for r in rules:
+            if r.verdict == "substitute":
+                rule_fallbacks.append(r.fallback)
+            elif r.verdict == "escalate":
+                rule_fallbacks.append(cfg.escalation.fallback or r.fallback or cfg.fail_safe)
+            elif r.verdict == "halt":
+                rule_fallbacks.append(cfg.fail_safe)
+            else:
+                rule_fallbacks.append(None)
+        fallback_names = ["", *self.fallbacks]
+        return AgentPlan(
+            signal_names=list(self.signal_names),
+            rule_names=["", *(r.name for r in rules)],
+            rule_reasons=["", *(r.reason for r in rules)],
+            rule_verdicts=np.array([int(v) for v in verdicts], dtype=np.int8),
+            rule_fallbacks=rule_fallbacks,
+            fallback_names=fallback_names,
+            fallback_index={name: k for k, name in enumerate(fallback_names)},
+        )
+
     def load(self) -> None:
         for m in self.monitors:
             m.load()
@@ -114,73 +371,129 @@ class AgentRuntime:
         act = self.spaces.action.coerce(item.action, f"{prefix}action")
         return obs, act
 
+    def validate_columns(
+        self, observations: np.ndarray, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, InvalidRequest]]:
+        """Check ``[n, *obs_shape]`` observations and ``[n, *action_shape]`` actions once for the batch.
+
+        A wrong dtype, shape or row count fails the whole batch (InvalidRequest naming the
+        tensor); a row whose observation is not finite fails only itself (returned with the
+        error a Check of that row gets). Actions outside the space are not errors (the engine
+        masks them).
+
+        Returns:
+            The observations and actions in the agent's dtypes, and row -> error for bad rows.
+        """
+        obs_space, act_space = self.spaces.observation, self.spaces.action
+        o, a = np.asarray(observations), np.asarray(actions)
+        if o.ndim == 0 or o.shape[1:] != obs_space.shape:
+            want_obs = ", ".join(["N", *map(str, obs_space.shape)])
+            raise InvalidRequest(f"observations has shape {list(o.shape)}; expected [{want_obs}]")
+        n = o.shape[0]
+        if n == 0:
+            raise InvalidRequest("observations has no rows; send at least one", reason="empty_batch")
+        want = (n,) if act_space.discrete else (n, *act_space.shape)
+        if a.shape != want and not (act_space.discrete and a.shape == (n, 1)):
+            raise InvalidRequest(
+                f"actions has shape {list(a.shape)}; expected {list(want)} (one action per observation row)"
+            )
+        if _kind_of(o.dtype) != _kind_of(obs_space.dtype):
+            raise InvalidRequest(f"observations has dtype {o.dtype.name}; expected {obs_space.dtype.name}")
+        act_kind = "integer" if act_space.discrete else "float"
+        if _kind_of(a.dtype) != act_kind:
+            raise InvalidRequest(
+                f"actions has dtype {a.dtype.name}; "
+                + (
+                    "discrete actions are integers (int64)"
+                    if act_space.discrete
+                    else f"box actions are {act_space.dtype.name}"
+                )
+            )
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: flagged below / masked
+            o = o.astype(obs_space.dtype, copy=False)
+            a = a.reshape(want).astype(act_space.dtype, copy=False)
+        bad: dict[int, InvalidRequest] = {}
+        if o.dtype.kind == "f" and not obs_space.allow_nonfinite:
+            finite = np.isfinite(o.reshape(n, -1)).all(axis=1)
+            if not finite.all():
+                for i in np.flatnonzero(~finite).tolist():
+                    try:  # the message a Check of this row gets
+                        obs_space.coerce(np.asarray(observations)[i], f"observations[{i}]")
+                    except InvalidRequest as e:
+                        bad[i] = e
+        return o, a, bad
+
     def decide(
         self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
     ) -> list[Decision]:
-        """Decide a batch of already-validated requests of this agent.
+        """Decide already-validated requests of this agent (the list API over :meth:`decide_columns`).
 
         Args:
             items: The requests (for ids, labels, steps).
             observations: ``[batch, *obs_shape]``.
             actions: ``[batch, *action_shape]``.
         """
+        n = len(items)
         batch = Batch(
             agent_id=items[0].agent_id,
             observations=observations,
             actions=actions,
-            steps=np.fromiter((it.step for it in items), dtype=np.int64, count=len(items)),
+            steps=np.fromiter((it.step for it in items), dtype=np.int64, count=n),
             episode_ids=[it.episode_id for it in items],
             labels=[it.labels for it in items],
         )
-        n = len(batch)
-        decisions = [
-            Decision(
-                decision_id=new_decision_id(),
-                agent_id=it.agent_id,
-                verdict=Verdict.ALLOW,
-                action=actions[i],
-                proposed_action=actions[i],
-                observation=observations[i],
-                signals=[],
-                reasons=[],
-                config_version=self.config_version,
-                episode_id=it.episode_id,
-                step=it.step,
-                labels=it.labels,
-            )
-            for i, it in enumerate(items)
-        ]
+        decisions = self.decide_columns(batch).decisions([new_decision_id() for _ in range(n)])
+        for d, it in zip(decisions, items, strict=True):  # one config agent, ids as sent (globs)
+            d.agent_id = it.agent_id
+        return decisions
 
+    def decide_columns(self, batch: Batch, batch_id: str | None = None) -> ColumnDecisions:
+        """Decide every row of ``batch`` (already validated) as columns.
+
+        Monitors, the vectorized rules and fallbacks run over arrays; per row only: CEL rules the
+        vectoriser could not compile (for the rows no earlier rule decided), and rows that fail
+        (a monitor or rule raising on them, an action outside the space, a fallback failing).
+        """
+        n = len(batch)
+        plan = self.plan
+        actions = batch.actions
         # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
         #    only the monitors defined there (action_space); the policy decides it from those.
         invalid = self.spaces.action.invalid(actions)
         signals, ran, row_errors = self._run_monitors(batch, invalid)
 
-        # 2. Signals per row, then the policy (simple rules vectorized over the batch, the rest per row).
-        names = list(signals)
-        values = (
-            np.stack([signals[k].values for k in names], axis=1).astype(np.float64)
-            if names
-            else np.zeros((n, 0))
+        # 2. Signals as [n, S] columns, then the policy: vectorized rules over the batch, CEL per row.
+        names = plan.signal_names
+        if names:
+            values = np.stack([signals[k].values for k in names], axis=1).astype(np.float64, copy=False)
+            trips = np.stack([signals[k].tripped for k in names], axis=1).astype(bool, copy=False)
+        else:
+            values, trips = np.zeros((n, 0)), np.zeros((n, 0), bool)
+        thresholds = np.array([signals[k].threshold for k in names], dtype=np.float64)
+        partial = [ran[k] for k in names]
+        ran_matrix = (
+            None
+            if all(r is None for r in partial)
+            else np.stack([np.ones(n, bool) if r is None else r for r in partial], axis=1)
         )
-        trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
-        thresholds = [signals[k].threshold for k in names]
-        all_vals, all_trips = values.tolist(), trips.tolist()
         episode = episode_columns(self.episode_sources, batch)  # after the monitors: "or now" counts
         episode_rows = None
         if episode is not None:
             listed = {k: v.tolist() for k, v in episode.items()}
             episode_rows = [{k: v[i] for k, v in listed.items()} for i in range(n)]
+        activations: dict[int, dict] = {}
 
         def activation(i: int) -> dict:
-            row = batch.rows()[i]
-            return cel_activation(
-                **row,
-                signal_names=names,
-                values=all_vals[i],
-                tripped=all_trips[i],
-                episode=episode_rows[i] if episode_rows is not None else None,
-            )
+            act = activations.get(i)
+            if act is None:
+                act = activations[i] = cel_activation(
+                    **batch.row(i),
+                    signal_names=names,
+                    values=values[i].tolist(),
+                    tripped=trips[i].tolist(),
+                    episode=episode_rows[i] if episode_rows is not None else None,
+                )
+            return act
 
         cols = batch_columns(
             batch,
@@ -188,62 +501,76 @@ class AgentRuntime:
             {k: trips[:, j] for j, k in enumerate(names)},
             episode,
         )
-        outcomes = self.policy.decide_batch(cols, activation)
-        wanted: dict[str, list[int]] = defaultdict(list)
-        # Signals of monitors that did not run on a row (invalid action, failure) are left out of it.
-        partial = [(j, ran[k]) for j, k in enumerate(names) if ran[k] is not None]
-        for i, d in enumerate(decisions):
-            vals, tr = all_vals[i], all_trips[i]
-            d.signals = [(names[j], vals[j], thresholds[j], tr[j]) for j in range(len(names))]
-            if partial:
-                skip = {j for j, done in partial if not done[i]}
-                d.signals = [s for j, s in enumerate(d.signals) if j not in skip]
+        first, policy_errors = first_rules(self.policy.rules, cols, activation)
+        rules = first + 1
+        verdicts = plan.rule_verdicts[rules]
+        cd = ColumnDecisions(
+            agent_id=batch.agent_id,
+            config_version=self.config_version,
+            batch_id=batch_id or new_decision_id(),
+            batch=batch,
+            verdicts=verdicts,
+            actions=actions,
+            has_action=np.ones(n, dtype=bool),
+            rules=rules,
+            fallbacks=np.zeros(n, dtype=np.int32),
+            signal_names=names,
+            values=values,
+            thresholds=thresholds,
+            tripped=trips,
+            ran=ran_matrix,
+            rule_names=plan.rule_names,
+            rule_reasons=plan.rule_reasons,
+            fallback_names=plan.fallback_names,
+        )
+        # Rows a monitor or a rule failed on are decided below, one by one (fail closed).
+        failed = sorted(set(row_errors) | set(policy_errors))
+        if failed:
+            verdicts[failed] = _ALLOW
+            rules[failed] = 0
+
+        # 3. Verdicts to actions: HALT holds no action; SUBSTITUTE, ESCALATE and HALT take the
+        #    fallback their rule (or the default) names, batched per fallback.
+        halted = verdicts == _HALT
+        if halted.any():
+            cd.has_action[halted] = False
+            for i in np.flatnonzero(halted & (rules == 0)).tolist():
+                cd.reasons[i] = [_DEFAULT_HALT_REASON]
+        wanted: dict[str, list[np.ndarray]] = defaultdict(list)
+        if (verdicts != _ALLOW).any():
+            for k in np.unique(rules[verdicts != _ALLOW]).tolist():
+                fb = plan.rule_fallbacks[k]
+                if fb is not None:
+                    wanted[fb].append(np.flatnonzero((rules == k) & (verdicts != _ALLOW)))
+        for i in failed:
+            d = cd.decision(i)
             if i in row_errors:
                 d.errors.extend(stage for stage, _ in row_errors[i])
                 self._fail(d, [why for _, why in row_errors[i]])
-                continue
-            outcome = outcomes[i]
-            if outcome.error is not None:
+            else:
+                k, error = policy_errors[i]
                 d.errors.append("policy")
-                self._fail(d, [f"rule '{outcome.rule.name}' could not be evaluated: {outcome.error}"])
-                continue
-            verdict = _VERDICT_OF[outcome.verdict]
-            d.verdict = verdict
-            if outcome.rule is not None:
-                d.rule = outcome.rule.name
-                d.reasons.append(outcome.rule.reason)
-            elif verdict is Verdict.HALT:
-                d.reasons.append("no rule allowed the action and the policy default is halt")
-            if verdict is Verdict.SUBSTITUTE:
-                wanted[outcome.rule.fallback].append(i)  # type: ignore[union-attr]
-            elif verdict is Verdict.ESCALATE:
-                esc = self.config.escalation
-                fb = esc.fallback or outcome.rule.fallback or self.config.fail_safe  # type: ignore[union-attr]
-                wanted[fb].append(i)  # type: ignore[index]
-            elif verdict is Verdict.HALT:
-                d.action = None
-                if self.config.fail_safe:
-                    wanted[self.config.fail_safe].append(i)
+                self._fail(d, [f"rule '{self.policy.rules[k].name}' could not be evaluated: {error}"])
+            cd.put(i, d)
+        for name, parts in wanted.items():
+            self._apply_fallback(name, np.sort(np.concatenate(parts)), batch, signals, cd)
 
-        # 3. Fallbacks, batched per fallback, each action checked against the space.
-        for name, idx in wanted.items():
-            self._apply_fallback(name, idx, batch, signals, decisions)
         # No rule stopped an action outside the space (no action_space rule, default allow): never execute it.
-        for i in np.flatnonzero(invalid).tolist():
-            d = decisions[i]
-            if d.verdict is Verdict.ALLOW:
+        if invalid.any():
+            for i in np.flatnonzero(invalid & (cd.verdicts == _ALLOW)).tolist():
+                d = cd.decision(i)
                 d.rule = ""
                 self._fail(d, [f"the action {_shown(d.proposed_action)} is outside the action space"])
+                cd.put(i, d)
         if self.config.shadow:
-            for i, d in enumerate(decisions):
-                _shadow(d, outside_space=bool(invalid[i]))
+            _shadow_columns(cd, invalid)
         if self.after_decide:
-            self._tell_executed(batch, decisions)
-        return decisions
+            self._tell_executed(batch, cd.actions)
+        return cd
 
-    def _tell_executed(self, batch: Batch, decisions: list[Decision]) -> None:
-        """Monitors' ``after_decide``: each row's answered action (the proposed one where none)."""
-        executed = np.stack([d.action if d.action is not None else d.proposed_action for d in decisions])
+    def _tell_executed(self, batch: Batch, executed: np.ndarray) -> None:
+        """Monitors' ``after_decide``: each row's answered action ``[n, *action_shape]`` (the proposed
+        one where there is none: HALT without a fail-safe action)."""
         valid = ~self.spaces.action.invalid(executed)
         for m in self.after_decide:
             try:
@@ -353,11 +680,12 @@ class AgentRuntime:
     def _apply_fallback(
         self,
         name: str,
-        idx: list[int],
+        idx: np.ndarray,
         batch: Batch,
         signals: dict[str, SignalBatch],
-        decisions: list[Decision],
+        cd: ColumnDecisions,
     ) -> None:
+        """Fallback ``name`` over the rows ``idx`` (one call), each action checked against the space."""
         sub = batch.take(idx)
         sub_signals = {k: SignalBatch(s.values[idx], s.threshold, s.tripped[idx]) for k, s in signals.items()}
         try:
@@ -368,18 +696,18 @@ class AgentRuntime:
             bad = self.spaces.action.invalid(proposed)
         except Exception as e:
             self._failure_log(f"fallback:{name}", f"{self.where}: fallback '{name}'").failed(e)
-            for i in idx:
-                decisions[i].errors.append(f"fallback:{name}")
-                self._halt(decisions[i], f"fallback '{name}' failed: {type(e).__name__}: {shorten(e, 200)}")
+            for i in idx.tolist():
+                cd.errors.setdefault(i, []).append(f"fallback:{name}")
+                cd.halt(i, f"fallback '{name}' failed: {type(e).__name__}: {shorten(e, 200)}")
             return
-        for k, i in enumerate(idx):
-            d = decisions[i]
-            if bad[k]:
-                self._halt(d, f"fallback '{name}' proposed {proposed[k].tolist()}, outside the action space")
-            else:
-                # On HALT this is the fail-safe action to hold while stopping.
-                d.action = proposed[k]
-                d.fallback = name
+        ok = ~bad
+        # On HALT this is the fail-safe action to hold while stopping.
+        cd.set_action(idx[ok], proposed[ok].astype(cd.actions.dtype, copy=False))
+        cd.fallbacks[idx[ok]] = self.plan.fallback_index[name]
+        for k in np.flatnonzero(bad).tolist():
+            cd.halt(
+                int(idx[k]), f"fallback '{name}' proposed {proposed[k].tolist()}, outside the action space"
+            )
 
     def _fail(self, d: Decision, why: list[str]) -> None:
         """An internal error for this row: fail-safe fallback, HALT, or (fail_mode open) ALLOW."""
@@ -458,6 +786,61 @@ def _shadow(d: Decision, outside_space: bool = False) -> None:
     d.verdict = Verdict.ALLOW
     d.action = d.proposed_action
     d.fallback = ""
+
+
+def _empty_columns(rt: AgentRuntime, batch: Batch, batch_id: str) -> ColumnDecisions:
+    """Answers for no rows (every row of ``batch`` was unchecked), for :meth:`ColumnDecisions.expand`."""
+    s = len(rt.plan.signal_names)
+    return ColumnDecisions(
+        agent_id=batch.agent_id,
+        config_version=rt.config_version,
+        batch_id=batch_id,
+        batch=batch,
+        verdicts=np.zeros(0, np.int8),
+        actions=batch.actions[:0],
+        has_action=np.zeros(0, bool),
+        rules=np.zeros(0, np.int32),
+        fallbacks=np.zeros(0, np.int32),
+        signal_names=rt.plan.signal_names,
+        values=np.zeros((0, s)),
+        thresholds=np.full(s, np.nan),
+        tripped=np.zeros((0, s), bool),
+        ran=None,
+        rule_names=rt.plan.rule_names,
+        rule_reasons=rt.plan.rule_reasons,
+        fallback_names=rt.plan.fallback_names,
+        shadow=np.zeros(0, np.int8) if rt.config.shadow else None,
+    )
+
+
+def _kind_of(dtype: np.dtype) -> str:
+    """ "bool", "float", "integer" or the dtype's name (what spaces.coerce compares)."""
+    if dtype == np.bool_:
+        return "bool"
+    kind = dtype.kind
+    return "float" if kind == "f" else "integer" if kind in "iu" else dtype.name
+
+
+def _shadow_columns(cd: ColumnDecisions, invalid: np.ndarray) -> None:
+    """:func:`_shadow` over columns: rows whose monitors and policy ran answer ALLOW, the would-be
+    verdict kept in ``cd.shadow``; rows that failed, or whose action is outside the space, keep theirs."""
+    eligible = ~invalid
+    for i, stages in cd.errors.items():
+        if any(e == "policy" or e.startswith("monitor:") for e in stages):
+            eligible[i] = False
+    would = cd.verdicts.copy()
+    cd.shadow = np.where(eligible, would, 0).astype(np.int8)
+    changed = eligible & (would != _ALLOW)
+    for i in np.flatnonzero(changed).tolist():
+        rule = cd.rule_names[int(cd.rules[i])]
+        shown = f" (rule '{rule}')" if rule else ""
+        name = Verdict(int(would[i])).name
+        why = f"shadow mode: would have answered {name}{shown}; the proposed action is allowed"
+        cd._reasons_for_edit(i).insert(0, why)
+    if changed.any():
+        cd.verdicts[changed] = _ALLOW
+        cd.set_action(np.flatnonzero(changed), cd.batch.actions[changed])
+        cd.fallbacks[changed] = 0
 
 
 class Guard:
@@ -544,6 +927,58 @@ class Guard:
         """
         self._require_ready()
         return self._decide(items, self.validate(items, indexed))
+
+    def check_columns(
+        self,
+        agent_id: str,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        episode_ids: Sequence[str] = (),
+        steps: Sequence[int] | np.ndarray = (),
+        labels: dict[str, str] | None = None,
+    ) -> ColumnDecisions:
+        """Decide ``n`` rows of one agent given as columns (CheckColumns).
+
+        Args:
+            agent_id: One agent for every row.
+            observations: ``[n, *obs_shape]``.
+            actions: ``[n, *action_shape]`` (``[n]`` for discrete spaces).
+            episode_ids: Empty or ``n`` ids.
+            steps: Empty or ``n`` step numbers.
+            labels: The labels of every row.
+
+        Returns the answers as columns; rows whose observation is not finite are not decided
+        (``unchecked``: HALT, no action). Raises InvalidRequest/UnknownAgent for a malformed batch.
+        """
+        self._require_ready()
+        rt = self.agent(agent_id)
+        obs, act, bad = rt.validate_columns(observations, actions)
+        n = len(obs)
+        if len(episode_ids) not in (0, n):
+            raise InvalidRequest(
+                f"episode_ids has {len(episode_ids)} entries; send none or one per row ({n})"
+            )
+        if len(steps) not in (0, n):
+            raise InvalidRequest(f"steps has {len(steps)} entries; send none or one per row ({n})")
+        batch = Batch(
+            agent_id=agent_id,
+            observations=obs,
+            actions=act,
+            steps=np.asarray(steps, dtype=np.int64) if len(steps) else np.zeros(n, np.int64),
+            episode_ids=list(episode_ids),
+            labels=[labels] * n if labels else [],
+        )
+        if not bad:
+            return rt.decide_columns(batch)
+        good = np.flatnonzero(~np.isin(np.arange(n), list(bad)))
+        batch_id = new_decision_id()
+        if len(good):
+            part = rt.decide_columns(batch.take(good), batch_id)
+        else:
+            part = _empty_columns(rt, batch, batch_id)
+        cd = part.expand(n, good, bad)
+        cd.batch = batch
+        return cd
 
     def _require_ready(self) -> None:
         if not self.ready:

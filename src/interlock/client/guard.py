@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import grpc
 import numpy as np
@@ -116,6 +116,125 @@ class CheckResult:
             "config_version": self.config_version,
             "error": self.error,
         }
+
+
+@dataclass
+class ColumnsResult:
+    """The answers of one CheckColumns call, as columns (row ``i`` of each array).
+
+    Attributes:
+        verdicts: ``[N]`` int Verdict values (``Verdict(int(v))``).
+        actions: ``[N, *action_shape]``: the action each row executes (zeros where ``has_action`` is False).
+        has_action: ``[N]`` bool: False on HALT without a fail-safe action (and for unchecked rows).
+        signal_names: ``"<monitor>.<signal>"``, the columns of ``signals`` and ``tripped``.
+        signals: ``[N, S]`` float64 (NaN where the monitor did not run on the row).
+        thresholds: ``[S]``.
+        tripped: ``[N, S]`` bool.
+        rules: ``[N]`` index into ``rule_names`` (0: no rule).
+        fallbacks: ``[N]`` index into ``fallback_names`` (0: none).
+        shadow_verdicts: ``[N]`` would-be verdicts in shadow mode (0 where none), or None.
+        details: row -> the ColumnRow message (reasons, escalation id, error) for rows that have one.
+    """
+
+    verdicts: np.ndarray
+    actions: np.ndarray
+    has_action: np.ndarray
+    signal_names: list[str]
+    signals: np.ndarray
+    thresholds: np.ndarray
+    tripped: np.ndarray
+    rule_names: list[str]
+    rule_reasons: list[str]
+    rules: np.ndarray
+    fallback_names: list[str]
+    fallbacks: np.ndarray
+    shadow_verdicts: np.ndarray | None
+    details: dict[int, pb.ColumnRow]
+    batch_id: str
+    config_version: str
+    raw: pb.CheckColumnsResponse = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.verdicts)
+
+    @classmethod
+    def from_pb(cls, r: pb.CheckColumnsResponse) -> ColumnsResult:
+        n = len(r.verdicts)
+        has_action = np.ones(n, dtype=bool)
+        details = {d.row: d for d in r.details}
+        for i, d in details.items():
+            if d.no_action:
+                has_action[i] = False
+        return cls(
+            verdicts=np.array(r.verdicts, dtype=np.int8),
+            actions=to_numpy(r.actions, "response.actions"),
+            has_action=has_action,
+            signal_names=list(r.signal_names),
+            signals=to_numpy(r.signals, "response.signals"),
+            thresholds=np.array(r.thresholds, dtype=np.float64),
+            tripped=to_numpy(r.tripped, "response.tripped"),
+            rule_names=list(r.rule_names),
+            rule_reasons=list(r.rule_reasons),
+            rules=np.array(r.rules, dtype=np.int32),
+            fallback_names=list(r.fallback_names),
+            fallbacks=np.array(r.fallbacks, dtype=np.int32),
+            shadow_verdicts=np.array(r.shadow_verdicts, dtype=np.int8) if len(r.shadow_verdicts) else None,
+            details=details,
+            batch_id=r.batch_id,
+            config_version=r.config_version,
+            raw=r,
+        )
+
+    def decision_id(self, i: int) -> str:
+        return f"{self.batch_id}-{i}"
+
+    def reasons(self, i: int) -> list[str]:
+        """Row ``i``'s reasons (an ALLOW row whose allow rule fired: that rule's reason)."""
+        d = self.details.get(i)
+        if d is not None:
+            return list(d.reasons)
+        k = int(self.rules[i])
+        return [self.rule_reasons[k]] if k else []
+
+    def result(self, i: int) -> CheckResult:
+        """Row ``i`` as the :class:`CheckResult` a Check of it gives (signals where the monitor ran)."""
+        d = self.details.get(i)
+        msg = pb.Decision(
+            decision_id=self.decision_id(i),
+            verdict=cast("pb.Verdict", int(self.verdicts[i])),  # an enum value is an int on the wire
+            action=from_numpy(self.actions[i] if self.has_action[i] else np.zeros(0, self.actions.dtype)),
+            reasons=self.reasons(i),
+            fallback=self.fallback_names[int(self.fallbacks[i])],
+            escalation_id=d.escalation_id if d is not None else "",
+            config_version=self.config_version,
+            rule=self.rule_names[int(self.rules[i])],
+        )
+        for j, name in enumerate(self.signal_names):
+            msg.signals.add(
+                name=name, value=self.signals[i, j], threshold=self.thresholds[j], tripped=self.tripped[i, j]
+            )
+        if d is not None and d.HasField("error"):
+            msg.error.CopyFrom(d.error)
+        return CheckResult.from_pb(msg)
+
+
+def make_columns_request(
+    agent_id: str,
+    observations: Any,
+    actions: Any,
+    episode_ids: Sequence[str] | None = None,
+    steps: Sequence[int] | np.ndarray | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> pb.CheckColumnsRequest:
+    """One CheckColumnsRequest: ``[N, ...]`` observations and actions as two tensors."""
+    return pb.CheckColumnsRequest(
+        agent_id=agent_id,
+        observations=from_numpy(np.asarray(observations)),
+        actions=from_numpy(np.asarray(actions)),
+        episode_ids=list(episode_ids or ()),
+        steps=np.asarray(steps, dtype=np.int64).tolist() if steps is not None else [],
+        labels=dict(labels or {}),
+    )
 
 
 def make_request(
@@ -315,6 +434,28 @@ class GuardClient:
         resp = self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
+    def check_columns(
+        self,
+        observations: Any,
+        actions: Any,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | np.ndarray | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ColumnsResult:
+        """Check ``[N, ...]`` observations and actions of one agent in one CheckColumns call."""
+        req = make_columns_request(
+            agent_id if agent_id is not None else self.agent_id,
+            observations,
+            actions,
+            episode_ids,
+            steps,
+            labels,
+        )
+        return ColumnsResult.from_pb(
+            self.stub.CheckColumns(req, timeout=self.timeout, metadata=self.metadata)
+        )
+
     def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
         """Send requests over one CheckStream; yields one result per request, in order."""
         for d in self.stub.CheckStream(iter(requests), metadata=self.metadata):
@@ -383,6 +524,27 @@ class AsyncGuardClient:
         req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
         resp = await self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
         return [CheckResult.from_pb(d) for d in resp.decisions]
+
+    async def check_columns(
+        self,
+        observations: Any,
+        actions: Any,
+        agent_id: str | None = None,
+        episode_ids: Sequence[str] | None = None,
+        steps: Sequence[int] | np.ndarray | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> ColumnsResult:
+        """Check ``[N, ...]`` observations and actions of one agent in one CheckColumns call."""
+        req = make_columns_request(
+            agent_id if agent_id is not None else self.agent_id,
+            observations,
+            actions,
+            episode_ids,
+            steps,
+            labels,
+        )
+        resp = await self.stub.CheckColumns(req, timeout=self.timeout, metadata=self.metadata)
+        return ColumnsResult.from_pb(resp)
 
     async def check_stream(
         self, requests: AsyncIterator[pb.CheckRequest] | Iterable[pb.CheckRequest]

@@ -11,7 +11,7 @@ Example:
     'ALLOW'
 
 A ``gymnasium.vector.VectorEnv`` takes :class:`InterlockVectorWrapper` (Gymnasium keeps
-vector wrappers apart), which checks all sub-environments in one ``CheckBatch`` call per step.
+vector wrappers apart), which checks all sub-environments in one ``CheckColumns`` call per step.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class InterlockWrapper(gymnasium.Wrapper):
         if isinstance(env, VectorEnv):
             raise TypeError(
                 f"InterlockWrapper wraps one environment, got the vector environment {type(env).__name__}; "
-                "use InterlockVectorWrapper(env, ...) instead (one CheckBatch call per step)"
+                "use InterlockVectorWrapper(env, ...) instead (one CheckColumns call per step)"
             )
         super().__init__(env)
         _check_space(env.action_space, "action")
@@ -138,7 +138,7 @@ class InterlockWrapper(gymnasium.Wrapper):
 
 
 class InterlockVectorWrapper(VectorWrapper):
-    """Checks the actions of every sub-environment in one ``CheckBatch`` call per step.
+    """Checks the actions of every sub-environment in one ``CheckColumns`` call per step.
 
     ``infos["interlock"]`` holds one decision dict per sub-environment. A HALT
     with a fail-safe action executes that action (see the verdict in ``infos``);
@@ -181,20 +181,21 @@ class InterlockVectorWrapper(VectorWrapper):
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         if self._obs is None:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
-        results = self.client.check_batch(
+        cols = self.client.check_columns(
             self._obs,
             np.asarray(actions),
             agent_id=self.agent_id,
             episode_ids=self._episodes,
-            steps=self._steps.tolist(),
+            steps=self._steps,
         )
         space = self.single_action_space
-        executed = []
-        for r in results:
-            self.verdict_counts[r.verdict.name] = self.verdict_counts.get(r.verdict.name, 0) + 1
-            if r.action is None:
-                raise InterlockHalted(r)
-            executed.append(_to_env_action(space, r.action))
+        for v, k in zip(*np.unique(cols.verdicts, return_counts=True), strict=True):
+            name = Verdict(int(v)).name
+            self.verdict_counts[name] = self.verdict_counts.get(name, 0) + int(k)
+        if not cols.has_action.all():
+            raise InterlockHalted(cols.result(int(np.flatnonzero(~cols.has_action)[0])))
+        executed = [_to_env_action(space, cols.actions[i]) for i in range(len(cols))]
+        results = [cols.result(i) for i in range(len(cols))]
         obs, rewards, terminations, truncations, infos = self.env.step(
             np.stack([np.asarray(a) for a in executed])
         )

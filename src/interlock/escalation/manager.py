@@ -133,6 +133,11 @@ class EscalationManager:
 
     # ------------------------------------------------------------------ the request path
 
+    def idle(self) -> bool:
+        """No escalation is pending: :meth:`handle` changes only ESCALATE decisions (CheckColumns then
+        builds per-row decisions for those rows alone)."""
+        return self.requests.index.empty
+
     async def handle(self, guard: Guard, decisions: list[Decision]) -> None:
         """Update decisions in place: halt held agents, apply remembered answers, open and wait."""
         await self.requests.handle(guard, decisions)

@@ -18,9 +18,17 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from interlock.policies.cel import CelEvalError
 from interlock.policies.cel_numpy import Columns, NumpyCondition, Scope, compile_checked, probe_columns
 
-__all__ = ["Columns", "VectorizedCondition", "batch_columns", "compile_vectorized", "probe_rows"]
+__all__ = [
+    "Columns",
+    "VectorizedCondition",
+    "batch_columns",
+    "compile_vectorized",
+    "first_rules",
+    "probe_rows",
+]
 
 #: A compiled condition: ``__call__(columns)`` -> ``[n]`` bool.
 VectorizedCondition = NumpyCondition
@@ -113,3 +121,47 @@ def batch_columns(
     if signals is None:
         return cached
     return Columns(cached.n, cached.obs, cached.action, cached.step, signals, tripped or {}, episode)
+
+
+def first_rules(
+    rules: Sequence, cols: Columns, activation: Callable[[int], Mapping[str, object]]
+) -> tuple[np.ndarray, dict[int, tuple[int, str]]]:
+    """The first rule that holds on each row, as a column (what ``DecisionPolicy.decide`` picks row by row).
+
+    Vectorized rules (``rule.vectorized``) are evaluated once over ``cols``. The others go
+    through CEL (``rule.predicate(activation(i))``), only on the rows no earlier rule decided;
+    ``activation(i)`` is built only for those rows. A CEL error stops the row (fail closed).
+
+    Args:
+        rules: The policy's compiled rules, in order.
+        cols: The batch's columns with its signals (``n`` rows).
+        activation: Row ``i``'s CEL activation.
+
+    Returns:
+        ``first``: ``[n]`` int32, the index of the first rule that holds, -1 where none does;
+        ``errors``: row -> (index of the rule that could not be evaluated, the CEL error), for
+        rows where a rule raised before any rule held (their ``first`` is -1).
+    """
+    n = cols.n
+    first = np.full(n, -1, dtype=np.int32)
+    errors: dict[int, tuple[int, str]] = {}
+    undecided = np.ones(n, dtype=bool)
+    for k, rule in enumerate(rules):
+        if rule.vectorized is not None:
+            hit = undecided & np.asarray(rule.vectorized(cols), dtype=bool)
+            first[hit] = k
+            undecided &= ~hit
+            continue
+        for i in np.flatnonzero(undecided).tolist():
+            try:
+                fired = rule.predicate(activation(i))
+            except CelEvalError as e:
+                errors[i] = (k, str(e))
+                undecided[i] = False
+                continue
+            if fired:
+                first[i] = k
+                undecided[i] = False
+        if not undecided.any():
+            break
+    return first, errors

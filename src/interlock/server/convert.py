@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
+from interlock.engine import ColumnDecisions
 from interlock.errors import InvalidRequest
+from interlock.server.errors import status_for
 from interlock.tensors import from_numpy, to_numpy
 from interlock.types import CheckInput, Decision, new_decision_id
 from interlock.v1 import interlock_pb2 as pb
@@ -90,4 +92,54 @@ def decisions_to_batch_response(decisions: list[Decision]) -> pb.CheckBatchRespo
     add = resp.decisions.add
     for d in decisions:
         fill_decision(add(), d)
+    return resp
+
+
+def columns_request(req: pb.CheckColumnsRequest) -> tuple[np.ndarray, np.ndarray]:
+    """The observation and action tensors of a CheckColumnsRequest; raises InvalidRequest naming the field."""
+    if not req.HasField("observations"):
+        raise InvalidRequest("observations is missing; send the [N, *observation_shape] observations")
+    if not req.HasField("actions"):
+        raise InvalidRequest("actions is missing; send the [N, *action_shape] actions the agent proposes")
+    return to_numpy(req.observations, "observations"), to_numpy(req.actions, "actions")
+
+
+def columns_to_pb(cd: ColumnDecisions) -> pb.CheckColumnsResponse:
+    """Encode column answers: arrays as tensors, names once, per-row detail only where there is some."""
+    actions = cd.actions
+    if not cd.has_action.all():
+        actions = np.array(actions, copy=True)
+        actions[~cd.has_action] = 0
+    resp = pb.CheckColumnsResponse(
+        config_version=cd.config_version,
+        batch_id=cd.batch_id,
+        actions=from_numpy(actions),
+        signal_names=cd.signal_names,
+        signals=from_numpy(cd.values),
+        thresholds=cd.thresholds.tolist(),
+        tripped=from_numpy(cd.tripped),
+        rule_names=cd.rule_names,
+        rule_reasons=cd.rule_reasons,
+        fallback_names=cd.fallback_names,
+    )
+    resp.verdicts.extend(cd.verdicts.tolist())
+    resp.rules.extend(cd.rules.tolist())
+    resp.fallbacks.extend(cd.fallbacks.tolist())
+    if cd.shadow is not None:
+        resp.shadow_verdicts.extend(cd.shadow.tolist())
+    add = resp.details.add
+    for i in np.flatnonzero(cd.needs_detail() | ~cd.has_action).tolist():
+        row = add(
+            row=i,
+            reasons=cd.reasons_of(i),
+            escalation_id=cd.escalation_ids.get(i, ""),
+            no_action=not cd.has_action[i],
+            failed_stages=cd.errors.get(i, ()),
+        )
+        e = cd.unchecked.get(i)
+        if e is not None:
+            code, message = status_for(e)
+            row.error.code = code.value[0]
+            row.error.message = message
+            row.reasons[:] = [row.error.message]
     return resp

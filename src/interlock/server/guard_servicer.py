@@ -10,6 +10,8 @@ from google.protobuf.message import DecodeError
 
 from interlock.errors import InterlockError, InvalidRequest, ResourceExhausted
 from interlock.server.convert import (
+    columns_request,
+    columns_to_pb,
     decision_to_pb,
     decisions_to_batch_response,
     request_to_input,
@@ -56,6 +58,11 @@ def add_guard_service(servicer: GuardServicer, server: grpc.aio.Server) -> None:
             servicer.CheckBatch,
             request_deserializer=_tolerant(pb.CheckBatchRequest),
             response_serializer=pb.CheckBatchResponse.SerializeToString,
+        ),
+        "CheckColumns": grpc.unary_unary_rpc_method_handler(
+            servicer.CheckColumns,
+            request_deserializer=_tolerant(pb.CheckColumnsRequest),
+            response_serializer=pb.CheckColumnsResponse.SerializeToString,
         ),
         "CheckStream": grpc.stream_stream_rpc_method_handler(
             servicer.CheckStream, request_deserializer=_tolerant(pb.CheckRequest), response_serializer=ser
@@ -105,6 +112,31 @@ class GuardServicer(pb_grpc.GuardServicer):
         items = [self._decode(r, f"requests[{i}]") for i, r in enumerate(request.requests)]
         decisions = await self.service.check(items, indexed=True)
         return decisions_to_batch_response(decisions)
+
+    @handle_errors
+    async def CheckColumns(self, request: pb.CheckColumnsRequest, context) -> pb.CheckColumnsResponse:
+        """One agent's rows as columns: the same decisions as CheckBatch row by row."""
+        self._check_size(request, "the request")
+        try:
+            observations, actions = columns_request(request)
+        except InvalidRequest as e:
+            self._reject(e.reason)
+            raise
+        n = len(observations) if observations.ndim else 0
+        if n > self.max_batch:
+            self.metrics.reject("batch_too_large")
+            raise ResourceExhausted(
+                f"the request has {n} rows; the limit is {self.max_batch} (server.max_batch)"
+            )
+        cd = await self.service.check_columns(
+            request.agent_id,
+            observations,
+            actions,
+            request.episode_ids,
+            request.steps,
+            dict(request.labels) if request.labels else None,
+        )
+        return columns_to_pb(cd)
 
     @handle_errors
     async def CheckStream(

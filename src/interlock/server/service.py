@@ -12,8 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from interlock.config import BatchingConfig
-from interlock.engine import Guard
+from interlock.engine import ColumnDecisions, Guard
 from interlock.errors import InterlockError
 from interlock.escalation import outcome
 from interlock.server.batcher import MicroBatcher
@@ -28,6 +30,9 @@ class EscalationHandler(Protocol):
 
     async def handle(self, guard: Guard, decisions: list[Decision]) -> None:
         """Update decisions in place: open escalations, wait (blocking mode), apply standing answers."""
+
+    def idle(self) -> bool:
+        """No escalation is pending: :meth:`handle` leaves decisions that are not ESCALATE alone."""
 
 
 class AuditSink(Protocol):
@@ -94,6 +99,70 @@ class GuardService:
         labels = [guard.agent(d.agent_id).config.id for d in decisions]
         self.metrics.record(decisions, labels, time.perf_counter() - start)
         return decisions
+
+    async def check_columns(
+        self,
+        agent_id: str,
+        observations: np.ndarray,
+        actions: np.ndarray,
+        episode_ids: Sequence[str] = (),
+        steps: Sequence[int] = (),
+        labels: dict[str, str] | None = None,
+    ) -> ColumnDecisions:
+        """Decide the rows of one agent given as columns; the same escalation, audit and metrics as
+        :meth:`check` gives each row, with per-row objects only for the rows that need them."""
+        start = time.perf_counter()
+        guard = self.guard
+        try:
+            cd = guard.check_columns(agent_id, observations, actions, episode_ids, steps, labels)
+        except InterlockError as e:
+            self.metrics.reject(e.reason)
+            raise
+        for unchecked in cd.unchecked.values():
+            self.metrics.reject(unchecked.reason)
+        checked = (
+            np.flatnonzero(~np.isin(np.arange(len(cd)), list(cd.unchecked)))
+            if cd.unchecked
+            else np.arange(len(cd))
+        )
+        escalating = bool((cd.verdicts[checked] == int(Verdict.ESCALATE)).any())
+        if self.escalations is not None:
+            idle = getattr(self.escalations, "idle", None)
+            # A pending escalation can hold an agent's other rows too (deferred mode): they go through.
+            if escalating or idle is None or not idle():
+                await self._per_row(guard, cd, checked, self._escalate)
+        elif escalating:
+            rows = checked[cd.verdicts[checked] == int(Verdict.ESCALATE)]
+            await self._per_row(guard, cd, rows, self._escalate)
+        if self.audit is not None:
+            cfg = getattr(self.audit, "cfg", None)
+            every = cfg is None or cfg.record == "all" or cfg.sample_allow > 0
+            rows = checked if every else checked[cd.needs_detail()[checked]]
+            if len(rows):
+                await self.audit.record([cd.decision(i) for i in rows.tolist()])
+        label = guard.agent(agent_id).config.id
+        errors = (
+            cd.errors if not cd.unchecked else {i: e for i, e in cd.errors.items() if i not in cd.unchecked}
+        )
+        self.metrics.record_columns(
+            label,
+            cd.verdicts[checked],
+            cd.rules[checked],
+            cd.rule_names,
+            errors,
+            cd.shadow[checked] if cd.shadow is not None else None,
+            time.perf_counter() - start,
+        )
+        return cd
+
+    @staticmethod
+    async def _per_row(guard: Guard, cd: ColumnDecisions, rows: np.ndarray, handle) -> None:
+        """Run ``handle(guard, decisions)`` on the given rows as Decisions and write them back."""
+        at = rows.tolist()
+        decisions = [cd.decision(i) for i in at]
+        await handle(guard, decisions)
+        for i, d in zip(at, decisions, strict=True):
+            cd.put(i, d)
 
     async def _escalate(self, guard: Guard, decisions: list[Decision]) -> None:
         if self.escalations is not None:

@@ -152,6 +152,79 @@ class CheckBatchResponse(_message.Message):
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
+class CheckColumnsRequest(_message.Message):
+    __slots__ = ("agent_id", "observations", "actions", "episode_ids", "steps", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    observations: Tensor
+    actions: Tensor
+    episode_ids: _containers.RepeatedScalarFieldContainer[str]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, agent_id: _Optional[str] = ..., observations: _Optional[_Union[Tensor, _Mapping]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., episode_ids: _Optional[_Iterable[str]] = ..., steps: _Optional[_Iterable[int]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ColumnRow(_message.Message):
+    __slots__ = ("row", "reasons", "escalation_id", "no_action", "failed_stages", "error")
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_ACTION_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STAGES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    row: int
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    escalation_id: str
+    no_action: bool
+    failed_stages: _containers.RepeatedScalarFieldContainer[str]
+    error: CheckError
+    def __init__(self, row: _Optional[int] = ..., reasons: _Optional[_Iterable[str]] = ..., escalation_id: _Optional[str] = ..., no_action: _Optional[bool] = ..., failed_stages: _Optional[_Iterable[str]] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
+
+class CheckColumnsResponse(_message.Message):
+    __slots__ = ("verdicts", "actions", "config_version", "batch_id", "signal_names", "signals", "thresholds", "tripped", "rule_names", "rule_reasons", "rules", "fallback_names", "fallbacks", "shadow_verdicts", "details")
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    TRIPPED_FIELD_NUMBER: _ClassVar[int]
+    RULE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RULE_REASONS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    verdicts: _containers.RepeatedScalarFieldContainer[Verdict]
+    actions: Tensor
+    config_version: str
+    batch_id: str
+    signal_names: _containers.RepeatedScalarFieldContainer[str]
+    signals: Tensor
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    tripped: Tensor
+    rule_names: _containers.RepeatedScalarFieldContainer[str]
+    rule_reasons: _containers.RepeatedScalarFieldContainer[str]
+    rules: _containers.RepeatedScalarFieldContainer[int]
+    fallback_names: _containers.RepeatedScalarFieldContainer[str]
+    fallbacks: _containers.RepeatedScalarFieldContainer[int]
+    shadow_verdicts: _containers.RepeatedScalarFieldContainer[Verdict]
+    details: _containers.RepeatedCompositeFieldContainer[ColumnRow]
+    def __init__(self, verdicts: _Optional[_Iterable[_Union[Verdict, str]]] = ..., actions: _Optional[_Union[Tensor, _Mapping]] = ..., config_version: _Optional[str] = ..., batch_id: _Optional[str] = ..., signal_names: _Optional[_Iterable[str]] = ..., signals: _Optional[_Union[Tensor, _Mapping]] = ..., thresholds: _Optional[_Iterable[float]] = ..., tripped: _Optional[_Union[Tensor, _Mapping]] = ..., rule_names: _Optional[_Iterable[str]] = ..., rule_reasons: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[int]] = ..., fallback_names: _Optional[_Iterable[str]] = ..., fallbacks: _Optional[_Iterable[int]] = ..., shadow_verdicts: _Optional[_Iterable[_Union[Verdict, str]]] = ..., details: _Optional[_Iterable[_Union[ColumnRow, _Mapping]]] = ...) -> None: ...
+
 class Escalation(_message.Message):
     __slots__ = ("escalation_id", "agent_id", "episode_id", "step", "observation", "proposed_action", "signals", "state", "fallback", "fallback_action", "created_time", "deadline_time", "resolved_time", "resolved_action", "operator", "comment", "reasons", "labels", "rule", "decision_id", "mode", "config_version", "authenticated_as")
     class LabelsEntry(_message.Message):

@@ -45,6 +45,11 @@ class GuardStub:
                 request_serializer=interlock_dot_v1_dot_interlock__pb2.CheckBatchRequest.SerializeToString,
                 response_deserializer=interlock_dot_v1_dot_interlock__pb2.CheckBatchResponse.FromString,
                 _registered_method=True)
+        self.CheckColumns = channel.unary_unary(
+                '/interlock.v1.Guard/CheckColumns',
+                request_serializer=interlock_dot_v1_dot_interlock__pb2.CheckColumnsRequest.SerializeToString,
+                response_deserializer=interlock_dot_v1_dot_interlock__pb2.CheckColumnsResponse.FromString,
+                _registered_method=True)
         self.CheckStream = channel.stream_stream(
                 '/interlock.v1.Guard/CheckStream',
                 request_serializer=interlock_dot_v1_dot_interlock__pb2.CheckRequest.SerializeToString,
@@ -64,6 +69,13 @@ class GuardServicer:
 
     def CheckBatch(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckColumns(self, request, context):
+        """Same decisions as CheckBatch row by row, carried as columns.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -88,6 +100,11 @@ def add_GuardServicer_to_server(servicer, server):
                     servicer.CheckBatch,
                     request_deserializer=interlock_dot_v1_dot_interlock__pb2.CheckBatchRequest.FromString,
                     response_serializer=interlock_dot_v1_dot_interlock__pb2.CheckBatchResponse.SerializeToString,
+            ),
+            'CheckColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckColumns,
+                    request_deserializer=interlock_dot_v1_dot_interlock__pb2.CheckColumnsRequest.FromString,
+                    response_serializer=interlock_dot_v1_dot_interlock__pb2.CheckColumnsResponse.SerializeToString,
             ),
             'CheckStream': grpc.stream_stream_rpc_method_handler(
                     servicer.CheckStream,
@@ -150,6 +167,33 @@ class Guard:
             '/interlock.v1.Guard/CheckBatch',
             interlock_dot_v1_dot_interlock__pb2.CheckBatchRequest.SerializeToString,
             interlock_dot_v1_dot_interlock__pb2.CheckBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interlock.v1.Guard/CheckColumns',
+            interlock_dot_v1_dot_interlock__pb2.CheckColumnsRequest.SerializeToString,
+            interlock_dot_v1_dot_interlock__pb2.CheckColumnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,13 +19,16 @@ from interlock.v1 import interlock_pb2 as pb
 SERVICE = "interlock.bench.v1.Echo"
 
 
-def add_echo_service(server: grpc.aio.Server, decision: bytes, request_len: float) -> None:
+def add_echo_service(
+    server: grpc.aio.Server, decision: bytes, request_len: float, columns: dict[int, bytes] | None = None
+) -> None:
     """Register Echo on ``server``.
 
     Args:
         decision: Serialized ``Decision`` the unary and stream echoes answer with.
         request_len: Mean serialized size of one CheckRequest, to size batch answers:
             an echoed batch of ``n`` requests gets a CheckBatchResponse of ``n`` decisions.
+        columns: Serialized CheckColumnsRequest size -> the real CheckColumnsResponse for it.
     """
     one = pb.Decision.FromString(decision)
     batch_answers: dict[int, bytes] = {}
@@ -41,6 +44,9 @@ def add_echo_service(server: grpc.aio.Server, decision: bytes, request_len: floa
             answer = batch_answers[n] = pb.CheckBatchResponse(decisions=[one] * n).SerializeToString()
         return answer
 
+    async def check_columns(request: bytes, context) -> bytes:
+        return (columns or {}).get(len(request), b"")
+
     async def check_stream(requests: AsyncIterator[bytes], context) -> AsyncIterator[bytes]:
         async for _ in requests:
             yield decision
@@ -48,16 +54,17 @@ def add_echo_service(server: grpc.aio.Server, decision: bytes, request_len: floa
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Check": grpc.unary_unary_rpc_method_handler(check),
         "CheckBatch": grpc.unary_unary_rpc_method_handler(check_batch),
+        "CheckColumns": grpc.unary_unary_rpc_method_handler(check_columns),
         "CheckStream": grpc.stream_stream_rpc_method_handler(check_stream),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
-def bench_hook(server, decision: bytes, request_len: float) -> None:
+def bench_hook(server, decision: bytes, request_len: float, columns: dict[int, bytes] | None = None) -> None:
     """InterlockServer hook of the benchmark: adds the echo service."""
-    add_echo_service(server.server, decision, request_len)
+    add_echo_service(server.server, decision, request_len, columns)
 
 
-def make_hook(decision: bytes, request_len: float):
+def make_hook(decision: bytes, request_len: float, columns: dict[int, bytes] | None = None):
     """A picklable hook for :func:`interlock.server.workers.start_workers`."""
-    return partial(bench_hook, decision=decision, request_len=request_len)
+    return partial(bench_hook, decision=decision, request_len=request_len, columns=columns)

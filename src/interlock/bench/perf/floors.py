@@ -69,6 +69,95 @@ def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: f
     return out
 
 
+class _TimedSession:
+    """An onnxruntime session whose ``run`` calls add their wall time to a shared total."""
+
+    def __init__(self, session, clock: list[float]) -> None:
+        self._session = session
+        self._clock = clock
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._session.run(*args, **kwargs)
+        finally:
+            self._clock[0] += time.perf_counter() - start
+            self._clock[1] += 1
+
+
+def timed_guard(scenario: Scenario):
+    """A loaded Guard of the scenario whose every ONNX ``session.run`` is timed.
+
+    Returns ``(guard, clock)``: ``clock[0]`` seconds spent in ``session.run`` so far, ``clock[1]`` calls.
+    """
+    from interlock.config import load_config
+    from interlock.engine import Guard
+    from interlock.runtime import ModelRuntime
+
+    clock = [0.0, 0]
+
+    class TimedRuntime(ModelRuntime):
+        def session(self, path, what: str = "model"):
+            return _TimedSession(super().session(path, what), clock)
+
+    loaded = load_config(scenario.config_path)
+    return Guard(loaded, runtime=TimedRuntime.for_config(loaded)).load(), clock
+
+
+def onnx_floor_point(guard, clock: list, scenario: Scenario, batch: int, min_seconds: float) -> dict:
+    """The compute floor of the whole config for ``batch`` rows: every ONNX ``session.run`` its
+    monitors and fallbacks make when the engine decides the batch (in process, columnar path).
+
+    Returns the ONNX time per batch, the calls it took, the engine's whole time per batch
+    (``Guard.check_columns`` in process, no gRPC) and both as decisions per second; the best of
+    three rounds (least disturbed by other load).
+    """
+    idx = np.arange(batch) % len(scenario.observations)
+    obs = np.ascontiguousarray(scenario.observations[idx])
+    acts = np.ascontiguousarray(scenario.actions[idx])
+    from interlock.bench.perf.scenario import AGENT_ID
+
+    def once():
+        return guard.check_columns(AGENT_ID, obs, acts)
+
+    once()
+    best: tuple[float, float, float] | None = None
+    for _ in range(3):
+        clock[0], clock[1] = 0.0, 0
+        calls, start = 0, time.perf_counter()
+        while True:
+            once()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds and calls >= 3:
+                break
+        point = (clock[0] / calls, elapsed / calls, clock[1] / calls)
+        if best is None or point[0] < best[0]:
+            best = point
+    onnx_s, engine_s, runs = best  # type: ignore[misc]
+    return {
+        "batch": batch,
+        "onnx_us_per_batch": onnx_s * 1e6,
+        "onnx_runs_per_batch": runs,
+        "decisions_per_second": batch / onnx_s,
+        "engine_us_per_batch": engine_s * 1e6,
+        "engine_decisions_per_second": batch / engine_s,
+        "engine_over_onnx": engine_s / onnx_s,
+    }
+
+
+def onnx_floor(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
+    """:func:`onnx_floor_point` for every batch size."""
+    guard, clock = timed_guard(scenario)
+    try:
+        return [onnx_floor_point(guard, clock, scenario, b, min_seconds) for b in batch_sizes]
+    finally:
+        guard.unload()
+
+
 def onnxruntime_settings(scenario: Scenario, batch_sizes: list[int], min_seconds: float) -> list[dict]:
     """The bare ensemble call under intra-op threads x spinning (the server uses 1 thread, no spinning)."""
     import onnxruntime as ort

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNARY = ("Check", "CheckBatch")
+UNARY = ("Check", "CheckBatch", "CheckColumns")
 STREAM = ("CheckStream",)
 
 
@@ -116,6 +116,9 @@ def _check_answer(method: str):
         if method == "CheckBatch":
             msg = pb.CheckBatchResponse.FromString(answer)
             ok = len(msg.decisions) > 0 and all(d.verdict for d in msg.decisions)
+        elif method == "CheckColumns":
+            cols = pb.CheckColumnsResponse.FromString(answer)
+            ok = len(cols.verdicts) > 0 and all(cols.verdicts)
         else:
             ok = pb.Decision.FromString(answer).verdict != 0
         if not ok:

@@ -22,6 +22,7 @@ def _points(setup: dict, method: str, service: str) -> list[dict]:
 def headline_table(result: dict[str, Any]) -> str:
     s = result["summary"]
     t = s["targets"]
+    plural = "s" if s["columns_concurrency"] > 1 else ""
     rows = [
         (
             "Check p50 / transport floor (1 client)",
@@ -30,34 +31,53 @@ def headline_table(result: dict[str, Any]) -> str:
             t["check_p50_over_transport_floor"],
         ),
         (
-            f"CheckBatch of {s['batch_size']} / compute floor (decisions/s)",
-            f"{s['batch_throughput_over_compute_floor']:.2f}x ({_fmt(s['batch_decisions_per_second'])} vs "
-            f"{_fmt(s['compute_floor_decisions_per_second'])}; "
-            f"{s['batch_concurrency']} client{'s' if s['batch_concurrency'] > 1 else ''})",
-            t["batch_throughput_over_compute_floor"],
+            f"Check decisions/s, {s['clients']} clients / echo calls/s",
+            f"{s['check_throughput_16_clients_over_transport_floor']:.2f}x "
+            f"({_fmt(s['check_decisions_per_second_16_clients'])} vs "
+            f"{_fmt(s['echo_calls_per_second_16_clients'])}; {s['check_16_clients_setup']})",
+            t["check_throughput_16_clients_over_transport_floor"],
         ),
         (
-            f"Check decisions/s, {s['clients']} clients",
-            f"{_fmt(s['check_decisions_per_second_16_clients'])} ({s['check_16_clients_setup']})",
-            t["check_decisions_per_second_16_clients"],
+            f"CheckColumns of {s['batch_size']} / compute floor (decisions/s)",
+            f"{s['columns_throughput_over_compute_floor']:.2f}x "
+            f"({_fmt(s['columns_decisions_per_second'])} vs "
+            f"{_fmt(s['columns_compute_floor_decisions_per_second'])}; "
+            f"{s['columns_concurrency']} client{plural})",
+            t["columns_throughput_over_compute_floor"],
+        ),
+        (
+            f"CheckColumns of {s['batch_size']} / CheckBatch of {s['batch_size']} (decisions/s)",
+            f"{s['columns_over_batch_throughput']:.1f}x ({_fmt(s['columns_decisions_per_second'])} vs "
+            f"{_fmt(s['batch_decisions_per_second'])})",
+            t["columns_over_batch_throughput"],
+        ),
+        (
+            "Guard.check at batch 1 in process / its ONNX calls",
+            f"{s['engine_batch1_over_onnx']:.2f}x ({_fmt(s['engine_batch1_us'])} us vs "
+            f"{_fmt(s['engine_batch1_onnx_us'])} us)",
+            t["engine_batch1_over_onnx"],
         ),
     ]
     lines = ["| figure | measured | target | met |", "|---|---|---|---|"]
     for name, measured, target in rows:
         lines.append(f"| {name} | {measured} | {target['target']} | {'yes' if target['met'] else '**no**'} |")
-    if "check_server_cpu_us_per_decision" in s:
-        lines += [
-            "",
-            "Server CPU time per decision (user + system time of the server processes in the measured "
-            "window; unlike wall-clock figures, barely moved by other load on the machine):",
-            "",
-            "| | server CPU us per decision | reference |",
-            "|---|---:|---|",
-            f"| Check, {s['clients']} clients | {_fmt(s['check_server_cpu_us_per_decision'])} | echo: "
-            f"{_fmt(s['echo_server_cpu_us_per_call'])} per call |",
-            f"| CheckBatch of {s['batch_size']} | {_fmt(s['batch_server_cpu_us_per_decision'], 1)} | "
-            f"bare ensemble: {_fmt(s['compute_floor_us_per_decision'], 1)} per decision |",
-        ]
+    lines += [
+        "",
+        "The compute floor is every ONNX `session.run` the config's monitors and fallbacks make for the "
+        f"batch ({s['compute_floor_onnx_runs_per_batch']:.0f} runs per batch of {s['batch_size']}), timed "
+        "in process right after the point.",
+        "",
+        "Server CPU time per decision (user + system time of the server processes in the measured "
+        "window; unlike wall-clock figures, barely moved by other load on the machine):",
+        "",
+        "| path | server CPU us per decision |",
+        "|---|---:|",
+    ]
+    for path, us in s["server_cpu_us_per_decision"].items():
+        lines.append(f"| {path} | {_fmt(us, 1)} |")
+    lines.append(
+        f"| echo (Check), {s['clients']} clients | {_fmt(s['echo_server_cpu_us_per_call'], 1)} per call |"
+    )
     return "\n".join(lines)
 
 
@@ -97,6 +117,45 @@ def batch_table(result: dict[str, Any]) -> str:
             f"| {b} | {p['concurrency']} | {_fmt(p['decisions_per_second'])} | {_fmt(p['p50_us'])} | "
             f"{_fmt(p['p99_us'])} | {_fmt(e['decisions_per_second']) if e else '-'} | "
             f"{_fmt(engine[b]['decisions_per_second'])} | {_fmt(fl)} | {p['decisions_per_second'] / fl:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def columns_table(result: dict[str, Any]) -> str:
+    """CheckColumns and CheckBatch side by side against the config's ONNX compute floor."""
+    main = result["setups"][0]
+    batch = {(p["concurrency"], p["batch"]): p for p in _points(main, "CheckBatch", "guard")}
+    echo = {(p["concurrency"], p["batch"]): p for p in _points(main, "CheckColumns", "echo")}
+    lines = [
+        "| batch | clients | CheckColumns decisions/s | p50 us | echo decisions/s | CheckBatch decisions/s "
+        "| compute floor /s (right after) | columns / floor | columns / batch | server CPU us/decision |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in _points(main, "CheckColumns", "guard"):
+        key = (p["concurrency"], p["batch"])
+        b, e = batch.get(key), echo.get(key)
+        fl = p["compute_floor_adjacent_decisions_per_second"]
+        lines.append(
+            f"| {p['batch']} | {p['concurrency']} | {_fmt(p['decisions_per_second'])} | "
+            f"{_fmt(p['p50_us'])} | {_fmt(e['decisions_per_second']) if e else '-'} | "
+            f"{_fmt(b['decisions_per_second']) if b else '-'} | "
+            f"{_fmt(fl)} | {p['decisions_per_second'] / fl:.2f} | "
+            f"{p['decisions_per_second'] / b['decisions_per_second'] if b else float('nan'):.1f} | "
+            f"{_fmt(p['server_cpu_us_per_decision'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def onnx_floor_table(result: dict[str, Any]) -> str:
+    """In process: the engine (columnar path) against every ONNX call it makes."""
+    lines = [
+        "| batch | ONNX runs | ONNX us per batch | engine us per batch | engine / ONNX |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for f in result.get("onnx_floor", []):
+        lines.append(
+            f"| {f['batch']} | {f['onnx_runs_per_batch']:.0f} | {_fmt(f['onnx_us_per_batch'])} | "
+            f"{_fmt(f['engine_us_per_batch'])} | {f['engine_over_onnx']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -310,6 +369,14 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
         "#### CheckBatch against the compute floor",
         "",
         batch_table(result),
+        "",
+        "#### CheckColumns against the compute floor (every ONNX call of the config)",
+        "",
+        columns_table(result),
+        "",
+        "#### The engine in process against its ONNX calls (CheckColumns' path, no gRPC)",
+        "",
+        onnx_floor_table(result),
         "",
     ]
     if len(result["setups"]) > 1:

@@ -36,8 +36,10 @@ GUARD = "interlock.v1.Guard"
 #: The issue's targets (docs/benchmarks.md states what was reached).
 TARGETS = {
     "check_p50_over_transport_floor": ("<=", 1.5),
-    "batch_throughput_over_compute_floor": (">=", 0.5),
-    "check_decisions_per_second_16_clients": (">=", 5000.0),
+    "check_throughput_16_clients_over_transport_floor": (">=", 0.7),
+    "columns_throughput_over_compute_floor": (">=", 0.5),
+    "columns_over_batch_throughput": (">=", 10.0),
+    "engine_batch1_over_onnx": ("<=", 2.0),
 }
 
 
@@ -144,7 +146,6 @@ def measure_setup(
     requests = scn.requests()
     unary = [r.SerializeToString() for r in requests]
     decision = _representative_decision(scn)
-    hook = make_hook(decision, float(np.mean([len(u) for u in unary])))
     batches = {
         b: [
             pb.CheckBatchRequest(
@@ -154,8 +155,11 @@ def measure_setup(
         ]
         for b in plan.batch_sizes
     }
+    columns, column_answers = _columns_payloads(scn, plan.batch_sizes)
+    hook = make_hook(decision, float(np.mean([len(u) for u in unary])), column_answers)
     points: list[dict[str, Any]] = []
     floor_session = floors.ensemble_session(scn)
+    timed, clock = floors.timed_guard(scn)
     with start_workers(str(scn.config_path), setup.workers, "127.0.0.1", 0, None, hooks=[hook]) as group:
         target = f"127.0.0.1:{group.port}"
         pids = [p.pid for p in group.processes]
@@ -166,11 +170,14 @@ def measure_setup(
                 target, service, method, payloads, conc, plan.duration, plan.warmup, server_pids=pids
             )
             stats = _stats(method, service, conc, batch, res)
-            if method == "CheckBatch" and service == GUARD:
-                # The compute floor again, right after: other load on the machine changes by the minute.
-                stats["compute_floor_adjacent_decisions_per_second"] = floors.floor_point(
+            if method in ("CheckBatch", "CheckColumns") and service == GUARD:
+                # The floors again, right after: other load on the machine changes by the minute.
+                stats["ensemble_floor_adjacent_decisions_per_second"] = floors.floor_point(
                     floor_session, scn, batch, plan.floor_seconds
                 )["decisions_per_second"]
+                onnx = floors.onnx_floor_point(timed, clock, scn, batch, plan.floor_seconds)
+                stats["compute_floor_adjacent_decisions_per_second"] = onnx["decisions_per_second"]
+                stats["compute_floor_onnx_runs_per_batch"] = onnx["onnx_runs_per_batch"]
             points.append(stats)
             progress.update(1)
 
@@ -184,14 +191,44 @@ def measure_setup(
                 for b in plan.batch_sizes:
                     for service in (ECHO, GUARD):
                         point(service, "CheckBatch", batches[b], conc, b)
+                    for service in (ECHO, GUARD):
+                        point(service, "CheckColumns", columns[b], conc, b)
+    timed.unload()
     return {"name": setup.name, "label": setup.label(), **asdict(setup), "points": points}
+
+
+def _columns_payloads(
+    scn: scenario.Scenario, sizes: list[int]
+) -> tuple[dict[int, list[bytes]], dict[int, bytes]]:
+    """CheckColumns requests per batch size, and the real answer to each (by request size) for the echo."""
+    from interlock.client.guard import make_columns_request
+    from interlock.config import load_config
+    from interlock.engine import Guard
+    from interlock.server.convert import columns_to_pb
+
+    guard = Guard(load_config(scn.config_path)).load()
+    n = len(scn.observations)
+    payloads: dict[int, list[bytes]] = {}
+    answers: dict[int, bytes] = {}
+    for b in sizes:
+        payloads[b] = []
+        for k in range(max(1, min(8, 4096 // b))):
+            idx = (np.arange(b) + k * b) % n
+            obs, acts = scn.observations[idx], scn.actions[idx]
+            episodes, steps = [f"ep-{i % 16}" for i in idx.tolist()], idx.tolist()
+            req = make_columns_request(scenario.AGENT_ID, obs, acts, episodes, steps).SerializeToString()
+            payloads[b].append(req)
+            cd = guard.check_columns(scenario.AGENT_ID, obs, acts, episodes, steps)
+            answers[len(req)] = columns_to_pb(cd).SerializeToString()
+    guard.unload()
+    return payloads, answers
 
 
 def _count_points(plan: Plan) -> int:
     n = 0
     for s in plan.setups:
         if s.full:
-            n += 2 * 2 * len(plan.concurrency) + 2 * len(plan.batch_sizes) * len(plan.batch_concurrency)
+            n += 2 * 2 * len(plan.concurrency) + 4 * len(plan.batch_sizes) * len(plan.batch_concurrency)
         else:
             n += len(plan.concurrency)
     return n
@@ -258,6 +295,37 @@ def summarize(result: dict[str, Any], plan: Plan) -> dict[str, Any]:
             "echo_server_cpu_us_per_call": echo16["server_cpu_us_per_decision"],
         }
     )
+    out["check_throughput_16_clients_over_transport_floor"] = (
+        best16["decisions_per_second"] / echo16["calls_per_second"]
+    )
+    cols = [
+        p for p in pts if p["method"] == "CheckColumns" and p["service"] == "guard" and p["batch"] == bsize
+    ]
+    best_cols = max(cols, key=lambda p: p["decisions_per_second"])
+    cfloor = best_cols["compute_floor_adjacent_decisions_per_second"]
+    out.update(
+        {
+            "columns_concurrency": best_cols["concurrency"],
+            "columns_decisions_per_second": best_cols["decisions_per_second"],
+            "columns_compute_floor_decisions_per_second": cfloor,
+            "columns_throughput_over_compute_floor": best_cols["decisions_per_second"] / cfloor,
+            "columns_over_batch_throughput": best_cols["decisions_per_second"] / best["decisions_per_second"],
+            "columns_server_cpu_us_per_decision": best_cols["server_cpu_us_per_decision"],
+            "compute_floor_onnx_runs_per_batch": best_cols.get("compute_floor_onnx_runs_per_batch"),
+        }
+    )
+    one = _find(result.get("onnx_floor", []), batch=1)
+    out["engine_batch1_us"] = one["engine_us_per_batch"] if one else float("nan")
+    out["engine_batch1_onnx_us"] = one["onnx_us_per_batch"] if one else float("nan")
+    out["engine_batch1_over_onnx"] = one["engine_over_onnx"] if one else float("nan")
+    # Server CPU per decision, every path (the best point of each at its usual shape).
+    stream1 = _find(pts, method="CheckStream", service="guard", concurrency=conc)
+    out["server_cpu_us_per_decision"] = {
+        f"Check, {conc} clients": best16["server_cpu_us_per_decision"],
+        f"CheckStream, {conc} clients": stream1["server_cpu_us_per_decision"] if stream1 else float("nan"),
+        f"CheckBatch of {bsize}": best["server_cpu_us_per_decision"],
+        f"CheckColumns of {bsize}": best_cols["server_cpu_us_per_decision"],
+    }
     out["targets"] = {
         k: {"target": f"{op} {v:g}", "value": out[k], "met": out[k] <= v if op == "<=" else out[k] >= v}
         for k, (op, v) in TARGETS.items()
@@ -322,6 +390,7 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
         }
         sizes = sorted({1, *plan.batch_sizes})
         result["compute_floor"] = floors.compute_floor(scn, sizes, plan.floor_seconds)
+        result["onnx_floor"] = floors.onnx_floor(scn, sorted({1, *sizes}), plan.floor_seconds)
         result["engine_in_process"] = floors.engine_in_process(scn, sizes, plan.floor_seconds)
         result["onnxruntime_settings"] = floors.onnxruntime_settings(
             scn, sorted({1, 256} & {1, *plan.batch_sizes}), plan.floor_seconds
