@@ -264,15 +264,19 @@ class KinematicModel:
 
 
 def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarray,
-                  threshold: float) -> np.ndarray:
+                  threshold: float, tie_tolerance: float = 0.0) -> np.ndarray:
     """The shield's action per row: the proposal if safe, else the safe action the agent
-    prefers (highest ``q``; without ``q``: the largest margin), else the largest margin.
+    prefers (highest ``q``; without ``q``: the largest margin), else the largest margin
+    (among the actions within ``tie_tolerance`` metres of the largest, the one with the highest
+    ``q``: several actions often share the same closest vehicle, hence the same margin).
 
     Args:
         margins: [batch, 5] from :meth:`KinematicModel.margins_all`.
         q: [batch, 5] the agent's Q-values or logits, or None.
         proposed: [batch] the agent's actions.
         threshold: the margin (m) an action needs to count as safe.
+        tie_tolerance: margins (m) this close to the largest count as equally good when no
+            action is safe; 0 takes the first largest.
 
     Returns:
         [batch] int64 actions.
@@ -282,5 +286,7 @@ def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarra
     safe = margins >= threshold
     prefer = q if q is not None else margins
     best_safe = np.argmax(np.where(safe, prefer, -np.inf), axis=1)
-    fallback = np.where(safe.any(axis=1), best_safe, np.argmax(margins, axis=1))
+    near_best = margins >= margins.max(axis=1, keepdims=True) - tie_tolerance
+    least_bad = np.argmax(np.where(near_best, prefer, -np.inf), axis=1)
+    fallback = np.where(safe.any(axis=1), best_safe, least_bad)
     return np.where(safe[rows, proposed], proposed, fallback).astype(np.int64)

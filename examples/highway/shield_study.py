@@ -69,6 +69,7 @@ class Variant:
     lead_decel: float = 0.0
     lateral_clearance: float = 2.0
     threshold: float = 2.0  # metres
+    tie_tolerance: float = 0.0  # metres; see kinematic_model.shield_choice
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -79,6 +80,12 @@ VARIANTS: dict[str, Variant] = {
     "h2_t2_dec3": Variant(horizon=2, threshold=2.0, lead_decel=3.0),
     "h2_t2_hold": Variant(horizon=2, threshold=2.0, followups=("hold",)),
     "h1_t2": Variant(horizon=1, threshold=2.0),
+    # Round 2 (after round 1's dense crashes: leaders braking at up to 6 m/s^2 in jams, and
+    # FASTER picked on margin ties when nothing was safe).
+    "h2_t2_tie": Variant(horizon=2, threshold=2.0, tie_tolerance=1.0),
+    "h2_t2_dec6_tie": Variant(horizon=2, threshold=2.0, lead_decel=6.0, tie_tolerance=1.0),
+    "h2_t0_dec6_tie": Variant(horizon=2, threshold=0.0, lead_decel=6.0, tie_tolerance=1.0),
+    "h3_t2_dec6_tie": Variant(horizon=3, threshold=2.0, lead_decel=6.0, tie_tolerance=1.0),
 }
 
 
@@ -122,7 +129,7 @@ class Episode:
 
 
 def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
-                threshold: float) -> Episode:
+                threshold: float, tie_tolerance: float = 0.0) -> Episode:
     """One episode; ``model`` None = unguarded."""
     ep = Episode(seed)
     obs, _ = env.reset(seed=seed)
@@ -135,7 +142,7 @@ def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
         if model is not None:
             t0 = time.perf_counter()
             margins = model.margins_all(flat)
-            action = int(shield_choice(margins, q, proposed, threshold)[0])
+            action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
             ep.model_seconds += time.perf_counter() - t0
             ep.interventions += action != int(proposed[0])
             ep.no_safe_action += not bool((margins >= threshold).any())
@@ -189,7 +196,8 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                 model = KinematicModel(target_speeds=SPEEDS[speed], horizon=v.horizon,
                                        followups=v.followups, lead_decel=v.lead_decel,
                                        lateral_clearance=v.lateral_clearance)
-                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold) for s in seeds])
+                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance)
+                                      for s in seeds])
                 cell[name]["variant"] = asdict(v)
             env.close()
             cell["seconds"] = time.perf_counter() - t0
