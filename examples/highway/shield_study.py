@@ -178,7 +178,7 @@ def summarise(eps: list[Episode]) -> dict[str, Any]:
 
 
 def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agents: dict[str, Path],
-        unguarded: bool) -> dict[str, Any]:
+        unguarded: bool, densities: list[str] | None = None) -> dict[str, Any]:
     """All cells of ``phase`` for the given speed settings and variants."""
     import gymnasium as gym
     import highway_env  # noqa: F401  (registers the environments)
@@ -186,7 +186,8 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
     out: dict[str, Any] = {"phase": phase, "episodes_per_cell": episodes, "cells": {}}
     for speed in speeds:
         agent = Agent(agents[speed])
-        for density, dens in DENSITIES.items():
+        for density in densities or list(DENSITIES):
+            dens = DENSITIES[density]
             config = {**BASE, "vehicles_density": dens,
                       "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
             env = gym.make(ENV_ID, config=config)
@@ -258,6 +259,7 @@ def main() -> None:
     p.add_argument("--phase", choices=sorted(SEEDS), default="dev")
     p.add_argument("--episodes", type=int, default=40, help="Episodes per cell.")
     p.add_argument("--speeds", default="stock,cpss", help="Comma list of SPEEDS keys.")
+    p.add_argument("--densities", default=",".join(DENSITIES), help="Comma list of DENSITIES keys.")
     p.add_argument("--variants", default=",".join(VARIANTS), help="Comma list of VARIANTS keys.")
     p.add_argument("--no-unguarded", action="store_true", help="Skip the unguarded runs.")
     p.add_argument("--agent", type=Path, default=HERE / "agent.onnx", help="Agent for stock speeds.")
@@ -277,7 +279,8 @@ def main() -> None:
     if unknown:
         p.error(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
     res = run(args.phase, args.episodes, args.speeds.split(","), variants,
-              {"stock": args.agent, "cpss": args.agent_cpss}, not args.no_unguarded)
+              {"stock": args.agent, "cpss": args.agent_cpss}, not args.no_unguarded,
+              args.densities.split(","))
     if args.out:
         args.out.write_text(json.dumps(res, indent=1) + "\n")
 
