@@ -57,8 +57,11 @@ def make_env(config: dict | None = None):
     return gym.make(ENV_ID, config={**NOMINAL, **(config or {})})
 
 
-def train(timesteps: int, max_minutes: float, seed: int):
-    """Train SB3 DQN; returns the model (stops early at ``max_minutes`` of wall clock)."""
+def train(timesteps: int, max_minutes: float, seed: int, config: dict | None = None):
+    """Train SB3 DQN in :data:`NOMINAL` updated by ``config``; returns the model.
+
+    Stops early at ``max_minutes`` of wall clock.
+    """
     import torch
     from stable_baselines3 import DQN
     from stable_baselines3.common.callbacks import BaseCallback
@@ -66,7 +69,7 @@ def train(timesteps: int, max_minutes: float, seed: int):
 
     torch.set_num_threads(1)  # a 2x128 MLP: threads only contend with the simulator
 
-    env = make_env()
+    env = make_env(config)
     env.reset(seed=seed)
     model = DQN(
         "MlpPolicy",
@@ -127,12 +130,12 @@ def export(model, path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def verify(model, path: Path) -> float:
+def verify(model, path: Path, config: dict | None = None) -> float:
     """Max abs difference between onnxruntime and SB3 on real observations."""
     import onnxruntime as ort
     import torch
 
-    env = make_env()
+    env = make_env(config)
     obs = []
     o, _ = env.reset(seed=12345)
     for _ in range(10):
@@ -154,11 +157,18 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=10.0, help="Wall-clock budget (default 10).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "agent.onnx", help="ONNX file to write.")
+    p.add_argument("--target-speeds", type=str, default=None,
+                   help="Comma-separated target speeds of the meta-actions in m/s, e.g. "
+                        "0,5,10,15,20,25,30 (the CPSS setting); default: NOMINAL's 10-30 m/s.")
     args = p.parse_args()
+    config = None
+    if args.target_speeds:
+        speeds = [float(s) for s in args.target_speeds.split(",")]
+        config = {"action": {"type": "DiscreteMetaAction", "target_speeds": speeds}}
     t0 = time.monotonic()
-    model = train(args.timesteps, args.max_minutes, args.seed)
+    model = train(args.timesteps, args.max_minutes, args.seed, config)
     export(model, args.out)
-    diff = verify(model, args.out)
+    diff = verify(model, args.out, config)
     print(f"trained {model.num_timesteps} steps in {time.monotonic() - t0:.0f} s; wrote {args.out} "
           f"(max |onnx - torch| = {diff:.2e})")
 

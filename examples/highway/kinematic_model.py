@@ -1,0 +1,292 @@
+"""A batched kinematic model of highway-fast-v0 for a shield over the five meta-actions.
+
+Input is only what the agent sees: highway-env's default ``Kinematics`` observation (5 rows x 5
+features: presence, x, y, vx, vy; row 0 the ego in absolute normalised coordinates, rows 1-4 the
+nearest vehicles relative to the ego; see ``interlock.yaml`` for the normalisation), flattened or
+not. An agent on the wire therefore needs to send nothing new.
+
+For every candidate meta-action (0 LANE_LEFT, 1 IDLE, 2 LANE_RIGHT, 3 FASTER, 4 SLOWER) the model
+rolls the ego forward ``horizon`` decisions (one decision per second, ``simulation_frequency``
+sub-steps each) with a copy of highway-env's own controllers
+(``highway_env/vehicle/controller.py``, highway-env 1.12):
+
+* speed: ``MDPVehicle`` -- FASTER / SLOWER set the target speed to the grid point one above /
+  below the grid point nearest the *current* speed (clipped to the grid); the speed then follows
+  the proportional controller ``a = (target - v) / 0.6 s`` (no acceleration limit for the ego);
+* lane: LANE_LEFT / LANE_RIGHT move the *target* lane by one (clipped to the road); the steering
+  is the cascaded lateral-position -> heading -> steering controller (``TAU_LATERAL`` 0.6 s,
+  ``TAU_HEADING`` 0.2 s) integrated through the kinematic bicycle model of ``Vehicle.step``; a
+  lane change takes about 2-3 s and the ego occupies both lanes meanwhile;
+* the first decision is the candidate; the following ``horizon - 1`` decisions follow each of the
+  ``followups`` plans ("hold": IDLE, "brake": SLOWER every decision). A candidate is as safe as
+  its best follow-up (run-time assurance: an action is safe if some backup keeps the car safe
+  after it).
+
+The other vehicles move at constant velocity (their observed vx, vy, so a lane change in progress
+continues); optionally, vehicles ahead of the ego brake at ``lead_decel`` m/s^2 until they stop
+(the worst case of highway-env's IDM drivers is -6 m/s^2).
+
+The margin of a candidate is the smallest bumper-to-bumper gap in metres, over the predicted
+sub-steps ``t > 0`` and over the observed vehicles whose lateral distance to the ego is below
+``lateral_clearance`` at that instant (two 2 m wide cars overlap below 2 m), capped at
+``max_margin``. A negative margin is a predicted collision. Unobserved vehicles (beyond the 4
+nearest, or more than 10 m behind: highway-env's default ``see_behind=False``) cannot enter it.
+
+The interface is plain numpy, batch first, so it can serve as an Interlock ``kind: python``
+model::
+
+    model = KinematicModel(target_speeds=(0, 5, 10, 15, 20, 25, 30), horizon=2)
+    model.margins(obs, actions)   # obs [batch, 25] or [batch, 5, 5], actions [batch] -> [batch]
+    model.margins_all(obs)        # -> [batch, 5], one column per meta-action
+    model.rollout(obs, actions)   # the predicted trajectories, for inspection
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
+N_ACTIONS = 5
+ACTION_NAMES = ("LANE_LEFT", "IDLE", "LANE_RIGHT", "FASTER", "SLOWER")
+#: highway-env's defaults for highway-fast-v0 (Kinematics observation, 3 lanes).
+OBS_ROWS = 5
+OBS_FEATURES = 5
+X_SCALE = 200.0  # 5 * Vehicle.MAX_SPEED
+V_SCALE = 80.0  # 2 * Vehicle.MAX_SPEED
+LANE_WIDTH = 4.0
+VEHICLE_LENGTH = 5.0
+# ControlledVehicle constants (highway_env/vehicle/controller.py).
+TAU_ACC = 0.6
+TAU_HEADING = 0.2
+TAU_LATERAL = 0.6
+MAX_STEERING_ANGLE = np.pi / 3
+_FOLLOWUP_ACTIONS = {"hold": IDLE, "brake": SLOWER}
+
+
+class Rollout(NamedTuple):
+    """Predicted trajectories; T = horizon * simulation_frequency sub-steps after now.
+
+    ``ego_x``, ``ego_y``, ``ego_v``: [batch, n_followups, T] (x relative to the ego's position now);
+    ``others_x``, ``others_y``: [batch, n_followups, T, 4] in the same frame; ``present``: [batch, 4];
+    ``gaps``: [batch, n_followups, T, 4] bumper gap in metres where laterally overlapping, else +inf.
+    """
+
+    ego_x: np.ndarray
+    ego_y: np.ndarray
+    ego_v: np.ndarray
+    others_x: np.ndarray
+    others_y: np.ndarray
+    present: np.ndarray
+    gaps: np.ndarray
+
+
+@dataclass
+class KinematicModel:
+    """Predicts the ego's gap to the observed vehicles under each meta-action (see module doc).
+
+    Attributes:
+        target_speeds: the env's ``action.target_speeds`` in m/s (uniformly spaced, ascending);
+            highway-env's default is (20, 25, 30).
+        horizon: decisions to roll out (the first is the candidate).
+        followups: plans after the candidate: "hold" (IDLE) and/or "brake" (SLOWER).
+        lead_decel: worst-case braking (m/s^2, >= 0) of every vehicle ahead of the ego; 0 keeps
+            constant velocity.
+        lateral_clearance: lateral distance (m) below which the ego and a vehicle share a lane.
+        max_margin: cap on the margin (m) when no vehicle is in the ego's way.
+        lanes_count: lanes of the road (lane 0 at y = 0 m, the leftmost).
+        simulation_frequency: sub-steps per decision (highway-fast-v0: 5 per 1 s decision).
+    """
+
+    target_speeds: tuple[float, ...] = (20.0, 25.0, 30.0)
+    horizon: int = 2
+    followups: tuple[str, ...] = ("hold", "brake")
+    lead_decel: float = 0.0
+    lateral_clearance: float = 2.0
+    max_margin: float = 100.0
+    lanes_count: int = 3
+    simulation_frequency: int = 5
+    _speeds: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._speeds = np.asarray(self.target_speeds, dtype=np.float64)
+        if self._speeds.ndim != 1 or self._speeds.size < 2 or np.any(np.diff(self._speeds) <= 0):
+            raise ValueError(
+                f"target_speeds must be at least 2 ascending speeds, got {self.target_speeds}"
+            )
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be at least 1 decision, got {self.horizon}")
+        unknown = set(self.followups) - set(_FOLLOWUP_ACTIONS)
+        if not self.followups or unknown:
+            raise ValueError(
+                f"followups must be a non-empty subset of {sorted(_FOLLOWUP_ACTIONS)}, got {self.followups}"
+            )
+        if self.lead_decel < 0:
+            raise ValueError(f"lead_decel is a deceleration magnitude (>= 0), got {self.lead_decel}")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _speed_to_index(self, speed: np.ndarray) -> np.ndarray:
+        """MDPVehicle.speed_to_index: nearest grid point of a uniform grid. [...] -> [...] int."""
+        s = self._speeds
+        x = (speed - s[0]) / (s[-1] - s[0])
+        return np.clip(np.round(x * (s.size - 1)), 0, s.size - 1).astype(np.int64)
+
+    @staticmethod
+    def _rows(obs: np.ndarray) -> np.ndarray:
+        """[batch, 25] or [batch, 5, 5] -> [batch, 5, 5] float64."""
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.ndim == 2 and obs.shape[1] == OBS_ROWS * OBS_FEATURES:
+            return obs.reshape(-1, OBS_ROWS, OBS_FEATURES)
+        if obs.ndim == 3 and obs.shape[1:] == (OBS_ROWS, OBS_FEATURES):
+            return obs
+        raise ValueError(
+            f"obs must be [batch, 25] or [batch, 5, 5] (highway-env Kinematics, presence/x/y/vx/vy), "
+            f"got shape {obs.shape}"
+        )
+
+    # -- the model -------------------------------------------------------------------------
+    def rollout(self, obs: np.ndarray, actions: np.ndarray) -> Rollout:
+        """Roll out each row's candidate meta-action followed by each follow-up plan.
+
+        Args:
+            obs: [batch, 25] or [batch, 5, 5] normalised Kinematics observations.
+            actions: [batch] meta-action indices in 0..4.
+
+        Returns:
+            A :class:`Rollout` with arrays [batch, n_followups, T, ...].
+        """
+        rows = self._rows(obs)
+        actions = np.asarray(actions, dtype=np.int64).reshape(-1)
+        if actions.shape[0] != rows.shape[0]:
+            raise ValueError(f"actions must be [batch={rows.shape[0]}], got shape {actions.shape}")
+        if np.any((actions < 0) | (actions >= N_ACTIONS)):
+            raise ValueError(f"actions must be meta-action indices 0..4, got {actions}")
+        batch, n_plans = rows.shape[0], len(self.followups)
+        dt = 1.0 / self.simulation_frequency
+
+        # The ego, in metres: x = 0 now; y absolute (lane k at 4k m); speed and heading from vx, vy.
+        ego = rows[:, 0, :]
+        y0 = ego[:, 2] * LANE_WIDTH * self.lanes_count
+        vx0, vy0 = ego[:, 3] * V_SCALE, ego[:, 4] * V_SCALE
+        speed0 = np.hypot(vx0, vy0)
+        heading0 = np.arctan2(vy0, vx0)
+        # The target lane is not observed: the nearest lane centre, or the next one in the direction
+        # of a lane change in progress (|vy| > 0.5 m/s).
+        drift = np.where(np.abs(vy0) > 0.5, np.sign(vy0) * 0.49, 0.0)
+        lane0 = np.clip(np.round(y0 / LANE_WIDTH + drift), 0, self.lanes_count - 1)
+        # The target speed is not observed either: the grid point nearest the speed (the P
+        # controller closes 87% of a step within one decision, so this is exact after one).
+        target0 = self._speeds[self._speed_to_index(speed0)]
+
+        def tile(a: np.ndarray) -> np.ndarray:  # [batch] -> [batch, n_plans]
+            return np.repeat(a[:, None], n_plans, axis=1).astype(np.float64)
+
+        x, y, v, heading = np.zeros((batch, n_plans)), tile(y0), tile(speed0), tile(heading0)
+        lane, target = tile(lane0), tile(target0)
+        plan_actions = np.array([_FOLLOWUP_ACTIONS[f] for f in self.followups])  # [n_plans]
+
+        # Others, absolute velocities in the ego's frame (their observed features are relative).
+        oth = rows[:, 1:, :]
+        present = oth[:, :, 0] > 0.5  # [batch, 4]
+        ox = np.repeat((oth[:, :, 1] * X_SCALE)[:, None, :], n_plans, axis=1)  # [batch, P, 4]
+        oy = np.repeat((y0[:, None] + oth[:, :, 2] * LANE_WIDTH * self.lanes_count)[:, None, :],
+                       n_plans, axis=1)
+        ovx = np.repeat((vx0[:, None] + oth[:, :, 3] * V_SCALE)[:, None, :], n_plans, axis=1)
+        ovy = np.repeat((vy0[:, None] + oth[:, :, 4] * V_SCALE)[:, None, :], n_plans, axis=1)
+        ahead = ox > 0.0
+
+        steps = self.horizon * self.simulation_frequency
+        out = {k: np.empty((batch, n_plans, steps)) for k in ("ex", "ey", "ev")}
+        out_ox = np.empty((batch, n_plans, steps, 4))
+        out_oy = np.empty((batch, n_plans, steps, 4))
+        for k in range(steps):
+            if k % self.simulation_frequency == 0:  # a decision: candidate first, then the plan
+                act = (np.repeat(actions[:, None], n_plans, axis=1) if k == 0
+                       else np.broadcast_to(plan_actions, (batch, n_plans)))
+                idx = self._speed_to_index(v)
+                target = np.where(act == FASTER, self._speeds[np.clip(idx + 1, 0, self._speeds.size - 1)],
+                                  target)
+                target = np.where(act == SLOWER, self._speeds[np.clip(idx - 1, 0, self._speeds.size - 1)],
+                                  target)
+                lane = np.where(act == LANE_LEFT, np.maximum(lane - 1, 0), lane)
+                lane = np.where(act == LANE_RIGHT, np.minimum(lane + 1, self.lanes_count - 1), lane)
+            # ControlledVehicle.steering_control on a straight lane (lane heading 0).
+            v_nz = np.where(np.abs(v) < 1e-2, 1e-2, v)  # utils.not_zero
+            lateral = y - lane * LANE_WIDTH
+            heading_cmd = np.arcsin(np.clip(-lateral / TAU_LATERAL / v_nz, -1, 1))
+            heading_ref = np.clip(heading_cmd, -np.pi / 4, np.pi / 4)
+            heading_rate = (heading_ref - heading + np.pi) % (2 * np.pi) - np.pi
+            heading_rate /= TAU_HEADING
+            slip = np.arcsin(np.clip(VEHICLE_LENGTH / 2 / v_nz * heading_rate, -1, 1))
+            steering = np.clip(np.arctan(2 * np.tan(slip)), -MAX_STEERING_ANGLE, MAX_STEERING_ANGLE)
+            accel = (target - v) / TAU_ACC  # ControlledVehicle.speed_control
+            # Vehicle.step: position with the old speed, then heading and speed.
+            beta = np.arctan(0.5 * np.tan(steering))
+            x = x + v * np.cos(heading + beta) * dt
+            y = y + v * np.sin(heading + beta) * dt
+            heading = heading + v * np.sin(beta) / (VEHICLE_LENGTH / 2) * dt
+            v = v + accel * dt
+            # Others: constant velocity, vehicles ahead optionally braking to a stop.
+            ox = ox + ovx * dt
+            oy = oy + ovy * dt
+            if self.lead_decel > 0:
+                ovx = np.where(ahead, np.maximum(ovx - self.lead_decel * dt, 0.0), ovx)
+            out["ex"][:, :, k], out["ey"][:, :, k], out["ev"][:, :, k] = x, y, v
+            out_ox[:, :, k, :], out_oy[:, :, k, :] = ox, oy
+
+        overlap = (np.abs(out_oy - out["ey"][..., None]) < self.lateral_clearance) & present[:, None, None, :]
+        gaps = np.where(overlap, np.abs(out_ox - out["ex"][..., None]) - VEHICLE_LENGTH, np.inf)
+        return Rollout(out["ex"], out["ey"], out["ev"], out_ox, out_oy, present, gaps)
+
+    def margins(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Safety margin (m) of each row's candidate: its best follow-up's smallest gap.
+
+        Args:
+            obs: [batch, 25] or [batch, 5, 5].
+            actions: [batch] meta-actions 0..4.
+
+        Returns:
+            [batch] float64 in [-inf, max_margin]; negative = predicted collision.
+        """
+        r = self.rollout(obs, actions)
+        per_plan = r.gaps.min(axis=(2, 3))  # [batch, n_plans]
+        return np.minimum(per_plan.max(axis=1), self.max_margin)
+
+    def margins_all(self, obs: np.ndarray) -> np.ndarray:
+        """Margins of all five meta-actions: obs [batch, 25] or [batch, 5, 5] -> [batch, 5]."""
+        rows = self._rows(obs)
+        batch = rows.shape[0]
+        rep = np.repeat(rows, N_ACTIONS, axis=0)  # [batch * 5, 5, 5], row-major per observation
+        acts = np.tile(np.arange(N_ACTIONS), batch)
+        return self.margins(rep, acts).reshape(batch, N_ACTIONS)
+
+
+def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarray,
+                  threshold: float, tie_tolerance: float = 0.0) -> np.ndarray:
+    """The shield's action per row: the proposal if safe, else the safe action the agent
+    prefers (highest ``q``; without ``q``: the largest margin), else the largest margin
+    (among the actions within ``tie_tolerance`` metres of the largest, the one with the highest
+    ``q``: several actions often share the same closest vehicle, hence the same margin).
+
+    Args:
+        margins: [batch, 5] from :meth:`KinematicModel.margins_all`.
+        q: [batch, 5] the agent's Q-values or logits, or None.
+        proposed: [batch] the agent's actions.
+        threshold: the margin (m) an action needs to count as safe.
+        tie_tolerance: margins (m) this close to the largest count as equally good when no
+            action is safe; 0 takes the first largest.
+
+    Returns:
+        [batch] int64 actions.
+    """
+    proposed = np.asarray(proposed, dtype=np.int64)
+    rows = np.arange(margins.shape[0])
+    safe = margins >= threshold
+    prefer = q if q is not None else margins
+    best_safe = np.argmax(np.where(safe, prefer, -np.inf), axis=1)
+    near_best = margins >= margins.max(axis=1, keepdims=True) - tie_tolerance
+    least_bad = np.argmax(np.where(near_best, prefer, -np.inf), axis=1)
+    fallback = np.where(safe.any(axis=1), best_safe, least_bad)
+    return np.where(safe[rows, proposed], proposed, fallback).astype(np.int64)
