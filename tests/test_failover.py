@@ -19,7 +19,7 @@ import pytest
 from interlock import GuardClient
 from interlock.audit import AuditQuery, open_backend
 from interlock.client.guard import channel_target, service_config
-from tests.support.escalation import AGENT, RISKY, SAFE, example_data, write_config
+from tests.support.escalation import AGENT, OPERATOR_TOKEN, RISKY, SAFE, example_data, write_config
 from tests.support.ops import ServerProcess, needs_postgres, postgres_schema
 
 CLIENTS = 6
@@ -45,6 +45,8 @@ def test_client_targets_and_service_config():
 def test_a_dead_address_in_the_list_costs_no_call(tmp_path, monkeypatch):
     """round_robin skips an address nobody listens on; every call is answered by the live replica."""
     import socket
+
+    monkeypatch.setenv("INTERLOCK_OPERATOR_TOKEN", OPERATOR_TOKEN)  # the example names it; unset is refused
 
     from interlock.server.background import background_server
     from tests.support.escalation import loaded_from
@@ -74,7 +76,7 @@ def test_kill_9_of_one_replica_loses_no_acknowledged_decision(tmp_path):
     lock = threading.Lock()
 
     with postgres_schema("interlock_failover") as dsn:
-        env = {"INTERLOCK_FAILOVER_DSN": dsn}
+        env = {"INTERLOCK_FAILOVER_DSN": dsn, "INTERLOCK_OPERATOR_TOKEN": OPERATOR_TOKEN}
         with ServerProcess(path, env=env) as a, ServerProcess(path, env=env) as b:
 
             def agent(k: int) -> None:
