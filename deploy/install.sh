@@ -14,6 +14,6 @@ python3 -m venv "$prefix"
 # Smoke checks: the CLI starts and the config schema is generated.
 "$prefix/bin/interlock" --version
 "$prefix/bin/interlock" config schema >/dev/null
-"$prefix/bin/python" -c "import interlock.server.audit_postgres, psycopg" 2>/dev/null \
+"$prefix/bin/python" -c "import interlock.audit.postgres, psycopg" 2>/dev/null \
     || [ -z "$extras" ] || { echo "install.sh: the postgres extra is missing" >&2; exit 1; }
 echo "install.sh: interlock installed in $prefix"

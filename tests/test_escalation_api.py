@@ -82,7 +82,8 @@ def test_blocking_check_is_answered_through_the_operator_api(tmp_path):
             assert r.verdict is Verdict.ALLOW and r.action == 1 and r.escalation_id == esc.escalation_id
             assert any("alice approved" in x and "clear to go" in x for x in r.reasons)
             assert done.state == pb.ESCALATION_STATE_APPROVED and done.operator == "alice"
-            assert done.authenticated_as == "$INTERLOCK_OPERATOR_TOKEN" and done.resolved_time > 0
+            # A bare token in a variable is named after its role, never "$VARIABLE".
+            assert done.authenticated_as == "operator" and done.resolved_time > 0
 
             call = AgentCall(target)
             esc = pending_one(ops)

@@ -161,7 +161,9 @@ def test_token_files_names_and_bad_tokens(tmp_path, monkeypatch):
 def test_server_without_operator_credentials_still_fails_safe(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("INTERLOCK_OPERATOR_TOKEN", raising=False)
     caplog.set_level(logging.WARNING)
-    with background_server(example_loaded(tmp_path, timeout_seconds=0.3)) as srv:
+    data = example_data(tmp_path, timeout_seconds=0.3)
+    del data["auth"]  # the default $INTERLOCK_OPERATOR_TOKEN may be absent; a written source may not
+    with background_server(loaded_from(data)) as srv:
         r = AgentCall(f"127.0.0.1:{srv.port}").wait()
         assert r.verdict is Verdict.SUBSTITUTE and r.action == 0
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:

@@ -105,7 +105,10 @@ def test_sighup_reloads_a_running_server(tmp_path):
         server.signal(signal.SIGHUP)
         wait_for_version(stub, "v2")
         assert server.stop() == 0
-        assert "config reloaded (SIGHUP): version v1 -> v2" in server.output()
+        out = server.output()
+        # A successful reload is news, not a problem: INFO (serve logs INFO by default).
+        assert "INFO interlock.server.reload: config reloaded (SIGHUP): version v1 -> v2" in out
+        assert "metrics off" in out and "None" not in out  # metrics_port: null, said so (was ":None")
 
 
 def test_reload_under_load_has_no_errors_and_only_live_versions(tmp_path):

@@ -32,6 +32,7 @@ def cel_activation(
     signal_names: Sequence[str] | None = None,
     values: Sequence[float] = (),
     tripped: Sequence[bool] = (),
+    episode: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The CEL activation of one row.
 
@@ -48,6 +49,9 @@ def cel_activation(
             (monitor rules are evaluated before any signal exists).
         values: One value per name in ``signal_names``.
         tripped: One flag per name in ``signal_names``.
+        episode: The row's episode facts (``shifted`` bool, ``steps_since_shift`` int, ``steps``
+            int; :mod:`interlock.episodes`), read by rules as ``episode.<field>``; None when the
+            agent keeps no episode state.
     """
     activation: dict[str, Any] = {
         "obs": obs,
@@ -66,6 +70,9 @@ def cel_activation(
             tripped_map.setdefault(monitor, {})[signal] = trip
         activation["signals"] = signal_map
         activation["tripped"] = tripped_map
+    if episode is not None:
+        for key, value in episode.items():
+            activation[f"episode.{key}"] = value
     return activation
 
 
@@ -92,7 +99,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.observations)
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, Any]]:
         """Plain-Python view of each row (``obs``, ``action``, ``labels``, ``step``, ids), as CEL sees it.
 
         Computed once per batch and shared by every rule that reads it.

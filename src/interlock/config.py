@@ -129,9 +129,74 @@ class DynamicsEnsembleModelConfig(_Strict):
     output_name: str | None = Field(None, description="Output to read; default: the first output.")
 
 
+class PythonModelConfig(_Strict):
+    """A dynamics model in Python: ``callable(observations, actions) -> next observations``.
+
+    ``observations`` ``[N, *obs_shape]`` float64, ``actions`` ``[N]`` int64 or ``[N, *action_shape]``;
+    returns ``[N, *obs_shape]`` or ``[K, N, *obs_shape]`` (K members). See docs/shield.md.
+    """
+
+    kind: Literal["python"] = "python"
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
+    predicts: Literal["next_state", "delta"] = Field(
+        "next_state", description="'delta': the model returns next_obs - obs."
+    )
+
+
 ReachabilityModelConfig = Annotated[
-    TabularModelConfig | DynamicsEnsembleModelConfig, Field(discriminator="kind")
+    TabularModelConfig | DynamicsEnsembleModelConfig | PythonModelConfig, Field(discriminator="kind")
 ]
+
+
+class ContinuationConfig(_Strict):
+    """What a rollout follows after its first action.
+
+    ``backup``: the monitor's ``backup_policy``; ``policy``: another ONNX policy (e.g. the agent's
+    own, so the shield judges "this action, then the agent as it is"); ``repeat``: the first action
+    again at every step.
+    """
+
+    kind: Literal["backup", "policy", "repeat"] = "backup"
+    model: str | None = Field(
+        None, description="policy: the .onnx policy (observation batch -> action/logits)."
+    )
+    output: Literal["action", "logits"] = Field("logits", description="policy: 'logits' takes the argmax.")
+    input_name: str | None = None
+    output_name: str | None = None
+
+    @model_validator(mode="after")
+    def _model_for_policy(self) -> ContinuationConfig:
+        if (self.kind == "policy") != (self.model is not None):
+            raise ValueError("continuation kind 'policy' needs model: FILE.onnx (and only it takes one)")
+        return self
+
+
+class CorrectionConfig(_Strict):
+    """Online correction of the rollout dynamics from the episode's observed residuals.
+
+    ``monitor`` names a monitor of the same agent that is a residual source (it has
+    ``residual_bias(batch) -> [batch, obs_dim]``: the episode's running mean of actual minus
+    predicted next observation), e.g. a ``transition`` monitor or a ``python`` monitor whose
+    object defines ``residual_bias``. Every predicted next state of a row's rollouts is shifted
+    by ``gain`` times that row's bias.
+    """
+
+    monitor: str = Field(description="Name of the residual-source monitor (listed before this one).")
+    gain: float = Field(1.0, ge=0, description="Multiplies the bias (0 turns the correction off).")
+
+
+class CandidatesConfig(_Strict):
+    """Shield mode: check every candidate action of every row, not only the proposed one.
+
+    Candidates: every action (discrete), or ``samples`` points drawn uniformly in the box once at
+    load, plus per row the proposed action and the backup policy's action when there is one.
+    """
+
+    samples: int = Field(16, gt=0, le=4096, description="Box actions: how many sampled candidates.")
+    seed: int = Field(0, description="Seed of the sampler (the same candidates on every call).")
 
 
 class RiskConfig(_Strict):
@@ -193,11 +258,26 @@ class ReachabilityMonitorConfig(_Strict):
     )
     horizon: int = Field(20, gt=0, le=10_000, description="Dynamics: rollout steps.")
     min_margin: int = Field(1, ge=0, description="Dynamics: 'margin' trips below this many steps.")
+    continuation: ContinuationConfig | None = Field(
+        None, description="Dynamics: the policy after the first action; default: the backup policy."
+    )
+    correction: CorrectionConfig | None = Field(
+        None, description="Dynamics: shift the rollout by the episode's observed residual bias."
+    )
+    candidates: CandidatesConfig | None = Field(
+        None,
+        description="Dynamics: shield mode, every candidate action is rolled out too (signals "
+        "safe_count, best_margin); the shield_choice fallback picks among them.",
+    )
 
     @model_validator(mode="after")
     def _fits_model_kind(self) -> ReachabilityMonitorConfig:
         if self.model.kind == "tabular":
-            extra = [k for k in ("backup_policy", "safe_set") if getattr(self, k) is not None]
+            extra = [
+                k
+                for k in ("backup_policy", "safe_set", "continuation", "correction", "candidates")
+                if getattr(self, k) is not None
+            ]
             extra += ["constraints"] if self.constraints else []
             if extra:
                 raise ValueError(
@@ -205,12 +285,17 @@ class ReachabilityMonitorConfig(_Strict):
                     "tabular model's unsafe states come from its transitions file"
                 )
         else:
-            if self.backup_policy is None:
-                raise ValueError("model kind dynamics_ensemble needs backup_policy: {model: FILE.onnx}")
-            if not self.constraints and self.safe_set is None:
+            kind = self.model.kind
+            continuation = self.continuation.kind if self.continuation else "backup"
+            if self.backup_policy is None and continuation == "backup":
                 raise ValueError(
-                    "model kind dynamics_ensemble needs constraints and/or safe_set (CEL over obs)"
+                    f"model kind {kind} needs backup_policy: {{model: FILE.onnx}}, or a continuation "
+                    "of kind policy or repeat"
                 )
+            if not self.constraints and self.safe_set is None:
+                raise ValueError(f"model kind {kind} needs constraints and/or safe_set (CEL over obs)")
+            if self.correction is not None and self.correction.monitor == self.name:
+                raise ValueError("correction.monitor must name another monitor, not this one")
             if self.risk is not None:
                 raise ValueError(
                     "risk applies to tabular models only; use horizon and irreversibility_threshold"
@@ -247,8 +332,97 @@ class UncertaintyMonitorConfig(_Strict):
     )
 
 
+class TransitionMonitorConfig(_Strict):
+    """Did the world do what the dynamics ensemble expected? (docs/shift.md)
+
+    For each check, the agent's previous observation and executed action in the same episode go
+    through the dynamics ensemble; its mean prediction is compared with the observation that
+    arrived. Signals: ``surprise`` (the residual over its calibrated in-distribution scale, RMS or
+    max over dimensions; 0 when the episode has no previous step), ``shift`` (CUSUM of surprise
+    minus ``drift`` over the episode; tripped above ``threshold``), ``shifted`` (1.0 from the first
+    trip of ``shift`` to the end of the episode) and ``residual_bias`` (RMS over dimensions of the
+    episode's exponentially weighted mean residual, in scale units). Rules also read
+    ``episode.shifted``, ``episode.steps_since_shift`` and ``episode.steps``.
+    """
+
+    kind: Literal["transition"] = "transition"
+    name: str = "transition"
+    model: str = Field(
+        description="Fused dynamics ensemble .onnx (obs, action -> [members, batch, obs_dim]), "
+        "relative to the config; `interlock ensemble train --kind dynamics` makes one."
+    )
+    predicts: Literal["delta", "next_state"] = Field(
+        "delta",
+        description="'delta' (what `interlock ensemble train` makes): the model outputs next_obs - obs.",
+    )
+    output_name: str | None = Field(None, description="Graph output to read; defaults to the first output.")
+    dims: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        description="Flat observation indices the surprise covers (e.g. leave out contact flags); "
+        "default all.",
+    )
+    aggregate: Literal["rms", "max"] = Field(
+        "rms", description="How per-dimension normalised residuals combine into the surprise."
+    )
+    residual_scale: list[float] | None = Field(
+        None,
+        description="Per-dimension in-distribution residual scale (one per observation element); "
+        "overrides the thresholds file.",
+    )
+    drift: float | None = Field(
+        None, ge=0, description="CUSUM drift k subtracted from each step's surprise; overrides the file."
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Signal -> threshold (surprise, shift, residual_bias); overrides thresholds_file.",
+    )
+    thresholds_file: str | None = Field(
+        None, description="JSON written by `interlock calibrate`, relative to the config file."
+    )
+    bias_halflife: float = Field(
+        20.0, gt=0, description="Half-life in steps of the EW mean residual (residual_bias, shields)."
+    )
+    max_episodes: int = Field(
+        10_000, gt=0, description="Episodes whose state is kept per monitor (least recently seen dropped)."
+    )
+    episode_ttl_seconds: float = Field(
+        600.0, gt=0, description="An episode not checked for this long is forgotten (it restarts if seen)."
+    )
+
+
+class PluginSignalConfig(_Strict):
+    """One signal a python monitor returns, and when it trips."""
+
+    threshold: float = Field(description="The signal trips beyond this value.")
+    direction: Literal["above", "below"] = Field(
+        "above", description="above: trips when value > threshold; below: when value < threshold."
+    )
+
+
+class PythonMonitorConfig(_Strict):
+    """An operator's detector in Python: ``callable(observations, actions, batch) -> {signal: [batch]}``.
+
+    See docs/shield.md (plugins) for the interface and the trust model.
+    """
+
+    kind: Literal["python"] = "python"
+    name: str = "python"
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
+    signals: dict[str, PluginSignalConfig] = Field(
+        min_length=1, description="Every signal the callable returns, with its threshold."
+    )
+
+
 MonitorConfig = Annotated[
-    ActionSpaceMonitorConfig | RulesMonitorConfig | UncertaintyMonitorConfig | ReachabilityMonitorConfig,
+    ActionSpaceMonitorConfig
+    | RulesMonitorConfig
+    | UncertaintyMonitorConfig
+    | ReachabilityMonitorConfig
+    | TransitionMonitorConfig
+    | PythonMonitorConfig,
     Field(discriminator="kind"),
 ]
 
@@ -324,6 +498,40 @@ class RecoverFallbackConfig(_Strict):
     seed: int = Field(0, description="Seed of the candidate sampler (fixed candidates across calls).")
 
 
+class ShieldChoiceFallbackConfig(_Strict):
+    """The model-predictive shield's choice among a dynamics reachability monitor's candidates.
+
+    Per row: the proposed action if its worst case over members stays inside the constraints;
+    else, among the safe candidates, the one the agent scores highest (``scores``: its logits or
+    Q-values, discrete actions) or, without scores, the one with the largest worst-case margin;
+    else (no safe candidate) the candidate with the fewest failing members, then the largest
+    worst-case margin.
+    """
+
+    kind: Literal["shield_choice"] = "shield_choice"
+    monitor: str = Field("reachability", description="Name of the dynamics reachability monitor.")
+    scores: str | None = Field(
+        None, description="The agent's preferences: .onnx from observation batch to [batch, n_actions]."
+    )
+    candidates: int = Field(
+        16, gt=0, le=4096, description="Box actions, when the monitor has no candidates: samples."
+    )
+    seed: int = Field(0, description="Seed of the candidate sampler (when the monitor has no candidates).")
+
+
+class PythonFallbackConfig(_Strict):
+    """An operator's controller in Python: ``callable(observations, actions, batch) -> actions``.
+
+    Returns ``[batch]`` (discrete) or ``[batch, *action_shape]``; see docs/shield.md (plugins).
+    """
+
+    kind: Literal["python"] = "python"
+    callable: str = Field(
+        description="'package.module:attribute' (a function, or a class built with kwargs)."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor or keyword arguments.")
+
+
 class RobustFallbackConfig(_Strict):
     """The action with the best lower confidence bound of a Q-ensemble (maximin over members)."""
 
@@ -358,7 +566,9 @@ FallbackConfig = Annotated[
     | QuantilizerFallbackConfig
     | ShieldFallbackConfig
     | BackupFallbackConfig
-    | RecoverFallbackConfig,
+    | RecoverFallbackConfig
+    | ShieldChoiceFallbackConfig
+    | PythonFallbackConfig,
     Field(discriminator="kind"),
 ]
 
@@ -434,7 +644,7 @@ class AgentConfig(_Strict):
     observation: ObservationSpec
     action: ActionSpec
     monitors: list[MonitorConfig] = Field(
-        default_factory=lambda: [ActionSpaceMonitorConfig()],
+        default_factory=lambda: list[MonitorConfig]([ActionSpaceMonitorConfig()]),
         description="Signal sources, run in order on each batch.",
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -581,13 +791,35 @@ class ServerConfig(_Strict):
 class TokenSourceConfig(_Strict):
     """Where bearer tokens come from: an environment variable and/or a file.
 
-    The file holds one token per line, optionally preceded by a name and a space
-    (``alice 3f9c...``); blank lines and ``#`` comments are ignored. The variable
-    holds one token. Tokens must be at least 16 characters.
+    The variable holds one token; ``name`` is the name resolutions, the audit log and the
+    console show for it (default: the role, ``operator`` or ``agent``). The file holds one
+    token per line, optionally preceded by a name and a space (``alice 3f9c...``); blank
+    lines and ``#`` comments are ignored. Tokens must be at least 16 characters.
+
+    A source written in the config must deliver: an unset or empty variable, or a missing,
+    unreadable or empty file, stops the server at start and is rejected on hot reload. Only
+    the built-in default (``$INTERLOCK_OPERATOR_TOKEN`` when ``auth.operator_tokens`` is not
+    written) may be absent.
     """
 
     env: str | None = Field(None, description="Environment variable holding one token.")
+    name: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^\S+$",
+        description="Name of the token in 'env' (one word; default: the role, 'operator' or 'agent'). "
+        "Token files name their tokens per line ('NAME TOKEN').",
+    )
     file: str | None = Field(None, description="Token file, relative to the config file.")
+
+    @model_validator(mode="after")
+    def _name_needs_env(self) -> TokenSourceConfig:
+        if self.name is not None and self.env is None:
+            raise ValueError(
+                "'name' names the token in 'env', and no 'env' is set; "
+                "in a token file write 'NAME TOKEN' lines instead"
+            )
+        return self
 
 
 class AuthConfig(_Strict):

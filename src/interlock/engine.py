@@ -19,6 +19,7 @@ import numpy as np
 
 from interlock.batch import Batch, SignalBatch, cel_activation
 from interlock.config import AgentConfig, LoadedConfig
+from interlock.episodes import EpisodeFactsSource, episode_columns
 from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent, shorten
 from interlock.fallbacks import Fallback, build_fallback
 from interlock.faultlog import FailureLog
@@ -70,15 +71,21 @@ class AgentRuntime:
         #: Rate-limited logs of failing stages ("monitor:<name>", "fallback:<name>").
         self.failure_logs: dict[str, FailureLog] = {}
         by_name = {m.name: m for m in self.monitors}
+        for m in self.monitors:
+            m.bind(by_name)  # monitors that read another (a reachability monitor's correction source)
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
+        #: Monitors that keep episode state (``episode.*`` in rules) and those told what was executed.
+        self.episode_sources = [m for m in self.monitors if isinstance(m, EpisodeFactsSource)]
+        self.after_decide = [m for m in self.monitors if type(m).after_decide is not Monitor.after_decide]
         self.policy = DecisionPolicy(
             cfg.policy,
             self.spaces.action.discrete,
             self.signal_names,
             f"{where}.policy",
             obs_size=int(np.prod(self.spaces.observation.shape)),
+            episode=bool(self.episode_sources),
         )
         for i, rule in enumerate(cfg.policy.rules):
             if rule.verdict == "escalate" and not (rule.fallback or cfg.escalation.fallback or cfg.fail_safe):
@@ -167,15 +174,27 @@ class AgentRuntime:
         trips = np.stack([signals[k].tripped for k in names], axis=1) if names else np.zeros((n, 0), bool)
         thresholds = [signals[k].threshold for k in names]
         all_vals, all_trips = values.tolist(), trips.tolist()
+        episode = episode_columns(self.episode_sources, batch)  # after the monitors: "or now" counts
+        episode_rows = None
+        if episode is not None:
+            listed = {k: v.tolist() for k, v in episode.items()}
+            episode_rows = [{k: v[i] for k, v in listed.items()} for i in range(n)]
 
         def activation(i: int) -> dict:
             row = batch.rows()[i]
-            return cel_activation(**row, signal_names=names, values=all_vals[i], tripped=all_trips[i])
+            return cel_activation(
+                **row,
+                signal_names=names,
+                values=all_vals[i],
+                tripped=all_trips[i],
+                episode=episode_rows[i] if episode_rows is not None else None,
+            )
 
         cols = batch_columns(
             batch,
             {k: values[:, j] for j, k in enumerate(names)},
             {k: trips[:, j] for j, k in enumerate(names)},
+            episode,
         )
         outcomes = self.policy.decide_batch(cols, activation)
         wanted: dict[str, list[int]] = defaultdict(list)
@@ -231,9 +250,24 @@ class AgentRuntime:
         if self.config.shadow:
             for i, d in enumerate(decisions):
                 _shadow(d, outside_space=bool(invalid[i]))
+        if self.after_decide:
+            start = time_ns() if times is not None else 0
+            self._tell_executed(batch, decisions)
+            if times is not None:
+                times.add("after_decide", start)
         if times is not None:
             times.attach(decisions)
         return decisions
+
+    def _tell_executed(self, batch: Batch, decisions: list[Decision]) -> None:
+        """Monitors' ``after_decide``: each row's answered action (the proposed one where none)."""
+        executed = np.stack([d.action if d.action is not None else d.proposed_action for d in decisions])
+        valid = ~self.spaces.action.invalid(executed)
+        for m in self.after_decide:
+            try:
+                m.after_decide(batch, executed, valid)
+            except Exception as e:  # the decisions stand; the monitor's episode state may be stale
+                self._failure_log(f"after_decide:{m.name}", f"{self.where}: monitor '{m.name}'").failed(e)
 
     def _run_monitors(
         self, batch: Batch, invalid: np.ndarray, times: StageTimes | None = None

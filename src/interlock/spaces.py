@@ -24,7 +24,8 @@ def _kind(dtype: np.dtype) -> str:
         return "float"
     if np.issubdtype(dtype, np.integer):
         return "integer"
-    return dtype.name
+    name: str = dtype.name
+    return name
 
 
 def _bound(value: float | list[float] | None, shape: tuple[int, ...], what: str) -> np.ndarray | None:
@@ -81,8 +82,9 @@ class ActionSpace:
             ok = (a >= 0) & (a < self.n)
             return np.where(ok, 0.0, np.inf).reshape(len(a))
         flat = a.reshape(len(a), -1).astype(np.float64)
-        lo = self.low.reshape(1, -1)  # type: ignore[union-attr]
-        hi = self.high.reshape(1, -1)  # type: ignore[union-attr]
+        low, high = self.bounds()
+        lo = low.reshape(1, -1)
+        hi = high.reshape(1, -1)
         excess = np.maximum(lo - flat, flat - hi).clip(min=0.0)
         dist = excess.max(axis=1) if flat.shape[1] else np.zeros(len(a))
         return np.where(np.isfinite(flat).all(axis=1), dist, np.inf)
@@ -91,10 +93,19 @@ class ActionSpace:
         """Nearest action in the space: clip box actions (NaN to the midpoint), clamp indices."""
         a = np.asarray(actions)
         if self.discrete:
-            return np.clip(a, 0, self.n - 1).astype(self.dtype)
-        mid = (self.low + self.high) / 2  # type: ignore[operator]
+            indices: np.ndarray = np.clip(a, 0, self.n - 1).astype(self.dtype)
+            return indices
+        low, high = self.bounds()
+        mid = (low + high) / 2
         filled = np.where(np.isnan(a), mid, a)
-        return np.clip(filled, self.low, self.high).astype(self.dtype)
+        clipped: np.ndarray = np.clip(filled, low, high).astype(self.dtype)
+        return clipped
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``low`` and ``high`` of a box space (both ``shape``); from_spec always sets them for a box."""
+        if self.low is None or self.high is None:
+            raise ValueError("a box action space needs low and high; build it with ActionSpace.from_spec")
+        return self.low, self.high
 
     def coerce(self, action: np.ndarray, field: str) -> np.ndarray:
         """Check one action's shape and kind; return it in this space's dtype."""

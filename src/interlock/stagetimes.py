@@ -19,7 +19,7 @@ __all__ = ["StageTimes", "time_ns"]
 class StageTimes:
     """The stages of one batch as ``(name, start_ns, end_ns, rows)``; ``rows`` None means every row.
 
-    Names: ``validate``, ``monitor:<name>``, ``policy``, ``fallback:<name>``. Times are
+    Names: ``validate``, ``monitor:<name>``, ``policy``, ``fallback:<name>``, ``after_decide``. Times are
     ``time.time_ns()`` (epoch nanoseconds, what OpenTelemetry spans take).
     """
 

@@ -7,6 +7,8 @@ message that names the field and says exactly what is wrong.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from interlock.errors import InvalidRequest, shorten
@@ -22,7 +24,7 @@ DTYPE_OF: dict[int, np.dtype] = {
     pb.DATA_TYPE_UINT8: np.dtype("u1"),
 }
 #: numpy dtype name -> DataType enum value.
-DATA_TYPE_OF: dict[str, int] = {dt.name: code for code, dt in DTYPE_OF.items()}
+DATA_TYPE_OF: dict[str, pb.DataType] = {dt.name: cast("pb.DataType", code) for code, dt in DTYPE_OF.items()}
 #: Config spelling ("float32") -> DataType enum value.
 DTYPE_NAMES = tuple(DATA_TYPE_OF)
 

@@ -147,10 +147,10 @@ class ServerProcess:
             if not line:
                 raise RuntimeError("server exited:\n" + "".join(self.lines))
             self.lines.append(line)
-            m = re.search(r"on [\d.]+:(\d+); metrics on :(\w+)", line)
+            m = re.search(r"on [\d.]+:(\d+); metrics (?:on :(\d+)|off)", line)
             if m:
                 self.port = int(m.group(1))
-                self.metrics_port = None if m.group(2) == "None" else int(m.group(2))
+                self.metrics_port = None if m.group(2) is None else int(m.group(2))
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines))

@@ -69,7 +69,8 @@ class SqlAuditBackend(ABC):
 
     def _filters(self, q: AuditQuery) -> tuple[str, list[Any]]:
         p = self.placeholder
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for col, val in (("agent_id", q.agent_id), ("episode_id", q.episode_id)):
             if val is not None:
                 clauses.append(f"{col} = {p}")

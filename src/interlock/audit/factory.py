@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from interlock.audit.backend import SqlAuditBackend
 from interlock.errors import ConfigError
 from interlock.storage.env import expand_env
+from interlock.storage.postgres import psycopg
 
 if TYPE_CHECKING:
     from interlock.config import AuditConfig
@@ -17,6 +18,8 @@ def open_backend(spec: str) -> SqlAuditBackend:
     """A backend for a SQLite path or a ``postgresql://`` DSN (for the CLI and replay); not yet opened."""
     if spec.startswith(("postgresql://", "postgres://")) or "dbname=" in spec:
         from interlock.audit.postgres import PostgresAuditBackend
+
+        psycopg("the audit database is a PostgreSQL DSN")  # fail now, saying so
 
         return PostgresAuditBackend(spec)
     from interlock.audit.sqlite import SqliteAuditBackend
@@ -33,6 +36,7 @@ def backend_for_config(cfg: AuditConfig, base_dir: Path, where: str = "server.au
             )
         from interlock.audit.postgres import PostgresAuditBackend
 
+        psycopg(f"{where}.backend is postgres")  # fail now, naming the key that asked for it
         return PostgresAuditBackend(expand_env(cfg.dsn, f"{where}.dsn"))
     from interlock.audit.sqlite import SqliteAuditBackend
 

@@ -7,12 +7,14 @@ already-present ids, so a retry after an ambiguous commit cannot duplicate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from interlock.audit.backend import SqlAuditBackend
 from interlock.audit.record import AuditRecord
 from interlock.storage.postgres import SCHEMA_LOCK, psycopg, redact
+
+_T = TypeVar("_T")
 
 
 class PostgresAuditBackend(SqlAuditBackend):
@@ -49,7 +51,7 @@ class PostgresAuditBackend(SqlAuditBackend):
             self.close()
             self.open()
 
-    def _retrying(self, work):
+    def _retrying(self, work: Callable[[Any], _T]) -> _T:
         pg = psycopg()
         self._ensure()
         try:
@@ -63,7 +65,7 @@ class PostgresAuditBackend(SqlAuditBackend):
         rows = [r.to_row() for r in records]
         sql = self.insert_sql()
 
-        def work(conn):
+        def work(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(sql, rows)
 
@@ -79,7 +81,7 @@ class PostgresAuditBackend(SqlAuditBackend):
             self.conn.rollback()
 
     def _execute_deletes(self, stmts: list[tuple[str, list[Any]]]) -> int:
-        def work(conn):
+        def work(conn: Any) -> int:
             total = 0
             with conn.transaction(), conn.cursor() as cur:
                 for sql, args in stmts:

@@ -96,7 +96,7 @@ class AuditRecord:
         """The verdict the policy reached (the would-be verdict for shadow-mode records)."""
         return self.shadow_verdict or self.verdict
 
-    def to_row(self) -> tuple:
+    def to_row(self) -> tuple[Any, ...]:
         """Values in :data:`COLUMNS` order."""
         act = self.proposed_action
         return (
@@ -130,7 +130,7 @@ class AuditRecord:
         obs_dtype, obs_shape = np.dtype(v["obs_dtype"]), json.loads(v["obs_shape"])
         act_dtype, act_shape = np.dtype(v["action_dtype"]), json.loads(v["action_shape"])
 
-        def arr(blob, dtype, shape):
+        def arr(blob: bytes, dtype: np.dtype, shape: list[int]) -> np.ndarray:
             return np.frombuffer(bytes(blob), dtype=dtype).reshape(shape)
 
         return cls(
@@ -160,10 +160,10 @@ class AuditRecord:
         def num(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
-        def arr(a: np.ndarray | None):
+        def arr(a: np.ndarray | None) -> Any:
             return None if a is None else a.tolist()
 
-        def clean(x):
+        def clean(x: Any) -> Any:
             if isinstance(x, list):
                 return [clean(i) for i in x]
             return num(x) if isinstance(x, float) else x

@@ -47,14 +47,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Pending:
     records: list[AuditRecord]
-    future: asyncio.Future
+    future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
 
 
-_STOP = object()
+#: Put on the queue to stop the writer thread.
+_STOP = None
 
 
-def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
+def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
     if fut.done():  # the caller gave up (deadline, cancellation)
         return
     if error is None:
@@ -63,7 +64,7 @@ def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
-def _consume(fut: asyncio.Future) -> None:
+def _consume(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()
 
@@ -93,7 +94,7 @@ class AuditLog:
         self.cfg = cfg
         self.backend = backend
         self.metrics = metrics
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = False
         self._last_prune = 0.0
         self._opened = threading.Event()
@@ -179,7 +180,7 @@ class AuditLog:
         stop = False
         while not stop:
             first = self._queue.get()
-            if first is _STOP:
+            if first is None:  # _STOP
                 break
             batch: list[_Pending] = [first]
             n = len(first.records)
@@ -188,7 +189,7 @@ class AuditLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if item is None:  # _STOP
                     stop = True
                     break
                 batch.append(item)

@@ -29,7 +29,7 @@ def q_values(
     s, a, s2 = s.astype(np.int64), a.astype(np.int64), s2.astype(np.int64)
     idx = s * n_actions + a
     v = np.zeros(n_states)
-    q = np.zeros((n_states, n_actions))
+    q: np.ndarray = np.zeros((n_states, n_actions))
     for _ in range(max_iter):
         target = p * (r + gamma * (1.0 - done) * v[s2])
         q = np.bincount(idx, weights=target, minlength=n_states * n_actions).reshape(n_states, n_actions)

@@ -81,19 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     perf.add_argument(
         "--quick", action="store_true", help="smoke run: few points, short windows (seconds, for CI)"
     )
-    perf.add_argument(
-        "--docs",
-        metavar="DIR",
-        default=None,
-        help="write the markdown section of DIR/benchmarks.md and plots in DIR/img (default: docs/ in the "
-        "working directory for a full run; nothing for --quick)",
-    )
-    perf.add_argument(
-        "--from-json",
-        metavar="FILE",
-        default=None,
-        help="measure nothing: regenerate the markdown and plots from a previous --json FILE",
-    )
+    _add_docs_arguments(perf, "measure nothing")
     perf.set_defaults(func=_cmd_perf)
     safety = bsub.add_parser(
         "safety",
@@ -116,17 +104,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated scenarios (minigrid_distshift, cartpole_shift, cliffwalking, highway)",
     )
-    safety.add_argument(
+    _add_docs_arguments(safety, "run nothing")
+    safety.set_defaults(func=_cmd_safety)
+
+
+def _add_docs_arguments(parser: argparse.ArgumentParser, nothing: str) -> None:
+    """``--docs DIR`` and ``--from-json FILE``, the same for every benchmark."""
+    parser.add_argument(
         "--docs",
         metavar="DIR",
         default=None,
         help="write the markdown section of DIR/benchmarks.md and plots in DIR/img (default: docs/ in the "
         "working directory for a full run; nothing for --quick)",
     )
-    safety.add_argument(
+    parser.add_argument(
         "--from-json",
         metavar="FILE",
         default=None,
-        help="run nothing: regenerate the markdown and plots from a previous --json FILE",
+        help=f"{nothing}: regenerate the markdown and plots from a previous --json FILE",
     )
-    safety.set_defaults(func=_cmd_safety)

@@ -93,6 +93,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         monitors=args.monitor or None,
         output=args.output,
+        episode_rate=args.episode_false_alarm_rate,
+        env=args.env,
+        policy=args.policy,
+        episodes=args.episodes,
+        env_seed=args.env_seed,
+        policy_output=args.policy_output,
+        progress=not args.quiet,
     )
     print(report.summary())
     return 0
@@ -182,19 +189,47 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     cal = sub.add_parser(
         "calibrate",
-        help="set uncertainty thresholds from in-distribution data",
+        help="set uncertainty and transition thresholds from in-distribution data",
         description="Score in-distribution transitions with every 'uncertainty' monitor of an agent, set "
         "each signal's threshold to the conformal (1 - rate) quantile on a calibration split, write the "
         "thresholds file the monitor's thresholds_file names, and report the false-alarm rate measured on "
-        "a held-out split (whole episodes when the data has an 'episode' array or end flags).",
-        epilog="example: interlock calibrate --config interlock.yaml --agent cartpole --data in_dist.npz "
-        "--false-alarm-rate 0.01",
+        "a held-out split (whole episodes when the data has an 'episode' array or end flags). "
+        "'transition' monitors: fit the per-dimension residual scale, the surprise threshold (per-step "
+        "rate), the CUSUM drift and the shift threshold (per-episode rate) on whole in-distribution "
+        "episodes (docs/shift.md); the data is a .npz of episodes or a rollout of --policy in --env.",
+        epilog="examples: interlock calibrate --config interlock.yaml --agent cartpole --data in_dist.npz "
+        "--false-alarm-rate 0.01\n  interlock calibrate --config interlock.yaml --agent cartpole --env "
+        "CartPole-v1 --policy policy.onnx --episodes 200 --episode-false-alarm-rate 0.05",
     )
     cal.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
     cal.add_argument("--agent", required=True, metavar="ID", help="the agent whose monitors to calibrate")
     cal.add_argument(
-        "--data", required=True, metavar="FILE.npz", help="in-distribution obs and action arrays"
+        "--data",
+        default=None,
+        metavar="FILE.npz",
+        help="in-distribution obs and action arrays (whole episodes, next_obs, for transition monitors)",
     )
+    cal.add_argument("--env", default=None, metavar="ID", help="instead of --data: a Gymnasium env id")
+    cal.add_argument(
+        "--policy", default=None, metavar="POLICY.onnx", help="with --env: the policy to roll out"
+    )
+    cal.add_argument(
+        "--policy-output", choices=["logits", "action"], default="logits", help="what --policy outputs"
+    )
+    cal.add_argument(
+        "--episodes", type=int, default=100, help="with --env: episodes to roll out (default 100)"
+    )
+    cal.add_argument(
+        "--env-seed", type=int, default=0, help="with --env: episode e resets with seed ENV_SEED + e"
+    )
+    cal.add_argument(
+        "--episode-false-alarm-rate",
+        type=float,
+        default=0.05,
+        help="transition monitors: share of in-distribution episodes the shift signal may trip in "
+        "(default 0.05)",
+    )
+    cal.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     cal.add_argument(
         "--false-alarm-rate",
         type=float,

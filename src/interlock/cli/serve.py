@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from interlock.server.app import serve
+
+    if not args.verbose:
+        # A server reports its life at INFO (start, reloads, resolved escalations); other commands stay quiet.
+        logging.getLogger("interlock").setLevel(logging.INFO)
 
     if args.workers > 1:
         from interlock.server.workers import serve_workers

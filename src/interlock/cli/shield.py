@@ -43,6 +43,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_build)
 
+    cal = ssub.add_parser(
+        "calibrate",
+        help="suggest constraint margins for a dynamics shield from in-distribution episodes",
+        description="Measure the one-step and open-loop H-step error of an agent's dynamics reachability "
+        "monitor on in-distribution transitions (obs, action, next_obs, episode), per dimension, and "
+        "suggest constraint margins: the largest per-step quantile over the first STEPS steps. Writes a "
+        "JSON report with the constraints tightened by those margins (see docs/shield.md). Use "
+        "in-distribution data only.",
+        epilog="example: interlock shield calibrate --config interlock.yaml --agent cartpole --data "
+        "in_dist.npz --quantile 0.99 --steps 5 -o margins.json",
+    )
+    cal.add_argument("--config", required=True, metavar="FILE", help="the Interlock YAML config")
+    cal.add_argument("--agent", required=True, metavar="ID", help="the agent whose monitor to calibrate")
+    cal.add_argument("--data", required=True, metavar="FILE.npz", help="in-distribution transitions")
+    cal.add_argument(
+        "--monitor", default=None, metavar="NAME", help="the reachability monitor (default: first)"
+    )
+    cal.add_argument("--quantile", type=float, default=0.99, help="error quantile per step (default 0.99)")
+    cal.add_argument(
+        "--steps", type=int, default=None, help="open-loop steps (default: the monitor's horizon)"
+    )
+    cal.add_argument("--max-starts", type=int, default=2000, help="rollout start rows sampled (default 2000)")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("-o", "--output", required=True, metavar="FILE.json", help="where to write the report")
+    cal.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from interlock.ensembles.common import EnsembleError
+    from interlock.reachability.margins import calibrate_margins
+
+    kwargs = {"quantile": args.quantile, "max_starts": args.max_starts, "seed": args.seed}
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    try:
+        report = calibrate_margins(args.config, args.agent, args.data, args.monitor, **kwargs)
+    except EnsembleError as e:
+        raise UsageError(e.message) from None
+    print(report.summary())
+    print(f"wrote {report.write(args.output)}")
+    return 0
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from interlock.config import TabularModelConfig, load_config

@@ -109,9 +109,9 @@ class CheckResult:
 
     @classmethod
     def from_pb(cls, d: pb.Decision) -> CheckResult:
-        action: np.ndarray | None = to_numpy(d.action, "decision.action")
-        if action.ndim == 1 and action.size == 0:  # HALT without a fail-safe action
-            action = None
+        wire_action = to_numpy(d.action, "decision.action")
+        # an empty action: HALT without a fail-safe action
+        action = None if wire_action.ndim == 1 and wire_action.size == 0 else wire_action
         return cls(
             verdict=Verdict(d.verdict),
             action=action,

@@ -38,7 +38,7 @@ class InterlockHalted(RuntimeError):
         self.result = result
 
 
-def _to_env_action(space: gymnasium.Space, action: np.ndarray) -> Any:
+def _to_env_action(space: gymnasium.Space[Any], action: np.ndarray) -> Any:
     """The decision's action in the form ``space`` expects (an int for Discrete)."""
     if isinstance(space, spaces.Discrete):
         return int(np.asarray(action).reshape(()))
@@ -47,7 +47,7 @@ def _to_env_action(space: gymnasium.Space, action: np.ndarray) -> Any:
     return action
 
 
-def _check_space(space: gymnasium.Space, what: str) -> None:
+def _check_space(space: gymnasium.Space[Any], what: str) -> None:
     if not isinstance(space, spaces.Discrete | spaces.Box):
         raise TypeError(
             f"InterlockWrapper supports Discrete and Box {what} spaces, got {type(space).__name__}; "
@@ -102,7 +102,9 @@ class InterlockWrapper(gymnasium.Wrapper):
         #: Counts of verdicts over the wrapper's lifetime, e.g. {"ALLOW": 480, "SUBSTITUTE": 3}.
         self.verdict_counts: dict[str, int] = {}
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._obs, self._episode, self._step = obs, uuid.uuid4().hex, 0
         return obs, info
@@ -122,6 +124,8 @@ class InterlockWrapper(gymnasium.Wrapper):
             obs, reward, terminated, _, info = self.env.step(_to_env_action(self.action_space, result.action))
             self._obs = obs
             return obs, reward, terminated, True, {**info, "interlock": result.as_dict()}
+        if result.action is None:  # only a HALT may come without an action; never act on none
+            raise InterlockHalted(result)
         obs, reward, terminated, truncated, info = self.env.step(
             _to_env_action(self.action_space, result.action)
         )
@@ -164,14 +168,17 @@ class InterlockVectorWrapper(VectorWrapper):
         self._steps = np.zeros(env.num_envs, dtype=np.int64)
         self.verdict_counts: dict[str, int] = {}
 
-    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
-        obs, info = self.env.reset(seed=seed, options=options)
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        # VectorEnv.reset is annotated `int | None`, yet its implementations take one seed per sub-env.
+        obs, info = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]
         self._obs = obs
         self._episodes = [uuid.uuid4().hex for _ in range(self.num_envs)]
         self._steps[:] = 0
         return obs, info
 
-    def step(self, actions: Any):
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         if self._obs is None:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
         results = self.client.check_batch(

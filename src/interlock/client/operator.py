@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -51,12 +51,14 @@ class OperatorClient:
 
     def list(self, state: int = 0, agent_id: str = "", limit: int = 0) -> list[pb.Escalation]:
         """Newest first; ``state`` is an ``ESCALATION_STATE_*`` value (0: all)."""
-        req = pb.ListEscalationsRequest(state=state, agent_id=agent_id, limit=limit)
+        wanted = cast("pb.EscalationState", state)
+        req = pb.ListEscalationsRequest(state=wanted, agent_id=agent_id, limit=limit)
         return list(self.stub.ListEscalations(req, timeout=self.timeout, metadata=self.metadata).escalations)
 
     def get(self, escalation_id: str) -> pb.Escalation:
         req = pb.GetEscalationRequest(escalation_id=escalation_id)
-        return self.stub.GetEscalation(req, timeout=self.timeout, metadata=self.metadata)
+        found: pb.Escalation = self.stub.GetEscalation(req, timeout=self.timeout, metadata=self.metadata)
+        return found
 
     def resolve(
         self,
@@ -67,11 +69,17 @@ class OperatorClient:
         comment: str = "",
     ) -> pb.Escalation:
         req = pb.ResolveEscalationRequest(
-            escalation_id=escalation_id, resolution=resolution, operator=operator, comment=comment
+            escalation_id=escalation_id,
+            resolution=cast("pb.Resolution", resolution),
+            operator=operator,
+            comment=comment,
         )
         if action is not None:
             req.action.CopyFrom(from_numpy(np.asarray(action)))
-        return self.stub.ResolveEscalation(req, timeout=self.timeout, metadata=self.metadata)
+        resolved: pb.Escalation = self.stub.ResolveEscalation(
+            req, timeout=self.timeout, metadata=self.metadata
+        )
+        return resolved
 
     def approve(self, escalation_id: str, operator: str = "", comment: str = "") -> pb.Escalation:
         """The proposed action goes ahead."""
@@ -90,7 +98,8 @@ class OperatorClient:
     def watch(self, agent_id: str = "", include_pending: bool = True) -> Iterator[pb.Escalation]:
         """Every change from now on (first the pending ones); cancel with ``close()`` or break."""
         req = pb.WatchEscalationsRequest(agent_id=agent_id, include_pending=include_pending)
-        return self.stub.WatchEscalations(req, metadata=self.metadata)
+        changes: Iterator[pb.Escalation] = self.stub.WatchEscalations(req, metadata=self.metadata)
+        return changes
 
     def close(self) -> None:
         self.channel.close()

@@ -228,10 +228,10 @@ def _analyse_mlp(model: onnx.ModelProto) -> _Mlp:
     g = model.graph
     if len(g.output) != 1:
         raise _NotMlp("more than one output")
-    for node in g.node:
-        for a in node.attribute:
-            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise _NotMlp(f"{node.op_type} has a subgraph")
+    for graph_node in g.node:
+        for attr in graph_node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise _NotMlp(f"{graph_node.op_type} has a subgraph")
     consts = _constants(g)
     producer = {o: n for n in g.node for o in n.output}
     inputs = {i.name for i in graph_inputs(model)}
@@ -305,7 +305,7 @@ def _analyse_mlp(model: onnx.ModelProto) -> _Mlp:
     if not seen_linear:
         raise _NotMlp("no Gemm/MatMul with constant weights")
     steps.reverse()
-    width = [s.value.shape[1] for s in steps if s.kind == "matmul"][-1]
+    width = [s.value.shape[1] for s in steps if s.kind == "matmul" and s.value is not None][-1]
     for s in steps:
         if s.kind == "reshape_tail" and s.value is not None and int(s.value[1]) not in (-1, width):
             raise _NotMlp(f"a Reshape of [batch, {width}] to {s.value.tolist()}")
@@ -317,12 +317,12 @@ def _analyse_mlp(model: onnx.ModelProto) -> _Mlp:
             prefix.append(node)
             needed.update(i for i in node.input if i)
     prefix.reverse()
-    canon: dict[str, tuple] = {}
-    for j, i in enumerate(graph_inputs(model)):
-        canon[i.name] = ("input", j)
-    sig: list[tuple] = []
+    canon: dict[str, tuple[Any, ...]] = {}
+    for j, graph_input in enumerate(graph_inputs(model)):
+        canon[graph_input.name] = ("input", j)
+    sig: list[tuple[Any, ...]] = []
     for k, node in enumerate(prefix):
-        ins = []
+        ins: list[tuple[Any, ...]] = []
         for i in node.input:
             if not i:
                 ins.append(("",))
@@ -503,7 +503,7 @@ def _build_stacked(models: Sequence[tuple[str, onnx.ModelProto]]) -> onnx.ModelP
     if not steps:
         raise _NotMlp("empty chain")
     if any(
-        m.steps[s].value is not None and m.steps[s].value.dtype != np.float32
+        (value := m.steps[s].value) is not None and value.dtype != np.float32
         for m in mlps
         for s in range(len(steps))
     ):
@@ -546,14 +546,12 @@ def _rename_graph(g: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for sub in a.graphs:
                     _rename_graph(sub, prefix, keep)
-    for coll in (g.initializer, g.sparse_initializer):
-        for t in coll:
-            if hasattr(t, "values"):  # SparseTensorProto
-                t.values.name = r(t.values.name)
-            else:
-                t.name = r(t.name)
-    for coll in (g.input, g.output, g.value_info):
-        for vi in coll:
+    for t in g.initializer:
+        t.name = r(t.name)
+    for sparse in g.sparse_initializer:
+        sparse.values.name = r(sparse.values.name)
+    for infos in (g.input, g.output, g.value_info):
+        for vi in infos:
             vi.name = r(vi.name)
 
 
@@ -754,7 +752,7 @@ def random_feeds(session, batch: int, rng: np.random.Generator, int_high: int = 
 
     Floats are standard normal, integers uniform in ``[0, int_high)``, bools fair coins.
     """
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for inp in session.get_inputs():
         dtype = ORT_TO_NUMPY.get(inp.type)
         if dtype is None:

@@ -97,7 +97,7 @@ class EnsembleModel:
         """``[K, batch, ...]`` member outputs for ``observations [batch, *obs_shape]``."""
         n = len(observations)
         obs = observations.reshape(n, -1) if self._obs_flat else observations
-        feeds = {self._obs: np.ascontiguousarray(obs, dtype=self._obs_dtype)}
+        feeds: dict[str, np.ndarray] = {self._obs: np.ascontiguousarray(obs, dtype=self._obs_dtype)}
         if self.needs_action:
             a = np.asarray(actions)
             if a.ndim > 1:

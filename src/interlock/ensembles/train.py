@@ -129,13 +129,14 @@ def _problem(data: Transitions, cfg: TrainConfig) -> _Problem:
         n = _n_actions(data, cfg)
         target = data.get("q_target")
         if target is None:
-            if data.get("reward") is None:
+            reward = data.get("reward")
+            if reward is None:
                 raise EnsembleError(
                     f"{data.source}: --kind q needs 'q_target' ([N] or [N, n_actions]) or 'reward' "
                     f"to compute "
                     "discounted returns from"
                 )
-            target = discounted_returns(data.get("reward"), data.episodes(), cfg.gamma)
+            target = discounted_returns(reward, data.episodes(), cfg.gamma)
             notes.append(f"Q targets: discounted returns (gamma {cfg.gamma}) of the logged behaviour")
         target = np.asarray(target, np.float64)
         if target.ndim == 1:
@@ -170,18 +171,18 @@ def _problem(data: Transitions, cfg: TrainConfig) -> _Problem:
                 f"{data.source}: 'next_obs' has {delta.shape[1]} columns, 'obs' has {data.obs.shape[1]}"
             )
         # Terminal transitions of gymnasium envs are real steps; keep them.
+        n_actions: int | None = None
+        act_dim: int | None = None
         if data.discrete:
-            n = _n_actions(data, cfg)
-            extra = np.eye(n)[data.action]
-            act_dim = None
+            n_actions = _n_actions(data, cfg)
+            extra = np.eye(n_actions)[data.action]
         else:
-            n = None
             extra = np.asarray(data.action, np.float64).reshape(len(data), -1)
             act_dim = extra.shape[1]
         std = delta.std(axis=0)
         std = np.maximum(std, 1e-6 * max(float(std.max()), 1e-6))
         return _Problem(
-            data.obs, extra, delta, None, delta.shape[1], "mse", n, act_dim, delta.mean(0), std, notes
+            data.obs, extra, delta, None, delta.shape[1], "mse", n_actions, act_dim, delta.mean(0), std, notes
         )
     raise EnsembleError(f"--kind must be one of {', '.join(KINDS)}, not '{cfg.kind}'")
 

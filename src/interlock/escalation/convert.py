@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def to_pb(e: Escalation) -> pb.Escalation:
         signals=[
             pb.Signal(name=s.name, value=s.value, threshold=s.threshold, tripped=s.tripped) for s in e.signals
         ],
-        state=int(e.state),
+        state=cast("pb.EscalationState", int(e.state)),  # the same numbers (model.EscalationState mirrors it)
         fallback=e.fallback,
         created_time=e.created_time,
         deadline_time=e.deadline_time,

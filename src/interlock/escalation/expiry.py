@@ -40,7 +40,7 @@ class Expiry:
         self.clock = clock
         self.finished = finished
         self.settle = settle
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def expire(self, escalation_id: str) -> Escalation:
         """Mark it EXPIRED unless an answer won; returns the final record either way."""

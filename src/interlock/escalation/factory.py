@@ -5,6 +5,7 @@ from __future__ import annotations
 from interlock.config import LoadedConfig
 from interlock.escalation.store import EscalationStore
 from interlock.storage.env import expand_env
+from interlock.storage.postgres import psycopg
 
 
 def open_store(loaded: LoadedConfig) -> EscalationStore:
@@ -18,5 +19,6 @@ def open_store(loaded: LoadedConfig) -> EscalationStore:
     if cfg.kind == "postgres":
         from interlock.escalation.postgres import PostgresEscalationStore
 
+        psycopg("escalations.store.kind is postgres")  # fail now, naming the key that asked for it
         return PostgresEscalationStore(expand_env(cfg.dsn, "escalations.store.dsn"))
     raise ValueError(f"unknown escalation store kind {cfg.kind!r}")  # pragma: no cover - config forbids it

@@ -18,7 +18,7 @@ class PendingEntry:
     rule: str
     deadline: float
     mode: str
-    waiter: asyncio.Future | None = None
+    waiter: asyncio.Future[Escalation] | None = None
 
 
 @dataclass

@@ -35,6 +35,7 @@ answers are shared.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
@@ -96,7 +97,7 @@ class EscalationManager:
         self.operator = OperatorApi(store, guard, self.expiry, clock, self._finished)
         #: Other processes' changes waiting to be applied here (None: re-read what we hold).
         self._changes: asyncio.Queue[list[Change] | None] | None = None
-        self._follower: asyncio.Task | None = None
+        self._follower: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,7 +212,7 @@ class EscalationManager:
         if entry is not None and entry.waiter is not None and not entry.waiter.done():
             entry.waiter.set_result(rec)
 
-    async def _follow(self, changes: asyncio.Queue[list[Change] | None]) -> None:
+    async def _follow(self, changes: asyncio.Queue[builtins.list[Change] | None]) -> None:
         """Apply other processes' changes, one batch at a time, in the order they committed."""
         while True:
             batch = await changes.get()

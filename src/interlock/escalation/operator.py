@@ -141,9 +141,11 @@ class OperatorApi:
         space = rt.spaces.action
         coerced = space.coerce(np.asarray(action), "action")
         if space.invalid(coerced[None])[0]:
-            where = (
-                f"0..{space.n - 1}" if space.discrete else f"[{space.low.tolist()}, {space.high.tolist()}]"
-            )  # type: ignore[union-attr]
+            if space.discrete:
+                where = f"0..{space.n - 1}"
+            else:
+                low, high = space.bounds()
+                where = f"[{low.tolist()}, {high.tolist()}]"
             raise InvalidRequest(
                 f"action {coerced.tolist()} is outside the action space of '{rt.config.id}' ({where})"
             )

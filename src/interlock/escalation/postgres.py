@@ -22,10 +22,12 @@ Requires ``pip install 'interlock[postgres]'``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from interlock.errors import ConfigError
 from interlock.escalation.convert import from_bytes
@@ -47,6 +49,7 @@ from interlock.escalation.store import (
 from interlock.storage.postgres import SCHEMA_LOCK, psycopg, redact
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TABLE = "interlock_escalations"
 #: The NOTIFY channel of the change feed.
@@ -79,12 +82,12 @@ class PostgresEscalationStore(EscalationStore):
     def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
-        self._conn = None
+        self._conn: Any = None  # a psycopg.Connection once open
         self._executor: ThreadPoolExecutor | None = None
         self.origin = new_origin()
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Task[None] | None = None
 
-    def _connect(self):
+    def _connect(self) -> Any:
         conn = psycopg().connect(self.dsn, connect_timeout=self.connect_timeout, autocommit=False)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK])
@@ -118,11 +121,11 @@ class PostgresEscalationStore(EscalationStore):
                 await asyncio.get_running_loop().run_in_executor(executor, conn.close)
             executor.shutdown(wait=True)
 
-    async def _run(self, work):
+    async def _run(self, work: Callable[[Any], _T]) -> _T:
         if self._executor is None:
             raise StoreError("the escalation store is not open")
 
-        def call():
+        def call() -> _T:
             pg = psycopg()
             try:
                 if self._conn is None or self._conn.closed:
@@ -149,7 +152,7 @@ class PostgresEscalationStore(EscalationStore):
         rows = [insert_row(e) for e in escalations]
         notes = [self._payload(CREATED, e.escalation_id) for e in escalations]
 
-        def work(conn):
+        def work(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -164,14 +167,14 @@ class PostgresEscalationStore(EscalationStore):
         args = finish_args(escalation)
         note = self._payload(FINISHED, escalation.escalation_id)
 
-        def work(conn):
+        def work(conn: Any) -> bool:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
                     f"UPDATE {TABLE} SET state = %s, resolved_time = %s, body = %s "
                     "WHERE escalation_id = %s AND state = %s",
                     args,
                 )
-                won = cur.rowcount == 1
+                won: bool = cur.rowcount == 1
                 if won:
                     cur.execute("SELECT pg_notify(%s, %s)", note)
                 return won
@@ -234,12 +237,14 @@ class PostgresEscalationStore(EscalationStore):
 
     # ------------------------------------------------------------------ reads
 
-    async def _select(self, where: str, params: tuple, order: str, limit: int | None = None):
+    async def _select(
+        self, where: str, params: tuple[object, ...], order: str, limit: int | None = None
+    ) -> builtins.list[Escalation]:
         sql = f"SELECT body FROM {TABLE} {where} ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
 
-        def work(conn):
+        def work(conn: Any) -> builtins.list[Escalation]:
             with conn.transaction():
                 return [from_bytes(bytes(r[0])) for r in conn.execute(sql, params)]
 
@@ -255,10 +260,10 @@ class PostgresEscalationStore(EscalationStore):
         where, params = list_filter("%s", state, agent_id, resolved)
         return await self._select(where, params, "created_time DESC", limit)
 
-    async def pending(self) -> list[Escalation]:
+    async def pending(self) -> builtins.list[Escalation]:
         return await self._select("WHERE state = %s", (PENDING,), "created_time")
 
-    async def resolved_since(self, since: float) -> list[Escalation]:
+    async def resolved_since(self, since: float) -> builtins.list[Escalation]:
         return await self._select(
             "WHERE resolved_time >= %s AND state != %s", (since, EXPIRED), "resolved_time"
         )

@@ -19,13 +19,15 @@ lost). The price is up to ``poll_seconds`` of extra latency, well inside the 100
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from interlock.errors import ConfigError
 from interlock.escalation.convert import from_bytes
@@ -70,6 +72,8 @@ CREATE TABLE IF NOT EXISTS escalation_changes (
 """
 #: The change table was added without a version bump: older servers ignore it (they only miss wake-ups).
 _SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
 #: Change rows kept; older ones are pruned on insert (a poller more than this far behind resyncs).
 _CHANGES_KEPT = 10_000
 
@@ -94,7 +98,7 @@ class SqliteEscalationStore(EscalationStore):
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         if self._executor is None or self._conn is None:
             raise StoreError("the escalation store is not open")
         loop = asyncio.get_running_loop()
@@ -149,7 +153,7 @@ class SqliteEscalationStore(EscalationStore):
         changes = [(self.origin, CREATED, e.escalation_id) for e in escalations]
         await self._run(self._insert, rows, changes)
 
-    def _insert(self, rows: list[tuple], changes: list[tuple]) -> None:
+    def _insert(self, rows: list[tuple[object, ...]], changes: list[tuple[object, ...]]) -> None:
         conn = self._conn
         assert conn is not None
         with conn:
@@ -162,7 +166,7 @@ class SqliteEscalationStore(EscalationStore):
             )
 
     @staticmethod
-    def _announce(conn: sqlite3.Connection, changes: list[tuple]) -> None:
+    def _announce(conn: sqlite3.Connection, changes: list[tuple[object, ...]]) -> None:
         conn.executemany(
             "INSERT INTO escalation_changes (origin, kind, escalation_id) VALUES (?, ?, ?)", changes
         )
@@ -170,7 +174,7 @@ class SqliteEscalationStore(EscalationStore):
     async def finish(self, escalation: Escalation) -> bool:
         return await self._run(self._update, finish_args(escalation))
 
-    def _update(self, args: tuple) -> bool:
+    def _update(self, args: tuple[object, ...]) -> bool:
         conn = self._conn
         assert conn is not None
         with conn:
@@ -187,7 +191,9 @@ class SqliteEscalationStore(EscalationStore):
 
     # ------------------------------------------------------------------ reads
 
-    def _select(self, where: str, params: tuple, order: str, limit: int | None = None) -> list[Escalation]:
+    def _select(
+        self, where: str, params: tuple[object, ...], order: str, limit: int | None = None
+    ) -> list[Escalation]:
         conn = self._conn
         assert conn is not None
         sql = f"SELECT body FROM escalations {where} ORDER BY {order}"
@@ -205,10 +211,10 @@ class SqliteEscalationStore(EscalationStore):
         where, params = list_filter("?", state, agent_id, resolved)
         return await self._run(self._select, where, params, "created_time DESC", limit)
 
-    async def pending(self) -> list[Escalation]:
+    async def pending(self) -> builtins.list[Escalation]:
         return await self._run(self._select, "WHERE state = ?", (PENDING,), "created_time")
 
-    async def resolved_since(self, since: float) -> list[Escalation]:
+    async def resolved_since(self, since: float) -> builtins.list[Escalation]:
         return await self._run(
             self._select,
             "WHERE resolved_time >= ? AND state != ?",
@@ -235,7 +241,9 @@ class SqliteEscalationStore(EscalationStore):
         self._poller.start()
         on_changes(None)
 
-    def _poll(self, conn: sqlite3.Connection, last: int, loop: asyncio.AbstractEventLoop, on_changes) -> None:
+    def _poll(
+        self, conn: sqlite3.Connection, last: int, loop: asyncio.AbstractEventLoop, on_changes: OnChanges
+    ) -> None:
         version = None
         try:
             while not self._stop_polling.wait(self.poll_seconds):

@@ -22,6 +22,7 @@ see every change.
 
 from __future__ import annotations
 
+import builtins
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -37,17 +38,19 @@ PENDING = int(EscalationState.PENDING)
 EXPIRED = int(EscalationState.EXPIRED)
 
 
-def insert_row(e: Escalation) -> tuple:
+def insert_row(e: Escalation) -> tuple[object, ...]:
     """The escalations table row of a new escalation (resolved_time NULL, the message as the body)."""
     return (e.escalation_id, e.agent_id, int(e.state), e.created_time, e.deadline_time, None, to_bytes(e))
 
 
-def finish_args(e: Escalation) -> tuple:
+def finish_args(e: Escalation) -> tuple[object, ...]:
     """``(state, resolved_time, body, escalation_id, PENDING)`` for ``finish()``'s compare-and-set UPDATE."""
     return (int(e.state), e.resolved_time, to_bytes(e), e.escalation_id, PENDING)
 
 
-def list_filter(placeholder: str, state: int, agent_id: str, resolved: bool) -> tuple[str, tuple]:
+def list_filter(
+    placeholder: str, state: int, agent_id: str, resolved: bool
+) -> tuple[str, tuple[object, ...]]:
     """The WHERE clause and parameters of ``list()``, for a driver's placeholder (``?`` or ``%s``)."""
     clauses: list[str] = []
     params: list[object] = []
@@ -143,9 +146,9 @@ class EscalationStore(ABC):
         """Newest first; ``state`` 0 and ``agent_id`` "" match everything; ``resolved`` skips PENDING."""
 
     @abstractmethod
-    async def pending(self) -> list[Escalation]:
+    async def pending(self) -> builtins.list[Escalation]:
         """Every PENDING escalation, oldest first (used to recover after a restart)."""
 
     @abstractmethod
-    async def resolved_since(self, since: float) -> list[Escalation]:
+    async def resolved_since(self, since: float) -> builtins.list[Escalation]:
         """Escalations resolved (not expired) at or after ``since`` (Unix seconds), oldest first."""

@@ -18,7 +18,7 @@ _CLOSED: Any = object()
 @dataclass(eq=False)
 class _Subscriber:
     agent_id: str
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=WATCH_QUEUE))
+    queue: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(maxsize=WATCH_QUEUE))
     overflowed: bool = False
 
 

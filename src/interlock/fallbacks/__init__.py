@@ -49,6 +49,20 @@ def _recover(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fall
     return RecoverFallback(name, spaces, runtime, cfg.monitor, cfg.candidates, cfg.seed, where=where)
 
 
+def _shield_choice(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.recover import ShieldChoiceFallback
+
+    return ShieldChoiceFallback(
+        name, spaces, runtime, cfg.monitor, cfg.scores, cfg.candidates, cfg.seed, where=where
+    )
+
+
+def _python(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
+    from interlock.fallbacks.python import PythonFallback
+
+    return PythonFallback(name, spaces, runtime, cfg.callable, cfg.kwargs, where=where)
+
+
 def _robust(name: str, cfg: Any, spaces: Any, runtime: Any, where: str) -> Fallback:
     from interlock.fallbacks.robust import RobustFallback
 
@@ -80,6 +94,8 @@ BUILDERS: dict[str, Callable[..., Fallback]] = {
     "shield": _shield,
     "backup": _backup,
     "recover": _recover,
+    "shield_choice": _shield_choice,
+    "python": _python,
     "robust": _robust,
     "quantilizer": _quantilizer,
 }

@@ -1,4 +1,9 @@
-"""The ``recover`` fallback: the candidate action with the best worst-case recoverability."""
+"""The ``recover`` and ``shield_choice`` fallbacks: choices among rolled-out candidate actions.
+
+Both ask the monitor to roll out every candidate action of every row in one batch
+(:meth:`~interlock.monitors.reachability.RecoverabilityMonitor.evaluate_candidates`); they
+differ only in how they choose.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import numpy as np
 
 from interlock.errors import ConfigError
 from interlock.fallbacks.binding import MonitorBoundFallback
-from interlock.monitors.reachability import RecoverabilityMonitor
+from interlock.fallbacks.shield import onnx_scores
+from interlock.monitors.reachability import CandidateResult, RecoverabilityMonitor
+from interlock.reachability.candidates import CandidateSet
 
 
 class RecoverFallback(MonitorBoundFallback):
@@ -21,7 +28,7 @@ class RecoverFallback(MonitorBoundFallback):
 
     kind = "recover"
     monitor_class = RecoverabilityMonitor
-    monitor_what = "a reachability monitor with a dynamics_ensemble model"
+    monitor_what = "a reachability monitor with a dynamics_ensemble or python model"
 
     def __init__(
         self,
@@ -34,50 +41,115 @@ class RecoverFallback(MonitorBoundFallback):
         where: str = "fallback",
     ) -> None:
         super().__init__(name, spaces, runtime, monitor, where)
-        space = spaces.action
-        if space.discrete:
-            self._fixed = np.arange(space.n, dtype=space.dtype)
-        else:
-            rng = np.random.default_rng(seed)
-            lo, hi = space.low, space.high
-            if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-                raise ConfigError(f"{where}: sampling candidates needs finite action bounds")
-            self._fixed = (lo + (hi - lo) * rng.random((candidates, *space.shape))).astype(space.dtype)
+        self.candidate_set = CandidateSet(spaces.action, candidates, seed, where)
 
-    def propose(self, batch, signals) -> np.ndarray:
-        mon = self.monitor
+    def _evaluate(self, batch) -> CandidateResult:
+        mon: RecoverabilityMonitor = self.monitor
         if mon.engine is None:
             raise RuntimeError(f"{self.where}: monitor '{self.monitor_name}' is not loaded")
+        return mon.evaluate_candidates(batch, self.candidate_set)
+
+    def _closeness(self, batch, res: CandidateResult) -> np.ndarray:
+        """``[batch, C]`` distance of each candidate to the proposed action (0/1 for discrete)."""
         space = self.spaces.action
         n = len(batch)
-        obs = np.asarray(batch.observations).reshape(n, -1)
-        backup = mon.engine.backup.act(obs)
         proposed = np.asarray(batch.actions)
+        cands = res.candidates.actions
         if space.discrete:
-            cands = np.broadcast_to(self._fixed, (n, len(self._fixed)))
-            closeness = (cands != proposed.reshape(n, 1)).astype(np.float64)
-        else:
-            clipped = np.clip(np.nan_to_num(proposed, nan=0.0), space.low, space.high)
-            fixed = np.broadcast_to(self._fixed, (n, *self._fixed.shape))
-            cands = np.concatenate([clipped[:, None], backup[:, None], fixed], axis=1)
-            span = np.where(space.high > space.low, space.high - space.low, 1.0).reshape(-1)
-            diff = (cands - np.nan_to_num(proposed, nan=0.0)[:, None]).reshape(n, cands.shape[1], -1) / span
-            closeness = np.sqrt((diff**2).sum(axis=2))
-        C = cands.shape[1]
-        flat_obs = np.repeat(obs, C, axis=0)
-        flat_act = cands.reshape(n * C, *space.shape)
-        result = mon.evaluate(flat_obs, flat_act)
-        share = result.failing_share.reshape(n, C)
-        margin = result.worst_margin.reshape(n, C)
-        is_backup = np.zeros(cands.shape[:2], dtype=bool)
-        if space.discrete:
-            is_backup = cands == backup.reshape(n, 1)
-        else:
-            is_backup[:, 1] = True
-        # Lexicographic: fewest failing members, largest worst-case margin, the backup's own action
-        # (the proposed one was flagged), then the candidate closest to the proposed action.
-        best = np.array(
-            [np.lexsort((closeness[i], ~is_backup[i], -margin[i], share[i]))[0] for i in range(n)],
+            return (cands != proposed.reshape(n, 1)).astype(np.float64)
+        span = np.where(space.high > space.low, space.high - space.low, 1.0).reshape(-1)
+        diff = (cands - np.nan_to_num(proposed, nan=0.0)[:, None]).reshape(n, cands.shape[1], -1) / span
+        return np.sqrt((diff**2).sum(axis=2))
+
+    def _ranked(self, res: CandidateResult, closeness: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Per row in ``rows``: fewest failing members, largest worst-case margin, the backup's action,
+        then the candidate closest to the proposed action."""
+        return np.array(
+            [
+                np.lexsort((closeness[i], ~res.candidates.backup[i], -res.margin[i], res.share[i]))[0]
+                for i in rows
+            ],
             dtype=np.int64,
         )
-        return cands[np.arange(n), best].astype(space.dtype)
+
+    def propose(self, batch, signals) -> np.ndarray:
+        res = self._evaluate(batch)
+        n = len(batch)
+        best = self._ranked(res, self._closeness(batch, res), np.arange(n))
+        return res.candidates.actions[np.arange(n), best].astype(self.spaces.action.dtype)
+
+
+class ShieldChoiceFallback(RecoverFallback):
+    """The model-predictive shield's choice.
+
+    Per row: the proposed action if its worst case over members stays inside the constraints
+    (the monitor's threshold); else, among the safe candidates, the one the agent scores highest
+    (``scores``: an ONNX model from observations ``[batch, ...]`` to ``[batch, n_actions]`` logits
+    or Q-values; discrete actions only), or without scores the one with the largest worst-case
+    margin (then the backup policy's action, then the closest to the proposed one); else, when no
+    candidate is safe, the ``recover`` ranking (fewest failing members, then the largest margin).
+
+    The candidates are the monitor's (``candidates:`` in shield mode), else this fallback's own.
+    """
+
+    kind = "shield_choice"
+
+    def __init__(
+        self,
+        name,
+        spaces,
+        runtime,
+        monitor: str,
+        scores: str | None = None,
+        candidates: int = 16,
+        seed: int = 0,
+        where: str = "fallback",
+    ) -> None:
+        super().__init__(name, spaces, runtime, monitor, candidates, seed, where)
+        if scores is not None and not spaces.action.discrete:
+            raise ConfigError(f"{where}.scores: agent scores [batch, n_actions] need a discrete action space")
+        self.scores_path = scores
+        self._scores = None
+
+    def bind(self, monitors) -> None:
+        super().bind(monitors)
+        if self.monitor.candidate_set is not None:
+            self.candidate_set = self.monitor.candidate_set
+
+    def load(self) -> None:
+        self.require_bound()
+        if self.scores_path is not None:
+            self._scores = self.runtime.session(self.scores_path, what=f"{self.where}.scores")
+        self.ready = True
+
+    def propose(self, batch, signals) -> np.ndarray:
+        res = self._evaluate(batch)
+        n = len(batch)
+        rows = np.arange(n)
+        safe = res.safe
+        C = res.candidates.count
+        # A proposed index outside the space (a row the engine sent here for an invalid action) is never kept.
+        valid = (res.candidates.proposed >= 0) & (res.candidates.proposed < C)
+        choice = np.where(valid, res.candidates.proposed, 0)
+        need = ~valid | ~safe[rows, choice]
+        if need.any():
+            closeness = self._closeness(batch, res)
+            if self._scores is not None:
+                prefs = onnx_scores(self._scores, np.asarray(batch.observations), self.spaces.action.n)
+                key = np.where(safe, np.where(np.isnan(prefs), -np.inf, prefs), -np.inf)
+                # Among equally scored safe candidates: the larger worst-case margin.
+                best_safe = np.array(
+                    [np.lexsort((closeness[i], -res.margin[i], -key[i]))[0] for i in rows], dtype=np.int64
+                )
+            else:
+                best_safe = np.array(
+                    [
+                        np.lexsort((closeness[i], ~res.candidates.backup[i], -res.margin[i], ~safe[i]))[0]
+                        for i in rows
+                    ],
+                    dtype=np.int64,
+                )
+            any_safe = safe.any(axis=1)
+            fallback = self._ranked(res, closeness, rows)
+            choice = np.where(need, np.where(any_safe, best_safe, fallback), choice)
+        return res.candidates.actions[rows, choice].astype(self.spaces.action.dtype)

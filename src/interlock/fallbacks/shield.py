@@ -18,6 +18,24 @@ _SCORE_INPUT = {
 }
 
 
+def onnx_scores(session, observations: np.ndarray, n: int) -> np.ndarray:
+    """The agent's scores ``[batch, n]`` float64 from an ONNX model of observations ``[batch, ...]``.
+
+    Raises:
+        ValueError: the model does not give ``n`` values per row.
+    """
+    inp = session.get_inputs()[0]
+    dtype = _SCORE_INPUT.get(inp.type, np.float32)
+    x = np.asarray(observations).astype(dtype)
+    if len(inp.shape) != x.ndim:
+        x = x.reshape(len(x), *([1] * (len(inp.shape) - 1))) if x.ndim == 1 else x.reshape(len(x), -1)
+    (out,) = session.run(None, {inp.name: np.ascontiguousarray(x)})
+    out = np.asarray(out, dtype=np.float64).reshape(len(x), -1)
+    if out.shape[1] != n:
+        raise ValueError(f"scores model returned {out.shape[1]} values per row; expected {n}")
+    return out
+
+
 class ShieldFallback(MonitorBoundFallback):
     """Picks, per row, the allowed action with the highest preference.
 
@@ -93,16 +111,7 @@ class ShieldFallback(MonitorBoundFallback):
                 )
             return self._table[states]
         if self._session is not None:
-            inp = self._session.get_inputs()[0]
-            dtype = _SCORE_INPUT.get(inp.type, np.float32)
-            x = np.asarray(observations).astype(dtype)
-            if len(inp.shape) != x.ndim:
-                x = x.reshape(len(x), *([1] * (len(inp.shape) - 1))) if x.ndim == 1 else x.reshape(len(x), -1)
-            (out,) = self._session.run(None, {inp.name: np.ascontiguousarray(x)})
-            out = np.asarray(out, dtype=np.float64).reshape(len(x), -1)
-            if out.shape[1] != n:
-                raise ValueError(f"scores model returned {out.shape[1]} values per row; expected {n}")
-            return out
+            return onnx_scores(self._session, observations, n)
         return np.broadcast_to(self._rank, (len(states), n))
 
     def propose(self, batch, signals) -> np.ndarray:

@@ -57,12 +57,26 @@ def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     )
 
 
+def _transition(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.transition import TransitionMonitor
+
+    return TransitionMonitor(cfg, spaces, runtime, where)
+
+
+def _python(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    from interlock.monitors.python import PythonMonitor
+
+    return PythonMonitor(cfg, spaces, runtime, where)
+
+
 #: config ``kind`` -> builder(config, spaces, runtime, where) -> Monitor
 BUILDERS: dict[str, Callable[..., Monitor]] = {
     "action_space": _action_space,
     "rules": _rules,
     "reachability": _reachability,
     "uncertainty": _uncertainty,
+    "transition": _transition,
+    "python": _python,
 }
 
 

@@ -18,11 +18,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from interlock.batch import Batch, SignalBatch
 
 __all__ = ["Batch", "Monitor", "SignalBatch"]
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 
@@ -54,6 +58,10 @@ class Monitor(ABC):
     def signal_names(self) -> list[str]:
         """Names (without the monitor prefix) of every signal ``check`` returns; fixed at construction."""
 
+    def bind(self, monitors: Mapping[str, Monitor]) -> None:  # noqa: B027 - optional hook
+        """Called once after construction with the agent's monitors by name, for monitors that read another
+        (a reachability monitor's ``correction:`` source)."""
+
     def load(self) -> None:
         """Open models and precompute tables; must leave the monitor ``ready`` or raise."""
         self.ready = True
@@ -61,6 +69,23 @@ class Monitor(ABC):
     @abstractmethod
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         """Signals for every row of ``batch``, keyed by the names in :attr:`signal_names`."""
+
+    def after_decide(  # noqa: B027 (a hook: optional, no-op by default)
+        self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Told once per decided batch what each row executes; default: nothing.
+
+        Called by the engine after the policy, fallbacks and shadow mode, with the same ``batch``
+        ``check`` saw (every row, also rows this monitor did not run on). Monitors that keep
+        per-episode state (``transition``) record the executed action here. An exception is
+        logged and does not change the decisions.
+
+        Args:
+            batch: The decided batch.
+            executed_actions: ``[batch, *action_shape]``: each decision's action, or the proposed
+                action where the decision has none (HALT without a fail-safe action).
+            valid: ``[batch]`` bool, False where that action is outside the action space.
+        """
 
     def unload(self) -> None:
         self.ready = False

@@ -1,4 +1,8 @@
-"""Set the thresholds of ``uncertainty`` monitors from in-distribution data.
+"""Set the thresholds of ``uncertainty`` and ``transition`` monitors from in-distribution data.
+
+``transition`` monitors are calibrated per episode by
+:mod:`interlock.monitors.calibrate_transition` (per-step and per-episode false-alarm targets);
+what follows is the ``uncertainty`` part.
 
 The data (a transitions ``.npz``: ``obs`` and ``action``, optionally ``episode``)
 is split into a calibration part and a held-out part (by whole episodes when
@@ -61,6 +65,7 @@ class CalibrationReport:
     calibration_rows: int
     held_out_rows: int
     monitors: list[MonitorCalibration] = field(default_factory=list)
+    transitions: list = field(default_factory=list)  # [TransitionCalibration]
 
     def summary(self) -> str:
         lines = [
@@ -77,6 +82,7 @@ class CalibrationReport:
                 )
             lines.append(f"{m.monitor + ' (any signal)':34s} {'':12s} {'':18s} {m.held_out_any_rate:15.4f}")
             lines.append(f"wrote thresholds of '{m.monitor}' to {m.path}")
+        lines.extend(t.summary() for t in self.transitions)
         return "\n".join(lines)
 
 
@@ -100,20 +106,36 @@ def monitor_scores(monitor, data: Transitions, rows: np.ndarray, spaces, batch_s
 def calibrate(
     config: str | Path,
     agent: str,
-    data: str | Path | dict[str, np.ndarray],
+    data: str | Path | dict[str, np.ndarray] | None,
     rate: float = 0.01,
     holdout: float = 0.3,
     seed: int = 0,
     monitors: list[str] | None = None,
     output: str | Path | None = None,
+    episode_rate: float = 0.05,
+    env: str | None = None,
+    policy: str | None = None,
+    episodes: int = 100,
+    env_seed: int = 0,
+    policy_output: str = "logits",
+    progress: bool = False,
 ) -> CalibrationReport:
-    """Calibrate every ``uncertainty`` monitor of ``agent`` (or those named) and write the thresholds.
+    """Calibrate every ``uncertainty`` and ``transition`` monitor of ``agent`` (or those named).
+
+    Args:
+        data: A transitions ``.npz`` (or its arrays); None to roll ``policy`` out in ``env`` instead.
+        rate: Per-step false-alarm target of every signal (``shift``: see ``episode_rate``).
+        episode_rate: Transition monitors: share of in-distribution episodes ``shift`` may trip in.
+        env, policy, episodes, env_seed, policy_output: The rollout when ``data`` is None.
+        progress: tqdm bars.
 
     Raises:
         ConfigError: the config or agent is wrong, or no thresholds file is named.
         EnsembleError: the data is unusable.
     """
-    from interlock.config import UncertaintyMonitorConfig, load_config
+    from interlock.config import TransitionMonitorConfig, UncertaintyMonitorConfig, load_config
+    from interlock.monitors.calibrate_transition import calibrate_transition, episodes_of, rollout_episodes
+    from interlock.monitors.transition import TransitionMonitor
     from interlock.monitors.uncertainty import UncertaintyMonitor
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
@@ -127,20 +149,28 @@ def calibrate(
     if agent_cfg is None:
         known = ", ".join(a.id for a in loaded.config.agents)
         raise ConfigError(f"{config}: no agent '{agent}' (configured: {known})")
-    chosen = [
-        m
-        for m in agent_cfg.monitors
-        if isinstance(m, UncertaintyMonitorConfig) and (not monitors or m.name in monitors)
+    wanted = (UncertaintyMonitorConfig, TransitionMonitorConfig)
+    chosen_all = [
+        m for m in agent_cfg.monitors if isinstance(m, wanted) and (not monitors or m.name in monitors)
     ]
-    if not chosen:
+    if not chosen_all:
         names = ", ".join(m.name for m in agent_cfg.monitors)
         raise ConfigError(
-            f"{config}: agent '{agent_cfg.id}' has no uncertainty monitor"
+            f"{config}: agent '{agent_cfg.id}' has no uncertainty or transition monitor"
             + (f" named {', '.join(monitors)}" if monitors else "")
             + f" (its monitors: {names})"
         )
+    chosen = [m for m in chosen_all if isinstance(m, UncertaintyMonitorConfig)]
     spaces = AgentSpaces.from_config(agent_cfg)
     runtime = ModelRuntime.for_config(loaded)
+    episode_data = None
+    if data is None:
+        if not (env and policy):
+            raise EnsembleError("give --data FILE.npz, or --env ID and --policy POLICY.onnx to roll out")
+        episode_data = rollout_episodes(
+            env, policy, spaces, episodes, seed=env_seed, policy_output=policy_output, progress=progress
+        )
+        data = {"obs": episode_data.obs, "action": episode_data.action, "episode": episode_data.episode}
     ds = load_transitions(data)
     if int(np.prod(spaces.observation.shape)) != ds.obs.shape[1]:
         raise EnsembleError(
@@ -193,4 +223,46 @@ def calibrate(
             "data": Path(ds.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {mcfg.name: entry})
+    for tcfg in (m for m in chosen_all if isinstance(m, TransitionMonitorConfig)):
+        where = f"{loaded.source}: agents[{agent_cfg.id}].monitors[{tcfg.name}]"
+        target = output if output is not None else tcfg.thresholds_file
+        if target is None:
+            raise ConfigError(
+                f"{where} has no thresholds_file: add `thresholds_file: thresholds.json` to it or "
+                "pass --output"
+            )
+        path = loaded.resolve(str(target)) if output is None else Path(output)
+        tmon = TransitionMonitor(tcfg, spaces, runtime, where, require_thresholds=False)
+        tmon.load()
+        if episode_data is None:
+            episode_data = episodes_of(ds)
+        cal = calibrate_transition(
+            tmon,
+            episode_data,
+            step_rate=rate,
+            episode_rate=episode_rate,
+            holdout=holdout,
+            seed=seed,
+            progress=progress,
+        )
+        cal.path = str(path)
+        report.transitions.append(cal)
+        entry = {
+            "kind": "transition",
+            "model": tcfg.model,
+            "model_sha256": file_sha256(tmon.model.resolved),
+            "aggregate": tcfg.aggregate,
+            "dims": tcfg.dims,
+            "residual_scale": cal.residual_scale,
+            "drift": cal.drift,
+            "thresholds": cal.thresholds,
+            "false_alarm_rate": {"per_step": rate, "per_episode": episode_rate},
+            "held_out_false_alarm_rate": {
+                **cal.held_out_step_rate,
+                "shift_per_episode": cal.held_out_episode_rate,
+            },
+            "episodes": cal.episodes,
+            "data": Path(episode_data.source).name,
+        }
+        update_thresholds_file(path, agent_cfg.id, rate, {tcfg.name: entry})
     return report

@@ -24,6 +24,7 @@ Example config::
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,8 +32,21 @@ from interlock.batch import Batch, SignalBatch
 from interlock.config import ReachabilityMonitorConfig
 from interlock.errors import ConfigError
 from interlock.monitors.base import Monitor
+from interlock.plugins import load_callable
+from interlock.reachability.candidates import Candidates, CandidateSet
 from interlock.reachability.constraints import BatchedCondition
-from interlock.reachability.recoverability import OnnxBackupPolicy, OnnxDynamics, Recoverability
+from interlock.reachability.correction import ResidualSource, batch_bias
+from interlock.reachability.recoverability import (
+    Continuation,
+    Dynamics,
+    OnnxBackupPolicy,
+    OnnxDynamics,
+    PolicyContinuation,
+    PythonDynamics,
+    Recoverability,
+    RepeatContinuation,
+    RolloutResult,
+)
 from interlock.reachability.shield_build import ShieldSettings, ShieldTables, default_cache_path, tables_for
 
 log = logging.getLogger(__name__)
@@ -155,8 +169,25 @@ class TabularReachabilityMonitor(Monitor):
         }
 
 
+@dataclass(frozen=True)
+class CandidateResult:
+    """Every candidate of every row, rolled out.
+
+    Attributes:
+        candidates: The :class:`~interlock.reachability.candidates.Candidates` (``C`` per row).
+        share: ``[batch, C]`` share of members whose rollout fails.
+        margin: ``[batch, C]`` fewest steps before a constraint breaks, over members.
+        safe: ``[batch, C]`` bool, the share is within the monitor's threshold.
+    """
+
+    candidates: Candidates
+    share: np.ndarray
+    margin: np.ndarray
+    safe: np.ndarray
+
+
 class RecoverabilityMonitor(Monitor):
-    """Backup-policy rollouts under a dynamics ensemble. Signals: ``unsafe``, ``irreversibility``, ``margin``.
+    """Rollouts under a dynamics model. Signals: ``unsafe``, ``irreversibility``, ``margin``.
 
     * ``irreversibility``: share of members under which the rollout from the proposed
       action's next state breaks a constraint or never re-enters the safe set. Threshold
@@ -164,6 +195,14 @@ class RecoverabilityMonitor(Monitor):
     * ``unsafe``: 1.0 where ``irreversibility`` is tripped. Threshold 0.5.
     * ``margin``: fewest steps before a constraint breaks, over members (``horizon`` when none
       does). Tripped when below ``min_margin``.
+
+    Shield mode (``candidates:``) rolls out every candidate action of every row in the same
+    batch and adds ``safe_count`` (candidates whose worst case stays inside the constraints;
+    tripped at 0) and ``best_margin`` (the largest worst-case margin of any candidate; tripped
+    below ``min_margin``). The model may be an ONNX ensemble or a ``kind: python`` model, the
+    rollout may follow the backup policy, another policy or the first action
+    (``continuation:``), and every prediction may be shifted by the episode's residual bias
+    (``correction:``).
     """
 
     kind = "reachability"
@@ -181,16 +220,49 @@ class RecoverabilityMonitor(Monitor):
             BatchedCondition(cfg.safe_set, self.obs_dim, f"{where}.safe_set") if cfg.safe_set else None
         )
         self.threshold = 0.0 if cfg.irreversibility_threshold is None else cfg.irreversibility_threshold
+        self.candidate_set = (
+            CandidateSet(spaces.action, cfg.candidates.samples, cfg.candidates.seed, f"{where}.candidates")
+            if cfg.candidates is not None
+            else None
+        )
+        self.correction: ResidualSource | None = None
         self.engine: Recoverability | None = None
 
     @property
     def signal_names(self) -> list[str]:
-        return ["unsafe", "irreversibility", "margin"]
+        base = ["unsafe", "irreversibility", "margin"]
+        return base + (["safe_count", "best_margin"] if self.candidate_set is not None else [])
 
-    def load(self) -> None:
-        cfg, model = self.cfg, self.cfg.model
-        session = self.runtime.session(model.model, what=f"{self.where}.model.model")
-        dyn = OnnxDynamics(
+    def bind(self, monitors) -> None:
+        """Find the ``correction:`` monitor among the agent's monitors (by name)."""
+        corr = self.cfg.correction
+        if corr is None:
+            return
+        where = f"{self.where}.correction"
+        source = monitors.get(corr.monitor)
+        if source is None:
+            have = ", ".join(sorted(monitors)) or "none"
+            raise ConfigError(
+                f"{where}.monitor names '{corr.monitor}', which is not a monitor of this agent ({have})"
+            )
+        if not isinstance(source, ResidualSource):
+            raise ConfigError(
+                f"{where}.monitor '{corr.monitor}' is a {type(source).__name__}, which has no "
+                "residual_bias(batch); name a transition monitor or a python monitor whose object "
+                "defines residual_bias"
+            )
+        self.correction = source
+
+    def _dynamics(self) -> Dynamics:
+        model = self.cfg.model
+        where = f"{self.where}.model"
+        if model.kind == "python":
+            fn = load_callable(model.callable, model.kwargs, where)
+            return PythonDynamics(
+                fn, self.spaces.observation.shape, self.spaces.action, model.predicts, where
+            )
+        session = self.runtime.session(model.model, what=f"{where}.model")
+        return OnnxDynamics(
             session,
             self.obs_dim,
             self.spaces.action,
@@ -198,37 +270,118 @@ class RecoverabilityMonitor(Monitor):
             model.obs_input,
             model.action_input,
             model.output_name,
-            where=f"{self.where}.model",
+            where=where,
         )
-        bp = cfg.backup_policy
-        backup = OnnxBackupPolicy(
-            self.runtime.session(bp.model, what=f"{self.where}.backup_policy.model"),
+
+    def _policy(self, model: str, output: str, input_name, output_name, where: str) -> OnnxBackupPolicy:
+        return OnnxBackupPolicy(
+            self.runtime.session(model, what=f"{where}.model"),
             self.spaces.action,
-            bp.output,
-            bp.input_name,
-            bp.output_name,
+            output,
+            input_name,
+            output_name,
             self.spaces.observation.shape,
-            where=f"{self.where}.backup_policy",
+            where=where,
         )
-        self.engine = Recoverability(dyn, backup, self.constraints, self.safe_set, cfg.horizon)
+
+    def load(self) -> None:
+        cfg = self.cfg
+        dyn = self._dynamics()
+        bp = cfg.backup_policy
+        backup = (
+            self._policy(bp.model, bp.output, bp.input_name, bp.output_name, f"{self.where}.backup_policy")
+            if bp is not None
+            else None
+        )
+        cont: Continuation | None = None
+        c = cfg.continuation
+        if c is not None and c.kind == "policy":
+            assert c.model is not None  # the config model checks it
+            cont = PolicyContinuation(
+                self._policy(c.model, c.output, c.input_name, c.output_name, f"{self.where}.continuation")
+            )
+        elif c is not None and c.kind == "repeat":
+            cont = RepeatContinuation()
+        self.engine = Recoverability(dyn, backup, self.constraints, self.safe_set, cfg.horizon, cont)
+        src = self.correction
+        if (
+            src is not None
+            and getattr(src, "ready", False)
+            and not getattr(src, "provides_residual_bias", True)
+        ):
+            raise ConfigError(
+                f"{self.where}.correction.monitor '{self.cfg.correction.monitor}': its python object "
+                "defines no residual_bias(batch) -> [batch, obs_dim]"
+            )
         self.ready = True
 
-    def evaluate(self, observations: np.ndarray, actions: np.ndarray):
-        """The :class:`~interlock.reachability.recoverability.RolloutResult` of ``[N, ...]`` rows."""
+    def require_engine(self) -> Recoverability:
         if self.engine is None:
             raise RuntimeError(f"{self.where}: the monitor is not loaded")
-        return self.engine.rollout(np.asarray(observations).reshape(len(observations), -1), actions)
+        return self.engine
 
-    def check(self, batch: Batch) -> dict[str, SignalBatch]:
-        result = self.evaluate(batch.observations, batch.actions)
-        share = result.failing_share
+    def bias(self, batch: Batch) -> np.ndarray | None:
+        """``[batch, obs_dim]`` correction of ``batch``'s rollouts (``gain`` x the source's bias), or None."""
+        if self.correction is None or self.cfg.correction is None:
+            return None
+        b = batch_bias(self.correction, batch, self.obs_dim, f"{self.where}.correction")
+        return self.cfg.correction.gain * b
+
+    def evaluate(
+        self, observations: np.ndarray, actions: np.ndarray, bias: np.ndarray | None = None
+    ) -> RolloutResult:
+        """The :class:`~interlock.reachability.recoverability.RolloutResult` of ``[N, ...]`` rows.
+
+        ``bias`` ``[N, obs_dim]`` shifts every prediction of row ``n`` (None: no correction).
+        """
+        engine = self.require_engine()
+        return engine.rollout(np.asarray(observations).reshape(len(observations), -1), actions, bias)
+
+    def evaluate_candidates(self, batch: Batch, candidate_set: CandidateSet | None = None) -> CandidateResult:
+        """Roll out every candidate of every row of ``batch`` in one rollout of ``batch x C`` rows.
+
+        Args:
+            batch: The rows (their proposed actions are among the candidates).
+            candidate_set: Which candidates; default the monitor's own (``candidates:``), else
+                every action (discrete) or 16 samples (box).
+        """
+        engine = self.require_engine()
+        cset = candidate_set or self.candidate_set or CandidateSet(self.spaces.action, where=self.where)
+        n = len(batch)
+        obs = np.asarray(batch.observations).reshape(n, -1)
+        backup = engine.backup.act(obs) if engine.backup is not None else None
+        cands = cset.build(np.asarray(batch.actions), backup)
+        C = cands.count
+        bias = self.bias(batch)
+        flat_act = cands.actions.reshape(n * C, *self.spaces.action.shape)
+        result = self.evaluate(
+            np.repeat(obs, C, axis=0), flat_act, None if bias is None else np.repeat(bias, C, axis=0)
+        )
+        share = result.failing_share.reshape(n, C)
+        return CandidateResult(cands, share, result.worst_margin.reshape(n, C), share <= self.threshold)
+
+    def _signals(self, share: np.ndarray, margin: np.ndarray) -> dict[str, SignalBatch]:
         irr = SignalBatch.above(share, self.threshold)
-        margin = result.worst_margin.astype(np.float64)
+        margin = margin.astype(np.float64)
         return {
             "unsafe": SignalBatch.above(irr.tripped.astype(np.float64), 0.5),
             "irreversibility": irr,
             "margin": SignalBatch(margin, float(self.cfg.min_margin), ~(margin >= self.cfg.min_margin)),
         }
+
+    def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        if self.candidate_set is None:
+            result = self.evaluate(batch.observations, batch.actions, self.bias(batch))
+            return self._signals(result.failing_share, result.worst_margin)
+        res = self.evaluate_candidates(batch)
+        rows = np.arange(len(batch))
+        col = res.candidates.proposed
+        out = self._signals(res.share[rows, col], res.margin[rows, col])
+        safe_count = res.safe.sum(axis=1).astype(np.float64)
+        best = res.margin.max(axis=1).astype(np.float64)
+        out["safe_count"] = SignalBatch(safe_count, 0.5, ~(safe_count >= 0.5))
+        out["best_margin"] = SignalBatch(best, float(self.cfg.min_margin), ~(best >= self.cfg.min_margin))
+        return out
 
 
 def build_reachability(cfg: ReachabilityMonitorConfig, spaces, runtime, where: str) -> Monitor:

@@ -19,6 +19,10 @@ labels         map(string, string)              the request's labels
 step           int                              the request's step
 agent_id       string
 episode_id     string
+episode.*      bool / int                       rules only, with a ``transition`` monitor:
+                                                ``episode.shifted`` (bool),
+                                                ``episode.steps_since_shift`` (int),
+                                                ``episode.steps`` (int); docs/shift.md
 =============  ===============================  =====================================
 
 The ``math`` and ``strings`` extensions are on (``math.abs``, ``math.greatest`` ...).
@@ -33,9 +37,14 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_math, ext_strings
 
+from interlock.episodes import EPISODE_FIELDS
 from interlock.errors import ConfigError
 
 T = cel.Type
+
+#: CEL types of the ``episode.<field>`` variables (declared as qualified names, so a misspelt
+#: field is an "undeclared reference" at load and each field keeps its own type).
+_EPISODE_TYPES = {"bool": T.BOOL, "int": T.INT}
 
 
 class CelEvalError(RuntimeError):
@@ -55,6 +64,8 @@ def make_env(discrete_action: bool, with_signals: bool = True) -> Any:
     if with_signals:
         variables["signals"] = T.Map(T.STRING, T.Map(T.STRING, T.DOUBLE))
         variables["tripped"] = T.Map(T.STRING, T.Map(T.STRING, T.BOOL))
+        for name, kind in EPISODE_FIELDS.items():
+            variables[f"episode.{name}"] = _EPISODE_TYPES[kind]
     return cel.NewEnv(variables=variables, extensions=[ext_math.ExtMath(), ext_strings.ExtStrings()])
 
 

@@ -13,7 +13,8 @@ The compiled subset, exactly:
 * literals: ``true``, ``false``, doubles (``0.5``, ``1e-3``), ints (``1``, below 2**53);
 * ``obs[i]`` with a constant index (double);
 * when in scope: ``action`` (int, discrete agents), ``step`` (int),
-  ``signals.<m>.<s>`` (double) and ``tripped.<m>.<s>`` (bool) for known signals;
+  ``signals.<m>.<s>`` (double) and ``tripped.<m>.<s>`` (bool) for known signals,
+  ``episode.shifted`` (bool), ``episode.steps_since_shift`` and ``episode.steps`` (int);
 * ``!``, unary ``-`` and ``+ - * /`` on doubles, ``< <= > >= == !=`` (bools only with
   ``==``/``!=``, no chains), ``&&``, ``||``, parentheses, ``math.abs(x)`` on doubles.
 
@@ -33,9 +34,11 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from interlock.episodes import EPISODE_FIELDS, NEVER_SHIFTED
 from interlock.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class Columns:
         step: ``[n]`` int64, or None where ``step`` is not in scope.
         signals: ``"<m>.<s>"`` -> ``[n]`` float64.
         tripped: ``"<m>.<s>"`` -> ``[n]`` bool.
+        episode: ``"<field>"`` -> ``[n]`` (``shifted`` bool, the others int64), when episode facts
+            are in scope (:mod:`interlock.episodes`).
     """
 
     n: int
@@ -81,6 +86,7 @@ class Columns:
     step: np.ndarray | None = None
     signals: Mapping[str, np.ndarray] = field(default_factory=dict)
     tripped: Mapping[str, np.ndarray] = field(default_factory=dict)
+    episode: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Scope:
         step: ``step`` is in scope.
         signals: Known ``"<m>.<s>"`` names for ``signals.m.s`` / ``tripped.m.s``, in a fixed
             order (None: signals are not in scope).
+        episode: ``episode.<field>`` is in scope (the agent keeps episode state).
         where: Config location. Given, ``obs[i]`` past the end is a :class:`ConfigError` at
             load naming it (states have a fixed size, so it can only be a mistake); without
             it, the condition keeps the CEL path, which fails such rows closed.
@@ -102,11 +109,14 @@ class Scope:
     action: bool = False
     step: bool = False
     signals: tuple[str, ...] | None = None
+    episode: bool = False
     where: str | None = None
 
 
 # A compiled node: (type, fn(columns) -> array [n] or scalar); type is "bool", "double" or "int".
-_Node = tuple[str, Callable[[Columns], object]]
+_Node = tuple[str, Callable[[Columns], Any]]
+# A numpy ufunc combining two operands (np.add, np.logical_and, ...).
+_Binary = Callable[[Any, Any], Any]
 
 
 class _Parser:
@@ -144,7 +154,12 @@ class _Parser:
             raise Unsupported("trailing tokens")
         return node
 
-    def chain(self, operand: Callable[[], _Node], ops: Mapping[str, Callable], combine) -> _Node:
+    def chain(
+        self,
+        operand: Callable[[], _Node],
+        ops: Mapping[str, _Binary],
+        combine: Callable[[_Node, _Node, _Binary], _Node],
+    ) -> _Node:
         """A left-associative run ``operand (op operand)*`` of one precedence level."""
         node = operand()
         while self.peek() in ops:
@@ -224,6 +239,13 @@ class _Parser:
             return "int", lambda c: c.action
         if text == "step" and self.scope.step:
             return "int", lambda c: c.step
+        if text == "episode" and self.scope.episode and self.peek() == ".":
+            self.take(".")
+            fact = self.take()[1]
+            fact_type = EPISODE_FIELDS.get(fact)
+            if fact_type is None:
+                raise Unsupported(f"episode.{fact}")
+            return fact_type, lambda c: c.episode[fact]
         raise Unsupported(f"identifier {text}")
 
     def signal(self, which: str) -> _Node:
@@ -255,14 +277,14 @@ class _Parser:
         return "double", lambda c: c.obs[:, j]
 
 
-def _logic(a: _Node, b: _Node, fn) -> _Node:
+def _logic(a: _Node, b: _Node, fn: _Binary) -> _Node:
     if a[0] != "bool" or b[0] != "bool":
         raise Unsupported("logic on non-bools")
     fa, fb = a[1], b[1]
     return "bool", lambda c: fn(fa(c), fb(c))
 
 
-def _arith(a: _Node, b: _Node, fn) -> _Node:
+def _arith(a: _Node, b: _Node, fn: _Binary) -> _Node:
     if a[0] != "double" or b[0] != "double":
         raise Unsupported("arithmetic on non-doubles")  # CEL int arithmetic can overflow / truncates
     fa, fb = a[1], b[1]
@@ -272,7 +294,7 @@ def _arith(a: _Node, b: _Node, fn) -> _Node:
 class NumpyCondition:
     """A compiled condition: ``__call__(columns)`` -> ``[n]`` bool."""
 
-    def __init__(self, source: str, fn: Callable[[Columns], object]) -> None:
+    def __init__(self, source: str, fn: Callable[[Columns], Any]) -> None:
         self.source = source
         self._fn = fn
 
@@ -308,6 +330,11 @@ def probe_columns(scope: Scope, n: int, seed: int) -> Columns:
         return v
 
     signals = scope.signals or ()
+    episode = None
+    if scope.episode:
+        shifted = rng.random(n) < 0.5
+        since = np.where(shifted, rng.integers(0, 100, n), NEVER_SHIFTED).astype(np.int64)
+        episode = {"shifted": shifted, "steps_since_shift": since, "steps": rng.integers(0, 1000, n)}
     return Columns(
         n=n,
         obs=np.stack([col(n) for _ in range(scope.obs_size)], axis=1) if scope.obs_size else np.zeros((n, 0)),
@@ -315,6 +342,7 @@ def probe_columns(scope: Scope, n: int, seed: int) -> Columns:
         step=rng.integers(0, 1000, n).astype(np.int64) if scope.step else None,
         signals={k: col(n) for k in signals},
         tripped={k: rng.random(n) < 0.5 for k in signals},
+        episode=episode,
     )
 
 

@@ -10,10 +10,12 @@ import numpy as np
 
 from interlock.batch import cel_activation
 from interlock.config import DecisionRule, PolicyConfig
+from interlock.episodes import NEVER_SHIFTED
 from interlock.errors import ConfigError
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
 from interlock.policies.vectorized import Columns, VectorizedCondition, compile_vectorized
 
+_EPISODE_REF = re.compile(r"\bepisode\s*\.\s*\w+")
 _SIGNAL_REF = re.compile(r"\b(?:signals|tripped)\s*\.\s*(\w+)\s*\.\s*(\w+)")
 _MISSING_KEY = re.compile(r'Key not found in map : "([^"]*)"')
 
@@ -49,6 +51,8 @@ class DecisionPolicy:
         where: Config location for messages.
         obs_size: Elements of one flattened observation; given, simple rules are also compiled
             to a vectorized form (:mod:`interlock.policies.vectorized`) for :meth:`decide_batch`.
+        episode: The agent keeps episode state (a ``transition`` monitor), so rules may read
+            ``episode.shifted``, ``episode.steps_since_shift`` and ``episode.steps``.
     """
 
     def __init__(
@@ -58,10 +62,21 @@ class DecisionPolicy:
         signal_names: Sequence[str],
         where: str,
         obs_size: int | None = None,
+        episode: bool = False,
     ) -> None:
         env = make_env(discrete_action, with_signals=True)
         self.default = config.default
+        self.episode = episode
         self.rules = [self._compile(env, r, f"{where}.rules[{i}]") for i, r in enumerate(config.rules)]
+        if not episode:
+            for rule in self.rules:
+                found = _EPISODE_REF.search(rule.predicate.source)
+                if found:
+                    raise ConfigError(
+                        f"{rule.predicate.where}: reads {found.group(0)}, but episode state is kept by a "
+                        "transition monitor and this agent has none; add a monitor of kind: transition "
+                        "(docs/shift.md)"
+                    )
         self._check_signal_references(signal_names)
         if obs_size is not None:
             self.rules = [
@@ -72,7 +87,12 @@ class DecisionPolicy:
                     r.reason,
                     r.predicate,
                     compile_vectorized(
-                        r.predicate.source, r.predicate, obs_size, discrete_action, signal_names
+                        r.predicate.source,
+                        r.predicate,
+                        obs_size,
+                        discrete_action,
+                        signal_names,
+                        episode=episode,
                     ),
                 )
                 for r in self.rules
@@ -99,6 +119,9 @@ class DecisionPolicy:
             signal_names=names,
             values=[0.0] * len(names),
             tripped=[False] * len(names),
+            episode={"shifted": False, "steps_since_shift": NEVER_SHIFTED, "steps": 0}
+            if self.episode
+            else None,
         )
         known = ", ".join(signal_names) or "none"
         produced = set(signal_names)
@@ -143,12 +166,13 @@ class DecisionPolicy:
         """
         n = cols.n
         masks = [r.vectorized(cols) if r.vectorized is not None else None for r in self.rules]
-        if all(m is not None for m in masks):
-            if not masks:
+        vector_masks = [m for m in masks if m is not None]
+        if len(vector_masks) == len(masks):
+            if not vector_masks:
                 return [self._default] * n
-            stacked = np.stack(masks)  # [rules, n]
-            first = stacked.argmax(axis=0).tolist()
-            fired = stacked.any(axis=0).tolist()
+            stacked = np.stack(vector_masks)  # [rules, n]
+            first: list[int] = stacked.argmax(axis=0).tolist()
+            fired: list[bool] = np.any(stacked, axis=0).tolist()
             return [self._fired[first[i]] if fired[i] else self._default for i in range(n)]
         out: list[RuleOutcome] = []
         for i in range(n):

@@ -26,9 +26,9 @@ __all__ = ["Columns", "VectorizedCondition", "batch_columns", "compile_vectorize
 VectorizedCondition = NumpyCondition
 
 
-def _scope(obs_size: int, discrete: bool, signals: Sequence[str] | None) -> Scope:
+def _scope(obs_size: int, discrete: bool, signals: Sequence[str] | None, episode: bool = False) -> Scope:
     known = tuple(signals) if signals is not None else None
-    return Scope(obs_size, action=discrete, step=True, signals=known)
+    return Scope(obs_size, action=discrete, step=True, signals=known, episode=episode)
 
 
 def _probe_columns(obs_size: int, discrete: bool, signals: Sequence[str], n: int, seed: int) -> Columns:
@@ -40,13 +40,16 @@ def probe_rows(cols: Columns) -> list[dict]:
     sig: dict[str, dict[str, float]] = {}
     rows = []
     for i in range(cols.n):
-        sig, trip = {}, {}
+        trip: dict[str, dict[str, bool]] = {}
+        sig = {}
         for k, v in cols.signals.items():
             m, _, s = k.partition(".")
             sig.setdefault(m, {})[s] = float(v[i])
             trip.setdefault(m, {})[s] = bool(cols.tripped[k][i])
+        episode = {f"episode.{k}": v[i].item() for k, v in (cols.episode or {}).items()}
         rows.append(
             {
+                **episode,
                 "obs": cols.obs[i].tolist(),
                 "action": int(cols.action[i]) if cols.action is not None else [],
                 "labels": {},
@@ -67,6 +70,7 @@ def compile_vectorized(
     discrete: bool,
     signals: Sequence[str] | None,
     probes: int = 64,
+    episode: bool = False,
 ) -> VectorizedCondition | None:
     """The vectorized form of ``source``, or None when it is outside the subset or disagrees with CEL.
 
@@ -77,8 +81,9 @@ def compile_vectorized(
         discrete: Whether ``action`` is an int.
         signals: Known ``"<m>.<s>"`` names (None: the expression may not read signals, as in
             the rules monitor).
+        episode: ``episode.<field>`` is in scope (the agent keeps episode state).
     """
-    scope = _scope(obs_size, discrete, signals)
+    scope = _scope(obs_size, discrete, signals, episode)
     return compile_checked(source, scope, cel_predicate, probe_rows, probes, seed=len(source))
 
 
@@ -86,8 +91,12 @@ def batch_columns(
     batch,
     signals: Mapping[str, np.ndarray] | None = None,
     tripped: Mapping[str, np.ndarray] | None = None,
+    episode: Mapping[str, np.ndarray] | None = None,
 ) -> Columns:
-    """Columns of a :class:`~interlock.monitors.base.Batch` (observations flattened to float64, as in CEL)."""
+    """Columns of a :class:`~interlock.monitors.base.Batch` (observations flattened to float64, as in CEL).
+
+    ``episode``: ``"<field>"`` -> ``[n]`` episode facts (:func:`interlock.episodes.episode_columns`).
+    """
     cached = batch.__dict__.get("_columns")
     if cached is None:
         n = len(batch)
@@ -103,4 +112,4 @@ def batch_columns(
         batch.__dict__["_columns"] = cached
     if signals is None:
         return cached
-    return Columns(cached.n, cached.obs, cached.action, cached.step, signals, tripped or {})
+    return Columns(cached.n, cached.obs, cached.action, cached.step, signals, tripped or {}, episode)

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from interlock.reachability.tabular import TabularModel
@@ -26,7 +28,8 @@ def cliffwalking_model(is_slippery: bool = False) -> TabularModel:
     """The model of ``CliffWalking-v1`` (``is_slippery`` as the env's own option)."""
     import gymnasium as gym
 
-    env = gym.make("CliffWalking-v1", is_slippery=is_slippery).unwrapped
+    # Any: the toy-text attributes (P, shape, desc) are not on gymnasium.Env.
+    env: Any = gym.make("CliffWalking-v1", is_slippery=is_slippery).unwrapped
     S, A = int(env.observation_space.n), int(env.action_space.n)
     rows, cols = env.shape  # the cliff: the bottom row between the start and the goal
     cliff = [(rows - 1) * cols + c for c in range(1, cols - 1)]
@@ -52,7 +55,7 @@ def frozenlake_model(
     import gymnasium as gym
 
     kwargs = {"desc": desc} if desc is not None else {"map_name": map_name}
-    env = gym.make("FrozenLake-v1", is_slippery=is_slippery, **kwargs).unwrapped
+    env: Any = gym.make("FrozenLake-v1", is_slippery=is_slippery, **kwargs).unwrapped
     S, A = int(env.observation_space.n), int(env.action_space.n)
     cells = env.desc.reshape(-1)
     holes = np.flatnonzero(cells == b"H").tolist()

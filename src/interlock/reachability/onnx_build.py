@@ -64,7 +64,9 @@ def mlp_ensemble(
     in_dim = obs_dim + (n_actions or act_dim)
     if weights[0].shape[1] != in_dim or biases[-1].shape[-1] != obs_dim:
         raise ValueError(f"first layer must take {in_dim} inputs and the last return {obs_dim}")
-    lead = [K, "batch"] if per_member else ["batch"]
+    if (in_mean is None) != (in_std is None) or (out_mean is None) != (out_std is None):
+        raise ValueError("in_mean goes with in_std, and out_mean with out_std: give both or neither")
+    lead: list[str | int] = [K, "batch"] if per_member else ["batch"]
     inputs = [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [*lead, obs_dim])]
     inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -77,7 +79,7 @@ def mlp_ensemble(
         nodes.append(helper.make_node("Identity", ["action"], ["a_enc"]))
     nodes.append(helper.make_node("Concat", ["obs", "a_enc"], ["x0"], axis=-1))
     h = "x0"
-    if in_mean is not None:
+    if in_mean is not None and in_std is not None:
         inits += [_const("in_mean", in_mean), _const("in_std", in_std)]
         nodes += [
             helper.make_node("Sub", [h, "in_mean"], ["x_c"]),
@@ -94,7 +96,7 @@ def mlp_ensemble(
         if i < len(weights) - 1:
             nodes.append(helper.make_node("Relu", [h], [f"r{i}"]))
             h = f"r{i}"
-    if out_std is not None:
+    if out_std is not None and out_mean is not None:
         inits += [_const("out_std", out_std), _const("out_mean", out_mean)]
         nodes += [
             helper.make_node("Mul", [h, "out_std"], ["y_s"]),

@@ -14,6 +14,14 @@ Layouts the dynamics model may have (``N`` rows, ``d`` = obs_dim):
   member then sees every member's states and the rollout keeps the diagonal
   blocks (``K x`` the work of the members' own rows);
 * per-member input: ``obs [K, N, d]``, ``action [K, N, ...]`` -> ``[K, N, d]``.
+
+A ``kind: python`` model (:class:`PythonDynamics`) has the shared-input layout.
+
+The same rollout serves the model-predictive shield: the rows are then every
+candidate action of every batch row (``[batch * candidates]``), the policy followed
+after the first step is a *continuation* (the backup policy, the agent's own policy,
+or "repeat the first action"), and every predicted next state can be shifted by a
+per-row correction ``bias [N, d]`` (the episode's observed model residuals).
 """
 
 from __future__ import annotations
@@ -43,7 +51,155 @@ def _np_type(arg: Any, where: str) -> np.dtype:
     return np.dtype(t)
 
 
-class OnnxDynamics:
+class Dynamics:
+    """A dynamics model in the rollout's terms; subclasses define :meth:`_run` (and set the layout).
+
+    Attributes:
+        obs_dim: Flattened observation length ``d``.
+        action: The agent's action space.
+        delta: The model predicts ``next_obs - obs``.
+        per_member: Inputs are ``[K, N, ...]`` (each member its own states).
+        members: ``K``, learnt by the probe call at load.
+    """
+
+    obs_dim: int
+    action: ActionSpace
+    delta: bool = False
+    per_member: bool = False
+    members: int = 0
+    where: str = "model"
+
+    def _run(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """One model call: ``[N, d]`` (or ``[K, N, d]``), actions -> ``[K, N, d]`` or ``[N, d]``."""
+        raise NotImplementedError
+
+    def _probe_actions(self, n: int) -> np.ndarray:
+        """``n`` valid actions (index 0, or the box's lower corner clipped to finite values)."""
+        if self.action.discrete:
+            return np.zeros(n, dtype=np.int64)
+        lo = np.nan_to_num(np.asarray(self.action.low, np.float64), neginf=0.0, posinf=0.0)
+        return np.broadcast_to(lo, (n, *self.action.shape)).astype(self.action.dtype)
+
+    def _check_out(self, out: np.ndarray, n: int) -> np.ndarray:
+        out = np.asarray(out)
+        if out.ndim == 2:
+            out = out[None]
+        if out.ndim != 3 or out.shape[1:] != (n, self.obs_dim):
+            raise ConfigError(
+                f"{self.where}: for {n} rows of obs_dim {self.obs_dim} the model returned "
+                f"shape {list(out.shape)}; expected [K, {n}, {self.obs_dim}] or "
+                f"[{n}, {self.obs_dim}]"
+            )
+        return out
+
+    def first(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Every member's next states from shared states: ``[N, d]``, ``[N, ...]`` -> ``[K, N, d]``."""
+        if self.per_member:
+            K = self.members
+            out = self._run(
+                np.broadcast_to(obs, (K, *obs.shape)), np.broadcast_to(actions, (K, *actions.shape))
+            )
+        else:
+            out = self._run(obs, actions)
+        out = (out if out.ndim == 3 else out[None]).astype(np.float64)
+        return out + obs[None] if self.delta else out
+
+    def step(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Each member advances its own states: ``[K, N, d]``, actions ``[K, N, ...]`` -> ``[K, N, d]``."""
+        K, N, d = states.shape
+        member = np.repeat(np.arange(K), N)
+        flat = self.step_rows(states.reshape(K * N, d), actions.reshape(K * N, *actions.shape[2:]), member)
+        return flat.reshape(K, N, d)
+
+    def step_rows(self, states: np.ndarray, actions: np.ndarray, member: np.ndarray) -> np.ndarray:
+        """Advance each row under its own member: ``[M, d]``, ``[M, ...]``, ``[M]`` member ids -> ``[M, d]``.
+
+        Shared-input models run once on the ``M`` rows (``[K, M, d]`` out) and each row keeps
+        its member's prediction. Per-member models need ``[K, N, d]`` blocks, so ``M`` must be
+        ``K * N`` with rows ordered by member.
+        """
+        M, d = states.shape
+        if self.per_member:
+            K = self.members
+            out = self._run(states.reshape(K, M // K, d), actions.reshape(K, M // K, *actions.shape[1:]))
+            out = out.reshape(M, d)
+        else:
+            out = self._run(states, actions)
+            out = out[None] if out.ndim == 2 else out
+            out = out[member if out.shape[0] > 1 else 0, np.arange(M)]
+        out = out.astype(np.float64)
+        return out + states if self.delta else out
+
+
+class PythonDynamics(Dynamics):
+    """A ``kind: python`` dynamics model: an operator's callable (see :mod:`interlock.plugins`).
+
+    Interface, one call per rollout step for every row still running::
+
+        model(observations, actions) -> next_observations
+
+    * ``observations``: ``[N, *obs_shape]`` float64, the agent's observation shape (a highway
+      agent's ``[N, V, F]`` vehicle table, CartPole's ``[N, 4]``);
+    * ``actions``: ``[N]`` int64 indices (discrete) or ``[N, *action_shape]`` floats (box);
+    * returns ``[N, *obs_shape]`` (one model) or ``[K, N, *obs_shape]`` (K members, e.g. the
+      scenarios of an analytic model: braking or not, a lane change or not); with
+      ``predicts: delta`` the change ``next - obs``.
+
+    Rows are independent (the rollout advances ``batch x candidates x members`` rows at once;
+    each row keeps its own member's prediction). A probe call on two rows at load checks the
+    output shape and learns ``K``; it must not have side effects that matter.
+
+    Args:
+        fn: The loaded callable.
+        obs_shape: The agent's observation shape.
+        action: The agent's action space.
+        predicts: ``"next_state"`` or ``"delta"``.
+        where: Config location for messages.
+    """
+
+    def __init__(
+        self,
+        fn: Any,
+        obs_shape: tuple[int, ...],
+        action: ActionSpace,
+        predicts: str = "next_state",
+        where: str = "model",
+    ) -> None:
+        self.fn = fn
+        self.obs_shape = tuple(obs_shape)
+        self.obs_dim = int(np.prod(self.obs_shape))
+        self.action = action
+        self.delta = predicts == "delta"
+        self.where = where
+        self.per_member = False
+        try:
+            out = self._run(np.zeros((2, self.obs_dim)), self._probe_actions(2))
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(
+                f"{where}: the probe call of the python model on 2 rows of observations "
+                f"{list(self.obs_shape)} failed: {type(e).__name__}: {e}"
+            ) from None
+        self.members = self._check_out(out, 2).shape[0]
+
+    def _run(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        n = len(obs)
+        x = np.ascontiguousarray(obs, dtype=np.float64).reshape(n, *self.obs_shape)
+        a = np.asarray(actions)
+        a = a.astype(np.int64) if self.action.discrete else a.reshape(n, *self.action.shape)
+        out = np.asarray(self.fn(x, a), dtype=np.float64)
+        lead = out.shape[: out.ndim - len(self.obs_shape)]
+        tail = out.shape[out.ndim - len(self.obs_shape) :]
+        if tail != self.obs_shape or len(lead) not in (1, 2) or lead[-1] != n:
+            raise ValueError(
+                f"the python model returned shape {list(out.shape)} for {n} rows; expected "
+                f"[{n}, {', '.join(map(str, self.obs_shape))}] or [K, {n}, ...]"
+            )
+        return out.reshape(*lead, self.obs_dim)
+
+
+class OnnxDynamics(Dynamics):
     """Wraps an ONNX dynamics model; see the module docstring for the layouts.
 
     Args:
@@ -137,15 +293,7 @@ class OnnxDynamics:
             )
         else:
             out = self._run(obs, act)
-        if out.ndim == 2:
-            out = out[None]
-        if out.ndim != 3 or out.shape[1:] != (n, self.obs_dim):
-            raise ConfigError(
-                f"{self.where}: for {n} rows of obs_dim {self.obs_dim} the model returned "
-                f"shape {list(out.shape)}; expected [K, {n}, {self.obs_dim}] or "
-                f"[{n}, {self.obs_dim}]"
-            )
-        self.members = out.shape[0]
+        self.members = self._check_out(out, n).shape[0]
 
     def _encode_actions(self, actions: np.ndarray) -> np.ndarray:
         a = np.asarray(actions)
@@ -165,44 +313,6 @@ class OnnxDynamics:
         }
         (out,) = self.session.run([self._out], feed)
         return np.asarray(out)
-
-    def first(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Every member's next states from shared states: ``[N, d]``, ``[N, ...]`` -> ``[K, N, d]``."""
-        if self.per_member:
-            K = self.members
-            out = self._run(
-                np.broadcast_to(obs, (K, *obs.shape)), np.broadcast_to(actions, (K, *actions.shape))
-            )
-        else:
-            out = self._run(obs, actions)
-        out = (out if out.ndim == 3 else out[None]).astype(np.float64)
-        return out + obs[None] if self.delta else out
-
-    def step(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """Each member advances its own states: ``[K, N, d]``, actions ``[K, N, ...]`` -> ``[K, N, d]``."""
-        K, N, d = states.shape
-        member = np.repeat(np.arange(K), N)
-        flat = self.step_rows(states.reshape(K * N, d), actions.reshape(K * N, *actions.shape[2:]), member)
-        return flat.reshape(K, N, d)
-
-    def step_rows(self, states: np.ndarray, actions: np.ndarray, member: np.ndarray) -> np.ndarray:
-        """Advance each row under its own member: ``[M, d]``, ``[M, ...]``, ``[M]`` member ids -> ``[M, d]``.
-
-        Shared-input models run once on the ``M`` rows (``[K, M, d]`` out) and each row keeps
-        its member's prediction. Per-member models need ``[K, N, d]`` blocks, so ``M`` must be
-        ``K * N`` with rows ordered by member.
-        """
-        M, d = states.shape
-        if self.per_member:
-            K = self.members
-            out = self._run(states.reshape(K, M // K, d), actions.reshape(K, M // K, *actions.shape[1:]))
-            out = out.reshape(M, d)
-        else:
-            out = self._run(states, actions)
-            out = out[None] if out.ndim == 2 else out
-            out = out[member if out.shape[0] > 1 else 0, np.arange(M)]
-        out = out.astype(np.float64)
-        return out + states if self.delta else out
 
 
 class OnnxBackupPolicy:
@@ -269,27 +379,63 @@ class RolloutResult:
         return self.margin.min(axis=0)
 
 
+class Continuation:
+    """What the rollout does after the first (candidate) action.
+
+    ``act(states [M, d], first_actions [M, ...]) -> [M, ...]`` actions for the rows still
+    running; ``first_actions`` are those rows' first actions (their candidates).
+    """
+
+    def act(self, states: np.ndarray, first_actions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PolicyContinuation(Continuation):
+    """Follow a policy (the backup policy, or the agent's own) from the second step on."""
+
+    def __init__(self, policy: OnnxBackupPolicy) -> None:
+        self.policy = policy
+
+    def act(self, states: np.ndarray, first_actions: np.ndarray) -> np.ndarray:
+        return self.policy.act(states)
+
+
+class RepeatContinuation(Continuation):
+    """Keep taking the first action (an open-loop "commit to this action" rollout)."""
+
+    def act(self, states: np.ndarray, first_actions: np.ndarray) -> np.ndarray:
+        return first_actions
+
+
 class Recoverability:
     """The rollout check.
 
     Args:
-        dynamics: The ensemble.
-        backup: The backup policy.
+        dynamics: The ensemble (ONNX or a python model).
+        backup: The backup policy (None when the monitor has none; the rollout then needs
+            a ``continuation``).
         constraints: Conditions that must hold at every step.
         safe_set: Condition the rollout must reach (None: surviving the horizon suffices).
         horizon: ``H``, steps after the proposed action.
+        continuation: What the rollout follows after the first action; default: the backup policy.
     """
 
     def __init__(
         self,
-        dynamics: OnnxDynamics,
-        backup: OnnxBackupPolicy,
+        dynamics: Dynamics,
+        backup: OnnxBackupPolicy | None,
         constraints: list[BatchedCondition],
         safe_set: BatchedCondition | None,
         horizon: int,
+        continuation: Continuation | None = None,
     ) -> None:
+        if continuation is None:
+            if backup is None:
+                raise ValueError("a rollout needs a backup policy or a continuation")
+            continuation = PolicyContinuation(backup)
         self.dynamics = dynamics
         self.backup = backup
+        self.continuation = continuation
         self.constraints = constraints
         self.safe_set = safe_set
         self.horizon = horizon
@@ -300,23 +446,34 @@ class Recoverability:
             ok &= c(flat)
         return ok
 
-    def rollout(self, obs: np.ndarray, actions: np.ndarray) -> RolloutResult:
-        """Check every row's proposed action.
+    def rollout(self, obs: np.ndarray, actions: np.ndarray, bias: np.ndarray | None = None) -> RolloutResult:
+        """Check every row's first action.
 
         Each step evaluates the constraints and the safe set on the rollouts still running,
         then advances those (shared-input models) or all of them (per-member models) with one
-        backup-policy call and one dynamics call; it stops once every rollout has recovered
+        continuation call and one dynamics call; it stops once every rollout has recovered
         or failed.
 
         Args:
             obs: ``[N, obs_dim]`` current states.
-            actions: ``[N]`` (discrete) or ``[N, *action_shape]`` proposed actions.
+            actions: ``[N]`` (discrete) or ``[N, *action_shape]`` first actions.
+            bias: ``[N, obs_dim]`` added to every predicted next state of row ``n`` (the online
+                correction: the episode's mean residual, actual minus predicted); None: none.
         """
         obs = np.asarray(obs, dtype=np.float64).reshape(len(obs), -1)
-        first = self.dynamics.first(obs, np.asarray(actions))
+        actions = np.asarray(actions)
+        first = self.dynamics.first(obs, actions)
         K, N, d = first.shape
+        row_bias = None
+        if bias is not None:
+            b = np.asarray(bias, dtype=np.float64).reshape(N, d)
+            # Non-finite corrections would turn every rollout into a failure; treat them as none.
+            row_bias = np.tile(np.where(np.isfinite(b), b, 0.0), (K, 1))
         flat = first.reshape(K * N, d).copy()
+        if row_bias is not None:
+            flat += row_bias
         member = np.repeat(np.arange(K), N)
+        first_actions = np.tile(actions.reshape(N, *actions.shape[1:]), (K,) + (1,) * (actions.ndim - 1))
         H = self.horizon
         done = np.zeros(K * N, dtype=bool)
         failed = np.zeros(K * N, dtype=bool)
@@ -335,8 +492,9 @@ class Recoverability:
             if done.all() or t == H:
                 break
             rows = everyone if self.dynamics.per_member else np.flatnonzero(~done)
-            act = self.backup.act(flat[rows])
-            flat[rows] = self.dynamics.step_rows(flat[rows], act, member[rows])
+            act = self.continuation.act(flat[rows], first_actions[rows])
+            nxt = self.dynamics.step_rows(flat[rows], act, member[rows])
+            flat[rows] = nxt if row_bias is None else nxt + row_bias[rows]
         if self.safe_set is not None:
             failed |= ~done
         return RolloutResult(failed=failed.reshape(K, N), margin=margin.reshape(K, N))

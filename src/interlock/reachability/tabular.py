@@ -405,7 +405,7 @@ def safety_values(model: TabularModel, horizon: int, progress: bool = False) -> 
     S, A = model.n_states, model.n_actions
     safe = (~model.unsafe).astype(np.float64)
     v = safe.copy()
-    q = np.zeros((S, A))
+    q: np.ndarray = np.zeros((S, A))
     with _progress(horizon, "safety values", progress) as bar:
         for _ in range(horizon):
             q = np.bincount(model.row, weights=model.prob * v[model.dst], minlength=S * A).reshape(S, A)

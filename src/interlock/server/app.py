@@ -40,6 +40,11 @@ GUARD_SERVICE = pb.DESCRIPTOR.services_by_name["Guard"].full_name
 _TRANSPORT_SLACK = 2
 
 
+def metrics_note(port: int | None) -> str:
+    """``metrics on :PORT``, or ``metrics off`` when ``server.metrics_port`` is null."""
+    return "metrics off (server.metrics_port is null)" if port is None else f"metrics on :{port}"
+
+
 class InterlockServer:
     """One gRPC server: the Guard service plus ``grpc.health.v1`` and reflection on the same port.
 
@@ -149,11 +154,11 @@ class InterlockServer:
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "interlock serving config %s on %s:%d (metrics on %s)",
+            "interlock serving config %s on %s:%d (%s)",
             self.loaded.version,
             self.host,
             self.port,
-            self.bound_metrics_port,
+            metrics_note(self.bound_metrics_port),
         )
         return self.port
 
@@ -195,7 +200,7 @@ async def serve(
     await server.start()
     print(
         f"interlock: serving {config_path} (config {server.loaded.version}) on {server.host}:{server.port}; "
-        f"metrics on :{server.bound_metrics_port}"
+        f"{metrics_note(server.bound_metrics_port)}"
         + (f"; console on http://{server.host}:{server.console_port}/" if server.console_port else ""),
         flush=True,
     )

@@ -54,30 +54,84 @@ CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.Contex
 )
 
 
-def _read_tokens(src: TokenSourceConfig, role: Role, loaded: LoadedConfig | None, environ: Mapping[str, str]):
+def _read_tokens(
+    src: TokenSourceConfig,
+    role: Role,
+    required: bool,
+    loaded: LoadedConfig | None,
+    environ: Mapping[str, str],
+) -> list[tuple[str, str]]:
+    """The ``(name, token)`` pairs of one source.
+
+    Args:
+        src: ``auth.<role>_tokens``.
+        role: Whose tokens these are.
+        required: The source is written in the config, so an unset or empty variable, or a
+            missing, unreadable or empty file, is an error (never "no tokens": that would turn
+            authentication off). False only for the built-in default variable.
+        loaded: Resolves a relative file against the config's folder.
+        environ: The environment.
+
+    Raises:
+        ConfigError: naming the variable or file and how to fix it; never echoing a token.
+    """
+    key = f"auth.{role}_tokens"
     found: list[tuple[str, str]] = []
     if src.env:
-        value = environ.get(src.env, "").strip()
-        if value:
-            if len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value):
+        value = environ.get(src.env)
+        if value is None or not value.strip():
+            if required:
+                state = "is not set" if value is None else "is empty"
                 raise ConfigError(
-                    f"the {role} token in ${src.env} is shorter than {MIN_TOKEN_CHARS} characters or "
-                    f"contains spaces; make one with {MAKE_TOKEN}"
+                    f"{key}.env: the environment variable {src.env} {state}; export {src.env}=TOKEN "
+                    f"(make one with {MAKE_TOKEN}), or remove {key}.env from the config"
                 )
-            found.append((f"${src.env}", value))
+        else:
+            value = value.strip()
+            if any(c.isspace() for c in value):
+                raise ConfigError(
+                    f"{key}.env: ${src.env} holds more than one word; it must hold exactly one token. "
+                    f"Name it with {key}.name, or put 'NAME TOKEN' lines in a token file ({key}.file)"
+                )
+            if len(value) < MIN_TOKEN_CHARS:
+                raise ConfigError(
+                    f"{key}.env: the {role} token in ${src.env} is shorter than {MIN_TOKEN_CHARS} "
+                    f"characters; make one with {MAKE_TOKEN}"
+                )
+            found.append((src.name or role, value))
     if src.file:
         path = loaded.resolve(src.file) if loaded is not None else Path(src.file)
-        found += read_token_file(
-            path,
-            lambda n: f"{role}:{path.name}:{n}",
-            what=f"the {role} token file",
-            fix=f" (auth.{role}_tokens.file; one token per line, optionally 'NAME TOKEN')",
+        fix = f" ({key}.file; one token per line, optionally 'NAME TOKEN')"
+        from_file = read_token_file(
+            path, lambda n: f"{role}:{path.name}:{n}", what=f"the {role} token file", fix=fix
         )
+        if not from_file:
+            raise ConfigError(f"the {role} token file {path} holds no token{fix}")
+        found += from_file
     return found
+
+
+def token_files(auth: AuthConfig, loaded: LoadedConfig | None = None) -> list[Path]:
+    """The token files ``auth`` names, resolved (hot reload watches them)."""
+    sources = (auth.operator_tokens, auth.agent_tokens)
+    return [loaded.resolve(s.file) if loaded is not None else Path(s.file) for s in sources if s.file]
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """One consistent set of credentials (swapped whole on hot reload)."""
+
+    tokens: tuple[tuple[bytes, Principal], ...]
+    operator_common_names: frozenset[str]
+    has_operators: bool
+    agents_required: bool
 
 
 class Credentials:
     """The tokens and certificate names this server accepts, by role.
+
+    The interceptor, the console and the operator side share one instance; :meth:`replace`
+    swaps its contents when a reloaded config names other tokens.
 
     Args:
         operator_tokens: ``(name, token)`` pairs accepted as operators.
@@ -98,29 +152,56 @@ class Credentials:
                 "the same token is configured for an operator and an agent; an agent must never be able to "
                 "answer escalations: give operators and agents different tokens"
             )
-        self._tokens: list[tuple[bytes, Principal]] = [
-            (t.encode(), Principal(n, "operator")) for n, t in operator_tokens
-        ] + [(t.encode(), Principal(n, "agent")) for n, t in agent_tokens]
-        self.operator_common_names = frozenset(operator_common_names or [])
-        self.has_operators = bool(operator_tokens or self.operator_common_names)
-        self.agents_required = bool(agent_tokens)
+        names = frozenset(operator_common_names or [])
+        self._accepted = _Accepted(
+            tokens=tuple(
+                [(t.encode(), Principal(n, "operator")) for n, t in operator_tokens]
+                + [(t.encode(), Principal(n, "agent")) for n, t in agent_tokens]
+            ),
+            operator_common_names=names,
+            has_operators=bool(operator_tokens or names),
+            agents_required=bool(agent_tokens),
+        )
+
+    @property
+    def operator_common_names(self) -> frozenset[str]:
+        return self._accepted.operator_common_names
+
+    @property
+    def has_operators(self) -> bool:
+        return self._accepted.has_operators
+
+    @property
+    def agents_required(self) -> bool:
+        return self._accepted.agents_required
+
+    def replace(self, other: Credentials) -> None:
+        """Accept exactly what ``other`` accepts from now on (one atomic swap)."""
+        self._accepted = other._accepted
 
     @classmethod
     def from_config(
         cls, auth: AuthConfig, loaded: LoadedConfig | None = None, environ: Mapping[str, str] | None = None
     ) -> Credentials:
-        """Read tokens from the environment and files named by ``auth``; raises ConfigError."""
+        """Read tokens from the environment and files named by ``auth``.
+
+        Raises:
+            ConfigError: a source written in the config is unset, missing, unreadable or empty, or a
+                token is malformed; the message names the variable or file.
+        """
         env = os.environ if environ is None else environ
+        written = auth.model_fields_set
         return cls(
-            _read_tokens(auth.operator_tokens, "operator", loaded, env),
-            _read_tokens(auth.agent_tokens, "agent", loaded, env),
+            _read_tokens(auth.operator_tokens, "operator", "operator_tokens" in written, loaded, env),
+            _read_tokens(auth.agent_tokens, "agent", "agent_tokens" in written, loaded, env),
             list(auth.operator_common_names),
         )
 
     def _by_token(self, presented: str) -> Principal | None:
         data = presented.encode()
         match: Principal | None = None
-        for token, principal in self._tokens:  # no early exit: timing does not reveal which token matched
+        # No early exit: the timing does not reveal which token matched.
+        for token, principal in self._accepted.tokens:
             if hmac.compare_digest(token, data):
                 match = principal
         return match
@@ -140,7 +221,7 @@ class Credentials:
                 raise Unauthenticated("the bearer token is not valid on this server")
             return principal
         for cn in common_names or []:
-            if cn in self.operator_common_names:
+            if cn in self._accepted.operator_common_names:
                 return Principal(cn, "operator", via="mtls")
         return None
 

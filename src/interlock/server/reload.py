@@ -8,7 +8,11 @@ request sees exactly one config version. A bad config or a corrupt model is
 rejected with a log line naming the problem and
 ``interlock_config_reloads_total{result="failure"}``; the old config keeps serving.
 
-TLS certificates are re-read with the config. Settings that need a new socket
+TLS certificates and token files (``auth.*_tokens``) are re-read with the config: a token
+removed from its file is refused from then on, a new one accepted; a configured token
+source that is now missing, unreadable or empty rejects the reload (the old tokens keep
+working). With ``server.reload.watch`` a change of a token file triggers a reload too.
+Settings that need a new socket
 (host, port, limits, audit) are reported in the log and apply at the next restart.
 """
 
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
+from interlock.server.auth import Credentials, token_files
 
 if TYPE_CHECKING:
     from interlock.server.app import InterlockServer
@@ -79,7 +84,8 @@ class Reloader:
     def _fingerprint(self, loaded: LoadedConfig) -> tuple:
         tls = loaded.config.server.tls
         certs = [loaded.resolve(p) for p in (tls.cert, tls.key, tls.client_ca) if p] if tls else []
-        return fingerprint([self.path, *model_files(loaded), *certs])
+        tokens = token_files(loaded.config.auth, loaded)
+        return fingerprint([self.path, *model_files(loaded), *certs, *tokens])
 
     async def reload(self, why: str = "request") -> bool:
         """Load, validate, swap. Returns True when the new config is serving."""
@@ -88,6 +94,7 @@ class Reloader:
             metrics = server.metrics
             try:
                 loaded = await asyncio.to_thread(load_config, self.path)
+                credentials = await asyncio.to_thread(Credentials.from_config, loaded.config.auth, loaded)
                 guard = await asyncio.to_thread(lambda: Guard(loaded).load())
                 tls = loaded.config.server.tls
                 if server.tls is not None and tls is not None:
@@ -112,11 +119,12 @@ class Reloader:
                     ", server.".join(changed),
                 )
             old = server.service.swap(guard)
+            server.credentials.replace(credentials)
             server.loaded = loaded
             self._seen = self._fingerprint(loaded)
             self.last_error = None
             metrics.config_reloads.labels(result="success").inc()
-            log.warning("config reloaded (%s): version %s -> %s", why, old.version, guard.version)
+            log.info("config reloaded (%s): version %s -> %s", why, old.version, guard.version)
             # Calls that already hold the old engine finish with it; release its models afterwards.
             asyncio.get_running_loop().call_later(server.grace_seconds + 1.0, old.unload)
             return True

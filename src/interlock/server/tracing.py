@@ -27,7 +27,8 @@ Spans (all children of the caller's ``traceparent`` when the request carried one
   ``interlock.escalation_id``, ``interlock.shadow_verdict``, ``interlock.errors``;
   status ERROR when a stage failed and the decision failed closed, or the call failed after deciding;
 * children ``interlock.validate``, ``interlock.monitor <name>``, ``interlock.policy``,
-  ``interlock.fallback <name>`` (engine stages, shared by the batch), then
+  ``interlock.fallback <name>``, ``interlock.after_decide`` (monitors told the answered actions,
+  when a monitor keeps episode state) (engine stages, shared by the batch), then
   ``interlock.escalation.wait`` (decisions that escalated) and ``interlock.audit.commit``.
 """
 

@@ -82,6 +82,8 @@ def _worker_main(
         level=logging.DEBUG if verbose else logging.WARNING,
         format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s",
     )
+    if not verbose:
+        logging.getLogger("interlock").setLevel(logging.INFO)  # as `interlock serve`: start, reloads
 
     async def run() -> None:
         from interlock.server.app import InterlockServer
@@ -194,7 +196,11 @@ def start_workers(
 
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    cfg = load_config(config_path).config.server  # fail fast on a bad config, in the parent
+    from interlock.server.auth import Credentials
+
+    loaded = load_config(config_path)
+    Credentials.from_config(loaded.config.auth, loaded)  # fail fast on a bad config or token, in the parent
+    cfg = loaded.config.server
     host = host if host is not None else cfg.host
     port = port if port is not None else cfg.port
     metrics_port = cfg.metrics_port if metrics_port == -1 else metrics_port
@@ -277,7 +283,12 @@ def serve_workers(
     pids = ", ".join(str(p.pid) for p in group.processes)
     print(
         f"interlock: serving {config_path} with {workers} workers (pids {pids}) "
-        f"on {group.host}:{group.port}; metrics (all workers) on :{group.metrics_port}"
+        f"on {group.host}:{group.port}; "
+        + (
+            "metrics off (server.metrics_port is null)"
+            if group.metrics_port is None
+            else f"metrics (all workers) on :{group.metrics_port}"
+        )
         + (
             f"; console (worker 0) on http://{group.host}:{group.console_port}/" if group.console_port else ""
         ),

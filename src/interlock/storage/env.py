@@ -13,7 +13,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def expand_env(text: str, where: str) -> str:
     """Replace ``${NAME}`` with the environment variable; raises ConfigError when it is unset."""
 
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         val = os.environ.get(m.group(1))
         if val is None:
             raise ConfigError(f"{where} reads the environment variable {m.group(1)}, which is not set")

@@ -11,13 +11,19 @@ from interlock.errors import ConfigError
 SCHEMA_LOCK = 0x1A7E_A0D1
 
 
-def psycopg() -> ModuleType:
-    """The psycopg module; raises ConfigError saying how to install it."""
+def psycopg(wanted_by: str = "a PostgreSQL store is configured") -> ModuleType:
+    """The psycopg module; raises ConfigError naming who asked for it and how to install it.
+
+    Args:
+        wanted_by: What asked for PostgreSQL, as the start of the message, e.g.
+            ``"escalations.store.kind is postgres"``. The factories call this first with
+            the config key, so that a missing driver fails at start naming that key.
+    """
     try:
         import psycopg
     except ImportError:
         raise ConfigError(
-            "server.audit.backend is postgres but psycopg is not installed: pip install 'interlock[postgres]'"
+            f"{wanted_by} but psycopg is not installed: pip install 'interlock[postgres]'"
         ) from None
     return psycopg
 

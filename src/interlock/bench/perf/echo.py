@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import grpc
 
@@ -44,7 +45,7 @@ def add_echo_service(server: grpc.aio.Server, decision: bytes, request_len: floa
         async for _ in requests:
             yield decision
 
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Check": grpc.unary_unary_rpc_method_handler(check),
         "CheckBatch": grpc.unary_unary_rpc_method_handler(check_batch),
         "CheckStream": grpc.stream_stream_rpc_method_handler(check_stream),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def engine_in_process(scenario: Scenario, batch_sizes: list[int], min_seconds: f
     out = []
     for b in batch_sizes:
         items = [inputs[i % len(inputs)] for i in range(b)]
-        sec = _time_per_call(lambda items=items: guard.check(items), min_seconds)
+        sec = _time_per_call(partial(guard.check, items), min_seconds)
         out.append({"batch": b, "us_per_call": sec * 1e6, "decisions_per_second": b / sec})
     guard.unload()
     return out
@@ -83,7 +84,7 @@ def onnxruntime_settings(scenario: Scenario, batch_sizes: list[int], min_seconds
             sess = ort.InferenceSession(str(scenario.ensemble_path), opts, providers=["CPUExecutionProvider"])
             for b in batch_sizes:
                 feed = {"obs": _batch(scenario, b)}
-                sec = _time_per_call(lambda feed=feed, sess=sess: sess.run(["q"], feed), min_seconds)
+                sec = _time_per_call(partial(sess.run, ["q"], feed), min_seconds)
                 out.append(
                     {
                         "intra_op_threads": threads,

@@ -20,6 +20,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,7 @@ async def _client(target, path, kind, payloads, offset, window, connected, check
         connected.release()
         t_start, t_end = await window
         if kind == "stream":
-            call = channel.stream_stream(path)()
+            call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(path)()
             first = True
             while True:
                 t0 = now()
@@ -84,7 +85,7 @@ async def _client(target, path, kind, payloads, offset, window, connected, check
             while await call.read() is not grpc.aio.EOF:
                 pass
         else:
-            mc = channel.unary_unary(path)
+            mc: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(path)
             first = True
             while True:
                 t0 = now()
@@ -123,7 +124,7 @@ def _check_answer(method: str):
     return check
 
 
-def process_cpu_seconds(pids: list[int]) -> float:
+def process_cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds of processes so far (Linux /proc; NaN elsewhere)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -208,7 +209,7 @@ class LoadGenerator:
         duration: float,
         warmup: float,
         startup_timeout: float = 60.0,
-        server_pids: list[int] = (),  # type: ignore[assignment]
+        server_pids: Sequence[int] = (),
     ) -> LoadResult:
         """Drive ``/{service}/{method}`` with ``concurrency`` closed-loop clients; returns the measured point.
 

@@ -204,19 +204,27 @@ def _count_points(plan: Plan) -> int:
     return n
 
 
-def _find(points: list[dict], **match) -> dict | None:
+def _find(points: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     for p in points:
         if all(p.get(k) == v for k, v in match.items()):
             return p
     return None
 
 
+def _point(points: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+    """The measured point matching ``match``; the plan always measures the points the summary reads."""
+    p = _find(points, **match)
+    if p is None:
+        raise ValueError(f"the benchmark measured no point with {match}; check the plan's concurrency levels")
+    return p
+
+
 def summarize(result: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """The headline figures, each against its target, plus the server-CPU view of the same points."""
     main = result["setups"][0]
     pts = main["points"]
-    check1 = _find(pts, method="Check", service="guard", concurrency=1)
-    echo1 = _find(pts, method="Check", service="echo", concurrency=1)
+    check1 = _point(pts, method="Check", service="guard", concurrency=1)
+    echo1 = _point(pts, method="Check", service="echo", concurrency=1)
     out: dict[str, Any] = {
         "check_p50_us": check1["p50_us"],
         "transport_floor_p50_us": echo1["p50_us"],
@@ -242,11 +250,11 @@ def summarize(result: dict[str, Any], plan: Plan) -> dict[str, Any]:
     )
     conc = 16 if 16 in plan.concurrency else max(plan.concurrency)
     best16 = max(
-        (_find(s["points"], method="Check", service="guard", concurrency=conc) for s in result["setups"]),
-        key=lambda p: p["decisions_per_second"] if p else -1,
+        (_point(s["points"], method="Check", service="guard", concurrency=conc) for s in result["setups"]),
+        key=lambda p: p["decisions_per_second"],
     )
     best_setup = next(s for s in result["setups"] if best16 in s["points"])
-    echo16 = _find(pts, method="Check", service="echo", concurrency=conc)
+    echo16 = _point(pts, method="Check", service="echo", concurrency=conc)
     out.update(
         {
             "clients": conc,
@@ -274,6 +282,7 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
     plan = plans(cpus)["quick" if quick else "full"]
     tmp = tempfile.TemporaryDirectory(prefix="interlock-bench-") if workdir is None else None
     base = Path(tmp.name) if tmp is not None else workdir
+    assert base is not None  # a TemporaryDirectory when no workdir is given
     try:
         started = time.time()
         load_before = os.getloadavg()

@@ -189,6 +189,41 @@ class OperatorDesk:
         return decisions
 
 
+def shielded_agent(
+    agent_id: str, n_actions: int, transitions: Path, unsafe_rule: str, reason: str, order: list[int]
+) -> dict[str, Any]:
+    """The config of a tabular agent behind a shield: a rule substitutes the shield's safe action.
+
+    ``order`` is the fallback's preference among safe actions (its first is the fail-safe); callers
+    append further rules to ``agent["policy"]["rules"]``.
+    """
+    return {
+        "id": agent_id,
+        "observation": {"shape": [], "dtype": "int64"},
+        "action": {"type": "discrete", "n": n_actions},
+        "monitors": [
+            {
+                "kind": "reachability",
+                "name": "shield",
+                "model": {"kind": "tabular", "transitions": str(transitions)},
+            }
+        ],
+        "policy": {
+            "rules": [
+                {
+                    "name": unsafe_rule,
+                    "when": "tripped.shield.unsafe",
+                    "verdict": "substitute",
+                    "fallback": "safe",
+                    "reason": reason,
+                }
+            ]
+        },
+        "fallbacks": {"safe": {"kind": "shield", "monitor": "shield", "order": order}},
+        "fail_safe": "safe",
+    }
+
+
 def bar_for(total: int, desc: str, enabled: bool):
     """A tqdm bar (or a no-op one)."""
     from tqdm import tqdm

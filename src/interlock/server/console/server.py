@@ -56,6 +56,11 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _KEY_PRINCIPAL = web.AppKey("principal_of", Callable)
+#: The 401 answer: what this HTTP API wants (the gRPC services' messages speak of metadata instead).
+NEEDS_BEARER = (
+    "this API needs the header 'Authorization: Bearer TOKEN' with an operator token "
+    "(a token from auth.operator_tokens)"
+)
 
 
 def _tensor(arr: np.ndarray) -> dict[str, Any]:
@@ -154,17 +159,30 @@ class Console:
     async def _auth(self, request: web.Request, handler):
         if not request.path.startswith("/api/"):
             return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return self._unauthenticated(NEEDS_BEARER)
         try:
-            request["principal"] = self.credentials.operator(request.headers.get("Authorization"))
+            request["principal"] = self.credentials.operator(header)
         except InterlockError as e:
-            status = _HTTP_OF_REASON.get(e.reason, 401)
-            return _error(status, e.message)
+            if e.reason == "unauthenticated":
+                return self._unauthenticated(
+                    f"{e.message}; send 'Authorization: Bearer TOKEN' with an operator token"
+                )
+            return _error(_HTTP_OF_REASON.get(e.reason, 401), e.message)
         try:
             return await handler(request)
         except InterlockError as e:
             return _error(
                 _HTTP_OF_REASON.get(e.reason, 400 if e.reason.startswith("invalid") else 500), e.message
             )
+
+    @staticmethod
+    def _unauthenticated(message: str) -> web.Response:
+        response = _error(401, message)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="interlock"'
+        return response
 
     # ------------------------------------------------------------------ handlers
 

@@ -1,0 +1,296 @@
+"""Calibrate a ``transition`` monitor from in-distribution episodes (docs/shift.md, "Calibration").
+
+Input: whole in-distribution episodes, from a transitions ``.npz`` (``obs``, ``action``, and
+``next_obs`` or consecutive rows; episodes from ``episode`` or the end flags) or rolled out
+from a Gymnasium environment with a policy ONNX (:func:`rollout_episodes`).
+
+The episodes are split three ways, by whole episodes: a *scale* part, a *threshold* part and a
+*held-out* part (``holdout``; the rest halved). Then:
+
+1. the residual ``next_obs - mean prediction`` of every transition (one model run per 4096
+   rows, with a tqdm bar);
+2. ``residual_scale``: each dimension's residual RMS on the scale part (floored at 1e-8);
+3. on the threshold part, with that scale: ``surprise`` threshold = conformal ``(1 - step_rate)``
+   quantile of per-step surprise; ``drift`` = conformal ``(1 - episode_rate)`` quantile of each
+   episode's *mean* surprise (in-distribution episodes differ: on CartPole the mean surprise of
+   an episode ranges 0.2-1.6; with this drift all but about ``episode_rate`` of them make the
+   CUSUM drift down, so the threshold covers fluctuations, not a linear climb over long
+   episodes); ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each episode's
+   largest CUSUM value (at least ``drift``); ``residual_bias`` threshold = conformal
+   ``(1 - step_rate)`` quantile of the per-step EW bias norm;
+4. on the held-out part: the per-step false-alarm rate of ``surprise`` and ``residual_bias`` and
+   the per-episode false-alarm rate of ``shift`` actually measured, written beside them.
+
+The scale and the thresholds come from different episodes so that the thresholds see surprise
+as it will be on new episodes, not on the episodes the scale was fitted to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from interlock.ensembles.common import EnsembleError
+from interlock.ensembles.data import Transitions
+from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
+
+__all__ = ["EpisodeData", "TransitionCalibration", "calibrate_transition", "episodes_of", "rollout_episodes"]
+
+
+@dataclass
+class EpisodeData:
+    """In-distribution transitions grouped by episode (rows of one episode consecutive, in step order).
+
+    Attributes:
+        obs: ``[N, obs_dim]`` float64 observation acted on.
+        action: ``[N, *action_shape]`` action executed.
+        next_obs: ``[N, obs_dim]`` float64 observation that followed.
+        episode: ``[N]`` int64 episode number.
+        source: Where the data came from (for messages and the thresholds file).
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    next_obs: np.ndarray
+    episode: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+
+def episodes_of(data: Transitions) -> EpisodeData:
+    """Transitions of a ``.npz`` as :class:`EpisodeData`: ``next_obs``, else the next row of the episode.
+
+    Raises:
+        EnsembleError: there is no way to tell what followed a row.
+    """
+    ep = data.episodes()
+    nxt = data.get("next_obs")
+    if nxt is not None:
+        order = np.argsort(ep, kind="stable")  # rows of an episode together, in their recorded order
+        return EpisodeData(
+            data.obs[order].astype(np.float64),
+            data.action[order],
+            np.asarray(nxt, np.float64).reshape(len(data), -1)[order],
+            ep[order],
+            data.source,
+        )
+    same = np.flatnonzero(ep[1:] == ep[:-1])  # row i is followed by row i + 1 of its episode
+    if same.size == 0:
+        raise EnsembleError(
+            f"{data.source} has no 'next_obs' array and no two consecutive rows of one episode; "
+            "record next_obs (see docs/ensembles.md) or whole episodes with an 'episode' array"
+        )
+    return EpisodeData(
+        data.obs[same].astype(np.float64),
+        data.action[same],
+        data.obs[same + 1].astype(np.float64),
+        ep[same],
+        data.source,
+    )
+
+
+def rollout_episodes(
+    env_id: str,
+    policy_path: str,
+    spaces: Any,
+    episodes: int,
+    seed: int = 0,
+    policy_output: str = "logits",
+    progress: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
+) -> EpisodeData:
+    """Roll ``policy_path`` (an ONNX policy: obs -> logits or action) out in ``env_id`` for ``episodes``.
+
+    Episode ``e`` is reset with seed ``seed + e``. Only in-distribution settings belong here.
+    """
+    import gymnasium as gym
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    from interlock.reachability.recoverability import OnnxBackupPolicy
+
+    session = ort.InferenceSession(str(policy_path), providers=["CPUExecutionProvider"])
+    policy = OnnxBackupPolicy(
+        session, spaces.action, policy_output, obs_shape=spaces.observation.shape, where="--policy"
+    )
+    env = gym.make(env_id, **(env_kwargs or {}))
+    obs_l, act_l, nxt_l, ep_l = [], [], [], []
+    try:
+        for e in tqdm(range(episodes), desc=f"rolling out {env_id}", unit="episode", disable=not progress):
+            obs, _ = env.reset(seed=seed + e)
+            done = False
+            while not done:
+                flat = np.asarray(obs, np.float64).reshape(1, -1)
+                action = np.asarray(policy.act(flat))[0]
+                nxt, _, terminated, truncated, _ = env.step(
+                    action.item() if spaces.action.discrete else action
+                )
+                obs_l.append(flat[0])
+                act_l.append(action)
+                nxt_l.append(np.asarray(nxt, np.float64).reshape(-1))
+                ep_l.append(e)
+                obs, done = nxt, terminated or truncated
+    finally:
+        env.close()
+    return EpisodeData(
+        np.stack(obs_l),
+        np.stack(act_l),
+        np.stack(nxt_l),
+        np.asarray(ep_l, np.int64),
+        f"{env_id} x {episodes}",
+    )
+
+
+def _conformal(scores: np.ndarray, rate: float) -> float:
+    v = np.sort(np.asarray(scores, np.float64))
+    if v.size == 0:
+        raise EnsembleError("no calibration scores")
+    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
+    return float(v[k - 1])
+
+
+@dataclass
+class TransitionCalibration:
+    """What :func:`calibrate_transition` chose and measured."""
+
+    monitor: str
+    residual_scale: list[float]
+    drift: float
+    thresholds: dict[str, float]
+    held_out_step_rate: dict[str, float]
+    held_out_episode_rate: float
+    episodes: dict[str, int]
+    median_surprise: float
+    path: str = ""
+
+    def summary(self) -> str:
+        t, h = self.thresholds, self.held_out_step_rate
+        return "\n".join(
+            [
+                f"transition monitor '{self.monitor}': episodes {self.episodes['scale']} (scale) / "
+                f"{self.episodes['threshold']} (thresholds) / {self.episodes['held_out']} (held out)",
+                f"  residual_scale {[float(f'{v:.4g}') for v in self.residual_scale]}",
+                f"  surprise: median {self.median_surprise:.3g}, threshold {t['surprise']:.4g} "
+                f"(held-out per-step FAR {h['surprise']:.4f})",
+                f"  residual_bias: threshold {t['residual_bias']:.4g} "
+                f"(held-out per-step FAR {h['residual_bias']:.4f})",
+                f"  shift (CUSUM): drift {self.drift:.4g}, threshold {t['shift']:.4g} "
+                f"(held-out per-episode FAR {self.held_out_episode_rate:.4f})",
+            ]
+            + ([f"wrote the calibration of '{self.monitor}' to {self.path}"] if self.path else [])
+        )
+
+
+def _per_episode(values: np.ndarray, episode: np.ndarray) -> list[np.ndarray]:
+    """Split ``[N]`` values into episodes (rows of an episode are consecutive)."""
+    cuts = np.flatnonzero(episode[1:] != episode[:-1]) + 1
+    return np.split(values, cuts)
+
+
+def _bias_norms(residual: np.ndarray, episode: np.ndarray, monitor: TransitionMonitor) -> np.ndarray:
+    """``[N]`` the ``residual_bias`` signal at each row (EW mean residual / scale, RMS)."""
+    beta = monitor.beta
+    out = np.zeros(len(residual))
+    bias = np.zeros(residual.shape[1])
+    weight = 0.0
+    for i in range(len(residual)):
+        if i == 0 or episode[i] != episode[i - 1]:
+            bias[:], weight = 0.0, 0.0
+        bias = (1.0 - beta) * bias + beta * residual[i]
+        weight = (1.0 - beta) * weight + beta
+        out[i] = surprise_of((bias / weight)[None], monitor.scale, monitor.dims, "rms")[0]
+    return out
+
+
+def calibrate_transition(
+    monitor: TransitionMonitor,
+    data: EpisodeData,
+    step_rate: float = 0.01,
+    episode_rate: float = 0.05,
+    holdout: float = 0.3,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 4096,
+) -> TransitionCalibration:
+    """Fit the residual scale and choose drift and thresholds (module docstring); sets them on ``monitor``.
+
+    Args:
+        monitor: A loaded monitor (``require_thresholds=False``).
+        data: Whole in-distribution episodes.
+        step_rate: Target share of in-distribution steps whose ``surprise`` (``residual_bias``) trips.
+        episode_rate: Target share of in-distribution episodes in which ``shift`` ever trips.
+        holdout: Share of episodes held out to measure the rates.
+        seed: Seeds the split.
+        progress: Show a tqdm bar.
+
+    Raises:
+        EnsembleError: too few episodes, or shapes that do not fit the agent.
+    """
+    from tqdm import tqdm
+
+    for name, rate in (("per-step", step_rate), ("per-episode", episode_rate)):
+        if not 0.0 < rate < 1.0:
+            raise EnsembleError(f"the {name} false-alarm rate must be in (0, 1), got {rate}")
+    if data.obs.shape[1] != monitor.obs_dim:
+        raise EnsembleError(
+            f"{data.source}: observations have {data.obs.shape[1]} values; "
+            f"the agent observes {monitor.obs_dim}"
+        )
+    uniq = np.unique(data.episode)
+    if len(uniq) < 6:
+        raise EnsembleError(
+            f"{data.source} has {len(uniq)} episode(s); calibrating a transition monitor needs whole "
+            "episodes, at least 6 (better 100+: the per-episode threshold is a quantile over episodes)"
+        )
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(uniq)
+    n_held = max(1, round(holdout * len(uniq)))
+    n_scale = max(1, (len(uniq) - n_held) // 2)
+    parts = {
+        "scale": perm[n_held : n_held + n_scale],
+        "threshold": perm[n_held + n_scale :],
+        "held_out": perm[:n_held],
+    }
+    residual = np.empty_like(data.next_obs)
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc=f"predicting ({monitor.name})", unit="batch", disable=not progress):
+        sl = slice(start, start + batch_size)
+        residual[sl] = data.next_obs[sl] - monitor.predict(data.obs[sl], np.asarray(data.action[sl]))
+    masks = {k: np.isin(data.episode, v) for k, v in parts.items()}
+    rms = np.sqrt(np.mean(residual[masks["scale"]] ** 2, axis=0))
+    monitor.scale = np.maximum(rms, 1e-8)
+    surprise = surprise_of(residual, monitor.scale, monitor.dims, monitor.cfg.aggregate)
+    bias = _bias_norms(residual, data.episode, monitor)
+
+    fit = masks["threshold"]
+    s_fit = surprise[fit]
+    fit_episodes = _per_episode(s_fit, data.episode[fit])
+    drift = _conformal(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
+    ep_max = [cusum(s, drift).max() for s in fit_episodes]
+    thresholds = {
+        "surprise": _conformal(s_fit, step_rate),
+        "shift": max(_conformal(np.asarray(ep_max), episode_rate), drift),
+        "residual_bias": _conformal(bias[fit], step_rate),
+    }
+    held = masks["held_out"]
+    held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[held], data.episode[held])])
+    monitor.drift = drift
+    monitor.thresholds.update(thresholds)
+    return TransitionCalibration(
+        monitor=monitor.name,
+        residual_scale=monitor.scale.tolist(),
+        drift=drift,
+        thresholds=thresholds,
+        held_out_step_rate={
+            "surprise": float(np.mean(~(surprise[held] <= thresholds["surprise"]))),
+            "residual_bias": float(np.mean(~(bias[held] <= thresholds["residual_bias"]))),
+        },
+        held_out_episode_rate=float(np.mean(held_max > thresholds["shift"])),
+        episodes={k: len(v) for k, v in parts.items()},
+        median_surprise=float(np.median(s_fit)),
+    )

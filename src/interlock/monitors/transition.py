@@ -1,0 +1,361 @@
+"""The ``transition`` monitor: did the world do what the dynamics ensemble expected? (docs/shift.md)
+
+A shift of the dynamics (wind, a heavier load, a longer pole) is often invisible in any
+single state and plain in what happens next. For each check, this monitor takes the agent's
+previous observation and the action Interlock answered for it (the engine tells monitors
+what was executed through :meth:`~interlock.monitors.base.Monitor.after_decide`), predicts
+the next observation with a fused dynamics ensemble (the same format and loader as the
+``uncertainty`` monitor: one session run per batch, ``[K, batch, obs_dim]``), and compares the
+members' mean prediction with the observation that arrived.
+
+Signals (``<name>.<signal>``):
+
+=================  =====================================================================
+``surprise``       RMS (or max) over dimensions of the residual divided by its calibrated
+                   in-distribution scale; 0 where the episode has no previous step
+``shift``          CUSUM over the episode: ``S = max(0, S + surprise - drift)``;
+                   tripped above its threshold (per-episode false-alarm target)
+``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
+``residual_bias``  RMS over dimensions of the episode's EW mean residual / scale
+=================  =====================================================================
+
+Sequencing per ``(agent_id, episode_id)`` (state in :class:`~interlock.episodes.EpisodeStore`):
+
+* no state (new episode, lost or expired state), step 0, or a step below the last one (the
+  episode was rewound): the episode starts afresh, surprise 0, statistic 0;
+* the next step (last + 1) with a known executed action: a transition to predict;
+* the same step again (a retry): the surprise it had, the statistic not advanced twice;
+* a step that skips ahead, or an unknown executed action (an action outside the space, a
+  failed decision): no transition to predict, surprise 0, the statistic kept as it was;
+* an empty episode_id: no episode, surprise 0 (the agent must send episode ids).
+
+Rows of one episode in one batch are taken in step order; a later row's previous action is the
+earlier row's proposed action (its decision is not known yet). ``check`` changes no state until
+every row is computed, so the engine's row-by-row retry after a failure counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from interlock.batch import Batch, SignalBatch
+from interlock.config import TransitionMonitorConfig
+from interlock.ensembles.model import EnsembleModel, file_sha256
+from interlock.ensembles.thresholds import read_thresholds_file
+from interlock.episodes import EpisodeFacts, EpisodeState, EpisodeStore
+from interlock.errors import ConfigError
+from interlock.monitors.base import Monitor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SIGNALS", "TransitionMonitor", "cusum", "surprise_of"]
+
+SIGNALS = ("surprise", "shift", "shifted", "residual_bias")
+
+
+def surprise_of(
+    residual: np.ndarray, scale: np.ndarray, dims: np.ndarray | None = None, aggregate: str = "rms"
+) -> np.ndarray:
+    """``[n]`` surprise of ``[n, obs_dim]`` residuals, each dimension divided by ``scale [obs_dim]``.
+
+    ``rms``: root mean square over the chosen dimensions (about 1 in distribution when the
+    scale is the residual's RMS); ``max``: the largest absolute normalised residual.
+    """
+    z = np.asarray(residual, np.float64) / np.asarray(scale, np.float64)[None, :]
+    if dims is not None:
+        z = z[:, dims]
+    if aggregate == "max":
+        return np.abs(z).max(axis=1)
+    return np.sqrt(np.mean(z * z, axis=1))
+
+
+def cusum(surprise: np.ndarray, drift: float) -> np.ndarray:
+    """``[T]`` one-sided CUSUM ``S_t = max(0, S_{t-1} + s_t - drift)`` over one episode's surprises.
+
+    A non-finite surprise leaves the statistic unchanged (the ``surprise`` signal trips on it).
+    """
+    out = np.zeros(len(surprise))
+    s = 0.0
+    for t, x in enumerate(np.asarray(surprise, np.float64).tolist()):
+        if np.isfinite(x):
+            s = max(0.0, s + x - drift)
+        out[t] = s
+    return out
+
+
+@dataclass
+class _Row:
+    """What ``check`` does with one row (``plan``: fresh | predict | repeat | gap | none)."""
+
+    plan: str
+    state: EpisodeState | None = None
+    prev_obs: np.ndarray | None = None
+    prev_action: np.ndarray | None = None
+    #: The state this row continues (stored, or an earlier row's of this batch, updated before this one).
+    parent: EpisodeState | None = None
+
+
+class TransitionMonitor(Monitor):
+    """Surprise of observed transitions and an episode-level shift statistic (module docstring).
+
+    Args:
+        cfg: The monitor's config section.
+        spaces: The agent's spaces.
+        runtime: Shared ONNX sessions and path resolution.
+        where: Config location for messages.
+        require_thresholds: False only for calibration (a missing scale or threshold is then NaN).
+        store: The episode store (default: a new one from the config's bounds).
+    """
+
+    kind = "transition"
+
+    def __init__(
+        self,
+        cfg: TransitionMonitorConfig,
+        spaces: Any,
+        runtime: Any,
+        where: str = "transition",
+        require_thresholds: bool = True,
+        store: EpisodeStore | None = None,
+    ) -> None:
+        super().__init__(cfg.name, spaces, runtime)
+        self.cfg = cfg
+        self.where = where
+        self.obs_dim = int(np.prod(spaces.observation.shape))
+        unknown = sorted(set(cfg.thresholds) - set(SIGNALS))
+        if unknown:
+            raise ConfigError(
+                f"{where}.thresholds names {', '.join(unknown)}; a transition monitor's signals are "
+                f"{', '.join(SIGNALS)}"
+            )
+        if cfg.dims is not None:
+            bad = [d for d in cfg.dims if d >= self.obs_dim]
+            if bad or not cfg.dims:
+                raise ConfigError(
+                    f"{where}.dims must list observation indices in [0, {self.obs_dim}); got {cfg.dims}"
+                )
+        if cfg.residual_scale is not None:
+            self._check_scale(cfg.residual_scale, f"{where}.residual_scale")
+        self.dims = None if cfg.dims is None else np.asarray(cfg.dims, np.int64)
+        self.require_thresholds = require_thresholds
+        self.model = EnsembleModel(runtime, cfg.model, where, cfg.output_name, needs_action=True)
+        self.store = store or EpisodeStore(cfg.max_episodes, cfg.episode_ttl_seconds)
+        self.beta = 1.0 - 0.5 ** (1.0 / cfg.bias_halflife)
+        self.scale = np.full(self.obs_dim, np.nan)
+        self.drift = float("nan")
+        self.thresholds: dict[str, float] = {}
+
+    @property
+    def signal_names(self) -> list[str]:
+        return list(SIGNALS)
+
+    def _check_scale(self, scale: list[float], where: str) -> np.ndarray:
+        v = np.asarray(scale, np.float64)
+        if v.shape != (self.obs_dim,) or not np.all(np.isfinite(v) & (v > 0)):
+            raise ConfigError(
+                f"{where} must hold {self.obs_dim} positive numbers (one per observation element), "
+                f"got {len(v)}" + ("" if v.shape != (self.obs_dim,) else " with zeros, negatives or NaN")
+            )
+        return v
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        self.model.load()
+        n_out = self.model.last_dim()
+        if n_out is not None and n_out != self.obs_dim:
+            raise ConfigError(
+                f"{self.where}.model {self.model.path} predicts {n_out} values per member; the agent's "
+                f"observation has {self.obs_dim}"
+            )
+        entry = self._file_entry()
+        scale = self.cfg.residual_scale or entry.get("residual_scale")
+        drift = self.cfg.drift if self.cfg.drift is not None else entry.get("drift")
+        thresholds = {k: float(v) for k, v in entry.get("thresholds", {}).items() if k in SIGNALS}
+        thresholds.update(self.cfg.thresholds)
+        thresholds.setdefault("shifted", 0.5)
+        thresholds.setdefault("residual_bias", float("inf"))  # informational unless calibrated or set
+        missing = [s for s in ("surprise", "shift") if s not in thresholds]
+        missing += ["residual_scale"] if scale is None else []
+        missing += ["drift"] if drift is None else []
+        if missing and self.require_thresholds:
+            raise ConfigError(
+                f"{self.where}: no {', '.join(missing)}; run `interlock calibrate --config FILE --agent ID "
+                "--data in_dist.npz` (or --env ID --policy POLICY.onnx) and point thresholds_file: at its "
+                "output, or set them in the config"
+            )
+        if scale is not None:
+            self.scale = self._check_scale(list(scale), f"{self.where}: residual_scale")
+        self.drift = float("nan") if drift is None else float(drift)
+        self.thresholds = thresholds
+        self.ready = True
+
+    def _file_entry(self) -> dict[str, Any]:
+        if not self.cfg.thresholds_file:
+            return {}
+        path = self.runtime.resolve(self.cfg.thresholds_file)
+        if not self.require_thresholds and not path.is_file():
+            return {}
+        data = read_thresholds_file(path, self.where)
+        entry = data["monitors"].get(self.name)
+        if entry is None:
+            raise ConfigError(
+                f"{self.where}.thresholds_file {path} has no entry for monitor '{self.name}' (it has: "
+                f"{', '.join(data['monitors']) or 'none'}); re-run `interlock calibrate`"
+            )
+        if entry.get("kind") != "transition":
+            raise ConfigError(
+                f"{self.where}.thresholds_file {path}: the entry for '{self.name}' is not a transition "
+                "monitor's calibration; re-run `interlock calibrate`"
+            )
+        sha = entry.get("model_sha256")
+        if self.require_thresholds and sha and sha != file_sha256(self.model.resolved):
+            raise ConfigError(
+                f"{self.where}: the calibration in {path} was made for another version of "
+                f"{self.cfg.model} (sha256 {sha[:12]}...); re-run `interlock calibrate` for this model"
+            )
+        for key, mine in (("aggregate", self.cfg.aggregate), ("dims", self.cfg.dims)):
+            if key in entry and entry[key] != mine:
+                raise ConfigError(
+                    f"{self.where}: {path} was calibrated with {key}={entry[key]}, the config says {mine}; "
+                    "re-run `interlock calibrate`"
+                )
+        return entry
+
+    # ------------------------------------------------------------------ request path
+
+    def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``[n, obs_dim]`` members' mean next observation for ``[n, obs_dim]`` obs and their actions."""
+        shaped = obs.reshape(len(obs), *self.spaces.observation.shape).astype(self.spaces.observation.dtype)
+        out = self.model.run(shaped, actions)  # [K, n, ...]
+        mean = out.reshape(out.shape[0], out.shape[1], -1).astype(np.float64).mean(axis=0)
+        if mean.shape[1] != self.obs_dim:
+            raise RuntimeError(
+                f"{self.cfg.model} predicted {mean.shape[1]} values per row; observations have {self.obs_dim}"
+            )
+        return obs + mean if self.cfg.predicts == "delta" else mean
+
+    def _plan(self, batch: Batch, obs: np.ndarray) -> tuple[list[int], list[_Row], dict[str, EpisodeState]]:
+        """Rows in (episode, step) order, what to do with each, and the new state per episode."""
+        n = len(batch)
+        eids = list(batch.episode_ids) if batch.episode_ids else [""] * n
+        steps = batch.steps.tolist()
+        order = sorted(range(n), key=lambda i: (eids[i], steps[i]))
+        rows: list[_Row] = [_Row("none")] * n
+        pending: dict[str, EpisodeState] = {}
+        for i in order:
+            eid, t = eids[i], steps[i]
+            if not eid:
+                continue
+            cur = pending.get(eid) or self.store.get(batch.agent_id, eid)
+            action = np.array(batch.actions[i])  # provisional: the executed one comes in after_decide
+            if cur is not None and t == cur.step:
+                rows[i] = _Row("repeat", cur)
+                continue
+            if cur is None or t == 0 or t < cur.step:
+                new = EpisodeState(first_step=t, step=t, obs=obs[i], action=action)
+                rows[i] = _Row("fresh", new)
+            else:  # the running statistics are carried over from ``parent`` in check, in step order
+                new = EpisodeState(first_step=cur.first_step, step=t, obs=obs[i], action=action)
+                if t == cur.step + 1 and cur.action is not None:
+                    rows[i] = _Row("predict", new, cur.obs, cur.action, cur)
+                else:
+                    rows[i] = _Row("gap", new, parent=cur)
+            pending[eid] = new
+        return order, rows, pending
+
+    def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        n = len(batch)
+        obs = batch.observations.reshape(n, -1).astype(np.float64)
+        order, rows, pending = self._plan(batch, obs)
+        todo = [i for i in range(n) if rows[i].plan == "predict"]
+        residual = np.zeros((n, self.obs_dim))
+        if todo:
+            prev_obs = np.stack([rows[i].prev_obs for i in todo])  # type: ignore[misc]
+            prev_act = np.stack([rows[i].prev_action for i in todo])  # type: ignore[misc]
+            residual[todo] = obs[todo] - self.predict(prev_obs, prev_act)
+        step_surprise = surprise_of(residual, self.scale, self.dims, self.cfg.aggregate)
+        steps = batch.steps.tolist()
+        surprise = np.zeros(n)
+        shift = np.zeros(n)
+        shifted = np.zeros(n)
+        bias = np.zeros(n)
+        h = self.thresholds.get("shift", float("nan"))
+        for i in order:
+            row = rows[i]
+            st = row.state
+            if st is None:
+                continue
+            if row.parent is not None:
+                p = row.parent
+                st.statistic, st.shift_step, st.weight, st.residuals = (
+                    p.statistic,
+                    p.shift_step,
+                    p.weight,
+                    p.residuals,
+                )
+                st.bias = None if p.bias is None else p.bias.copy()
+            if row.plan == "predict":
+                s = float(step_surprise[i])
+                r = residual[i]
+                if np.isfinite(s):
+                    st.statistic = max(0.0, st.statistic + s - self.drift)
+                    if st.shift_step is None and np.isfinite(h) and st.statistic > h:
+                        st.shift_step = steps[i]
+                if np.all(np.isfinite(r)):
+                    prev = np.zeros(self.obs_dim) if st.bias is None else st.bias
+                    st.bias = (1.0 - self.beta) * prev + self.beta * r
+                    st.weight = (1.0 - self.beta) * st.weight + self.beta
+                    st.residuals += 1
+                st.last_surprise = s
+            elif row.plan in ("fresh", "gap"):
+                st.last_surprise = 0.0
+            surprise[i] = st.last_surprise
+            shift[i] = st.statistic
+            shifted[i] = 1.0 if st.shift_step is not None and st.shift_step <= steps[i] else 0.0
+            mean = st.mean_residual(self.obs_dim)
+            bias[i] = float(surprise_of(mean[None], self.scale, self.dims, "rms")[0]) if st.residuals else 0.0
+        for eid, st in pending.items():  # commit only now: a failure above changed nothing
+            self.store.put(batch.agent_id, eid, st)
+        t = self.thresholds
+        return {
+            "surprise": SignalBatch.above(surprise, t.get("surprise", float("nan"))),
+            "shift": SignalBatch.above(shift, h),
+            "shifted": SignalBatch.above(shifted, t.get("shifted", 0.5)),
+            "residual_bias": SignalBatch.above(bias, t.get("residual_bias", float("inf"))),
+        }
+
+    def after_decide(self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray) -> None:
+        """Remember the executed action of each row's step (None where it is not a valid action)."""
+        if not batch.episode_ids:
+            return
+        steps = batch.steps.tolist()
+        for i, eid in enumerate(batch.episode_ids):
+            if not eid:
+                continue
+            st = self.store.peek(batch.agent_id, eid)
+            if st is not None and st.step == steps[i]:
+                st.action = np.array(executed_actions[i]) if valid[i] else None
+
+    # ------------------------------------------------------------------ episode state for others
+
+    def episode_facts(self, batch: Batch) -> EpisodeFacts:
+        """``episode.*`` facts of each row (:meth:`EpisodeStore.facts`)."""
+        eids = list(batch.episode_ids) if batch.episode_ids else [""] * len(batch)
+        return self.store.facts(batch.agent_id, eids, batch.steps)
+
+    def residual_bias(self, batch: Batch) -> np.ndarray:
+        """``[batch, obs_dim]`` EW mean residual (observation units) of each row's episode, for a shield
+        to add to its predictions (:class:`interlock.reachability.correction.ResidualSource`); zeros for
+        unknown episodes (see :meth:`EpisodeStore.residual_bias`). List this monitor before the shield:
+        its ``check`` has then folded this step's transition in."""
+        eids = list(batch.episode_ids) if batch.episode_ids else [""] * len(batch)
+        return self.store.residual_bias(batch.agent_id, eids, self.obs_dim)
+
+    def unload(self) -> None:
+        self.store.clear()
+        super().unload()
