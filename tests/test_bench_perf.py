@@ -43,7 +43,15 @@ def test_bench_perf_quick_outputs_are_well_formed(tmp_path):
             assert positive(p[k]), (k, p)
         assert p["p50_us"] <= p["p99_us"] <= p["p999_us"]
 
+    modes = {(p["mode"], p["batch"]) for p in result["tracing"]["points"]}
+    assert modes == {
+        (m, b) for m in ("off", "sampled_1pct", "always_on", "always_on_console") for b in (1, 64)
+    }
+    assert all(positive(p["cpu_us_per_decision"]) for p in result["tracing"]["points"])
+    assert "tracing always_on" in stdout
+
     md = check_docs(docs, "perf", min_images=2)
+    assert "#### Tracing" in md
     assert "| Check p50 / transport floor (1 client) |" in md
     assert "#### CheckColumns against the compute floor" in md
     assert all(positive(v) for v in result["summary"]["server_cpu_us_per_decision"].values())

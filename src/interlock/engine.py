@@ -29,6 +29,7 @@ from interlock.policies import DecisionPolicy
 from interlock.policies.vectorized import batch_columns, first_rules
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
+from interlock.stagetimes import StageTimes, time_ns
 from interlock.types import CheckInput, Decision, Verdict, new_decision_id
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,11 @@ class AgentRuntime:
         return o, a, bad
 
     def decide(
-        self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
+        self,
+        items: Sequence[CheckInput],
+        observations: np.ndarray,
+        actions: np.ndarray,
+        times: StageTimes | None = None,
     ) -> list[Decision]:
         """Decide already-validated requests of this agent (the list API over :meth:`decide_columns`).
 
@@ -432,8 +437,10 @@ class AgentRuntime:
             items: The requests (for ids, labels, steps).
             observations: ``[batch, *obs_shape]``.
             actions: ``[batch, *action_shape]``.
+            times: Tracing on: record the stages' times here (None: tracing off, no work).
         """
         n = len(items)
+        times = times.fork() if times is not None else None  # this agent's own copy
         batch = Batch(
             agent_id=items[0].agent_id,
             observations=observations,
@@ -442,13 +449,18 @@ class AgentRuntime:
             episode_ids=[it.episode_id for it in items],
             labels=[it.labels for it in items],
         )
-        decisions = self.decide_columns(batch).decisions([new_decision_id() for _ in range(n)])
+        decisions = self.decide_columns(batch, times=times).decisions([new_decision_id() for _ in range(n)])
         for d, it in zip(decisions, items, strict=True):  # one config agent, ids as sent (globs)
             d.agent_id = it.agent_id
+        if times is not None:
+            times.attach(decisions)
         return decisions
 
-    def decide_columns(self, batch: Batch, batch_id: str | None = None) -> ColumnDecisions:
-        """Decide every row of ``batch`` (already validated) as columns.
+    def decide_columns(
+        self, batch: Batch, batch_id: str | None = None, times: StageTimes | None = None
+    ) -> ColumnDecisions:
+        """Decide every row of ``batch`` (already validated) as columns (``times``: tracing's stage
+        times, None when tracing is off).
 
         Monitors, the vectorized rules and fallbacks run over arrays; per row only: CEL rules the
         vectoriser could not compile (for the rows no earlier rule decided), and rows that fail
@@ -460,7 +472,8 @@ class AgentRuntime:
         # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
         #    only the monitors defined there (action_space); the policy decides it from those.
         invalid = self.spaces.action.invalid(actions)
-        signals, ran, row_errors = self._run_monitors(batch, invalid)
+        signals, ran, row_errors = self._run_monitors(batch, invalid, times)
+        policy_start = time_ns() if times is not None else 0
 
         # 2. Signals as [n, S] columns, then the policy: vectorized rules over the batch, CEL per row.
         names = plan.signal_names
@@ -552,8 +565,14 @@ class AgentRuntime:
                 d.errors.append("policy")
                 self._fail(d, [f"rule '{self.policy.rules[k].name}' could not be evaluated: {error}"])
             cd.put(i, d)
+        if times is not None:
+            times.add("policy", policy_start)
         for name, parts in wanted.items():
-            self._apply_fallback(name, np.sort(np.concatenate(parts)), batch, signals, cd)
+            idx = np.sort(np.concatenate(parts))
+            start = time_ns() if times is not None else 0
+            self._apply_fallback(name, idx, batch, signals, cd)
+            if times is not None:
+                times.add(f"fallback:{name}", start, idx.tolist())
 
         # No rule stopped an action outside the space (no action_space rule, default allow): never execute it.
         if invalid.any():
@@ -565,7 +584,10 @@ class AgentRuntime:
         if self.config.shadow:
             _shadow_columns(cd, invalid)
         if self.after_decide:
+            start = time_ns() if times is not None else 0
             self._tell_executed(batch, cd.actions)
+            if times is not None:
+                times.add("after_decide", start)
         return cd
 
     def _tell_executed(self, batch: Batch, executed: np.ndarray) -> None:
@@ -579,7 +601,7 @@ class AgentRuntime:
                 self._failure_log(f"after_decide:{m.name}", f"{self.where}: monitor '{m.name}'").failed(e)
 
     def _run_monitors(
-        self, batch: Batch, invalid: np.ndarray
+        self, batch: Batch, invalid: np.ndarray, times: StageTimes | None = None
     ) -> tuple[dict[str, SignalBatch], dict[str, np.ndarray | None], dict[int, list[tuple[str, str]]]]:
         """Run every monitor over the rows it is defined on.
 
@@ -601,7 +623,10 @@ class AgentRuntime:
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for m in self.monitors:
             rows = all_rows if m.accepts_invalid_actions else valid_rows
+            start = time_ns() if times is not None else 0
             out, done = self._monitor_over(m, batch, rows, row_errors)
+            if times is not None:
+                times.add(f"monitor:{m.name}", start, None if len(rows) == n else rows.tolist())
             for sig in m.signal_names:
                 key = f"{m.name}.{sig}"
                 signals[key] = out[sig]
@@ -918,15 +943,21 @@ class Guard:
             out.append((rt, obs, act))
         return out
 
-    def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
+    def check(
+        self, items: Sequence[CheckInput], indexed: bool = False, times: StageTimes | None = None
+    ) -> list[Decision]:
         """Decide every request, batching the requests of each agent together.
 
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
         the first malformed request (nothing is decided then), and NotLoaded before
-        :meth:`load` (or after :meth:`unload`).
+        :meth:`load` (or after :meth:`unload`). ``times`` (tracing on) receives the stages' times.
         """
         self._require_ready()
-        return self._decide(items, self.validate(items, indexed))
+        start = time_ns() if times is not None else 0
+        validated = self.validate(items, indexed)
+        if times is not None:
+            times.add("validate", start)
+        return self._decide(items, validated, times)
 
     def check_columns(
         self,
@@ -987,7 +1018,9 @@ class Guard:
                 "(Guard.from_file(path).load()), and do not check after guard.unload()"
             )
 
-    def check_each(self, items: Sequence[CheckInput]) -> list[Decision | InterlockError]:
+    def check_each(
+        self, items: Sequence[CheckInput], times: StageTimes | None = None
+    ) -> list[Decision | InterlockError]:
         """Decide independent requests together; a malformed one gets its error, the others decide.
 
         This is the micro-batcher's entry point: requests from different calls
@@ -997,23 +1030,29 @@ class Guard:
         out: list[Decision | InterlockError] = list(items)  # type: ignore[arg-type]
         good: list[int] = []
         validated = []
+        start = time_ns() if times is not None else 0
         for i, item in enumerate(items):
             try:
                 validated.append(self.validate([item])[0])
                 good.append(i)
             except InterlockError as e:
                 out[i] = e
+        if times is not None:
+            times.add("validate", start)
         if good:
-            for i, d in zip(good, self._decide([items[i] for i in good], validated), strict=True):
+            for i, d in zip(good, self._decide([items[i] for i in good], validated, times), strict=True):
                 out[i] = d
         return out
 
     def _decide(
-        self, items: Sequence[CheckInput], validated: list[tuple[AgentRuntime, np.ndarray, np.ndarray]]
+        self,
+        items: Sequence[CheckInput],
+        validated: list[tuple[AgentRuntime, np.ndarray, np.ndarray]],
+        times: StageTimes | None = None,
     ) -> list[Decision]:
         if len(items) == 1:
             rt, obs, act = validated[0]
-            return rt.decide(items, obs[None], act[None])
+            return rt.decide(items, obs[None], act[None], times)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, (rt, _, _) in enumerate(validated):
             groups[id(rt)].append(i)
@@ -1022,6 +1061,6 @@ class Guard:
             rt = validated[idx[0]][0]
             obs = np.stack([validated[i][1] for i in idx])
             act = np.stack([validated[i][2] for i in idx])
-            for i, d in zip(idx, rt.decide([items[i] for i in idx], obs, act), strict=True):
+            for i, d in zip(idx, rt.decide([items[i] for i in idx], obs, act, times), strict=True):
                 result[i] = d
         return result  # type: ignore[return-value]

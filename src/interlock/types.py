@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from interlock.stagetimes import StageTimes
 
 __all__ = ["CheckInput", "Decision", "Verdict"]
 
@@ -68,6 +72,8 @@ class Decision:
     errors: list[str] = field(default_factory=list)
     #: Shadow mode: the verdict that would have been enforced (``verdict`` is then ALLOW).
     shadow_verdict: Verdict | None = None
+    #: When tracing is on: when the engine's stages ran for this decision's batch (server.tracing).
+    stage_times: StageTimes | None = field(default=None, repr=False, compare=False)
 
 
 def new_decision_id() -> str:

@@ -17,12 +17,17 @@ UNAVAILABLE are retried (gRPC's service-config ``retryPolicy``, ``retries`` more
 attempts) on the next replica. gRPC retries a call only while no response has been
 received, so an answer the agent may have executed is never asked for twice; why a
 retried Check is safe is in docs/operations.md ("Failover").
+
+Tracing: when the calling process uses OpenTelemetry and a span is active, every call
+carries its context (W3C ``traceparent``), so the server's decision spans join the
+caller's trace (docs/operations.md, "Tracing").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
@@ -43,6 +48,25 @@ AGENT_TOKEN_ENV = "INTERLOCK_AGENT_TOKEN"
 def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     token = token if token is not None else os.environ.get(AGENT_TOKEN_ENV) or None
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def _with_trace(metadata: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...] | None:
+    """``metadata`` plus the caller's OpenTelemetry context (W3C ``traceparent``), when there is one.
+
+    A process that never imported OpenTelemetry has no span to propagate: then nothing is
+    imported and nothing added, so the agent side stays light. Otherwise the globally
+    configured propagator (``OTEL_PROPAGATORS``, default tracecontext and baggage) writes the
+    current context, and nothing when no span is active.
+    """
+    if "opentelemetry.context" not in sys.modules:
+        return metadata
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return metadata
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return (*(metadata or ()), *carrier.items()) if carrier else metadata
 
 
 class SignalValue(NamedTuple):
@@ -417,7 +441,8 @@ class GuardClient:
     ) -> CheckResult:
         """Check one proposed action. Raises grpc.RpcError on any failure."""
         req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
-        return CheckResult.from_pb(self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
+        answer = self.stub.Check(req, timeout=self.timeout, metadata=_with_trace(self.metadata))
+        return CheckResult.from_pb(answer)
 
     def check_batch(
         self,
@@ -431,7 +456,7 @@ class GuardClient:
     ) -> list[CheckResult]:
         """Check ``observations[i]`` / ``actions[i]`` for every row in one call (``[batch, ...]`` each)."""
         req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
-        resp = self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
+        resp = self.stub.CheckBatch(req, timeout=self.timeout, metadata=_with_trace(self.metadata))
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     def check_columns(
@@ -458,7 +483,7 @@ class GuardClient:
 
     def check_stream(self, requests: Iterable[pb.CheckRequest]) -> Iterator[CheckResult]:
         """Send requests over one CheckStream; yields one result per request, in order."""
-        for d in self.stub.CheckStream(iter(requests), metadata=self.metadata):
+        for d in self.stub.CheckStream(iter(requests), metadata=_with_trace(self.metadata)):
             yield CheckResult.from_pb(d)
 
     def close(self) -> None:
@@ -508,7 +533,8 @@ class AsyncGuardClient:
         labels: Mapping[str, str] | None = None,
     ) -> CheckResult:
         req = make_request(agent_id or self.agent_id, observation, action, episode_id, step, labels)
-        return CheckResult.from_pb(await self.stub.Check(req, timeout=self.timeout, metadata=self.metadata))
+        answer = await self.stub.Check(req, timeout=self.timeout, metadata=_with_trace(self.metadata))
+        return CheckResult.from_pb(answer)
 
     async def check_batch(
         self,
@@ -522,7 +548,7 @@ class AsyncGuardClient:
     ) -> list[CheckResult]:
         """Check every row of ``[batch, ...]`` observations and actions in one call."""
         req = make_batch_request(agent_id or self.agent_id, observations, actions, episode_ids, steps, labels)
-        resp = await self.stub.CheckBatch(req, timeout=self.timeout, metadata=self.metadata)
+        resp = await self.stub.CheckBatch(req, timeout=self.timeout, metadata=_with_trace(self.metadata))
         return [CheckResult.from_pb(d) for d in resp.decisions]
 
     async def check_columns(
@@ -549,7 +575,7 @@ class AsyncGuardClient:
     async def check_stream(
         self, requests: AsyncIterator[pb.CheckRequest] | Iterable[pb.CheckRequest]
     ) -> AsyncIterator[CheckResult]:
-        async for d in self.stub.CheckStream(requests, metadata=self.metadata):
+        async for d in self.stub.CheckStream(requests, metadata=_with_trace(self.metadata)):
             yield CheckResult.from_pb(d)
 
     async def close(self) -> None:

@@ -21,7 +21,7 @@ from grpc_health.v1.health import aio as health_aio  # the public name of the as
 from interlock.audit import AuditLog
 from interlock.config import LoadedConfig, load_config
 from interlock.engine import Guard
-from interlock.server import reflection
+from interlock.server import reflection, tracing
 from interlock.server.auth import AuthInterceptor, Credentials
 from interlock.server.guard_servicer import GuardServicer, add_guard_service
 from interlock.server.limits import ServerLimits
@@ -62,6 +62,7 @@ class InterlockServer:
         console_port: int | None = -1,
         reuse_port: bool = False,
         hooks: Sequence[Callable[[InterlockServer], None]] = (),
+        tracer: tracing.DecisionTracer | None = None,
     ) -> None:
         cfg = loaded.config.server
         self.loaded = loaded
@@ -74,6 +75,8 @@ class InterlockServer:
         #: Called with this server after the services are added and before binding (extra services...).
         self.hooks = tuple(hooks)
         self.metrics = Metrics()
+        #: Spans per decision: given (tests), else from OTEL_TRACES_EXPORTER at start (None: off).
+        self.tracer = tracer
         self.audit: AuditLog | None = None
         self.tls: ReloadableTls | None = None
         self.reloader: Reloader | None = None
@@ -98,11 +101,15 @@ class InterlockServer:
         cfg = self.loaded.config.server
         for name in ("", GUARD_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.tracer is None:
+            self.tracer = tracing.from_env()  # ConfigError: asked for but not installed
         guard = Guard(self.loaded).load()
         if cfg.audit is not None:
             self.audit = AuditLog.from_config(cfg.audit, self.loaded.base_dir, self.metrics)
             await asyncio.to_thread(self.audit.start)
-        self.service = GuardService(guard, self.metrics, audit=self.audit, batching=cfg.batching)
+        self.service = GuardService(
+            guard, self.metrics, audit=self.audit, batching=cfg.batching, tracer=self.tracer
+        )
         limit = cfg.max_message_bytes * _TRANSPORT_SLACK
         self.server = grpc.aio.server(
             options=[
@@ -167,6 +174,8 @@ class InterlockServer:
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         await self.escalation.close()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # export the spans still queued
         self.metrics.close()
         if self.service is not None:
             self.service.guard.unload()

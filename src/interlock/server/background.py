@@ -9,19 +9,26 @@ from contextlib import contextmanager
 
 from interlock.config import LoadedConfig
 from interlock.server.app import InterlockServer
+from interlock.server.tracing import DecisionTracer
 
 
 @contextmanager
 def background_server(
-    loaded: LoadedConfig, host: str = "127.0.0.1", port: int = 0, metrics_port: int | None = None
+    loaded: LoadedConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int | None = None,
+    tracer: DecisionTracer | None = None,
 ) -> Iterator[InterlockServer]:
     """Start a server on its own event loop thread; yields it once it is SERVING.
+
+    ``tracer``: spans per decision (default: from ``OTEL_TRACES_EXPORTER``, off when unset).
 
     Example:
         >>> with background_server(load_config("examples/cartpole/interlock.yaml")) as srv:  # doctest: +SKIP
         ...     client = GuardClient(f"127.0.0.1:{srv.port}", agent_id="cartpole")
     """
-    server = InterlockServer(loaded, host=host, port=port, metrics_port=metrics_port)
+    server = InterlockServer(loaded, host=host, port=port, metrics_port=metrics_port, tracer=tracer)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []

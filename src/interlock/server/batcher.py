@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable
 
 from interlock.engine import Guard
+from interlock.stagetimes import StageTimes
 from interlock.types import CheckInput, Decision
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,16 @@ class MicroBatcher:
             a hot reload applies to the next batch; a batch sees one config version).
         max_batch: Most requests decided in one engine call.
         max_delay_ms: Longest time the first request of a batch waits for company.
+        timed: Tracing is on: record each batch's stage times (``StageTimes``) on its decisions.
     """
 
-    def __init__(self, guard: Callable[[], Guard], max_batch: int, max_delay_ms: float) -> None:
+    def __init__(
+        self, guard: Callable[[], Guard], max_batch: int, max_delay_ms: float, timed: bool = False
+    ) -> None:
         if max_batch < 1 or max_delay_ms <= 0:
             raise ValueError("MicroBatcher needs max_batch >= 1 and max_delay_ms > 0")
         self._guard = guard
+        self.timed = timed
         self.max_batch = max_batch
         self.max_delay = max_delay_ms / 1000.0
         self._pending: list[tuple[CheckInput, asyncio.Future]] = []
@@ -100,17 +105,17 @@ class MicroBatcher:
         items = [item for item, _ in pending]
         guard = self._guard()
         try:
-            results: list = guard.check_each(items)
+            results: list = guard.check_each(items, StageTimes() if self.timed else None)
         except Exception:
             log.exception("batched check of %d requests failed; deciding them one by one", len(items))
-            results = [self._one(guard, item) for item in items]
+            results = [self._one(guard, item, self.timed) for item in items]
         else:
             if len(items) > 1:
                 # A stage that failed for the whole batch (a monitor raising on one row's data)
                 # failed every row closed; decide those rows alone, as they would be unbatched.
                 for i, r in enumerate(results):
                     if isinstance(r, Decision) and r.errors:
-                        results[i] = self._one(guard, items[i])
+                        results[i] = self._one(guard, items[i], self.timed)
         for (_, fut), result in zip(pending, results, strict=True):
             if fut.cancelled():  # the caller went away (deadline, cancelled stream)
                 continue
@@ -120,9 +125,9 @@ class MicroBatcher:
                 fut.set_result(result)
 
     @staticmethod
-    def _one(guard: Guard, item: CheckInput) -> Decision | BaseException:
+    def _one(guard: Guard, item: CheckInput, timed: bool) -> Decision | BaseException:
         try:
-            return guard.check_each([item])[0]
+            return guard.check_each([item], StageTimes() if timed else None)[0]
         except Exception as e:
             return e
 

@@ -94,7 +94,7 @@ class GuardServicer(pb_grpc.GuardServicer):
     @handle_errors
     async def Check(self, request: pb.CheckRequest, context) -> pb.Decision:
         self._check_size(request, "the request")
-        [decision] = await self.service.check([self._decode(request)])
+        [decision] = await self.service.check([self._decode(request)], trace_parent=self._trace(context))
         return decision_to_pb(decision)
 
     @handle_errors
@@ -110,7 +110,7 @@ class GuardServicer(pb_grpc.GuardServicer):
                 f"the batch has {n} requests; the limit is {self.max_batch} (server.max_batch)"
             )
         items = [self._decode(r, f"requests[{i}]") for i, r in enumerate(request.requests)]
-        decisions = await self.service.check(items, indexed=True)
+        decisions = await self.service.check(items, indexed=True, trace_parent=self._trace(context))
         return decisions_to_batch_response(decisions)
 
     @handle_errors
@@ -148,15 +148,21 @@ class GuardServicer(pb_grpc.GuardServicer):
         message does not end the stream (Check and CheckBatch answer it with a status instead).
         """
         index = 0
+        parent = self._trace(context)  # every message's decision is a child of the stream's caller
         async for request in request_iterator:
             try:
                 self._check_size(request, f"stream message {index}")
-                [decision] = await self.service.check([self._decode(request)])
+                [decision] = await self.service.check([self._decode(request)], trace_parent=parent)
                 answer = decision_to_pb(decision)
             except Exception as e:
                 answer = self._unchecked(e, f"stream message {index}")
             yield answer
             index += 1
+
+    def _trace(self, context) -> object | None:
+        """The caller's trace context from the metadata (``traceparent``), when tracing is on."""
+        tracer = self.service.tracer
+        return None if tracer is None else tracer.extract(context.invocation_metadata())
 
     def _unchecked(self, e: Exception, where: str) -> pb.Decision:
         """The HALT answer to a stream message that raised ``e`` (counted where it was raised)."""

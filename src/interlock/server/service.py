@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -20,7 +20,11 @@ from interlock.errors import InterlockError
 from interlock.escalation import outcome
 from interlock.server.batcher import MicroBatcher
 from interlock.server.metrics import Metrics
+from interlock.stagetimes import StageTimes
 from interlock.types import CheckInput, Decision, Verdict
+
+if TYPE_CHECKING:
+    from interlock.server.tracing import DecisionTracer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class GuardService:
             fail-safe action applies at once with a reason saying so.
         audit: Optional durable log, written before answers are returned.
         batching: Micro-batch concurrent single-request checks (off when max_delay_ms is 0).
+        tracer: OpenTelemetry spans per decision (``server.tracing``); None: tracing off.
     """
 
     def __init__(
@@ -61,14 +66,18 @@ class GuardService:
         escalations: EscalationHandler | None = None,
         audit: AuditSink | None = None,
         batching: BatchingConfig | None = None,
+        tracer: DecisionTracer | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.tracer = tracer
         self.escalations = escalations
         self.audit = audit
         self.guard = guard
         self.metrics.set_config_version(guard.version)
         self.batcher = (
-            MicroBatcher(lambda: self.guard, batching.max_batch, batching.max_delay_ms)
+            MicroBatcher(
+                lambda: self.guard, batching.max_batch, batching.max_delay_ms, timed=tracer is not None
+            )
             if batching is not None and batching.max_delay_ms > 0
             else None
         )
@@ -79,23 +88,45 @@ class GuardService:
         self.metrics.set_config_version(guard.version)
         return old
 
-    async def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
-        """Decide ``items`` in order; raises InterlockError for malformed requests (counted)."""
+    async def check(
+        self, items: Sequence[CheckInput], indexed: bool = False, trace_parent: Any = None
+    ) -> list[Decision]:
+        """Decide ``items`` in order; raises InterlockError for malformed requests (counted).
+
+        ``trace_parent``: the caller's trace context (``tracer.extract`` of the request metadata).
+        """
         start = time.perf_counter()
+        trace = self.tracer.start(trace_parent) if self.tracer is not None else None
         guard = self.guard  # one config version for the whole call
         try:
             if self.batcher is not None and len(items) == 1 and not indexed:
                 decisions = [await self.batcher.submit(items[0])]
                 guard = self.guard
             else:
-                decisions = guard.check(items, indexed=indexed)
+                times = StageTimes() if trace is not None else None
+                decisions = guard.check(items, indexed=indexed, times=times)
         except InterlockError as e:
             self.metrics.reject(e.reason)
             raise
-        if any(d.verdict is Verdict.ESCALATE for d in decisions) or self.escalations is not None:
-            await self._escalate(guard, decisions)
-        if self.audit is not None:
-            await self.audit.record(decisions)
+        try:
+            if any(d.verdict is Verdict.ESCALATE for d in decisions) or self.escalations is not None:
+                if trace is not None:
+                    trace.begin_escalation(decisions)
+                await self._escalate(guard, decisions)
+                if trace is not None:
+                    trace.end()
+            if self.audit is not None:
+                if trace is not None:
+                    trace.begin("interlock.audit.commit")
+                await self.audit.record(decisions)
+                if trace is not None:
+                    trace.end()
+        except BaseException as e:
+            if trace is not None:
+                self.tracer.emit(trace, decisions, e)  # type: ignore[union-attr]
+            raise
+        if trace is not None:
+            self.tracer.emit(trace, decisions)  # type: ignore[union-attr]
         labels = [guard.agent(d.agent_id).config.id for d in decisions]
         self.metrics.record(decisions, labels, time.perf_counter() - start)
         return decisions

@@ -183,6 +183,21 @@ def ort_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def tracing_table(result: dict[str, Any]) -> str:
+    """CPU per decision of the request path with tracing off, sampled at 1 % and always on."""
+    names = {
+        "off": "off",
+        "sampled_1pct": "sampled 1 % (parentbased_traceidratio 0.01)",
+        "always_on": "always on (spans discarded after the BatchSpanProcessor)",
+        "always_on_console": "always on, console exporter to /dev/null",
+    }
+    rows = ["| tracing | batch | CPU us / decision | / off |", "|---|---:|---:|---:|"]
+    for p in result["tracing"]["points"]:
+        cpu, ratio = p["cpu_us_per_decision"], p["ratio_to_off"]
+        rows.append(f"| {names[p['mode']]} | {p['batch']} | {cpu:.0f} | {ratio:.2f} |")
+    return "\n".join(rows)
+
+
 def setups_table(result: dict[str, Any]) -> str:
     concs = result["settings"]["concurrency"]
     lines = [
@@ -381,6 +396,14 @@ def markdown(result: dict[str, Any], images: list[Path], docs: Path) -> str:
     ]
     if len(result["setups"]) > 1:
         parts += ["#### Check throughput by server setup", "", setups_table(result), ""]
+    if result.get("tracing", {}).get("points"):
+        parts += [
+            "#### Tracing (GuardService.check in process, process CPU per decision, median of "
+            f"{result['tracing']['rounds']} interleaved rounds)",
+            "",
+            tracing_table(result),
+            "",
+        ]
     if result.get("onnxruntime_settings"):
         parts += ["#### ONNX Runtime settings (bare ensemble call, in-process)", "", ort_table(result), ""]
     parts += [f"![{Path(r).stem}]({r})" for r in rel]
@@ -403,4 +426,7 @@ def summary_text(result: dict[str, Any]) -> str:
         lines.append(
             f"  {key:42s} {t['value']:12.2f}   target {t['target']:>8s}   {'met' if t['met'] else 'NOT met'}"
         )
+    for p in result.get("tracing", {}).get("points", []):
+        if p["mode"] != "off":
+            lines.append(f"  tracing {p['mode']:18s} batch {p['batch']:3d}: {p['ratio_to_off']:.2f} x off")
     return "\n".join(lines)

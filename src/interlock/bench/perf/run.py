@@ -7,7 +7,9 @@ One run measures, on the same machine and in the same minutes:
   messages of the same sizes as Check / CheckStream / CheckBatch;
 * the Guard's Check (unary), CheckStream and CheckBatch under closed-loop load
   from separate processes at several concurrency levels, for several server
-  setups (worker processes, micro-batching on or off).
+  setups (worker processes, micro-batching on or off);
+* what OpenTelemetry tracing costs on the request path: off, sampled at 1 %, always on
+  (``bench/perf/tracing.py``; skipped without ``interlock[otel]``).
 
 and reports ratios to the floors next to the absolute figures. See docs/benchmarks.md.
 """
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from interlock.bench.perf import floors, scenario
+from interlock.bench.perf import floors, scenario, tracing
 from interlock.bench.perf.echo import SERVICE as ECHO
 from interlock.bench.perf.echo import make_hook
 from interlock.bench.perf.loadgen import LoadGenerator
@@ -69,6 +71,9 @@ class Plan:
     floor_seconds: float
     setups: list[Setup]
     client_processes: int = 2
+    #: Tracing cost: seconds per point and interleaved rounds (bench/perf/tracing.py).
+    tracing_seconds: float = 0.5
+    tracing_rounds: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +104,8 @@ def plans(cpus: int) -> dict[str, Plan]:
             warmup=0.2,
             floor_seconds=0.02,
             setups=[Setup("main", min(workers, 2), batching, full=True)],
+            tracing_seconds=0.05,
+            tracing_rounds=1,
         ),
     }
 
@@ -395,6 +402,7 @@ def run(quick: bool = False, workdir: Path | None = None, seed: int = 0) -> dict
         result["onnxruntime_settings"] = floors.onnxruntime_settings(
             scn, sorted({1, 256} & {1, *plan.batch_sizes}), plan.floor_seconds
         )
+        result["tracing"] = tracing.tracing_cost(scn, plan.tracing_seconds, plan.tracing_rounds)
         result["setups"] = []
         bar = tqdm(total=_count_points(plan), desc="bench perf", unit="point", file=sys.stderr)
         with bar, LoadGenerator(plan.client_processes) as gen:
