@@ -38,10 +38,12 @@ Run::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from lander import HERE, OnnxAgent, agent_chooser, heuristic_chooser, run_episode
@@ -118,6 +120,8 @@ def main() -> None:
     if out.returncode:
         raise SystemExit(out.returncode)
     summary = {
+        "agent": Path(args.agent).name,
+        "agent_sha256": hashlib.sha256(Path(args.agent).read_bytes()).hexdigest(),
         "policies": POLICIES,
         "episodes_per_policy": args.episodes,
         "transitions": len(arrays["action"]),

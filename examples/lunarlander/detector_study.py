@@ -101,11 +101,11 @@ class Residuals:
         return (next_obs - obs) - mean, delta.std(0)
 
 
-def episode_set(name: str, world: str, seeds, agents, residuals: Residuals) -> dict:
-    """Run (or load from cache) episodes of behaviour ``name`` in ``world``; padded arrays.
+def run_set(name: str, world: str, seeds, agents) -> dict:
+    """Run (or load from cache) episodes of behaviour ``name`` in ``world``; padded raw arrays.
 
-    Returns a dict with ``r`` and ``sd`` ``[E, Tmax, 8]`` (residual, ensemble spread), ``valid``
-    ``[E, Tmax]`` (a real, non-terminal transition), ``length``, ``crashed``, ``landed``, ``ret`` ``[E]``.
+    Returns ``obs``, ``next_obs`` ``[E, Tmax, 8]``, ``action`` ``[E, Tmax]``, ``valid`` ``[E, Tmax]``
+    (a real, non-terminal transition), ``length``, ``crashed``, ``landed``, ``ret``, ``seed`` ``[E]``.
     """
     seeds = list(seeds)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,9 @@ def episode_set(name: str, world: str, seeds, agents, residuals: Residuals) -> d
     tmax = max(len(e.action) for e in eps)
     n = len(eps)
     out = {
-        "r": np.zeros((n, tmax, 8), np.float32),
-        "sd": np.zeros((n, tmax, 8), np.float32),
+        "obs": np.zeros((n, tmax, 8), np.float32),
+        "next_obs": np.zeros((n, tmax, 8), np.float32),
+        "action": np.zeros((n, tmax), np.int64),
         "valid": np.zeros((n, tmax), bool),
         "length": np.array([len(e.action) for e in eps]),
         "crashed": np.array([e.crashed for e in eps]),
@@ -127,14 +128,24 @@ def episode_set(name: str, world: str, seeds, agents, residuals: Residuals) -> d
         "seed": np.array(seeds),
     }
     for i, e in enumerate(eps):
-        r, sd = residuals(e.obs, e.action, e.next_obs)
         t = len(e.action)
-        out["r"][i, :t], out["sd"][i, :t] = r, sd
+        out["obs"][i, :t], out["next_obs"][i, :t], out["action"][i, :t] = e.obs, e.next_obs, e.action
         out["valid"][i, :t] = True
         if e.terminated:
             out["valid"][i, t - 1] = False  # mask the terminal transition
     np.savez_compressed(path, **out)
     return out
+
+
+def episode_set(name: str, world: str, seeds, agents, residuals: Residuals) -> dict:
+    """:func:`run_set` plus ``r``, ``sd`` ``[E, Tmax, 8]``: residual and member spread (0 if invalid)."""
+    ep = run_set(name, world, seeds, agents)
+    v = ep["valid"]
+    r, sd = residuals(ep["obs"][v], ep["action"][v], ep["next_obs"][v])
+    ep["r"] = np.zeros((*v.shape, 8), np.float32)
+    ep["sd"] = np.zeros((*v.shape, 8), np.float32)
+    ep["r"][v], ep["sd"][v] = r, sd
+    return ep
 
 
 # ---------------------------------------------------------------- detectors
@@ -251,12 +262,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dev-only", action="store_true", help="stop before the evaluation seeds")
     p.add_argument("--design", type=int, default=None, help="force this design index (default: dev choice)")
+    p.add_argument("--prefetch-heuristic", action="store_true",
+                   help="only run and cache the heuristic's development episodes (needs no model)")
     args = p.parse_args()
     t0 = time.monotonic()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:5.0f}s] {msg}", flush=True)
 
+    if args.prefetch_heuristic:
+        for b in ("heuristic", "heuristic_eps0.2"):
+            for seeds in (SIGMA_SEEDS, THRESHOLD_SEEDS):
+                run_set(b, "nominal", seeds, {})
+        for w, seeds in DEV_SHIFT_SEEDS.items():
+            run_set("heuristic", w, seeds, {})
+        log("cached the heuristic's development episodes")
+        return
     agents = {"ppo": OnnxAgent(HERE / "ppo_agent.onnx"), "dqn": OnnxAgent(HERE / "dqn_agent.onnx")}
     residuals = Residuals(HERE / "dynamics_ensemble.onnx")
     assert N_ACTIONS == 4
