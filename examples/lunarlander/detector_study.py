@@ -28,15 +28,15 @@ level calibrated on in-distribution episodes, which is what we have.
 Protocol (seeds in README.md):
 
 1. ``sigma`` and the in-distribution mean of the scores come from development episodes, seeds
-   0-199, of all five behaviour policies of collect_data.py (nominal world).
-2. For each design, the threshold ``h`` is set on *other* development episodes (seeds 1000-1199, the
+   0-99, of all five behaviour policies of collect_data.py (nominal world).
+2. For each design, the threshold ``h`` is set on *other* development episodes (seeds 1000-1149, the
    same five policies, nominal world): per policy the conformal 95% quantile of the episode maximum
    of the statistic (``ceil((n + 1) * 0.95)``-th smallest), and ``h`` = the largest of these, so that
    every behaviour type is at most ~5% false alarms per episode.
 3. Designs are compared on development shifted episodes of our PPO agent and the heuristic (seeds
    2000-2099 wind, 3000-3099 weak main engine). The chosen design is the one with the highest
    development detection rate in wind, ties broken by the lower median delay.
-4. The chosen design is evaluated ONCE on evaluation seeds 100000-100199 (200 episodes per cell) for
+4. The chosen design is evaluated ONCE on evaluation seeds 100000-100149 (150 episodes per cell) for
    our PPO agent and the never-seen DQN agent in the nominal, wind and weak-main worlds.
 
 Run::
@@ -71,10 +71,10 @@ from lander import (
 
 SCORED_DIMS = [0, 1, 2, 3, 4, 5]  # x, y, vx, vy, angle, angular velocity (not the contact flags)
 BEHAVIOURS = ["ppo", "ppo_eps0.1", "ppo_eps0.3", "heuristic", "heuristic_eps0.2"]
-SIGMA_SEEDS = range(0, 200)
-THRESHOLD_SEEDS = range(1000, 1200)
+SIGMA_SEEDS = range(0, 100)
+THRESHOLD_SEEDS = range(1000, 1150)
 DEV_SHIFT_SEEDS = {"wind": range(2000, 2100), "weak_main": range(3000, 3100)}
-EVAL_SEEDS = range(100_000, 100_200)
+EVAL_SEEDS = range(100_000, 100_150)
 TARGET_FAR = 0.05
 CACHE = HERE / "data" / "episodes"
 
@@ -110,9 +110,10 @@ def run_set(name: str, world: str, seeds, agents) -> dict:
     seeds = list(seeds)
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{name}_{world}_{seeds[0]}_{len(seeds)}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+    for cached in sorted(CACHE.glob(f"{name}_{world}_{seeds[0]}_*.npz")):
+        if int(cached.stem.rsplit("_", 1)[1]) >= len(seeds):  # a longer run of the same seeds: slice it
+            with np.load(cached) as f:
+                return {k: f[k][: len(seeds)] for k in f.files}
     eps = [run_episode(world, s, choose_fn(name, agents)) for s in seeds]
     tmax = max(len(e.action) for e in eps)
     n = len(eps)
@@ -262,23 +263,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dev-only", action="store_true", help="stop before the evaluation seeds")
     p.add_argument("--design", type=int, default=None, help="force this design index (default: dev choice)")
-    p.add_argument("--prefetch-heuristic", action="store_true",
-                   help="only run and cache the heuristic's development episodes (needs no model)")
+    p.add_argument("--prefetch", default=None, metavar="B1,B2",
+                   help="only run and cache the episodes of these behaviours (to use several processes)")
     args = p.parse_args()
     t0 = time.monotonic()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:5.0f}s] {msg}", flush=True)
 
-    if args.prefetch_heuristic:
-        for b in ("heuristic", "heuristic_eps0.2"):
-            for seeds in (SIGMA_SEEDS, THRESHOLD_SEEDS):
-                run_set(b, "nominal", seeds, {})
-        for w, seeds in DEV_SHIFT_SEEDS.items():
-            run_set("heuristic", w, seeds, {})
-        log("cached the heuristic's development episodes")
-        return
     agents = {"ppo": OnnxAgent(HERE / "ppo_agent.onnx"), "dqn": OnnxAgent(HERE / "dqn_agent.onnx")}
+    if args.prefetch:
+        for b in args.prefetch.split(","):
+            if b in BEHAVIOURS:
+                for seeds in (SIGMA_SEEDS, THRESHOLD_SEEDS):
+                    run_set(b, "nominal", seeds, agents)
+            if b in ("ppo", "heuristic"):
+                for w, seeds in DEV_SHIFT_SEEDS.items():
+                    run_set(b, w, seeds, agents)
+            if b in ("ppo_eval", "dqn_eval"):
+                for w in ("nominal", "wind", "weak_main"):
+                    run_set(b[:3], w, EVAL_SEEDS, agents)
+            log(f"cached {b}")
+        return
     residuals = Residuals(HERE / "dynamics_ensemble.onnx")
     assert N_ACTIONS == 4
 
@@ -354,7 +360,49 @@ def main() -> None:
                 log(f"eval {agent} {w}: {ev[f'{agent}_{w}']}")
         report["evaluation"] = ev
     (HERE / "detector_study.json").write_text(json.dumps(report, indent=1) + "\n")
-    log("wrote detector_study.json")
+    (HERE / "detector_study.md").write_text(markdown(report))
+    log("wrote detector_study.json and detector_study.md")
+
+
+def _pct(c: dict) -> str:
+    lo, hi = c["wilson95"]
+    delay = "-" if c["median_delay_steps"] is None else f"{c['median_delay_steps']:.0f}"
+    return f"{c['trip_rate']:.0%} [{lo:.0%}, {hi:.0%}], delay {delay}"
+
+
+def markdown(report: dict) -> str:
+    """The study as a short markdown table: every design (dev), then the evaluation of the chosen one."""
+    lines = [
+        "# Shift detector study (LunarLander-v3), generated by detector_study.py",
+        "",
+        "Per-episode trip rate [Wilson 95%], median detection delay in steps. Thresholds set for <= 5%",
+        "false alarms per in-distribution episode on development seeds; see the module docstring and",
+        "README.md for the protocol and seeds.",
+        "",
+        "## Development: every design tried",
+        "",
+        "| # | design | threshold | max dev FAR (threshold set) | PPO wind | heuristic wind | PPO weak main "
+        "| heuristic weak main |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["designs"]:
+        far = max(r["dev_far_threshold_set"].values())
+        mark = " **(chosen)**" if r["index"] == report["chosen_index"] else ""
+        lines.append(
+            f"| {r['index']} | `{r['name']}`{mark} | {r['threshold']:.2f} | {far:.1%} | "
+            f"{_pct(r['dev_ppo_wind'])} | {_pct(r['dev_heuristic_wind'])} | {_pct(r['dev_ppo_weak_main'])} "
+            f"| {_pct(r['dev_heuristic_weak_main'])} |"
+        )
+    if "evaluation" in report:
+        lines += ["", "## Evaluation (run once, chosen design)", "",
+                  "| agent | world | episodes | trip rate [Wilson 95%], median delay | crash rate "
+                  "| mean return | crashes tripped before the crash |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, c in report["evaluation"].items():
+            agent, world = key.split("_", 1)
+            lines.append(f"| {agent} | {world} | {c['episodes']} | {_pct(c)} | {c['crash_rate']:.0%} | "
+                         f"{c['mean_return']:.1f} | {c.get('crashes_tripped_before_crash', '-')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
