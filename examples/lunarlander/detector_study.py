@@ -156,6 +156,10 @@ def normalise(ep: dict, sigma: np.ndarray, design: dict) -> np.ndarray:
     """``z [E, T, len(dims)]`` for the design's dims and normalisation."""
     dims = design["dims"]
     r = ep["r"][..., dims]
+    if design.get("robust"):  # sigma holds [std, 1.4826 * MAD] stacked: use the MAD row
+        sigma = sigma[1]
+    elif sigma.ndim == 2:
+        sigma = sigma[0]
     scale = np.sqrt(sigma[dims] ** 2 + ep["sd"][..., dims] ** 2) if design.get("spread") else sigma[dims]
     z = r / scale
     return np.where(ep["valid"][..., None], z, 0.0)
@@ -251,6 +255,10 @@ def designs() -> list[dict]:
             out.append({"kind": "mewma", "dims": dims, "spread": spread, "lam": lam, "clip": 5.0})
         for k in (0.5, 1.0):
             out.append({"kind": "cusum_signed", "dims": dims, "spread": spread, "k": k, "clip": 5.0})
+    # Residuals are heavy-tailed (MAD ~ half the std): a robust scale (1.4826 * MAD) instead of the std.
+    for clip, drift in itertools.product((9.0, 25.0), (1.0, 1.5, 2.0)):
+        out.append({"kind": "cusum_sq", "dims": [0, 1, 2, 3, 4, 5], "spread": False, "robust": True,
+                    "clip": clip, "drift": drift})
     return out
 
 
@@ -292,7 +300,8 @@ def main() -> None:
     sig_sets = {b: episode_set(b, "nominal", SIGMA_SEEDS, agents, residuals) for b in BEHAVIOURS}
     log("sigma episodes ready")
     r_all = np.concatenate([s["r"][s["valid"]] for s in sig_sets.values()])
-    sigma = r_all.std(0)
+    mad = 1.4826 * np.median(np.abs(r_all - np.median(r_all, 0)), 0)
+    sigma = np.stack([r_all.std(0), mad])  # [2, 8]: std, robust scale
     raw_rmse = np.sqrt((r_all**2).mean(0))
     # 2. threshold episodes (dev seeds 1000-1199) and dev shifted episodes
     thr_sets = {b: episode_set(b, "nominal", THRESHOLD_SEEDS, agents, residuals) for b in BEHAVIOURS}
@@ -345,7 +354,8 @@ def main() -> None:
             "scored_dims": SCORED_DIMS,
             "selection_rule": "highest dev trip rate of the PPO agent in wind, ties: lower median delay",
         },
-        "sigma": sigma.tolist(),
+        "sigma": sigma[0].tolist(),
+        "robust_sigma": sigma[1].tolist(),
         "residual_rmse_in_distribution_dev": raw_rmse.tolist(),
         "designs": results,
         "chosen_index": chosen["index"],

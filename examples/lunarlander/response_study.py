@@ -89,7 +89,7 @@ class Detector:
     def __init__(self, report: dict, n: int) -> None:
         chosen = report["designs"][report["chosen_index"]]
         self.d, self.ref, self.h = chosen["design"], chosen["ref"], chosen["threshold"]
-        self.sigma = np.asarray(report["sigma"])
+        self.sigma = np.asarray(report["robust_sigma" if self.d.get("robust") else "sigma"])
         dims = self.d["dims"]
         self.s = np.zeros(n) if self.d["kind"] == "cusum_sq" else np.zeros((n, len(dims)))
         self.s2 = np.zeros((n, len(dims)))
