@@ -261,6 +261,9 @@ VARIANTS = {
     "shield_H20_hold4": {"kind": "shield", "horizon": 20, "hold": 4},
     "shield_H20_hold4_peraction": {"kind": "shield", "horizon": 20, "hold": 4, "bias": "per_action"},
     "shield_always_H20_hold4": {"kind": "shield", "horizon": 20, "hold": 4, "always": True},
+    "shield_always_H20": {"kind": "shield", "horizon": 20, "hold": 1, "always": True},
+    "shield_always_H10_hold4_peraction": {"kind": "shield", "horizon": 10, "hold": 4, "always": True,
+                                          "bias": "per_action"},
     "switch+shield_H20_hold4": {"kind": "switch+shield", "horizon": 20, "hold": 4},
 }
 
