@@ -364,7 +364,7 @@ _ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
 class _GuardClientBase(Generic[_ChannelT]):
-    """The constructor :class:`GuardClient` and :class:`AsyncGuardClient` share; only their channel differs."""
+    """The constructor GuardClient and AsyncGuardClient share; only the channel they open differs."""
 
     channel: _ChannelT
 

@@ -18,7 +18,6 @@ The thresholds go into the file the monitor's ``thresholds_file`` names (or
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +26,8 @@ import numpy as np
 from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.data import Transitions, load_transitions, split_indices
 from interlock.ensembles.model import file_sha256
-from interlock.ensembles.thresholds import update_thresholds_file
+from interlock.ensembles.thresholds import conformal_threshold, update_thresholds_file
 from interlock.errors import ConfigError
-
-
-def conformal_threshold(scores: np.ndarray, rate: float) -> float:
-    """The ``ceil((n + 1)(1 - rate))``-th smallest score (the largest if that exceeds n)."""
-    v = np.sort(np.asarray(scores, np.float64))
-    if v.size == 0:
-        raise EnsembleError("no calibration scores")
-    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
-    return float(v[k - 1])
 
 
 @dataclass
