@@ -124,9 +124,9 @@ def calibrate(
         EnsembleError: the data is unusable.
     """
     from interlock.config import TransitionMonitorConfig, UncertaintyMonitorConfig, load_config
+    from interlock.monitors import uncertainty_monitor
     from interlock.monitors.calibrate_transition import calibrate_transition, episodes_of, rollout_episodes
     from interlock.monitors.transition import TransitionMonitor
-    from interlock.monitors.uncertainty import UncertaintyMonitor
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 
@@ -178,19 +178,7 @@ def calibrate(
                 f"pass --output"
             )
         path = loaded.resolve(str(target)) if output is None else Path(output)
-        monitor = UncertaintyMonitor(
-            mcfg.name,
-            spaces,
-            runtime,
-            mcfg.model,
-            mcfg.ensemble,
-            output_name=mcfg.output_name,
-            policy_output=mcfg.policy_output,
-            state_scale=mcfg.state_scale,
-            thresholds_file=None,
-            require_thresholds=False,
-            where=where,
-        )
+        monitor = uncertainty_monitor(mcfg, spaces, runtime, where, calibrating=True)
         monitor.load()
         cal = monitor_scores(monitor, ds, fit, spaces)
         test = monitor_scores(monitor, ds, held, spaces)
