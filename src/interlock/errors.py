@@ -17,9 +17,11 @@ class InterlockError(Exception):
     #: Label for ``interlock_requests_rejected_total{reason}``.
     reason: str = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if reason is not None:  # a finer label than the class's (InvalidRequest, Unavailable)
+            self.reason = reason
 
 
 class InvalidRequest(InterlockError):
@@ -27,10 +29,6 @@ class InvalidRequest(InterlockError):
 
     status_code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "invalid_argument"
-
-    def __init__(self, message: str, reason: str = "invalid_argument") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class UnknownAgent(InterlockError):
@@ -66,10 +64,6 @@ class Unavailable(InterlockError):
 
     status_code = grpc.StatusCode.UNAVAILABLE
     reason = "unavailable"
-
-    def __init__(self, message: str, reason: str = "unavailable") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class DeadlineExceeded(InterlockError):

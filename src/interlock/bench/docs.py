@@ -1,8 +1,9 @@
-"""The generated sections of ``docs/benchmarks.md``: markers, and rewriting one section in place."""
+"""The generated sections of ``docs/benchmarks.md``: markers, rewriting one section in place, figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def section_markers(name: str) -> tuple[str, str]:
@@ -30,3 +31,16 @@ def write_docs_section(md: Path, name: str, body: str, title: str = "# Benchmark
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)
     return md
+
+
+def save_figure(fig: Any, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Lay out, write (PNG, 110 dpi) and close a matplotlib figure; returns ``path``.
+
+    ``rect``: the part of the figure ``tight_layout`` may fill (room for a figure legend).
+    """
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

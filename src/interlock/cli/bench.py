@@ -77,10 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "sizes on the same server (the transport floor) and the bare in-process ensemble call (the compute "
         "floor), and reports ratios to both. The full run takes a few minutes; --quick takes seconds.",
     )
-    perf.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-    perf.add_argument(
-        "--quick", action="store_true", help="smoke run: few points, short windows (seconds, for CI)"
-    )
+    _add_run_arguments(perf, "few points, short windows (seconds, for CI)")
     _add_docs_arguments(perf, "measure nothing")
     perf.set_defaults(func=_cmd_perf)
     safety = bsub.add_parser(
@@ -93,10 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "escalations. Reports catastrophe rate, return, intervention, escalation and false-intervention "
         "rates against the targets. The full run takes about four minutes on 2 cores; --quick takes seconds.",
     )
-    safety.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-    safety.add_argument(
-        "--quick", action="store_true", help="smoke run: 2 seeds per condition, short episodes (for CI)"
-    )
+    _add_run_arguments(safety, "2 seeds per condition, short episodes (for CI)")
     safety.add_argument("--seeds", type=int, default=None, help="episodes (one per seed) per condition")
     safety.add_argument(
         "--only",
@@ -106,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_docs_arguments(safety, "run nothing")
     safety.set_defaults(func=_cmd_safety)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, quick: str) -> None:
+    """``--json FILE`` and ``--quick`` (``quick``: how small the smoke run is), for every benchmark."""
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
 
 
 def _add_docs_arguments(parser: argparse.ArgumentParser, nothing: str) -> None:

@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -384,23 +384,13 @@ def _channel_options(
     ]
 
 
-class GuardClient:
-    """Blocking client of ``interlock.v1.Guard``.
+_ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
 
-    Args:
-        target: ``host:port`` of the Interlock server; or several replicas: a list of ``ip:port``
-            addresses, ``ipv4:a:p1,b:p2``, or ``dns:///name:port`` (calls are then balanced
-            ``round_robin``).
-        agent_id: Default agent id for calls that do not pass one.
-        timeout: Deadline per call in seconds; an expired deadline raises, never allows.
-        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
-        token: The agent's bearer token, for servers with ``auth.agent_tokens``
-            (default: ``$INTERLOCK_AGENT_TOKEN`` when set). Escalating agents should also
-            set ``timeout`` above their ``escalation.timeout_seconds``.
-        retries: Extra attempts of a call that ended UNAVAILABLE (0-4), within ``timeout``.
-        round_robin: Balance calls over every address the target resolves to; default: when
-            the target names several (a list, ``ipv4:a,b`` or ``dns:///``).
-    """
+
+class _GuardClientBase(Generic[_ChannelT]):
+    """The constructor GuardClient and AsyncGuardClient share; only the channel they open differs."""
+
+    channel: _ChannelT
 
     def __init__(
         self,
@@ -418,12 +408,39 @@ class GuardClient:
         self.timeout = timeout
         self.metadata = _auth_metadata(token)
         opts = _channel_options(max_message_bytes, retries, several if round_robin is None else round_robin)
-        self.channel = (
-            grpc.secure_channel(self.target, credentials, opts)
-            if credentials
-            else grpc.insecure_channel(self.target, opts)
-        )
+        self.channel = self._open_channel(self.target, credentials, opts)
         self.stub = pb_grpc.GuardStub(self.channel)
+
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> _ChannelT:
+        raise NotImplementedError
+
+
+class GuardClient(_GuardClientBase[grpc.Channel]):
+    """Blocking client of ``interlock.v1.Guard``.
+
+    Args:
+        target: ``host:port`` of the Interlock server; or several replicas: a list of ``ip:port``
+            addresses, ``ipv4:a:p1,b:p2``, or ``dns:///name:port`` (calls are then balanced
+            ``round_robin``).
+        agent_id: Default agent id for calls that do not pass one.
+        timeout: Deadline per call in seconds; an expired deadline raises, never allows.
+        credentials: ``grpc.ssl_channel_credentials(...)`` for TLS; None for plaintext.
+        token: The agent's bearer token, for servers with ``auth.agent_tokens``
+            (default: ``$INTERLOCK_AGENT_TOKEN`` when set). Escalating agents should also
+            set ``timeout`` above their ``escalation.timeout_seconds``.
+        retries: Extra attempts of a call that ended UNAVAILABLE (0-4), within ``timeout``.
+        round_robin: Balance calls over every address the target resolves to; default: when
+            the target names several (a list, ``ipv4:a,b`` or ``dns:///``).
+    """
+
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> grpc.Channel:
+        if credentials:
+            return grpc.secure_channel(target, credentials, options)
+        return grpc.insecure_channel(target, options)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Block until the channel connects (raises grpc.FutureTimeoutError otherwise)."""
@@ -496,31 +513,17 @@ class GuardClient:
         self.close()
 
 
-class AsyncGuardClient:
+class AsyncGuardClient(_GuardClientBase[grpc.aio.Channel]):
     """asyncio client of ``interlock.v1.Guard``; same arguments as :class:`GuardClient`."""
 
-    def __init__(
-        self,
-        target: str | Sequence[str],
-        agent_id: str = "",
-        timeout: float = DEFAULT_TIMEOUT,
-        credentials: grpc.ChannelCredentials | None = None,
-        max_message_bytes: int = 64 * 1024 * 1024,
-        token: str | None = None,
-        retries: int = DEFAULT_RETRIES,
-        round_robin: bool | None = None,
-    ) -> None:
-        self.target, several = channel_target(target)
-        self.agent_id = agent_id
-        self.timeout = timeout
-        self.metadata = _auth_metadata(token)
-        opts = _channel_options(max_message_bytes, retries, several if round_robin is None else round_robin)
-        self.channel = (
-            grpc.aio.secure_channel(self.target, credentials, opts)
-            if credentials
-            else grpc.aio.insecure_channel(self.target, opts)
-        )
-        self.stub = pb_grpc.GuardStub(self.channel)
+    # check_* twin GuardClient's with ``await`` on purpose: a shared body would hide which one blocks.
+
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    ) -> grpc.aio.Channel:
+        if credentials:
+            return grpc.aio.secure_channel(target, credentials, options)
+        return grpc.aio.insecure_channel(target, options)
 
     async def check(
         self,

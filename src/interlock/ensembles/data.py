@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from interlock.ensembles.common import EnsembleError
+from interlock.storage.npz import read_npz
 
 KINDS = ("q", "policy", "dynamics")
 
@@ -75,14 +76,8 @@ def load_transitions(path: str | Path | dict[str, np.ndarray]) -> Transitions:
         arrays, source = {k: np.asarray(v) for k, v in path.items()}, "<arrays>"
     else:
         p = Path(path)
-        if not p.is_file():
-            raise EnsembleError(f"transitions file {p} does not exist")
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except Exception as e:
-            raise EnsembleError(f"{p} is not a readable .npz file: {e}") from None
-        source = str(p)
+        missing, unreadable = f"transitions file {p} does not exist", f"{p} is not a readable .npz file"
+        arrays, source = read_npz(p, EnsembleError, missing, unreadable), str(p)
     for key in ("obs", "action"):
         if key not in arrays:
             raise EnsembleError(

@@ -93,6 +93,15 @@ class EnsembleModel:
         d = self.out_shape[-1] if self.out_shape else None
         return d if isinstance(d, int) else None
 
+    def require_q_values(self, n_actions: int) -> None:
+        """Raise ConfigError unless the output's last axis (when static) has one Q-value per action."""
+        n = self.last_dim()
+        if n is not None and n != n_actions:
+            raise ConfigError(
+                f"{self.where}.model {self.path} gives {n} Q-values per row; the space has "
+                f"{n_actions} actions"
+            )
+
     def run(self, observations: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
         """``[K, batch, ...]`` member outputs for ``observations [batch, *obs_shape]``."""
         n = len(observations)

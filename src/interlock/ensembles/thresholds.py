@@ -24,9 +24,13 @@ The monitor refuses to load thresholds calibrated for another model file
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from interlock.ensembles.common import EnsembleError
 from interlock.errors import ConfigError
 
 FORMAT = "interlock-thresholds/1"
@@ -50,6 +54,27 @@ def read_thresholds_file(path: Path, where: str) -> dict[str, Any]:
     ):
         raise ConfigError(f"{where}.thresholds_file {path} is not an Interlock thresholds file ({FORMAT})")
     return data
+
+
+def read_monitor_entry(path: Path, monitor: str, where: str) -> dict[str, Any]:
+    """``monitor``'s entry of the thresholds file at ``path``; raises ConfigError when it has none."""
+    data = read_thresholds_file(path, where)
+    entry: dict[str, Any] | None = data["monitors"].get(monitor)
+    if entry is None:
+        raise ConfigError(
+            f"{where}.thresholds_file {path} has no entry for monitor '{monitor}' (it has: "
+            f"{', '.join(data['monitors']) or 'none'}); re-run `interlock calibrate`"
+        )
+    return entry
+
+
+def conformal_threshold(scores: np.ndarray, rate: float) -> float:
+    """The ``ceil((n + 1)(1 - rate))``-th smallest score (the largest if that exceeds n)."""
+    v = np.sort(np.asarray(scores, np.float64))
+    if v.size == 0:
+        raise EnsembleError("no calibration scores")
+    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
+    return float(v[k - 1])
 
 
 def update_thresholds_file(path: Path, agent: str, rate: float, monitors: dict[str, dict[str, Any]]) -> None:

@@ -143,6 +143,7 @@ class EscalationManager:
         await self.requests.handle(guard, decisions)
 
     # ------------------------------------------------------------------ operator side
+    # These delegate to OperatorApi with its signatures: the manager is the one entry point servicers hold.
 
     async def get(self, escalation_id: str) -> Escalation:
         """One escalation; raises NotFound."""

@@ -96,12 +96,7 @@ class QuantilizerFallback(Fallback):
 
     def load(self) -> None:
         self.model.load()
-        n = self.spaces.action.n
-        if self.model.last_dim() not in (None, n):
-            raise ConfigError(
-                f"{self.where}.model {self.model.path} gives {self.model.last_dim()} Q-values per row; the "
-                f"space has {n} actions"
-            )
+        self.model.require_q_values(self.spaces.action.n)
         self._ref = None
         if self.reference:
             sess = self.runtime.session(self.reference, what=f"{self.where}.reference")

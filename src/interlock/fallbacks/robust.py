@@ -56,12 +56,7 @@ class RobustFallback(Fallback):
 
     def load(self) -> None:
         self.model.load()
-        n = self.model.last_dim()
-        if n is not None and n != self.spaces.action.n:
-            raise ConfigError(
-                f"{self.where}.model {self.model.path} gives {n} Q-values per row; the space has "
-                f"{self.spaces.action.n} actions"
-            )
+        self.model.require_q_values(self.spaces.action.n)
         self.ready = True
 
     def lower_bounds(self, observations: np.ndarray) -> np.ndarray:

@@ -7,12 +7,15 @@ To add a monitor kind: subclass :class:`Monitor`, add its config model to
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlock.batch import Batch, SignalBatch
 from interlock.monitors.action_space import ActionSpaceMonitor
 from interlock.monitors.base import Monitor
 from interlock.monitors.rules import RulesMonitor
+
+if TYPE_CHECKING:
+    from interlock.monitors.uncertainty import UncertaintyMonitor
 
 __all__ = [
     "BUILDERS",
@@ -22,6 +25,7 @@ __all__ = [
     "RulesMonitor",
     "SignalBatch",
     "build_monitor",
+    "uncertainty_monitor",
 ]
 
 
@@ -39,7 +43,11 @@ def _reachability(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
     return build_reachability(cfg, spaces, runtime, where)
 
 
-def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+def uncertainty_monitor(
+    cfg: Any, spaces: Any, runtime: Any, where: str, calibrating: bool = False
+) -> UncertaintyMonitor:
+    """The ``uncertainty`` monitor ``cfg`` describes; ``calibrating``: without thresholds (it is
+    being calibrated), so none are read or required."""
     from interlock.monitors.uncertainty import UncertaintyMonitor
 
     return UncertaintyMonitor(
@@ -51,10 +59,15 @@ def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
         output_name=cfg.output_name,
         policy_output=cfg.policy_output,
         state_scale=cfg.state_scale,
-        thresholds=cfg.thresholds,
-        thresholds_file=cfg.thresholds_file,
+        thresholds=None if calibrating else cfg.thresholds,
+        thresholds_file=None if calibrating else cfg.thresholds_file,
+        require_thresholds=not calibrating,
         where=where,
     )
+
+
+def _uncertainty(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:
+    return uncertainty_monitor(cfg, spaces, runtime, where)
 
 
 def _transition(cfg: Any, spaces: Any, runtime: Any, where: str) -> Monitor:

@@ -18,7 +18,6 @@ The thresholds go into the file the monitor's ``thresholds_file`` names (or
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +26,8 @@ import numpy as np
 from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.data import Transitions, load_transitions, split_indices
 from interlock.ensembles.model import file_sha256
-from interlock.ensembles.thresholds import update_thresholds_file
+from interlock.ensembles.thresholds import conformal_threshold, update_thresholds_file
 from interlock.errors import ConfigError
-
-
-def conformal_threshold(scores: np.ndarray, rate: float) -> float:
-    """The ``ceil((n + 1)(1 - rate))``-th smallest score (the largest if that exceeds n)."""
-    v = np.sort(np.asarray(scores, np.float64))
-    if v.size == 0:
-        raise EnsembleError("no calibration scores")
-    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
-    return float(v[k - 1])
 
 
 @dataclass
@@ -134,9 +124,9 @@ def calibrate(
         EnsembleError: the data is unusable.
     """
     from interlock.config import TransitionMonitorConfig, UncertaintyMonitorConfig, load_config
+    from interlock.monitors import uncertainty_monitor
     from interlock.monitors.calibrate_transition import calibrate_transition, episodes_of, rollout_episodes
     from interlock.monitors.transition import TransitionMonitor
-    from interlock.monitors.uncertainty import UncertaintyMonitor
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
 
@@ -188,19 +178,7 @@ def calibrate(
                 f"pass --output"
             )
         path = loaded.resolve(str(target)) if output is None else Path(output)
-        monitor = UncertaintyMonitor(
-            mcfg.name,
-            spaces,
-            runtime,
-            mcfg.model,
-            mcfg.ensemble,
-            output_name=mcfg.output_name,
-            policy_output=mcfg.policy_output,
-            state_scale=mcfg.state_scale,
-            thresholds_file=None,
-            require_thresholds=False,
-            where=where,
-        )
+        monitor = uncertainty_monitor(mcfg, spaces, runtime, where, calibrating=True)
         monitor.load()
         cal = monitor_scores(monitor, ds, fit, spaces)
         test = monitor_scores(monitor, ds, held, spaces)

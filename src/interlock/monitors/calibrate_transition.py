@@ -27,7 +27,6 @@ as it will be on new episodes, not on the episodes the scale was fitted to.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.data import Transitions
+from interlock.ensembles.thresholds import conformal_threshold
 from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
 
 __all__ = ["EpisodeData", "TransitionCalibration", "calibrate_transition", "episodes_of", "rollout_episodes"]
@@ -144,14 +144,6 @@ def rollout_episodes(
         np.asarray(ep_l, np.int64),
         f"{env_id} x {episodes}",
     )
-
-
-def _conformal(scores: np.ndarray, rate: float) -> float:
-    v = np.sort(np.asarray(scores, np.float64))
-    if v.size == 0:
-        raise EnsembleError("no calibration scores")
-    k = min(math.ceil((v.size + 1) * (1.0 - rate)), v.size)
-    return float(v[k - 1])
 
 
 @dataclass
@@ -270,12 +262,12 @@ def calibrate_transition(
     fit = masks["threshold"]
     s_fit = surprise[fit]
     fit_episodes = _per_episode(s_fit, data.episode[fit])
-    drift = _conformal(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
+    drift = conformal_threshold(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
     ep_max = [cusum(s, drift).max() for s in fit_episodes]
     thresholds = {
-        "surprise": _conformal(s_fit, step_rate),
-        "shift": max(_conformal(np.asarray(ep_max), episode_rate), drift),
-        "residual_bias": _conformal(bias[fit], step_rate),
+        "surprise": conformal_threshold(s_fit, step_rate),
+        "shift": max(conformal_threshold(np.asarray(ep_max), episode_rate), drift),
+        "residual_bias": conformal_threshold(bias[fit], step_rate),
     }
     held = masks["held_out"]
     held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[held], data.episode[held])])

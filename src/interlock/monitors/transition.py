@@ -45,7 +45,7 @@ import numpy as np
 from interlock.batch import Batch, SignalBatch
 from interlock.config import TransitionMonitorConfig
 from interlock.ensembles.model import EnsembleModel, file_sha256
-from interlock.ensembles.thresholds import read_thresholds_file
+from interlock.ensembles.thresholds import read_monitor_entry
 from interlock.episodes import EpisodeFacts, EpisodeState, EpisodeStore
 from interlock.errors import ConfigError
 from interlock.monitors.base import Monitor
@@ -200,13 +200,7 @@ class TransitionMonitor(Monitor):
         path = self.runtime.resolve(self.cfg.thresholds_file)
         if not self.require_thresholds and not path.is_file():
             return {}
-        data = read_thresholds_file(path, self.where)
-        entry = data["monitors"].get(self.name)
-        if entry is None:
-            raise ConfigError(
-                f"{self.where}.thresholds_file {path} has no entry for monitor '{self.name}' (it has: "
-                f"{', '.join(data['monitors']) or 'none'}); re-run `interlock calibrate`"
-            )
+        entry = read_monitor_entry(path, self.name, self.where)
         if entry.get("kind") != "transition":
             raise ConfigError(
                 f"{self.where}.thresholds_file {path}: the entry for '{self.name}' is not a transition "

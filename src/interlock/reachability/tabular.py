@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from interlock.errors import ConfigError
+from interlock.storage.npz import read_npz
 
 #: Tolerance on the sum of each ``P[s, a, :]`` row.
 ROW_SUM_TOLERANCE = 1e-6
@@ -302,13 +303,7 @@ def load_tabular(path: str | Path) -> TabularModel:
     """
     p = Path(path)
     src = str(p)
-    if not p.is_file():
-        raise ConfigError(f"{src}: transitions file does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile/ValueError/OSError
-        raise ConfigError(f"{src}: cannot read as .npz: {e}") from None
+    data = read_npz(p, ConfigError, f"{src}: transitions file does not exist", f"{src}: cannot read as .npz")
     if "unsafe" not in data:
         raise ConfigError(f"{src}: missing key 'unsafe' (indices or a bool mask of the unsafe states)")
     extra = {k: data.get(k, ()) for k in ("unsafe", "terminal", "goal")}

@@ -64,6 +64,7 @@ async def _client(target, path, kind, payloads, offset, window, connected, check
         await channel.channel_ready()
         connected.release()
         t_start, t_end = await window
+        # The two timed loops repeat each other on purpose: a shared helper would add a call per request.
         if kind == "stream":
             call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(path)()
             first = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from interlock.bench.docs import save_figure
+
 
 def _fmt(x: float, digits: int = 0) -> str:
     if x != x:  # NaN
@@ -262,11 +264,7 @@ def plot(result: dict[str, Any], img: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("microseconds per call")
     axes[0].legend()
-    fig.tight_layout()
-    p = img / "perf_latency.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, img / "perf_latency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     floor = sorted(result["compute_floor"], key=lambda f: f["batch"])
@@ -311,11 +309,7 @@ def plot(result: dict[str, Any], img: Path) -> list[Path]:
     ax.set_title("Throughput against batch size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = img / "perf_throughput.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save_figure(fig, img / "perf_throughput.png"))
 
     if len(result["setups"]) > 1:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -342,11 +336,7 @@ def plot(result: dict[str, Any], img: Path) -> list[Path]:
         ax.set_title("Check throughput by server setup")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = img / "perf_setups.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save_figure(fig, img / "perf_setups.png"))
     return paths
 
 

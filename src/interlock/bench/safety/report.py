@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from interlock.bench.docs import save_figure
+
 IMG_CATASTROPHES = "img/safety_catastrophes.png"
 IMG_RETURN = "img/safety_return.png"
 
@@ -159,11 +161,7 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("episodes with a catastrophe (%)")
     axes[0].legend()
-    fig.tight_layout()
-    p = img_dir / Path(IMG_CATASTROPHES).name
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    out.append(save_figure(fig, img_dir / Path(IMG_CATASTROPHES).name))
 
     fig, axes = plt.subplots(1, len(scen), figsize=(3.9 * max(len(scen), 1), 3.9), squeeze=False)
     shades = {"unguarded": colors["unguarded"], "guarded": colors["guarded"]}
@@ -193,11 +191,7 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
             handles.setdefault(label, h)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     axes[0][0].set_ylabel("mean episode return")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    p = img_dir / Path(IMG_RETURN).name
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
+    out.append(save_figure(fig, img_dir / Path(IMG_RETURN).name, rect=(0, 0.07, 1, 1)))
     return out
 
 
