@@ -170,7 +170,7 @@ class DecisionTracer:
 
     def extract(self, metadata: Sequence[tuple[str, Any]] | None) -> Any:
         """The caller's context from gRPC metadata (W3C ``traceparent``; OTEL_PROPAGATORS decides)."""
-        # _MetadataGetter has the Getter protocol's methods; subclassing it would import OpenTelemetry eagerly.
+        # _MetadataGetter has the Getter protocol's methods; subclassing it would import OpenTelemetry early.
         return self._propagate.extract(metadata or (), getter=_GETTER)  # type: ignore[arg-type]
 
     def start(self, parent: Any) -> RequestTrace:
