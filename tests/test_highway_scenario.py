@@ -1,4 +1,6 @@
-"""The highway-env safety scenario: the CEL headway rules on a real Guard, and a quick benchmark run."""
+"""The highway-env safety scenario: the CEL headway rules (``cel_headway.yaml``, the example's guard before
+issue 11) on a real Guard, and a quick benchmark run (now guarded by the kinematic shield,
+``interlock.yaml``; its own tests are in test_highway_shield.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from interlock.types import CheckInput, Verdict
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "highway" / "interlock.yaml"
+CONFIG = ROOT / "examples" / "highway" / "cel_headway.yaml"
 IDLE, LANE_LEFT, FASTER, SLOWER = 1, 0, 3, 4
 
 
@@ -74,6 +76,7 @@ def test_quick_run_is_well_formed() -> None:
         pytest.skip(f"{highway.AGENT} is missing: run examples/highway/train_agent.py")
     res = highway.run(quick=True, seeds=1, progress=False)
     assert res["env"] == "highway-fast-v0" and "vehicles_density" in res["shift"]
+    assert res["guard"].startswith("interlock.yaml (kinematic shield h1_t3_tie")
     for dist in ("in_distribution", "shifted"):
         for mode in ("unguarded", "guarded"):
             m = res[dist][mode]

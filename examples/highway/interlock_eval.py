@@ -1,0 +1,127 @@
+"""The study's evaluation cells again, with every decision made by Interlock's engine.
+
+``shield_study.py`` ran the chosen shield (``h1_t3_tie``) outside Interlock. This script runs the
+SAME evaluation cells (the same agent, traffic, target speeds and evaluation seeds 400000 + k and
+410000 + k, see README.md) with each action decided by ``Guard.check`` in process on
+``interlock.yaml`` (stock speeds) or ``interlock_cpss.yaml`` (CPSS speeds), and compares every
+episode with ``shield_study.json``: the same rule on the same seeds must give the same collisions,
+returns and interventions. No tuning happens here.
+
+Run::
+
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 \\
+        --json examples/highway/interlock_eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # highway_shield, kinematic_model, shield_study (not automatic)
+
+from shield_study import BASE, DENSITIES, ENV_ID, SEEDS, SPEEDS, Agent, Episode, summarise  # noqa: E402
+
+CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
+VARIANT = "h1_t3_tie"
+AGENT_ID = "highway"
+
+
+def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int]:
+    """One episode decided by ``guard``; returns it and its count of non-ALLOW verdicts.
+
+    ``Episode.interventions`` counts, like the study, steps whose executed action differs from the
+    agent's (a SUBSTITUTE may return the agent's own action when no action is safe).
+    """
+    from interlock.types import CheckInput, Verdict
+
+    ep, not_allowed = Episode(seed), 0
+    obs, _ = env.reset(seed=seed)
+    done = False
+    while not done:
+        flat = np.asarray(obs, dtype=np.float32).reshape(-1)
+        proposed = int(np.argmax(agent.q(flat[None]), axis=1)[0])
+        t0 = time.perf_counter()
+        [d] = guard.check([CheckInput(AGENT_ID, flat, np.int64(proposed), f"eval-{seed}", ep.steps)])
+        ep.model_seconds += time.perf_counter() - t0
+        if d.action is None:
+            raise RuntimeError(f"seed {seed} step {ep.steps}: HALT without an action: {d.reasons}")
+        action = int(d.action)
+        not_allowed += d.verdict is not Verdict.ALLOW
+        ep.interventions += action != proposed
+        ep.no_safe_action += bool(dict((n, t) for n, _, _, t in d.signals).get("shield.best_margin"))
+        obs, reward, terminated, truncated, info = env.step(action)
+        ep.ret += float(reward)
+        ep.steps += 1
+        ep.crashed = ep.crashed or bool(info.get("crashed"))
+        done = terminated or truncated
+    return ep, not_allowed
+
+
+def compare(mine: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
+    """Differences between this run's summary and the study's for the same cell and seeds."""
+    return {
+        "same_crashed_seeds": mine["crashed_seeds"] == study["crashed_seeds"],
+        "collisions": [mine["collisions"], study["collisions"]],
+        "mean_return": [mine["mean_return"], study["mean_return"]],
+        "intervention_rate": [mine["intervention_rate"], study["intervention_rate"]],
+        "steps": [mine["steps"], study["steps"]],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--episodes", type=int, default=100, help="Episodes per cell (the study: 100).")
+    p.add_argument("--speeds", default="stock,cpss")
+    p.add_argument("--densities", default="nominal,dense")
+    p.add_argument("--study", type=Path, default=HERE / "shield_study.json")
+    p.add_argument("--json", type=Path, help="Write the result here.")
+    args = p.parse_args()
+
+    import gymnasium as gym
+    import highway_env  # noqa: F401  (registers the environments)
+
+    from interlock.config import load_config
+    from interlock.engine import Guard
+
+    study = json.loads(args.study.read_text())["eval"]["cells"]
+    agent = Agent(HERE / "agent.onnx")
+    out: dict[str, Any] = {"variant": VARIANT, "episodes_per_cell": args.episodes, "cells": {}}
+    for speed in args.speeds.split(","):
+        guard = Guard(load_config(CONFIGS[speed])).load()
+        for density in args.densities.split(","):
+            config = {**BASE, "vehicles_density": DENSITIES[density],
+                      "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
+            env = gym.make(ENV_ID, config=config)
+            seeds = [SEEDS["eval"][density] + k for k in range(args.episodes)]
+            t0 = time.process_time()
+            runs = [run_episode(env, agent, guard, s) for s in seeds]
+            env.close()
+            cell = summarise([e for e, _ in runs])
+            cell["not_allow_rate"] = sum(n for _, n in runs) / max(cell["steps"], 1)
+            cell["cpu_seconds"] = time.process_time() - t0
+            ref = study[f"{speed}/{density}"][VARIANT]
+            if args.episodes == ref["episodes"]:
+                cell["vs_study"] = compare(cell, ref)
+            out["cells"][f"{speed}/{density}"] = cell
+            print(f"{speed}/{density}: {cell['collisions']}/{cell['episodes']} crashes "
+                  f"(study {ref['collisions']}/{ref['episodes']}), return {cell['mean_return']:.3f} "
+                  f"(study {ref['mean_return']:.3f}), interventions {100 * cell['intervention_rate']:.2f}% "
+                  f"(study {100 * ref['intervention_rate']:.2f}%), cpu {cell['cpu_seconds']:.0f} s",
+                  flush=True)
+        guard.unload()
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The highway example's five-action kinematic shield as ``kind: python`` plugins through Interlock.
+
+Real parts: the example's configs loaded by Interlock's config loader, the plugin module
+(``examples/highway/highway_shield.py``) imported by name, the agent's ONNX, a real highway-fast-v0,
+and a real gRPC server on loopback behind the Gymnasium wrapper. The expected margins and actions
+come from ``kinematic_model`` (the study's code, outside Interlock).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from interlock.config import load_config
+from interlock.engine import Guard
+from interlock.types import CheckInput, Verdict
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+ROOT = Path(__file__).resolve().parents[1]
+HIGHWAY = ROOT / "examples" / "highway"
+CONFIGS = {"stock": HIGHWAY / "interlock.yaml", "cpss": HIGHWAY / "interlock_cpss.yaml"}
+SPEEDS = {"stock": (20.0, 25.0, 30.0), "cpss": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)}
+THRESHOLD, TIE = 3.0, 1.0  # the study's chosen variant h1_t3_tie
+LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def example_on_path() -> Iterator[None]:
+    """Interlock does not put a config's folder on sys.path; the example's README says to."""
+    sys.path.insert(0, str(HIGHWAY))
+    yield
+    sys.path.remove(str(HIGHWAY))
+
+
+@pytest.fixture(scope="module")
+def guards(example_on_path) -> Iterator[dict[str, Guard]]:
+    gs = {name: Guard(load_config(path)).load() for name, path in CONFIGS.items()}
+    yield gs
+    for g in gs.values():
+        g.unload()
+
+
+def _agent_kwargs(path: Path) -> tuple[dict, dict, dict]:
+    agent = yaml.safe_load(path.read_text())["agents"][0]
+    [mon] = [m for m in agent["monitors"] if m["kind"] == "python"]
+    return mon, agent["fallbacks"]["shield_choice"], agent
+
+
+def test_both_configs_are_the_studys_variant_and_differ_only_in_target_speeds() -> None:
+    for name, path in CONFIGS.items():
+        mon, fb, agent = _agent_kwargs(path)
+        assert mon["signals"]["margin"] == {"threshold": THRESHOLD, "direction": "below"}
+        assert fb["kwargs"]["threshold"] == THRESHOLD and fb["kwargs"]["tie_tolerance"] == TIE
+        for kw in (mon["kwargs"], fb["kwargs"]):
+            assert tuple(kw["target_speeds"]) == SPEEDS[name]
+            assert kw["horizon"] == 1 and kw["lead_decel"] == 0.0 and kw["followups"] == ["hold", "brake"]
+        assert agent["fail_safe"] == "slow_down" and agent["fail_mode"] == "closed"
+    stock, cpss = (yaml.safe_load(p.read_text()) for p in CONFIGS.values())
+    for doc in (stock, cpss):
+        doc.pop("version")
+        a = doc["agents"][0]
+        a["monitors"][1]["kwargs"].pop("target_speeds")
+        a["fallbacks"]["shield_choice"]["kwargs"].pop("target_speeds")
+    assert stock == cpss
+
+
+def test_without_the_example_folder_on_the_path_config_check_names_the_module() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    cmd = [sys.executable, "-m", "interlock.cli", "config", "check", str(CONFIGS["stock"])]
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode != 0
+    assert "monitors[1].callable: cannot import module 'highway_shield'" in bad.stderr + bad.stdout
+    env["PYTHONPATH"] += os.pathsep + str(HIGHWAY)
+    good = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout
+
+
+def _signals(d) -> dict[str, tuple[float, bool]]:
+    return {n: (v, t) for n, v, _, t in d.signals}
+
+
+def _real_observations(speed: str, seed: int, steps: int) -> np.ndarray:
+    """[n, 25] float32 observations of dense highway-fast-v0 under random actions."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    env = gym.make("highway-fast-v0", config=_env_config(speed))
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    out = []
+    for _ in range(steps):
+        out.append(np.asarray(obs, np.float32).reshape(-1))
+        obs, _, terminated, truncated, _ = env.step(int(rng.integers(5)))
+        if terminated or truncated:
+            obs, _ = env.reset(seed=seed + 1)
+    env.close()
+    return np.stack(out)
+
+
+def _env_config(speed: str) -> dict:
+    return {"duration": 20, "vehicles_count": 15, "vehicles_density": 2.0,
+            "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
+
+
+@pytest.mark.parametrize("speed", ["stock", "cpss"])
+def test_the_plugins_margins_are_the_kinematic_models_on_real_observations(guards, speed) -> None:
+    from kinematic_model import KinematicModel
+
+    obs = _real_observations(speed, seed=777_000, steps=12)
+    expected = KinematicModel(target_speeds=SPEEDS[speed], horizon=1).margins_all(obs)  # [12, 5]
+    actions = np.arange(len(obs)) % 5
+    rows = zip(obs, actions, strict=True)
+    decisions = guards[speed].check(
+        [CheckInput("highway", o, np.int64(a), "real", i) for i, (o, a) in enumerate(rows)]
+    )
+    for i, (d, a) in enumerate(zip(decisions, actions, strict=True)):
+        sig = _signals(d)
+        assert sig["shield.margin"][0] == pytest.approx(expected[i, a], abs=1e-9)
+        assert sig["shield.best_margin"][0] == pytest.approx(expected[i].max(), abs=1e-9)
+        unsafe = expected[i, a] < THRESHOLD
+        assert sig["shield.margin"][1] == unsafe
+        assert d.verdict is (Verdict.SUBSTITUTE if unsafe else Verdict.ALLOW)
+    # Dense traffic under random actions: both kinds of decision occur in these 12 rows.
+    assert {d.verdict for d in decisions} == {Verdict.ALLOW, Verdict.SUBSTITUTE}
+
+
+def test_an_action_outside_the_space_gets_the_safe_action_the_agent_prefers(guards) -> None:
+    from kinematic_model import KinematicModel, shield_choice
+    from shield_study import Agent
+
+    obs = _real_observations("stock", seed=777_100, steps=6)
+    q = Agent(HIGHWAY / "agent.onnx").q(obs)
+    margins = KinematicModel(target_speeds=SPEEDS["stock"], horizon=1).margins_all(obs)
+    for i, o in enumerate(obs):
+        [d] = guards["stock"].check([CheckInput("highway", o, np.int64(7), "bad", i)])
+        assert d.verdict is Verdict.SUBSTITUTE and d.rule == "invalid_action"
+        safe = margins[i] >= THRESHOLD
+        if safe.any():  # the safe action with the highest Q
+            assert int(d.action) == int(np.argmax(np.where(safe, q[i], -np.inf)))
+        else:  # nothing is safe: any proposal is unsafe, so the choice is the least bad one
+            least_bad = shield_choice(margins[i:i + 1], q[i:i + 1], np.array([IDLE]), THRESHOLD, TIE)
+            assert int(d.action) == int(least_bad[0])
+
+
+def test_real_steps_through_a_loopback_server_substitute_the_studys_choice() -> None:
+    """Dense traffic, stock speeds, seed 500009 (outside every study range): the agent's SLOWER at
+    step 2 leaves 1.0 m; FASTER is the only action with >= 3 m (3.4 m), so Interlock must answer
+    SUBSTITUTE FASTER. Every step is checked against kinematic_model.shield_choice."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from gymnasium.wrappers import FlattenObservation
+    from kinematic_model import KinematicModel, shield_choice
+    from shield_study import Agent
+
+    from interlock.client.gym import InterlockWrapper
+    from interlock.server.background import background_server
+
+    agent = Agent(HIGHWAY / "agent.onnx")
+    model = KinematicModel(target_speeds=SPEEDS["stock"], horizon=1)
+    with background_server(load_config(CONFIGS["stock"])) as srv:
+        env = InterlockWrapper(FlattenObservation(gym.make("highway-fast-v0", config=_env_config("stock"))),
+                               f"127.0.0.1:{srv.port}", agent_id="highway")
+        obs, _ = env.reset(seed=500_009)
+        seen = []
+        for _ in range(3):
+            flat = np.asarray(obs, np.float32)[None]
+            q = agent.q(flat)
+            proposed = int(np.argmax(q[0]))
+            expected = int(shield_choice(model.margins_all(flat), q, np.array([proposed]), THRESHOLD, TIE)[0])
+            obs, _, terminated, truncated, info = env.step(proposed)
+            decision = info["interlock"]
+            seen.append((proposed, decision["verdict"], int(decision["action"])))
+            assert int(decision["action"]) == expected
+            assert not (terminated or truncated)
+        env.close()
+    assert seen[:2] == [(seen[0][0], "ALLOW", seen[0][0]), (seen[1][0], "ALLOW", seen[1][0])]
+    assert seen[2] == (SLOWER, "SUBSTITUTE", FASTER)
