@@ -132,3 +132,29 @@ def test_real_lunarlander_steps_through_a_loopback_server(agent) -> None:
         assert verdicts <= {"ALLOW", "SUBSTITUTE"}
         env.close()
         replay.close()
+
+
+def test_mean_sq_and_clip_combine_normalised_residuals() -> None:
+    from interlock.monitors.transition import surprise_of
+
+    residual = np.array([[0.3, 0.0, 0.8]])  # z = 3, 0, 4 with the scale below
+    scale = np.array([0.1, 1.0, 0.2])
+    assert surprise_of(residual, scale, aggregate="mean_sq")[0] == pytest.approx(25 / 3)
+    assert surprise_of(residual, scale, aggregate="mean_sq", clip=9.0)[0] == pytest.approx(6.0)
+    assert surprise_of(residual, scale, aggregate="rms", clip=9.0)[0] == pytest.approx(6.0**0.5)
+    assert surprise_of(residual, scale, aggregate="max", clip=9.0)[0] == pytest.approx(3.0)
+    assert surprise_of(residual, scale, np.array([0, 2]), "mean_sq", 9.0)[0] == pytest.approx(9.0)
+
+
+def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
+    from interlock.errors import ConfigError
+
+    text = CONFIG.read_text()
+    for name in ("dynamics_ensemble.onnx", "thresholds.json", "ppo_agent.onnx"):
+        text = text.replace(f" {name}", f" {EXAMPLE / name}")
+    assert "clip: 9\n" in text
+    (tmp_path / "same.yaml").write_text(text)
+    Guard(load_config(tmp_path / "same.yaml")).load()
+    (tmp_path / "other.yaml").write_text(text.replace("clip: 9\n", "clip: 4\n"))
+    with pytest.raises(ConfigError, match="calibrated with clip=9.0, the config says 4.0"):
+        Guard(load_config(tmp_path / "other.yaml")).load()
