@@ -361,8 +361,23 @@ class TransitionMonitorConfig(_Strict):
         description="Flat observation indices the surprise covers (e.g. leave out contact flags); "
         "default all.",
     )
-    aggregate: Literal["rms", "max"] = Field(
-        "rms", description="How per-dimension normalised residuals combine into the surprise."
+    aggregate: Literal["rms", "max", "mean_sq"] = Field(
+        "rms",
+        description="How per-dimension normalised residuals z combine into the surprise: rms, max |z|, "
+        "or mean_sq (mean of z^2: the residual energy, about 1 in distribution).",
+    )
+    clip: float | None = Field(
+        None,
+        gt=0,
+        description="Cap each dimension's z^2 at this value before aggregating (a contact spike then "
+        "weighs at most clip); default none.",
+    )
+    drift_rule: Literal["episode_quantile", "step_mean"] = Field(
+        "episode_quantile",
+        description="How `interlock calibrate` sets the CUSUM drift: the (1 - per-episode rate) quantile "
+        "of in-distribution episode mean surprise (default), or the mean in-distribution per-step "
+        "surprise (faster detection; the threshold then absorbs the climb of the more surprising "
+        "in-distribution episodes).",
     )
     residual_scale: list[float] | None = Field(
         None,

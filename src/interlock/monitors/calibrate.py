@@ -231,6 +231,8 @@ def calibrate(
             "model_sha256": file_sha256(tmon.model.resolved),
             "aggregate": tcfg.aggregate,
             "dims": tcfg.dims,
+            "clip": tcfg.clip,
+            "drift_rule": tcfg.drift_rule,
             "residual_scale": cal.residual_scale,
             "drift": cal.drift,
             "thresholds": cal.thresholds,

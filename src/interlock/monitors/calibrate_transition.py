@@ -15,7 +15,9 @@ The episodes are split three ways, by whole episodes: a *scale* part, a *thresho
    episode's *mean* surprise (in-distribution episodes differ: on CartPole the mean surprise of
    an episode ranges 0.2-1.6; with this drift all but about ``episode_rate`` of them make the
    CUSUM drift down, so the threshold covers fluctuations, not a linear climb over long
-   episodes); ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each episode's
+   episodes; ``drift_rule: step_mean`` takes the mean per-step surprise instead, as the
+   LunarLander detector study chose: faster detection, the threshold then absorbs the climb);
+   ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each episode's
    largest CUSUM value (at least ``drift``); ``residual_bias`` threshold = conformal
    ``(1 - step_rate)`` quantile of the per-step EW bias norm;
 4. on the held-out part: the per-step false-alarm rate of ``surprise`` and ``residual_bias`` and
@@ -256,13 +258,16 @@ def calibrate_transition(
     masks = {k: np.isin(data.episode, v) for k, v in parts.items()}
     rms = np.sqrt(np.mean(residual[masks["scale"]] ** 2, axis=0))
     monitor.scale = np.maximum(rms, 1e-8)
-    surprise = surprise_of(residual, monitor.scale, monitor.dims, monitor.cfg.aggregate)
+    surprise = surprise_of(residual, monitor.scale, monitor.dims, monitor.cfg.aggregate, monitor.cfg.clip)
     bias = _bias_norms(residual, data.episode, monitor)
 
     fit = masks["threshold"]
     s_fit = surprise[fit]
     fit_episodes = _per_episode(s_fit, data.episode[fit])
-    drift = conformal_threshold(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
+    if monitor.cfg.drift_rule == "step_mean":
+        drift = float(np.mean(s_fit[np.isfinite(s_fit)]))
+    else:
+        drift = conformal_threshold(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
     ep_max = [cusum(s, drift).max() for s in fit_episodes]
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),

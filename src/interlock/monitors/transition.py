@@ -11,8 +11,9 @@ members' mean prediction with the observation that arrived.
 Signals (``<name>.<signal>``):
 
 =================  =====================================================================
-``surprise``       RMS (or max) over dimensions of the residual divided by its calibrated
-                   in-distribution scale; 0 where the episode has no previous step
+``surprise``       RMS (or max, or mean square, each z^2 optionally clipped) over dimensions
+                   of the residual divided by its calibrated in-distribution scale; 0 where
+                   the episode has no previous step
 ``shift``          CUSUM over the episode: ``S = max(0, S + surprise - drift)``;
                    tripped above its threshold (per-episode false-alarm target)
 ``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
@@ -58,19 +59,27 @@ SIGNALS = ("surprise", "shift", "shifted", "residual_bias")
 
 
 def surprise_of(
-    residual: np.ndarray, scale: np.ndarray, dims: np.ndarray | None = None, aggregate: str = "rms"
+    residual: np.ndarray,
+    scale: np.ndarray,
+    dims: np.ndarray | None = None,
+    aggregate: str = "rms",
+    clip: float | None = None,
 ) -> np.ndarray:
     """``[n]`` surprise of ``[n, obs_dim]`` residuals, each dimension divided by ``scale [obs_dim]``.
 
-    ``rms``: root mean square over the chosen dimensions (about 1 in distribution when the
-    scale is the residual's RMS); ``max``: the largest absolute normalised residual.
+    With ``z`` the normalised residual of the chosen dimensions and ``clip`` capping each ``z^2``:
+    ``rms``: root mean square over dimensions (about 1 in distribution when the scale is the
+    residual's RMS); ``max``: the largest ``|z|``; ``mean_sq``: the mean of ``z^2`` (residual energy).
     """
     z = np.asarray(residual, np.float64) / np.asarray(scale, np.float64)[None, :]
     if dims is not None:
         z = z[:, dims]
+    sq = z * z if clip is None else np.minimum(z * z, clip)
     if aggregate == "max":
-        return np.abs(z).max(axis=1)
-    return np.sqrt(np.mean(z * z, axis=1))
+        return np.sqrt(sq.max(axis=1))
+    if aggregate == "mean_sq":
+        return sq.mean(axis=1)
+    return np.sqrt(np.mean(sq, axis=1))
 
 
 def cusum(surprise: np.ndarray, drift: float) -> np.ndarray:
@@ -212,8 +221,14 @@ class TransitionMonitor(Monitor):
                 f"{self.where}: the calibration in {path} was made for another version of "
                 f"{self.cfg.model} (sha256 {sha[:12]}...); re-run `interlock calibrate` for this model"
             )
-        for key, mine in (("aggregate", self.cfg.aggregate), ("dims", self.cfg.dims)):
-            if key in entry and entry[key] != mine:
+        settings = (
+            ("aggregate", self.cfg.aggregate),
+            ("dims", self.cfg.dims),
+            ("clip", self.cfg.clip),
+            ("drift_rule", self.cfg.drift_rule),
+        )
+        for key, mine in settings:  # calibration (require_thresholds False) writes the entry anew
+            if self.require_thresholds and key in entry and entry[key] != mine:
                 raise ConfigError(
                     f"{self.where}: {path} was calibrated with {key}={entry[key]}, the config says {mine}; "
                     "re-run `interlock calibrate`"
@@ -272,7 +287,7 @@ class TransitionMonitor(Monitor):
             prev_obs = np.stack([rows[i].prev_obs for i in todo])  # type: ignore[misc]
             prev_act = np.stack([rows[i].prev_action for i in todo])  # type: ignore[misc]
             residual[todo] = obs[todo] - self.predict(prev_obs, prev_act)
-        step_surprise = surprise_of(residual, self.scale, self.dims, self.cfg.aggregate)
+        step_surprise = surprise_of(residual, self.scale, self.dims, self.cfg.aggregate, self.cfg.clip)
         steps = batch.steps.tolist()
         surprise = np.zeros(n)
         shift = np.zeros(n)

@@ -1,0 +1,160 @@
+"""examples/lunarlander/interlock.yaml: loads, guards real LunarLander-v3 steps through a real server,
+detects wind from what happens next, and shields a fast descent near the ground (docs/shift.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from interlock.config import load_config
+from interlock.engine import Guard
+from interlock.gym import InterlockWrapper
+from interlock.server.background import background_server
+from interlock.types import CheckInput, Verdict
+
+pytest.importorskip("Box2D", reason="LunarLander-v3 needs Box2D: pip install -e '.[dev]' (box2d wheel)")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lunarlander"
+CONFIG = EXAMPLE / "interlock.yaml"
+WIND = {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5}
+
+
+def signals(decision) -> dict[str, tuple[float, bool]]:
+    return {name: (value, tripped) for name, value, _, tripped in decision.signals}
+
+
+@pytest.fixture(scope="module")
+def agent() -> ort.InferenceSession:
+    return ort.InferenceSession(str(EXAMPLE / "ppo_agent.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def detector() -> Guard:
+    """The example's transition monitor alone, in shadow mode: the agent's actions are executed, so
+    the detector sees the agent as it is (what the benchmark's unguarded runs do)."""
+    from interlock.bench.safety import lunarlander
+
+    lunarlander.EXAMPLE = EXAMPLE
+    return lunarlander._guard(guarded=False)
+
+
+def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
+    loaded = load_config(CONFIG)
+    (agent,) = loaded.config.agents
+    assert agent.id == "lunarlander"
+    assert agent.observation.shape == [8] and agent.observation.dtype == "float32"
+    assert agent.action.type == "discrete" and agent.action.n == 4
+    kinds = {m.name: m.kind for m in agent.monitors}
+    assert kinds == {"action_space": "action_space", "drift": "transition", "shield": "reachability"}
+    guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
+    (runtime,) = guard.agents
+    (drift,) = [m for m in runtime.monitors if m.name == "drift"]
+    assert drift.thresholds["shift"] > drift.drift > 0  # from thresholds.json
+
+
+def run_episode(
+    detector: Guard, agent: ort.InferenceSession, world: dict, seed: int, steps: int, episode: str
+) -> tuple[list[float], int]:
+    """The agent alone for up to ``steps`` steps; (surprise per step, step of the first shift trip or -1)."""
+    env = gym.make("LunarLander-v3", **world)
+    obs, _ = env.reset(seed=seed)
+    surprise, trip = [], -1
+    for t in range(steps):
+        (logits,) = agent.run(None, {"obs": obs[None].astype(np.float32)})
+        action = int(logits.argmax())
+        (d,) = detector.check([CheckInput("lunarlander", obs, np.int64(action), episode_id=episode, step=t)])
+        s = signals(d)
+        surprise.append(s["drift.surprise"][0])
+        if trip < 0 and s["drift.shift"][1]:
+            trip = t
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    env.close()
+    return surprise, trip
+
+
+def test_wind_is_more_surprising_than_nominal_and_the_shift_trips(detector, agent) -> None:
+    # Development seeds (examples/lunarlander/README.md): wind 2000+, nominal 7000+.
+    nominal, nominal_trip = run_episode(detector, agent, {}, 7000, 200, "nominal-7000")
+    windy, _ = run_episode(detector, agent, WIND, 2007, 200, "wind-2007-short")
+    assert nominal_trip == -1
+    assert np.mean(windy) > 1.3 * np.mean(nominal)
+    # The statistic needs a few hundred steps of weak evidence (docs/shift.md, LunarLander): on this
+    # seed it trips at step 315 with the calibrated thresholds.
+    _, trip = run_episode(detector, agent, WIND, 2007, 400, "wind-2007")
+    assert 100 < trip < 400
+
+
+def test_the_shield_replaces_an_action_that_crashes_a_fast_descent() -> None:
+    guard = Guard(load_config(CONFIG)).load()
+    # 0.7 above the pad, falling at 0.9 (obs units): firing a side engine, then the agent's policy,
+    # breaks the near-ground speed limit under some member; the main engine keeps every member inside.
+    falling = np.array([0.0, 0.7, 0.0, -0.9, 0.0, 0.0, 0.0, 0.0], np.float32)
+    (d,) = guard.check([CheckInput("lunarlander", falling, np.int64(1), episode_id="fall", step=0)])
+    s = signals(d)
+    assert s["shield.unsafe"][1] and d.rule == "unsafe"
+    assert d.verdict is Verdict.SUBSTITUTE and int(d.action) == 2
+    assert 0 < s["shield.safe_count"][0] < 4
+    (d,) = guard.check([CheckInput("lunarlander", falling, np.int64(2), episode_id="fall2", step=0)])
+    assert d.verdict is Verdict.ALLOW and int(d.action) == 2
+    # A calm hover high above the pad: every action is safe, the agent's stands.
+    calm = np.array([0.0, 1.2, 0.0, -0.1, 0.0, 0.0, 0.0, 0.0], np.float32)
+    (d,) = guard.check([CheckInput("lunarlander", calm, np.int64(0), episode_id="calm", step=0)])
+    assert d.verdict is Verdict.ALLOW and signals(d)["shield.safe_count"][0] == 4
+
+
+def test_real_lunarlander_steps_through_a_loopback_server(agent) -> None:
+    with background_server(load_config(CONFIG)) as srv:
+        env = InterlockWrapper(
+            gym.make("LunarLander-v3", **WIND), f"127.0.0.1:{srv.port}", agent_id="lunarlander"
+        )
+        replay = gym.make("LunarLander-v3", **WIND)  # replays the executed actions
+        obs, _ = env.reset(seed=2001)
+        replay.reset(seed=2001)
+        verdicts = set()
+        for _ in range(40):
+            (logits,) = agent.run(None, {"obs": obs[None].astype(np.float32)})
+            proposed = int(logits.argmax())
+            obs, _, terminated, truncated, info = env.step(proposed)
+            decision = info["interlock"]
+            verdicts.add(decision["verdict"])
+            assert set(decision["signals"]) >= {"drift.surprise", "drift.shift", "shield.unsafe"}
+            executed = proposed if decision["verdict"] == "ALLOW" else int(decision["action"])
+            replayed, *_ = replay.step(executed)
+            np.testing.assert_array_equal(obs, replayed)
+            if terminated or truncated:
+                break
+        assert verdicts <= {"ALLOW", "SUBSTITUTE"}
+        env.close()
+        replay.close()
+
+
+def test_mean_sq_and_clip_combine_normalised_residuals() -> None:
+    from interlock.monitors.transition import surprise_of
+
+    residual = np.array([[0.3, 0.0, 0.8]])  # z = 3, 0, 4 with the scale below
+    scale = np.array([0.1, 1.0, 0.2])
+    assert surprise_of(residual, scale, aggregate="mean_sq")[0] == pytest.approx(25 / 3)
+    assert surprise_of(residual, scale, aggregate="mean_sq", clip=9.0)[0] == pytest.approx(6.0)
+    assert surprise_of(residual, scale, aggregate="rms", clip=9.0)[0] == pytest.approx(6.0**0.5)
+    assert surprise_of(residual, scale, aggregate="max", clip=9.0)[0] == pytest.approx(3.0)
+    assert surprise_of(residual, scale, np.array([0, 2]), "mean_sq", 9.0)[0] == pytest.approx(9.0)
+
+
+def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
+    from interlock.errors import ConfigError
+
+    text = CONFIG.read_text()
+    for name in ("dynamics_ensemble.onnx", "thresholds.json", "ppo_agent.onnx"):
+        text = text.replace(f" {name}", f" {EXAMPLE / name}")
+    assert "clip: 9\n" in text
+    (tmp_path / "same.yaml").write_text(text)
+    Guard(load_config(tmp_path / "same.yaml")).load()
+    (tmp_path / "other.yaml").write_text(text.replace("clip: 9\n", "clip: 4\n"))
+    with pytest.raises(ConfigError, match="calibrated with clip=9.0, the config says 4.0"):
+        Guard(load_config(tmp_path / "other.yaml")).load()
