@@ -254,7 +254,16 @@ def main() -> None:
     p.add_argument("--worlds", default=",".join(WORLDS))
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--json", default=None, help="write the cells here (after every cell)")
+    p.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="added to every world's first seed: a fresh evaluation on seeds no study has seen "
+        "(e.g. 50000: wind 160000+, main x0.6 161000+, nominal 162000+)",
+    )
     args = p.parse_args()
+    for world in EVAL_SEEDS:
+        EVAL_SEEDS[world] += args.seed_offset
     out: dict[str, Any] = {}
     for agent in args.agents.split(","):
         for world in args.worlds.split(","):
