@@ -938,15 +938,46 @@ class Guard:
             out.append((rt, obs, act))
         return out
 
-    def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
+    def check(
+        self,
+        items: Sequence[CheckInput],
+        indexed: bool = False,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Decision]:
         """Decide every request, batching the requests of each agent together.
 
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
         the first malformed request (nothing is decided then), and NotLoaded before
         :meth:`load` (or after :meth:`unload`).
+
+        ``columns``: the items' observations and actions stacked (``[n, *obs_shape]``,
+        ``[n, *action_shape]``, every item of one agent id; CheckBatch of uniform rows). They are
+        validated once for the batch; if anything is wrong with them, every item is validated on
+        its own, so errors are exactly those of the row-by-row path.
         """
         self._require_ready()
+        if columns is not None and items:
+            decided = self._check_stacked(items, *columns)
+            if decided is not None:
+                return decided
         return self._decide(items, self.validate(items, indexed))
+
+    def _check_stacked(
+        self, items: Sequence[CheckInput], observations: np.ndarray, actions: np.ndarray
+    ) -> list[Decision] | None:
+        """:meth:`check` of one agent's stacked rows, or None when they need row-by-row validation."""
+        try:
+            rt = self.agent(items[0].agent_id)
+            obs, act, bad = rt.validate_columns(observations, actions)
+        except InterlockError:
+            return None
+        if bad:
+            return None
+        if not obs.flags.writeable:  # as np.stack of the row-by-row path gives: monitors may own it
+            obs = obs.copy()
+        if not act.flags.writeable:
+            act = act.copy()
+        return rt.decide(items, obs, act)
 
     def check_columns(
         self,

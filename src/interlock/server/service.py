@@ -79,8 +79,17 @@ class GuardService:
         self.metrics.set_config_version(guard.version)
         return old
 
-    async def check(self, items: Sequence[CheckInput], indexed: bool = False) -> list[Decision]:
-        """Decide ``items`` in order; raises InterlockError for malformed requests (counted)."""
+    async def check(
+        self,
+        items: Sequence[CheckInput],
+        indexed: bool = False,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[Decision]:
+        """Decide ``items`` in order; raises InterlockError for malformed requests (counted).
+
+        ``columns``: the items' observations and actions already stacked (``[n, *obs_shape]``,
+        ``[n, *action_shape]``, one agent), passed on to :meth:`Guard.check`.
+        """
         start = time.perf_counter()
         guard = self.guard  # one config version for the whole call
         try:
@@ -88,7 +97,7 @@ class GuardService:
                 decisions = [await self.batcher.submit(items[0])]
                 guard = self.guard
             else:
-                decisions = guard.check(items, indexed=indexed)
+                decisions = guard.check(items, indexed=indexed, columns=columns)
         except InterlockError as e:
             self.metrics.reject(e.reason)
             raise
