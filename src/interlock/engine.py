@@ -53,6 +53,8 @@ _VERDICT_OF = {
     "halt": Verdict.HALT,
 }
 _ALLOW, _SUBSTITUTE, _ESCALATE, _HALT = (int(v) for v in Verdict)
+#: int -> Verdict without the enum's call machinery (Decision building, once per row).
+_VERDICT_BY_INT = {int(v): v for v in Verdict}
 _DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is halt"
 
 
@@ -184,7 +186,7 @@ class ColumnDecisions:
         return Decision(
             decision_id=decision_id or self.decision_id(i),
             agent_id=self.agent_id,
-            verdict=Verdict(int(self.verdicts[i])),
+            verdict=_VERDICT_BY_INT[int(self.verdicts[i])],
             action=self.actions[i] if self.has_action[i] else None,
             proposed_action=proposed,
             observation=b.observations[i],
@@ -306,6 +308,9 @@ class AgentRuntime:
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
+        #: Per monitor, its signal names and their "<monitor>.<signal>" keys (fixed at construction),
+        #: filled on first use (a monitor may be added to ``monitors`` later, as tests do).
+        self._monitor_keys: dict[Monitor, tuple[list[str], list[str]]] = {}
         #: Monitors that keep episode state (``episode.*`` in rules) and those told what was executed.
         self.episode_sources = [m for m in self.monitors if isinstance(m, EpisodeFactsSource)]
         self.after_decide = [m for m in self.monitors if type(m).after_decide is not Monitor.after_decide]
@@ -445,7 +450,7 @@ class AgentRuntime:
             agent_id=items[0].agent_id,
             observations=observations,
             actions=actions,
-            steps=np.fromiter((it.step for it in items), dtype=np.int64, count=n),
+            steps=np.array([it.step for it in items], dtype=np.int64),
             episode_ids=[it.episode_id for it in items],
             labels=[it.labels for it in items],
         )
@@ -478,8 +483,9 @@ class AgentRuntime:
         # 2. Signals as [n, S] columns, then the policy: vectorized rules over the batch, CEL per row.
         names = plan.signal_names
         if names:
-            values = np.stack([signals[k].values for k in names], axis=1).astype(np.float64, copy=False)
-            trips = np.stack([signals[k].tripped for k in names], axis=1).astype(bool, copy=False)
+            # [S, n] built in C, seen as [n, S] (a transposed view: columns contiguous, for the rules)
+            values = np.array([signals[k].values for k in names], dtype=np.float64).T
+            trips = np.array([signals[k].tripped for k in names], dtype=bool).T
         else:
             values, trips = np.zeros((n, 0)), np.zeros((n, 0), bool)
         thresholds = np.array([signals[k].threshold for k in names], dtype=np.float64)
@@ -537,24 +543,25 @@ class AgentRuntime:
             fallback_names=plan.fallback_names,
         )
         # Rows a monitor or a rule failed on are decided below, one by one (fail closed).
-        failed = sorted(set(row_errors) | set(policy_errors))
+        failed = sorted(set(row_errors) | set(policy_errors)) if row_errors or policy_errors else []
         if failed:
             verdicts[failed] = _ALLOW
             rules[failed] = 0
 
         # 3. Verdicts to actions: HALT holds no action; SUBSTITUTE, ESCALATE and HALT take the
         #    fallback their rule (or the default) names, batched per fallback.
-        halted = verdicts == _HALT
-        if halted.any():
-            cd.has_action[halted] = False
-            for i in np.flatnonzero(halted & (rules == 0)).tolist():
-                cd.reasons[i] = [_DEFAULT_HALT_REASON]
         wanted: dict[str, list[np.ndarray]] = defaultdict(list)
-        if (verdicts != _ALLOW).any():
-            for k in np.unique(rules[verdicts != _ALLOW]).tolist():
+        not_allowed = verdicts != _ALLOW
+        if not_allowed.any():  # (HALT is not ALLOW: nothing to do for an all-ALLOW batch)
+            halted = verdicts == _HALT
+            if halted.any():
+                cd.has_action[halted] = False
+                for i in np.flatnonzero(halted & (rules == 0)).tolist():
+                    cd.reasons[i] = [_DEFAULT_HALT_REASON]
+            for k in np.unique(rules[not_allowed]).tolist():
                 fb = plan.rule_fallbacks[k]
                 if fb is not None:
-                    wanted[fb].append(np.flatnonzero((rules == k) & (verdicts != _ALLOW)))
+                    wanted[fb].append(np.flatnonzero((rules == k) & not_allowed))
         for i in failed:
             d = cd.decision(i)
             if i in row_errors:
@@ -622,19 +629,28 @@ class AgentRuntime:
         ran: dict[str, np.ndarray | None] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for m in self.monitors:
+            known = self._monitor_keys.get(m)
+            if known is None:
+                sig_names = list(m.signal_names)
+                known = self._monitor_keys[m] = (sig_names, [f"{m.name}.{s}" for s in sig_names])
+            sigs, keys = known
             rows = all_rows if m.accepts_invalid_actions else valid_rows
             start = time_ns() if times is not None else 0
-            out, done = self._monitor_over(m, batch, rows, row_errors)
+            out, done = self._monitor_over(m, batch, rows, row_errors, sigs)
             if times is not None:
                 times.add(f"monitor:{m.name}", start, None if len(rows) == n else rows.tolist())
-            for sig in m.signal_names:
-                key = f"{m.name}.{sig}"
+            for sig, key in zip(sigs, keys, strict=True):
                 signals[key] = out[sig]
                 ran[key] = done
         return signals, ran, row_errors
 
     def _monitor_over(
-        self, m: Monitor, batch: Batch, rows: np.ndarray, row_errors: dict[int, list[tuple[str, str]]]
+        self,
+        m: Monitor,
+        batch: Batch,
+        rows: np.ndarray,
+        row_errors: dict[int, list[tuple[str, str]]],
+        sigs: list[str] | None = None,
     ) -> tuple[dict[str, SignalBatch], np.ndarray | None]:
         """Monitor ``m`` over the given rows of ``batch`` (``n`` rows): its ``[n]`` signals and where it ran.
 
@@ -649,7 +665,7 @@ class AgentRuntime:
         out: dict[str, SignalBatch] = {}
         if len(rows):
             try:
-                out = self._monitor_signals(m, sub)
+                out = self._monitor_signals(m, sub, sigs)
             except Exception as e:
                 error = e
         if error is None and len(rows) == n:  # the usual case: every row in one call, nothing to fill in
@@ -680,14 +696,18 @@ class AgentRuntime:
         }, done
 
     @staticmethod
-    def _monitor_signals(m: Monitor, batch: Batch) -> dict[str, SignalBatch]:
-        """``m.check(batch)``, checked to hold every signal with one value per row."""
+    def _monitor_signals(m: Monitor, batch: Batch, sigs: list[str] | None = None) -> dict[str, SignalBatch]:
+        """``m.check(batch)``, checked to hold every signal (``sigs``: ``m.signal_names``) with one value
+        per row."""
         out = m.check(batch)
         n = len(batch)
-        for sig in m.signal_names:
-            if len(out[sig].values) != n:
-                raise ValueError(f"signal '{sig}' has {len(out[sig].values)} values for a batch of {n}")
-        return {sig: out[sig] for sig in m.signal_names}
+        picked = {}
+        for sig in m.signal_names if sigs is None else sigs:
+            sb = out[sig]
+            if len(sb.values) != n:
+                raise ValueError(f"signal '{sig}' has {len(sb.values)} values for a batch of {n}")
+            picked[sig] = sb
+        return picked
 
     def _monitor_failed(
         self, m: Monitor, e: Exception, row: int, row_errors: dict[int, list[tuple[str, str]]]
@@ -944,20 +964,57 @@ class Guard:
         return out
 
     def check(
-        self, items: Sequence[CheckInput], indexed: bool = False, times: StageTimes | None = None
+        self,
+        items: Sequence[CheckInput],
+        indexed: bool = False,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
+        times: StageTimes | None = None,
     ) -> list[Decision]:
         """Decide every request, batching the requests of each agent together.
 
         Returns decisions in request order. Raises InvalidRequest/UnknownAgent for
         the first malformed request (nothing is decided then), and NotLoaded before
         :meth:`load` (or after :meth:`unload`). ``times`` (tracing on) receives the stages' times.
+
+        ``columns``: the items' observations and actions stacked (``[n, *obs_shape]``,
+        ``[n, *action_shape]``, every item of one agent id; CheckBatch of uniform rows). They are
+        validated once for the batch; if anything is wrong with them, every item is validated on
+        its own, so errors are exactly those of the row-by-row path.
         """
         self._require_ready()
         start = time_ns() if times is not None else 0
+        if columns is not None and items:
+            decided = self._check_stacked(items, *columns, times=times, start=start)
+            if decided is not None:
+                return decided
         validated = self.validate(items, indexed)
         if times is not None:
             times.add("validate", start)
         return self._decide(items, validated, times)
+
+    def _check_stacked(
+        self,
+        items: Sequence[CheckInput],
+        observations: np.ndarray,
+        actions: np.ndarray,
+        times: StageTimes | None = None,
+        start: int = 0,
+    ) -> list[Decision] | None:
+        """:meth:`check` of one agent's stacked rows, or None when they need row-by-row validation."""
+        try:
+            rt = self.agent(items[0].agent_id)
+            obs, act, bad = rt.validate_columns(observations, actions)
+        except InterlockError:
+            return None
+        if bad:
+            return None
+        if not obs.flags.writeable:  # as np.stack of the row-by-row path gives: monitors may own it
+            obs = obs.copy()
+        if not act.flags.writeable:
+            act = act.copy()
+        if times is not None:
+            times.add("validate", start)
+        return rt.decide(items, obs, act, times)
 
     def check_columns(
         self,

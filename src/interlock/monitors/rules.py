@@ -43,17 +43,21 @@ class RulesMonitor(Monitor):
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         out: dict[str, SignalBatch] = {}
-        for key, predicate in self._constraints.items():
-            fast = self._vectorized[key]
-            if fast is not None:  # the whole batch at once (same results as CEL row by row)
-                out[key] = SignalBatch.above(np.where(fast(batch_columns(batch)), 0.0, 1.0), 0.5)
-                continue
-            rows = batch.rows()
-            violated = np.empty(len(rows), dtype=np.float64)
-            for i, row in enumerate(rows):
-                try:
-                    violated[i] = 0.0 if predicate(row) else 1.0
-                except CelEvalError:
-                    violated[i] = 1.0
-            out[key] = SignalBatch.above(violated, 0.5)
+        cols = batch_columns(batch)
+        with np.errstate(all="ignore"):  # entered once for every vectorized constraint
+            for key, predicate in self._constraints.items():
+                fast = self._vectorized[key]
+                if fast is not None:  # the whole batch at once (same results as CEL row by row)
+                    holds = fast.unguarded(cols)
+                    # SignalBatch.above(values, 0.5) of 0.0 / 1.0 values: tripped exactly where it fails
+                    out[key] = SignalBatch(np.where(holds, 0.0, 1.0), 0.5, ~holds)
+                    continue
+                rows = batch.rows()
+                violated = np.empty(len(rows), dtype=np.float64)
+                for i, row in enumerate(rows):
+                    try:
+                        violated[i] = 0.0 if predicate(row) else 1.0
+                    except CelEvalError:
+                        violated[i] = 1.0
+                out[key] = SignalBatch.above(violated, 0.5)
         return out

@@ -300,7 +300,12 @@ class NumpyCondition:
 
     def __call__(self, cols: Columns) -> np.ndarray:
         with np.errstate(all="ignore"):
-            out = np.asarray(self._fn(cols), dtype=bool)
+            return self.unguarded(cols)
+
+    def unguarded(self, cols: Columns) -> np.ndarray:
+        """``__call__`` for a caller that already holds ``np.errstate(all="ignore")`` (one context
+        for several conditions: entering it costs about as much as evaluating one at batch 1)."""
+        out = np.asarray(self._fn(cols), dtype=bool)
         return np.broadcast_to(out, (cols.n,)) if out.ndim == 0 else out
 
 

@@ -32,6 +32,63 @@ def request_to_input(req: pb.CheckRequest, field: str = "") -> CheckInput:
     )
 
 
+def stacked_requests(reqs) -> tuple[list[CheckInput], np.ndarray, np.ndarray] | None:
+    """A CheckBatch's rows decoded as columns when they are uniform, else None (decode row by row).
+
+    Uniform: one agent_id, and every row's observation (and action) tensor has the first row's dtype,
+    shape and byte length. Then each tensor's bytes are joined and decoded with one ``np.frombuffer``
+    (the first row's tensors are decoded alone first, so every check :func:`to_numpy` makes holds for
+    all rows). The items carry row views of the raw arrays, exactly what :func:`request_to_input`
+    gives, so that a batch the engine rejects is re-validated row by row with the same messages.
+
+    Returns:
+        ``(items, observations [n, *obs_shape], actions [n, *action_shape])`` in the wire dtypes.
+    """
+    first = reqs[0]
+    if not (first.HasField("observation") and first.HasField("action")):
+        return None
+    fo, fa = first.observation, first.action
+    try:
+        o0 = to_numpy(fo, "observation")
+        a0 = to_numpy(fa, "action")
+    except InvalidRequest:
+        return None
+    agent, o_dtype, a_dtype = first.agent_id, fo.dtype, fa.dtype
+    o_shape, a_shape = list(fo.shape), list(fa.shape)
+    o_len, a_len = len(fo.data), len(fa.data)
+    obs_bytes, act_bytes = [], []
+    for r in reqs:
+        o, a = r.observation, r.action
+        if (
+            r.agent_id != agent
+            or not (r.HasField("observation") and r.HasField("action"))
+            or o.dtype != o_dtype
+            or a.dtype != a_dtype
+            or len(o.data) != o_len
+            or len(a.data) != a_len
+            or o.shape != o_shape
+            or a.shape != a_shape
+        ):
+            return None
+        obs_bytes.append(o.data)
+        act_bytes.append(a.data)
+    n = len(reqs)
+    observations = np.frombuffer(b"".join(obs_bytes), dtype=o0.dtype).reshape(n, *o0.shape)
+    actions = np.frombuffer(b"".join(act_bytes), dtype=a0.dtype).reshape(n, *a0.shape)
+    items = [
+        CheckInput(
+            agent_id=agent,
+            observation=observations[i],
+            action=actions[i],
+            episode_id=r.episode_id,
+            step=r.step,
+            labels=dict(r.labels) if r.labels else {},
+        )
+        for i, r in enumerate(reqs)
+    ]
+    return items, observations, actions
+
+
 #: Encoded scalar actions (discrete agents send a handful of distinct values): (dtype, value) -> Tensor.
 _SCALAR_TENSORS: dict[tuple[str, object], pb.Tensor] = {}
 

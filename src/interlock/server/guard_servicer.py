@@ -15,6 +15,7 @@ from interlock.server.convert import (
     decision_to_pb,
     decisions_to_batch_response,
     request_to_input,
+    stacked_requests,
     unchecked_decision,
 )
 from interlock.server.errors import handle_errors, status_for
@@ -109,6 +110,13 @@ class GuardServicer(pb_grpc.GuardServicer):
             raise ResourceExhausted(
                 f"the batch has {n} requests; the limit is {self.max_batch} (server.max_batch)"
             )
+        stacked = stacked_requests(request.requests)  # uniform rows: one frombuffer per column
+        if stacked is not None:
+            items, observations, actions = stacked
+            decisions = await self.service.check(
+                items, indexed=True, columns=(observations, actions), trace_parent=self._trace(context)
+            )
+            return decisions_to_batch_response(decisions)
         items = [self._decode(r, f"requests[{i}]") for i, r in enumerate(request.requests)]
         decisions = await self.service.check(items, indexed=True, trace_parent=self._trace(context))
         return decisions_to_batch_response(decisions)

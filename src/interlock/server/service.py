@@ -89,10 +89,16 @@ class GuardService:
         return old
 
     async def check(
-        self, items: Sequence[CheckInput], indexed: bool = False, trace_parent: Any = None
+        self,
+        items: Sequence[CheckInput],
+        indexed: bool = False,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
+        trace_parent: Any = None,
     ) -> list[Decision]:
         """Decide ``items`` in order; raises InterlockError for malformed requests (counted).
 
+        ``columns``: the items' observations and actions already stacked (``[n, *obs_shape]``,
+        ``[n, *action_shape]``, one agent), passed on to :meth:`Guard.check`.
         ``trace_parent``: the caller's trace context (``tracer.extract`` of the request metadata).
         """
         start = time.perf_counter()
@@ -104,7 +110,7 @@ class GuardService:
                 guard = self.guard
             else:
                 times = StageTimes() if trace is not None else None
-                decisions = guard.check(items, indexed=indexed, times=times)
+                decisions = guard.check(items, indexed=indexed, columns=columns, times=times)
         except InterlockError as e:
             self.metrics.reject(e.reason)
             raise
