@@ -145,3 +145,29 @@ def test_reload_under_load_has_no_errors_and_only_live_versions(tmp_path):
     print(f"\nreload under load: {len(seen)} decisions across {reloads} reloads, {len(errors)} errors")
     assert len(seen) > 500
     assert set(seen) <= written and f"v{reloads}" in seen
+
+
+def test_a_change_made_while_a_reload_runs_is_reloaded_too(tmp_path, monkeypatch):
+    """The reload reads v2; v3 is written before it finishes. Before the fix the watcher took v3's file
+    as already loaded (it fingerprinted the files after loading) and served v2 for good."""
+    import interlock.server.reload as reload_module
+
+    path = write_config(tmp_path / "interlock.yaml", [discrete_agent()], version="v1", **FAST)
+    real_load = reload_module.load_config
+    raced = threading.Event()
+
+    def load_then_change(p):
+        loaded = real_load(p)
+        if loaded.version == "v2" and not raced.is_set():
+            raced.set()
+            time.sleep(0.01)  # v3 gets a later mtime than the v2 file just read
+            write_config(path, [discrete_agent()], version="v3", **FAST)
+        return loaded
+
+    monkeypatch.setattr(reload_module, "load_config", load_then_change)
+    with background_server(load_config(path)) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = pb_grpc.GuardStub(ch)
+        assert stub.Check(req()).config_version == "v1"
+        write_config(path, [discrete_agent()], version="v2", **FAST)
+        wait_for_version(stub, "v3", timeout=15.0)
+        assert raced.is_set()

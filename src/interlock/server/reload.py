@@ -92,6 +92,9 @@ class Reloader:
         async with self._lock:
             server = self.server
             metrics = server.metrics
+            # What the files were before reading them: one that changes while this reload runs must
+            # trigger another (its new content may not be what was loaded).
+            before = {p: (m, size) for p, m, size in fingerprint([Path(p) for p, _, _ in self._seen])}
             try:
                 loaded = await asyncio.to_thread(load_config, self.path)
                 credentials = await asyncio.to_thread(Credentials.from_config, loaded.config.auth, loaded)
@@ -121,7 +124,10 @@ class Reloader:
             old = server.service.swap(guard)
             server.credentials.replace(credentials)
             server.loaded = loaded
-            self._seen = self._fingerprint(loaded)
+            self._seen = tuple(
+                (p, m, size) if before.get(p, (m, size)) == (m, size) else (p, None, None)
+                for p, m, size in self._fingerprint(loaded)
+            )
             self.last_error = None
             metrics.config_reloads.labels(result="success").inc()
             log.info("config reloaded (%s): version %s -> %s", why, old.version, guard.version)
