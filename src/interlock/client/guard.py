@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar, cast
@@ -387,7 +388,7 @@ def _channel_options(
 _ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
 
 
-class _GuardClientBase(Generic[_ChannelT]):
+class _GuardClientBase(ABC, Generic[_ChannelT]):
     """The constructor GuardClient and AsyncGuardClient share; only the channel they open differs."""
 
     channel: _ChannelT
@@ -411,10 +412,11 @@ class _GuardClientBase(Generic[_ChannelT]):
         self.channel = self._open_channel(self.target, credentials, opts)
         self.stub = pb_grpc.GuardStub(self.channel)
 
+    @abstractmethod
     def _open_channel(
         self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> _ChannelT:
-        raise NotImplementedError
+        """The plain or asyncio channel the subclass talks through."""
 
 
 class GuardClient(_GuardClientBase[grpc.Channel]):

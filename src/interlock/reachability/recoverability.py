@@ -26,6 +26,7 @@ per-row correction ``bias [N, d]`` (the episode's observed model residuals).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,7 @@ def _np_type(arg: Any, where: str) -> np.dtype:
     return np.dtype(t)
 
 
-class Dynamics:
+class Dynamics(ABC):
     """A dynamics model in the rollout's terms; subclasses define :meth:`_run` (and set the layout).
 
     Attributes:
@@ -69,9 +70,9 @@ class Dynamics:
     members: int = 0
     where: str = "model"
 
+    @abstractmethod
     def _run(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """One model call: ``[N, d]`` (or ``[K, N, d]``), actions -> ``[K, N, d]`` or ``[N, d]``."""
-        raise NotImplementedError
 
     def _probe_actions(self, n: int) -> np.ndarray:
         """``n`` valid actions (index 0, or the box's lower corner clipped to finite values)."""
@@ -379,15 +380,16 @@ class RolloutResult:
         return self.margin.min(axis=0)
 
 
-class Continuation:
+class Continuation(ABC):
     """What the rollout does after the first (candidate) action.
 
     ``act(states [M, d], first_actions [M, ...]) -> [M, ...]`` actions for the rows still
     running; ``first_actions`` are those rows' first actions (their candidates).
     """
 
+    @abstractmethod
     def act(self, states: np.ndarray, first_actions: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """``[M, ...]`` actions for the ``[M, d]`` states still running."""
 
 
 class PolicyContinuation(Continuation):
