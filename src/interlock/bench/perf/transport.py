@@ -36,6 +36,8 @@ from interlock.bench.perf.echo import make_hook
 from interlock.bench.perf.loadgen import LoadGenerator
 
 GUARD = "interlock.v1.Guard"
+#: The sync server's benchmark-only statistics service (engine CPU inside the serving process).
+STATS = "interlock.bench.v1.TransportStats"
 #: (name, server, service) of every measured series; the server names key ``_Servers.targets``.
 SERIES = (
     ("echo_aio", "aio", ECHO),
@@ -64,6 +66,20 @@ class SyncGuardServicer:
 
         self.guard = Guard(load_config(config_path)).load()
         self.metrics = Metrics()
+        #: Thread CPU spent inside ``Guard.check`` and calls since the last :meth:`stats` call.
+        self.engine_cpu_ns = 0
+        #: Thread CPU of the whole handler (decode, engine, metrics, encode).
+        self.handler_cpu_ns = 0
+        self.calls = 0
+
+    def stats(self, request: bytes, context) -> bytes:
+        """``engine_cpu_us_per_call`` since the last call, as JSON (then resets the counters)."""
+        calls, cpu, handler = self.calls, self.engine_cpu_ns, self.handler_cpu_ns
+        self.calls = self.engine_cpu_ns = self.handler_cpu_ns = 0
+        per = max(1, calls) * 1e3
+        return json.dumps(
+            {"calls": calls, "engine_cpu_us_per_call": cpu / per, "handler_cpu_us_per_call": handler / per}
+        ).encode()
 
     def check(self, request: bytes, context) -> bytes:
         from interlock.escalation import outcome
@@ -72,10 +88,14 @@ class SyncGuardServicer:
         from interlock.types import Verdict
         from interlock.v1 import interlock_pb2 as pb
 
-        start = time.perf_counter()
+        start, h0 = time.perf_counter(), time.thread_time_ns()
         guard = self.guard
         try:
-            decisions = guard.check([request_to_input(pb.CheckRequest.FromString(request))])
+            item = request_to_input(pb.CheckRequest.FromString(request))
+            c0 = time.thread_time_ns()
+            decisions = guard.check([item])
+            self.engine_cpu_ns += time.thread_time_ns() - c0  # racy across threads; a benchmark figure
+            self.calls += 1
         except Exception as e:  # fail closed: a status, never an unchecked ALLOW
             code, message = status_for(e)
             context.abort(code, message)
@@ -84,7 +104,9 @@ class SyncGuardServicer:
                 outcome.no_operator_channel(d)
         labels = [guard.agent(d.agent_id).config.id for d in decisions]
         self.metrics.record(decisions, labels, time.perf_counter() - start)
-        return decision_to_pb(decisions[0]).SerializeToString()
+        answer = decision_to_pb(decisions[0]).SerializeToString()
+        self.handler_cpu_ns += time.thread_time_ns() - h0
+        return answer
 
 
 def _sync_server_main(config_path: str, decision: bytes, threads: int, ports, stop) -> None:
@@ -103,6 +125,9 @@ def _sync_server_main(config_path: str, decision: bytes, threads: int, ports, st
             grpc.method_handlers_generic_handler(
                 GUARD, {"Check": grpc.unary_unary_rpc_method_handler(servicer.check)}
             ),
+            grpc.method_handlers_generic_handler(
+                STATS, {"Engine": grpc.unary_unary_rpc_method_handler(servicer.stats)}
+            ),
         )
     )
     port = server.add_insecure_port("127.0.0.1:0")
@@ -110,6 +135,33 @@ def _sync_server_main(config_path: str, decision: bytes, threads: int, ports, st
     ports.put(port)
     stop.wait()
     server.stop(1).wait()
+
+
+def _engine_stats(target: str) -> dict[str, float]:
+    """Engine CPU per Check inside the sync server since the last call (and reset)."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        answer = channel.unary_unary(f"/{STATS}/Engine")(b"", timeout=10)
+    return json.loads(answer)
+
+
+def engine_in_process(scn: scenario.Scenario, seconds: float) -> float:
+    """CPU microseconds of ``Guard.check`` on one request, in a hot loop in this process."""
+    from interlock.config import load_config
+    from interlock.engine import Guard
+
+    guard = Guard(load_config(scn.config_path)).load()
+    items = scn.inputs()
+    for item in items[:32]:  # warm up
+        guard.check([item])
+    calls, c0, end = 0, time.thread_time_ns(), time.monotonic() + seconds
+    while time.monotonic() < end:
+        guard.check([items[calls % len(items)]])
+        calls += 1
+    cpu = time.thread_time_ns() - c0
+    guard.unload()
+    return cpu / max(1, calls) / 1e3
 
 
 def _median(values: list[float]) -> float:
@@ -144,6 +196,7 @@ def measure(
         scn = scenario.build(base / "transport", BATCHING, seed=seed)
         unary = [r.SerializeToString() for r in scn.requests()]
         decision = _representative_decision(scn)
+        engine_hot = [engine_in_process(scn, min(1.0, duration))]
         hook = make_hook(decision, float(np.mean([len(u) for u in unary])))
         ctx = mp.get_context("spawn")
         ports, stop = ctx.Queue(), ctx.Event()
@@ -170,8 +223,14 @@ def measure(
                     shift = r % len(jobs)
                     for name, srv, svc, conc in jobs[shift:] + jobs[:shift]:
                         target, pids = servers[srv]
+                        engine = name == "check_sync"
+                        if engine:
+                            _engine_stats(target)  # resets the counters
                         res = gen.run(target, svc, "Check", unary, conc, duration, warmup, server_pids=pids)
                         n = len(res.latencies_ns)
+                        stats = _engine_stats(target) if engine else {}
+                        engine_us = stats.get("engine_cpu_us_per_call", float("nan"))
+                        handler_us = stats.get("handler_cpu_us_per_call", float("nan"))
                         points.append(
                             {
                                 "series": name,
@@ -183,16 +242,20 @@ def measure(
                                 "p50_us": res.percentile_us(50),
                                 "p99_us": res.percentile_us(99),
                                 "server_cpu_us_per_call": res.server_cpu_s / max(1, n) * 1e6,
+                                "engine_cpu_us_per_call": engine_us,
+                                "handler_cpu_us_per_call": handler_us,
                             }
                         )
                         if progress:
+                            last = points[-1]
                             print(
-                                f"[{len(points)}/{total}] {name} c={conc}: p50 {points[-1]['p50_us']:.0f} us,"
-                                f" {res.calls_per_second:.0f}/s, cpu {points[-1]['server_cpu_us_per_call']:.0f}"
-                                " us/call",
+                                f"[{len(points)}/{total}] {name} c={conc}: p50 {last['p50_us']:.0f} us,"
+                                f" {res.calls_per_second:.0f}/s,"
+                                f" cpu {last['server_cpu_us_per_call']:.0f} us/call",
                                 file=sys.stderr,
                                 flush=True,
                             )
+            engine_hot.append(engine_in_process(scn, min(1.0, duration)))
         finally:
             stop.set()
             sync_proc.join(10)
@@ -208,7 +271,14 @@ def measure(
             pts = [p for p in points if p["series"] == name and p["concurrency"] == c]
             series[name][c] = {
                 k: _median([p[k] for p in pts])
-                for k in ("p50_us", "p99_us", "calls_per_second", "server_cpu_us_per_call")
+                for k in (
+                    "p50_us",
+                    "p99_us",
+                    "calls_per_second",
+                    "server_cpu_us_per_call",
+                    "engine_cpu_us_per_call",
+                    "handler_cpu_us_per_call",
+                )
             }
     result = {
         "benchmark": "interlock.bench.perf.transport",
@@ -223,6 +293,8 @@ def measure(
         "machine": {"cpus": scenario.cpu_count(), "loadavg_before": list(load_before)},
         "points": points,
         "series": series,
+        #: Guard.check of one request in a hot loop in the parent, before and after the points.
+        "engine_in_process_cpu_us_per_call": engine_hot,
     }
     result["machine"]["loadavg_after"] = list(os.getloadavg())
     result["ratios"] = ratios(series, max(concurrency))
@@ -248,15 +320,23 @@ def table(result: dict[str, Any]) -> str:
     lo, hi = min(conc), max(conc)
     lines = [
         f"| series | p50 at {lo} in flight (us) | server CPU/call at {lo} (us) | calls/s at {hi} clients "
-        f"| server CPU/call at {hi} (us) |",
-        "|---|---|---|---|---|",
+        f"| server CPU/call at {hi} (us) | in the sync handler at {lo} / {hi}: engine, whole handler (us) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, s in result["series"].items():
         a, b = s[lo], s[hi]
         lines.append(
-            f"| {name} | {a['p50_us']:.0f} | {a['server_cpu_us_per_call']:.0f} | {b['calls_per_second']:,.0f} "
-            f"| {b['server_cpu_us_per_call']:.0f} |"
+            f"| {name} | {a['p50_us']:.0f} | {a['server_cpu_us_per_call']:.0f} "
+            f"| {b['calls_per_second']:,.0f} | {b['server_cpu_us_per_call']:.0f} | "
+            + (
+                f"{a['engine_cpu_us_per_call']:.0f}, {a['handler_cpu_us_per_call']:.0f} / "
+                f"{b['engine_cpu_us_per_call']:.0f}, {b['handler_cpu_us_per_call']:.0f} |"
+                if np.isfinite(a["engine_cpu_us_per_call"])
+                else "- |"
+            )
         )
+    hot = ", ".join(f"{v:.0f}" for v in result["engine_in_process_cpu_us_per_call"])
+    lines += ["", f"Guard.check of one request in a hot loop in process (before, after): {hot} us of CPU."]
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f}x |" for k, v in result["ratios"].items()]
     return "\n".join(lines)
