@@ -142,7 +142,8 @@ def _engine_stats(target: str) -> dict[str, float]:
     import grpc
 
     with grpc.insecure_channel(target) as channel:
-        answer = channel.unary_unary(f"/{STATS}/Engine")(b"", timeout=10)
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/{STATS}/Engine")
+        answer = call(b"", timeout=10)
     return json.loads(answer)
 
 
@@ -280,7 +281,9 @@ def measure(
                     "handler_cpu_us_per_call",
                 )
             }
-    result = {
+    machine = {"cpus": scenario.cpu_count(), "loadavg_before": list(load_before), "loadavg_after": []}
+    machine["loadavg_after"] = list(os.getloadavg())
+    result: dict[str, Any] = {
         "benchmark": "interlock.bench.perf.transport",
         "settings": {
             "rounds": rounds,
@@ -290,13 +293,12 @@ def measure(
             "sync_threads": threads,
             "aio_batching": BATCHING,
         },
-        "machine": {"cpus": scenario.cpu_count(), "loadavg_before": list(load_before)},
+        "machine": machine,
         "points": points,
         "series": series,
         #: Guard.check of one request in a hot loop in the parent, before and after the points.
         "engine_in_process_cpu_us_per_call": engine_hot,
     }
-    result["machine"]["loadavg_after"] = list(os.getloadavg())
     result["ratios"] = ratios(series, max(concurrency))
     return result
 
