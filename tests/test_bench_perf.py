@@ -5,9 +5,14 @@ No timing assertions: speed figures live in docs/benchmarks.md, not in tests.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
-from tests.support.bench import check_docs, positive, run_quick
+from interlock.bench.perf.transport import SERIES
+from tests.support.bench import ROOT, check_docs, positive, run_quick
 
 HEADLINE = (
     "check_p50_over_transport_floor",
@@ -66,3 +71,34 @@ def test_bench_is_a_group_with_help():
         parser.parse_args(["bench"])  # a subcommand is required
     args = parser.parse_args(["bench", "perf", "--quick", "--json", "x.json"])
     assert args.quick and args.json == "x.json" and args.docs is None
+
+
+@pytest.mark.slow
+def test_transport_options_outputs_are_well_formed(tmp_path):
+    """``python -m interlock.bench.perf.transport``: every series at both concurrencies, no errors."""
+    out = tmp_path / "transport.json"
+    cmd = [sys.executable, "-m", "interlock.bench.perf.transport", "--rounds", "1", "--duration", "0.2"]
+    cmd += ["--warmup", "0.1", "--threads", "4", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+
+    names = [name for name, _, _ in SERIES]
+    assert {(p["series"], p["concurrency"]) for p in result["points"]} == {
+        (n, c) for n in names for c in (1, 16)
+    }
+    for p in result["points"]:
+        assert p["errors"] == 0 and p["calls"] > 0, p
+        for k in ("calls_per_second", "p50_us", "p99_us", "server_cpu_us_per_call"):
+            assert positive(p[k]), (k, p)
+        # Engine CPU inside the server is read from the sync server's stats service only.
+        for k in ("engine_cpu_us_per_call", "handler_cpu_us_per_call"):
+            assert positive(p[k]) == (p["series"] == "check_sync"), (k, p)
+    assert set(result["series"]) == set(names)
+    assert all(positive(v) for v in result["engine_in_process_cpu_us_per_call"])
+    for check in ("check_aio", "check_sync", "check_aio_2w"):
+        assert positive(result["ratios"][f"{check}_p50_over_echo_aio"])
+        assert positive(result["ratios"][f"{check}_16_clients_throughput_over_echo_aio"])
+    for row in names:
+        assert f"| {row} |" in proc.stdout
+    assert "check_sync_p50_over_echo_sync" in proc.stdout
