@@ -59,6 +59,8 @@ AGENTS = ("ppo", "dqn")
 DEV_AGENTS = ("heuristic", "ppo_eps20")
 DEV_EPSILON = {"ppo_eps20": 0.2}
 EVAL_SEED_START = 100_000
+#: Shield designs of the development study (``_shield_variant``).
+VARIANTS = ("config", "repeat", "h8", "gated", "h8_gated", "margin", "majority")
 WORLDS: dict[str, dict[str, Any]] = {
     "nominal": {"kwargs": {}, "main_power_scale": 1.0},
     "wind": {
@@ -93,26 +95,30 @@ def _shield_variant(agent: Any, variant: str) -> Any:
     ``h8``: horizon 8 instead of 20 (PPO continuation). ``gated``: the ``unsafe`` rule acts only once
     the episode's shift signal has tripped (``&& episode.shifted``). ``margin``: the substitute is the
     safe candidate with the best worst-case margin instead of our PPO's favourite (no ``scores``).
+    ``majority``: an action is unsafe only when more than half of the members break a constraint
+    (``irreversibility_threshold: 0.5``; the config: any member). ``h8_gated``: ``h8`` and ``gated``.
     """
     from interlock.config import ContinuationConfig
 
     if variant == "config":
         return agent
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown shield variant {variant!r}: one of {', '.join(VARIANTS)}")
     monitors, rules, fallbacks = list(agent.monitors), list(agent.policy.rules), dict(agent.fallbacks)
     shield = next(i for i, m in enumerate(monitors) if m.kind == "reachability")
     if variant == "repeat":
         monitors[shield] = monitors[shield].model_copy(update={"continuation": ContinuationConfig(kind="repeat")})
-    elif variant == "h8":
+    elif variant in ("h8", "h8_gated"):
         monitors[shield] = monitors[shield].model_copy(update={"horizon": 8})
-    elif variant == "gated":
+    elif variant == "majority":
+        monitors[shield] = monitors[shield].model_copy(update={"irreversibility_threshold": 0.5})
+    if variant in ("gated", "h8_gated"):
         rules = [
             r.model_copy(update={"when": f"({r.when}) && episode.shifted"}) if r.name == "unsafe" else r
             for r in rules
         ]
-    elif variant == "margin":
+    if variant == "margin":
         fallbacks = {k: f.model_copy(update={"scores": None}) for k, f in fallbacks.items()}
-    else:
-        raise ValueError(f"unknown shield variant {variant!r}: config, repeat, h8, gated or margin")
     return agent.model_copy(
         update={
             "monitors": monitors,
@@ -326,7 +332,7 @@ def main() -> None:
     p.add_argument(
         "--variant",
         default="config",
-        help="development study: shield design (config, repeat, h8, gated, margin; see _shield_variant)",
+        help="development study: shield design (config, repeat, h8, gated, h8_gated, margin, majority; see _shield_variant)",
     )
     p.add_argument("--conditions", default="unguarded,guarded", help="unguarded, guarded or both")
     p.add_argument("--json", default=None, help="write the cells here (after every cell)")
