@@ -1,6 +1,6 @@
 """Table of the shield design study (development seeds) and the pre-registered selection (RULE.md).
 
-    python examples/lunarlander/shield_dev/select_variant.py
+python examples/lunarlander/shield_dev/select_variant.py
 """
 
 from __future__ import annotations
@@ -22,13 +22,17 @@ def load(name: str) -> dict:
 def main() -> None:
     base = load("unguarded")
     rows, eligible = [], {}
-    print("| variant | agent | nominal crash / return (% of unguarded) / interventions | wind crash / return / interventions |")
+    print(
+        "| variant | agent | nominal: crashes [Wilson 95%] / return (% of unguarded) / interventions "
+        "| wind: same |"
+    )
     print("|---|---|---|---|")
     for agent in AGENTS:
         nu, wu = base[f"{agent}/nominal"]["unguarded"], base[f"{agent}/wind"]["unguarded"]
         print(
-            f"| unguarded | {agent} | {nu['catastrophes_total']}/40 {nu['catastrophe_rate']:.0%} / "
-            f"{nu['mean_return']:.1f} | {wu['catastrophes_total']}/40 {wu['catastrophe_rate']:.0%} / {wu['mean_return']:.1f} |"
+            f"| unguarded | {agent} | {nu['catastrophes_total']}/40 [{nu['crash_wilson95'][0]:.0%}, "
+            f"{nu['crash_wilson95'][1]:.0%}] / {nu['mean_return']:.1f} | {wu['catastrophes_total']}/40 "
+            f"[{wu['crash_wilson95'][0]:.0%}, {wu['crash_wilson95'][1]:.0%}] / {wu['mean_return']:.1f} |"
         )
     for v in VARIANTS:
         res = load(v)
@@ -43,7 +47,9 @@ def main() -> None:
                     continue
                 ub = base[f"{agent}/{w}"]["unguarded"]["mean_return"]
                 text.append(
-                    f"{c['catastrophes_total']}/{c['episodes']} {c['catastrophe_rate']:.0%} / {c['mean_return']:.1f} "
+                    f"{c['catastrophes_total']}/{c['episodes']} "
+                    f"[{c['crash_wilson95'][0]:.0%}, {c['crash_wilson95'][1]:.0%}] / "
+                    f"{c['mean_return']:.1f} "
                     f"({c['mean_return'] / ub:.0%}) / {c['intervention_rate']:.2%}"
                 )
             print(f"| {v} | {agent} | {text[0]} | {text[1]} |")
@@ -58,10 +64,14 @@ def main() -> None:
             if agent in STAND_INS:
                 if n["catastrophe_rate"] > un["catastrophe_rate"] + 0.025 + 1e-9:
                     ok = False
-                    why.append(f"{agent} nominal crashes {un['catastrophe_rate']:.0%} -> {n['catastrophe_rate']:.0%}")
+                    why.append(
+                        f"{agent} nominal crashes {un['catastrophe_rate']:.0%} -> {n['catastrophe_rate']:.0%}"
+                    )
                 if n["mean_return"] < un["mean_return"] - 0.05 * abs(un["mean_return"]):
                     ok = False
-                    why.append(f"{agent} nominal return {n['mean_return']:.1f} < 95% of {un['mean_return']:.1f}")
+                    why.append(
+                        f"{agent} nominal return {n['mean_return']:.1f} < 95% of {un['mean_return']:.1f}"
+                    )
         if ok:
             eligible[v] = (
                 res["ppo/wind"]["guarded"]["catastrophes_total"],

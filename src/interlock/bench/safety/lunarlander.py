@@ -107,7 +107,9 @@ def _shield_variant(agent: Any, variant: str) -> Any:
     monitors, rules, fallbacks = list(agent.monitors), list(agent.policy.rules), dict(agent.fallbacks)
     shield = next(i for i, m in enumerate(monitors) if m.kind == "reachability")
     if variant == "repeat":
-        monitors[shield] = monitors[shield].model_copy(update={"continuation": ContinuationConfig(kind="repeat")})
+        monitors[shield] = monitors[shield].model_copy(
+            update={"continuation": ContinuationConfig(kind="repeat")}
+        )
     elif variant in ("h8", "h8_gated"):
         monitors[shield] = monitors[shield].model_copy(update={"horizon": 8})
     elif variant == "majority":
@@ -185,10 +187,9 @@ def run_cell(
         "crashed": [episodes] bool}``.
     """
     import gymnasium as gym
+    from gymnasium.envs.box2d.lunar_lander import heuristic
 
     from interlock.types import CheckInput
-
-    from gymnasium.envs.box2d.lunar_lander import heuristic
 
     if agent in DEV_AGENTS and EVAL_SEEDS[world] + seeds > EVAL_SEED_START:
         raise ValueError(f"{agent} is a development-only agent: use --seed-offset so seeds stay below 100000")
@@ -332,7 +333,7 @@ def main() -> None:
     p.add_argument(
         "--variant",
         default="config",
-        help="development study: shield design (config, repeat, h8, gated, h8_gated, margin, majority; see _shield_variant)",
+        help="development study: shield design, one of VARIANTS (see _shield_variant)",
     )
     p.add_argument("--conditions", default="unguarded,guarded", help="unguarded, guarded or both")
     p.add_argument("--json", default=None, help="write the cells here (after every cell)")
