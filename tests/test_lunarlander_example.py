@@ -92,9 +92,10 @@ def test_wind_is_more_surprising_than_nominal_and_the_shift_trips(detector, agen
 
 def test_the_shield_replaces_an_action_that_crashes_a_fast_descent() -> None:
     guard = Guard(load_config(CONFIG)).load()
-    # 0.7 above the pad, falling at 0.9 (obs units): firing a side engine, then the agent's policy,
-    # breaks the near-ground speed limit under some member; the main engine keeps every member inside.
-    falling = np.array([0.0, 0.7, 0.0, -0.9, 0.0, 0.0, 0.0, 0.0], np.float32)
+    # 0.42 above the pad, falling at 0.7 (obs units): firing a side engine, then the agent's policy,
+    # breaks the near-ground speed limit within the 8-step horizon under some member; the main engine
+    # keeps every member inside. (Horizon 20 reached the limit from 0.7 / 0.9; 8 steps do not.)
+    falling = np.array([0.0, 0.42, 0.0, -0.7, 0.0, 0.0, 0.0, 0.0], np.float32)
     (d,) = guard.check([CheckInput("lunarlander", falling, np.int64(1), episode_id="fall", step=0)])
     s = signals(d)
     assert s["shield.unsafe"][1] and d.rule == "unsafe"

@@ -52,6 +52,15 @@ EXAMPLE = example_dir("lunarlander")
 ENV_ID = "LunarLander-v3"
 AGENT_ID = "lunarlander"
 AGENTS = ("ppo", "dqn")
+#: DEVELOPMENT-ONLY stand-ins for "an agent the shield does not model" (issue 11 follow-up): Gymnasium's
+#: heuristic lander and our PPO with 20% random actions. Design choices for unseen agents are made on
+#: these, on development seeds (< 100 000); the DQN stays evaluation-only. ``run_cell`` refuses them
+#: on evaluation seeds.
+DEV_AGENTS = ("heuristic", "ppo_eps20")
+DEV_EPSILON = {"ppo_eps20": 0.2}
+EVAL_SEED_START = 100_000
+#: Shield designs of the development study (``_shield_variant``).
+VARIANTS = ("config", "repeat", "h8", "gated", "h8_gated", "margin", "majority")
 WORLDS: dict[str, dict[str, Any]] = {
     "nominal": {"kwargs": {}, "main_power_scale": 1.0},
     "wind": {
@@ -79,7 +88,49 @@ def main_engine_power(scale: float) -> Iterator[None]:
         lunar_lander.MAIN_ENGINE_POWER = old
 
 
-def _guard(guarded: bool) -> Any:
+def _shield_variant(agent: Any, variant: str) -> Any:
+    """The example config's agent with one shield design changed (development study, docs/shift.md).
+
+    ``config``: as is. ``repeat``: rollouts repeat the candidate action instead of following our PPO.
+    ``h8``: horizon 8 instead of 20 (PPO continuation). ``gated``: the ``unsafe`` rule acts only once
+    the episode's shift signal has tripped (``&& episode.shifted``). ``margin``: the substitute is the
+    safe candidate with the best worst-case margin instead of our PPO's favourite (no ``scores``).
+    ``majority``: an action is unsafe only when more than half of the members break a constraint
+    (``irreversibility_threshold: 0.5``; the config: any member). ``h8_gated``: ``h8`` and ``gated``.
+    """
+    from interlock.config import ContinuationConfig
+
+    if variant == "config":
+        return agent
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown shield variant {variant!r}: one of {', '.join(VARIANTS)}")
+    monitors, rules, fallbacks = list(agent.monitors), list(agent.policy.rules), dict(agent.fallbacks)
+    shield = next(i for i, m in enumerate(monitors) if m.kind == "reachability")
+    if variant == "repeat":
+        monitors[shield] = monitors[shield].model_copy(
+            update={"continuation": ContinuationConfig(kind="repeat")}
+        )
+    elif variant in ("h8", "h8_gated"):
+        monitors[shield] = monitors[shield].model_copy(update={"horizon": 8})
+    elif variant == "majority":
+        monitors[shield] = monitors[shield].model_copy(update={"irreversibility_threshold": 0.5})
+    if variant in ("gated", "h8_gated"):
+        rules = [
+            r.model_copy(update={"when": f"({r.when}) && episode.shifted"}) if r.name == "unsafe" else r
+            for r in rules
+        ]
+    if variant == "margin":
+        fallbacks = {k: f.model_copy(update={"scores": None}) for k, f in fallbacks.items()}
+    return agent.model_copy(
+        update={
+            "monitors": monitors,
+            "policy": agent.policy.model_copy(update={"rules": rules}),
+            "fallbacks": fallbacks,
+        }
+    )
+
+
+def _guard(guarded: bool, variant: str = "config") -> Any:
     """The example's Guard, or (unguarded) the detector alone in shadow mode."""
     from interlock.config import LoadedConfig, load_config
     from interlock.engine import Guard
@@ -90,6 +141,10 @@ def _guard(guarded: bool) -> Any:
             f"{path} is missing: run from the Interlock checkout or set INTERLOCK_EXAMPLES"
         )
     loaded = load_config(path)
+    if guarded and variant != "config":
+        agent = _shield_variant(loaded.config.agents[0], variant)
+        config = loaded.config.model_copy(update={"agents": [agent]})
+        loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
     if not guarded:
         agent = loaded.config.agents[0]
         detector = [m for m in agent.monitors if m.kind in ("action_space", "transition")]
@@ -117,7 +172,13 @@ def _session(path: Any) -> Any:
 
 
 def run_cell(
-    agent: str, world: str, guarded: bool, seeds: int, max_steps: int | None = None, bar: Any = None
+    agent: str,
+    world: str,
+    guarded: bool,
+    seeds: int,
+    max_steps: int | None = None,
+    bar: Any = None,
+    variant: str = "config",
 ) -> dict[str, Any]:
     """``seeds`` episodes of ``agent`` in ``world`` (lockstep); the condition and detector figures.
 
@@ -126,12 +187,17 @@ def run_cell(
         "crashed": [episodes] bool}``.
     """
     import gymnasium as gym
+    from gymnasium.envs.box2d.lunar_lander import heuristic
 
     from interlock.types import CheckInput
 
-    policy = _session(EXAMPLE / f"{agent}_agent.onnx")
+    if agent in DEV_AGENTS and EVAL_SEEDS[world] + seeds > EVAL_SEED_START:
+        raise ValueError(f"{agent} is a development-only agent: use --seed-offset so seeds stay below 100000")
+    policy = _session(EXAMPLE / f"{'ppo' if agent in DEV_AGENTS else agent}_agent.onnx")
     policy_input = policy.get_inputs()[0].name
-    guard = _guard(guarded)
+    epsilon = DEV_EPSILON.get(agent, 0.0)
+    rngs = [np.random.default_rng(EVAL_SEEDS[world] + i) for i in range(seeds)]
+    guard = _guard(guarded, variant)
     spec = WORLDS[world]
     kwargs = dict(spec["kwargs"])
     if max_steps is not None:
@@ -149,6 +215,11 @@ def run_cell(
             batch = np.stack([obs[i] for i in active]).astype(np.float32)
             (scores,) = policy.run(None, {policy_input: batch})
             proposed = scores.argmax(axis=1).astype(np.int64)
+            for j, i in enumerate(active):  # development-only agents (DEV_AGENTS)
+                if agent == "heuristic":
+                    proposed[j] = heuristic(envs[i].unwrapped, obs[i])
+                elif epsilon > 0 and rngs[i].random() < epsilon:
+                    proposed[j] = rngs[i].integers(4)
             decisions = guard.check(
                 [
                     CheckInput(AGENT_ID, batch[j], proposed[j], episode_id=f"{tag}-{i}", step=eps[i].steps)
@@ -202,18 +273,24 @@ def _detector(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cells(
-    agents: tuple[str, ...], worlds: tuple[str, ...], seeds: int, max_steps: int | None, progress: bool
+    agents: tuple[str, ...],
+    worlds: tuple[str, ...],
+    seeds: int,
+    max_steps: int | None,
+    progress: bool,
+    variant: str = "config",
+    conditions: tuple[str, ...] = ("unguarded", "guarded"),
 ) -> dict[str, dict[str, Any]]:
     """Every (agent, world) cell, unguarded and guarded: ``{"agent/world": {"unguarded": {...}, ...}}``."""
     cells: dict[str, dict[str, Any]] = {}
-    with bar_for(len(agents) * len(worlds) * 2 * seeds, "lunarlander", progress) as bar:
+    with bar_for(len(agents) * len(worlds) * len(conditions) * seeds, "lunarlander", progress) as bar:
         for agent in agents:
             for world in worlds:
                 runs = {
-                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar)
-                    for c in ("unguarded", "guarded")
+                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar, variant)
+                    for c in conditions
                 }
-                un = runs["unguarded"]["condition"]
+                un = runs["unguarded"]["condition"] if "unguarded" in runs else None
                 cells[f"{agent}/{world}"] = {
                     c: {**r["condition"].summary(None if c == "unguarded" else un), **_detector(r), "_run": r}
                     for c, r in runs.items()
@@ -253,6 +330,12 @@ def main() -> None:
     p.add_argument("--agents", default=",".join(AGENTS))
     p.add_argument("--worlds", default=",".join(WORLDS))
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument(
+        "--variant",
+        default="config",
+        help="development study: shield design, one of VARIANTS (see _shield_variant)",
+    )
+    p.add_argument("--conditions", default="unguarded,guarded", help="unguarded, guarded or both")
     p.add_argument("--json", default=None, help="write the cells here (after every cell)")
     p.add_argument(
         "--seed-offset",
@@ -267,7 +350,15 @@ def main() -> None:
     out: dict[str, Any] = {}
     for agent in args.agents.split(","):
         for world in args.worlds.split(","):
-            cells = run_cells((agent,), (world,), args.seeds, args.max_steps, progress=False)
+            cells = run_cells(
+                (agent,),
+                (world,),
+                args.seeds,
+                args.max_steps,
+                progress=False,
+                variant=args.variant,
+                conditions=tuple(args.conditions.split(",")),
+            )
             for key, cell in cells.items():
                 out[key] = {c: {m: v for m, v in d.items() if m != "_run"} for c, d in cell.items()}
                 for c, d in out[key].items():
