@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 #: Remaining times above this mean "no deadline" (gRPC reports infinity as a huge number).
 _NO_DEADLINE = 1e8
+#: A call cancelled this close to its deadline (seconds) was cancelled by the deadline.
+_DEADLINE_SLACK = 0.05
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -74,10 +76,16 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         self.inflight -= 1
         self.metrics.inflight.dec()
 
-    def _cancelled(self) -> None:
-        """gRPC cancelled the call: its deadline passed, or the client went away."""
-        remaining = time_remaining()
-        self.metrics.reject("deadline_exceeded" if remaining is not None and remaining <= 0 else "cancelled")
+    def _cancelled(self, context) -> None:
+        """gRPC cancelled the call: its deadline passed, or the client went away.
+
+        gRPC cancels at its own deadline, which can come a little before ours (ours was started
+        from ``context.time_remaining()`` a moment after the call arrived): within
+        ``_DEADLINE_SLACK`` seconds of either clock's deadline counts as the deadline.
+        """
+        remaining = [r for r in (time_remaining(), context.time_remaining()) if r is not None]
+        expired = bool(remaining) and min(remaining) <= _DEADLINE_SLACK
+        self.metrics.reject("deadline_exceeded" if expired else "cancelled")
 
     @asynccontextmanager
     async def _limited(self, request, context) -> AsyncIterator[None]:
@@ -86,7 +94,7 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         try:
             yield
         except asyncio.CancelledError:
-            self._cancelled()
+            self._cancelled(context)
             raise
         finally:
             self._leave()
