@@ -810,29 +810,6 @@ def _shown(action: np.ndarray) -> str:
     return shorten(np.asarray(action).tolist())
 
 
-def _shadow(d: Decision, outside_space: bool = False) -> None:
-    """Shadow mode: answer ALLOW but keep the would-be verdict in ``shadow_verdict``, signals and reasons.
-
-    A decision whose monitors or policy failed was not checked, and an action outside the action space
-    can never be executed: both keep their fail-closed verdict (shadow mode observes; it does not
-    let through what no mode would).
-    """
-    would = d.verdict
-    if outside_space or any(e == "policy" or e.startswith("monitor:") for e in d.errors):
-        return
-    d.shadow_verdict = would
-    d.signals.append(("shadow.would_verdict", float(int(would)), float(int(Verdict.ALLOW)), would > 1))
-    if would is Verdict.ALLOW:
-        return
-    rule = f" (rule '{d.rule}')" if d.rule else ""
-    d.reasons.insert(
-        0, f"shadow mode: would have answered {would.name}{rule}; the proposed action is allowed"
-    )
-    d.verdict = Verdict.ALLOW
-    d.action = d.proposed_action
-    d.fallback = ""
-
-
 def _empty_columns(rt: AgentRuntime, batch: Batch, batch_id: str) -> ColumnDecisions:
     """Answers for no rows (every row of ``batch`` was unchecked), for :meth:`ColumnDecisions.expand`."""
     s = len(rt.plan.signal_names)
@@ -867,8 +844,10 @@ def _kind_of(dtype: np.dtype) -> str:
 
 
 def _shadow_columns(cd: ColumnDecisions, invalid: np.ndarray) -> None:
-    """:func:`_shadow` over columns: rows whose monitors and policy ran answer ALLOW, the would-be
-    verdict kept in ``cd.shadow``; rows that failed, or whose action is outside the space, keep theirs."""
+    """Shadow mode over columns: answer ALLOW with the proposed action, keeping the would-be verdict in
+    ``cd.shadow`` and a reason. A row whose monitors or policy failed was not checked, and an action
+    outside the action space can never be executed: both keep their fail-closed verdict (shadow mode
+    observes; it does not let through what no mode would)."""
     eligible = ~invalid
     for i, stages in cd.errors.items():
         if any(e == "policy" or e.startswith("monitor:") for e in stages):
