@@ -9,9 +9,6 @@ real ``interlock serve`` of examples/cartpole/interlock.yaml on loopback, scrape
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from cloudcoil.models.prometheus_operator import v1 as prom_v1
 from prometheus_client.parser import text_string_to_metric_families
 
 from interlock import GuardClient
+from tests.support.ops import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -114,39 +112,12 @@ def test_drain_probes_and_disruption_budget_fit_together():
 def exported_metric_names(tmp_path_factory) -> set[str]:
     """Every series name a real server exposes on /metrics after one Check of the cartpole example."""
     config = yaml.safe_load((ROOT / "examples" / "cartpole" / "interlock.yaml").read_text())
-    folder = ROOT / "examples" / "cartpole"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "interlock.cli",
-            "serve",
-            "--config",
-            str(folder / "interlock.yaml"),
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"on 127\.0\.0\.1:(\d+); metrics on :(\d+)", line)
-        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-        grpc_port, metrics_port = match.groups()
+    with ServerProcess(ROOT / "examples" / "cartpole" / "interlock.yaml", ("--metrics-port", "0")) as srv:
         obs_dim = config["agents"][0]["observation"]["shape"][0]
-        with GuardClient(f"127.0.0.1:{grpc_port}", agent_id="cartpole") as client:
+        with GuardClient(srv.address, agent_id="cartpole") as client:
             client.check(np.zeros(obs_dim, np.float32), 1)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        url = f"http://127.0.0.1:{srv.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
     names: set[str] = set()
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     for family in text_string_to_metric_families(text):
