@@ -47,6 +47,7 @@ N_ACTIONS = 4
 SELECT_SEED = 300_000  # model selection during training
 REPORT_SEEDS = range(0, 50)  # development seeds (README.md)
 WIND = {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5}
+NOMINAL_MAIN_POWER = 13.0  # gymnasium.envs.box2d.lunar_lander.MAIN_ENGINE_POWER
 
 
 def greedy_episodes(act, seeds, env_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -100,6 +101,52 @@ def wind_vec_env(seed: int):
     return env
 
 
+class RandomisedDynamics(gym.Wrapper):
+    """Domain randomisation for the robust backup: each episode draws its own world.
+
+    wind_power ~ U(0, 20) and turbulence_power ~ U(0, 2) (wind off in a quarter of episodes), and
+    the main engine's power x U(0.5, 1.1). Gymnasium reads ``MAIN_ENGINE_POWER`` from its module at
+    every ``step()``, so it is set before each step of this env (``DummyVecEnv`` steps its envs one
+    after another, so envs do not see each other's value).
+    """
+
+    def __init__(self, env: gym.Env, seed: int) -> None:
+        super().__init__(env)
+        self.rng = np.random.default_rng(seed)
+        self.main_power = NOMINAL_MAIN_POWER
+
+    def reset(self, **kwargs):
+        rng = self.rng
+        lander = self.env.unwrapped
+        lander.enable_wind = bool(rng.random() > 0.25)
+        lander.wind_power = float(rng.uniform(0.0, 20.0))
+        lander.turbulence_power = float(rng.uniform(0.0, 2.0))
+        self.main_power = NOMINAL_MAIN_POWER * float(rng.uniform(0.5, 1.1))
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        from gymnasium.envs.box2d import lunar_lander
+
+        lunar_lander.MAIN_ENGINE_POWER = self.main_power
+        try:
+            return self.env.step(action)
+        finally:
+            lunar_lander.MAIN_ENGINE_POWER = NOMINAL_MAIN_POWER
+
+
+def robust_vec_env(seed: int):
+    """16 LunarLander-v3 envs, each episode in a randomly drawn world (``RandomisedDynamics``)."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    def maker(i: int):
+        return lambda: Monitor(RandomisedDynamics(gym.make(ENV_ID), seed + 1000 + i))
+
+    env = DummyVecEnv([maker(i) for i in range(16)])
+    env.seed(seed)
+    return env
+
+
 def build(kind: str, seed: int):
     """A fresh SB3 model (``ppo`` or ``dqn``) on LunarLander-v3 without wind, or (``ppo_wind``) our PPO
     agent's checkpoint ``data/ppo_agent.zip`` set up to continue training in randomised wind."""
@@ -109,8 +156,8 @@ def build(kind: str, seed: int):
     if kind == "ppo_wind":
         return PPO.load(HERE / "data" / "ppo_agent.zip", env=wind_vec_env(seed), device="cpu", seed=seed)
 
-    if kind == "ppo":
-        env = make_vec_env(ENV_ID, n_envs=16, seed=seed)
+    if kind in ("ppo", "robust"):
+        env = robust_vec_env(seed) if kind == "robust" else make_vec_env(ENV_ID, n_envs=16, seed=seed)
         return PPO(
             "MlpPolicy",
             env,
@@ -166,7 +213,7 @@ def train(kind: str, timesteps: int, max_minutes: float, seed: int, eval_every: 
 
         def _evaluate(self) -> None:
             rets, crashes = greedy_episodes(_sb3_act(self.model), range(SELECT_SEED, SELECT_SEED + 10),
-                                            WIND if kind == "ppo_wind" else None)
+                                            WIND if kind in ("ppo_wind", "robust") else None)
             log(f"{kind} step {self.num_timesteps}: selection return {rets.mean():.1f}, "
                 f"crashes {crashes.mean():.0%}")
             if rets.mean() > best["ret"]:
@@ -249,7 +296,7 @@ def _wind_report(model) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["ppo", "dqn", "ppo_wind"])
+    p.add_argument("kind", choices=["ppo", "dqn", "ppo_wind", "robust"])
     p.add_argument("--timesteps", type=int, default=None, help="default: ppo 1M, dqn 250k, ppo_wind 400k")
     p.add_argument("--max-minutes", type=float, default=15.0)
     p.add_argument("--seed", type=int, default=None, help="default: ppo 1_000_000, dqn 2_000_000")
@@ -262,12 +309,12 @@ def main() -> None:
 
     torch.set_num_threads(1)
     kind = args.kind
-    timesteps = args.timesteps or {"ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000}[kind]
-    default_seed = {"ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000}[kind]
+    timesteps = args.timesteps or {"ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000, "robust": 2_000_000}[kind]
+    default_seed = {"ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000, "robust": 4_000_000}[kind]
     seed = default_seed if args.seed is None else args.seed
     if args.resume:
         seed += 1  # a continued run gets fresh env seeds
-    eval_every = args.eval_every or {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000}[kind]
+    eval_every = args.eval_every or {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000}[kind]
     out = args.out or HERE / f"{kind}_agent.onnx"
     t0 = time.monotonic()
 
