@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from interlock.fallbacks import Fallback, build_fallback
 from interlock.faultlog import FailureLog
 from interlock.monitors import Monitor, build_monitor
 from interlock.policies import DecisionPolicy
-from interlock.policies.vectorized import batch_columns, first_rules
+from interlock.policies.vectorized import Row, batch_columns, batch_row, first_rules
 from interlock.runtime import ModelRuntime
 from interlock.spaces import AgentSpaces
 from interlock.stagetimes import StageTimes, time_ns
@@ -330,6 +331,13 @@ class AgentRuntime:
                 )
 
         self.plan = self._plan()
+        #: The policy's rules as scalar conditions on one row (None: some rule has no scalar form).
+        scalar = [r.vectorized.scalar if r.vectorized is not None else None for r in self.policy.rules]
+        self._scalar_rules: list[Callable[[Row], Any]] | None = (
+            [f for f in scalar if f is not None] if all(f is not None for f in scalar) else None
+        )
+        #: One-row batches take :meth:`_decide_one` (not for episode state: its facts feed the rules).
+        self._one_row = self._scalar_rules is not None and not self.episode_sources
 
     def _plan(self) -> AgentPlan:
         cfg = self.config
@@ -471,13 +479,107 @@ class AgentRuntime:
         vectoriser could not compile (for the rows no earlier rule decided), and rows that fail
         (a monitor or rule raising on them, an action outside the space, a fallback failing).
         """
+        if times is None and len(batch) == 1 and self._one_row:
+            return self._decide_one(batch, batch_id)
+        # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
+        #    only the monitors defined there (action_space); the policy decides it from those.
+        invalid = self.spaces.action.invalid(batch.actions)
+        signals, ran, row_errors = self._run_monitors(batch, invalid, times)
+        return self._decide_signals(batch, batch_id, times, invalid, signals, ran, row_errors)
+
+    def _decide_one(self, batch: Batch, batch_id: str | None) -> ColumnDecisions:
+        """:meth:`decide_columns` of a one-row batch (tracing off): the same answer by a shorter route.
+
+        The monitors run as :meth:`_run_monitors` runs them (a monitor that raises fails the row
+        the same way); the policy's rules are evaluated through their scalar forms on plain Python
+        values. A row that decides ALLOW is answered here; any other row (an action outside the
+        space, a monitor error, another verdict) continues on the general path from the monitors'
+        signals, so everything but the plain ALLOW is decided by the code that decides batches.
+        """
+        invalid = self.spaces.action.invalid(batch.actions)
+        if invalid[0]:
+            return self._decide_signals(batch, batch_id, None, invalid, *self._run_monitors(batch, invalid))
+        signals: dict[str, SignalBatch] = {}
+        ran: dict[str, np.ndarray | None] = {}
+        row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for m in self.monitors:
+            sigs, keys = self._keys(m)
+            try:
+                out = self._monitor_signals(m, batch, sigs)
+            except Exception as e:  # as _monitor_over for one row: NaN, tripped, not ran
+                self._monitor_failed(m, e, 0, row_errors)
+                nan = float("nan")
+                for key in keys:
+                    signals[key] = SignalBatch(np.full(1, nan), nan, np.ones(1, bool))
+                    ran[key] = np.zeros(1, bool)
+                continue
+            for sig, key in zip(sigs, keys, strict=True):
+                signals[key] = out[sig]
+                ran[key] = None
+        if row_errors:
+            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
+        plan = self.plan
+        names = plan.signal_names
+        if names:
+            column = [signals[k] for k in names]
+            values = np.array([sb.values for sb in column], dtype=np.float64).T  # [1, S]
+            trips = np.array([sb.tripped for sb in column], dtype=bool).T
+            thresholds = np.array([sb.threshold for sb in column], dtype=np.float64)
+            row = batch_row(
+                batch,
+                dict(zip(names, values[0].tolist(), strict=True)),
+                dict(zip(names, trips[0].tolist(), strict=True)),
+            )
+        else:
+            values, trips, thresholds = np.zeros((1, 0)), np.zeros((1, 0), bool), np.zeros(0)
+            row = batch_row(batch)
+        rule = 0
+        assert self._scalar_rules is not None  # (self._one_row)
+        for k, holds in enumerate(self._scalar_rules):
+            if holds(row):
+                rule = k + 1
+                break
+        if plan.rule_verdicts[rule] != _ALLOW:
+            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
+        cd = ColumnDecisions(
+            agent_id=batch.agent_id,
+            config_version=self.config_version,
+            batch_id=batch_id or new_decision_id(),
+            batch=batch,
+            verdicts=np.full(1, _ALLOW, np.int8),
+            actions=batch.actions,
+            has_action=np.ones(1, dtype=bool),
+            rules=np.full(1, rule, np.int32),
+            fallbacks=np.zeros(1, dtype=np.int32),
+            signal_names=names,
+            values=values,
+            thresholds=thresholds,
+            tripped=trips,
+            ran=None,
+            rule_names=plan.rule_names,
+            rule_reasons=plan.rule_reasons,
+            fallback_names=plan.fallback_names,
+        )
+        if self.config.shadow:
+            _shadow_columns(cd, invalid)
+        if self.after_decide:
+            self._tell_executed(batch, cd.actions)
+        return cd
+
+    def _decide_signals(
+        self,
+        batch: Batch,
+        batch_id: str | None,
+        times: StageTimes | None,
+        invalid: np.ndarray,
+        signals: dict[str, SignalBatch],
+        ran: dict[str, np.ndarray | None],
+        row_errors: dict[int, list[tuple[str, str]]],
+    ) -> ColumnDecisions:
+        """The rest of :meth:`decide_columns` once the monitors have run: policy, fallbacks, shadow."""
         n = len(batch)
         plan = self.plan
         actions = batch.actions
-        # 1. Monitors, each over the whole batch. A row whose action is outside the space reaches
-        #    only the monitors defined there (action_space); the policy decides it from those.
-        invalid = self.spaces.action.invalid(actions)
-        signals, ran, row_errors = self._run_monitors(batch, invalid, times)
         policy_start = time_ns() if times is not None else 0
 
         # 2. Signals as [n, S] columns, then the policy: vectorized rules over the batch, CEL per row.
@@ -629,11 +731,7 @@ class AgentRuntime:
         ran: dict[str, np.ndarray | None] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for m in self.monitors:
-            known = self._monitor_keys.get(m)
-            if known is None:
-                sig_names = list(m.signal_names)
-                known = self._monitor_keys[m] = (sig_names, [f"{m.name}.{s}" for s in sig_names])
-            sigs, keys = known
+            sigs, keys = self._keys(m)
             rows = all_rows if m.accepts_invalid_actions else valid_rows
             start = time_ns() if times is not None else 0
             out, done = self._monitor_over(m, batch, rows, row_errors, sigs)
@@ -643,6 +741,14 @@ class AgentRuntime:
                 signals[key] = out[sig]
                 ran[key] = done
         return signals, ran, row_errors
+
+    def _keys(self, m: Monitor) -> tuple[list[str], list[str]]:
+        """Monitor ``m``'s signal names and their ``"<monitor>.<signal>"`` keys (cached)."""
+        known = self._monitor_keys.get(m)
+        if known is None:
+            sig_names = list(m.signal_names)
+            known = self._monitor_keys[m] = (sig_names, [f"{m.name}.{s}" for s in sig_names])
+        return known
 
     def _monitor_over(
         self,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from interlock.batch import Batch, SignalBatch
 from interlock.monitors.base import Monitor
 from interlock.policies.cel import CelEvalError, CelPredicate, make_env
-from interlock.policies.vectorized import batch_columns, compile_vectorized
+from interlock.policies.vectorized import Row, batch_columns, batch_row, compile_vectorized
 
 
 class RulesMonitor(Monitor):
@@ -36,12 +39,29 @@ class RulesMonitor(Monitor):
             key: compile_vectorized(p.source, p, obs_size, spaces.action.discrete, None)
             for key, p in self._constraints.items()
         }
+        #: Every constraint's scalar form, for one-row batches (None: some constraint has none).
+        scalar = [(key, v.scalar if v is not None else None) for key, v in self._vectorized.items()]
+        self._scalar: list[tuple[str, Callable[[Row], Any]]] | None = (
+            [(key, f) for key, f in scalar if f is not None] if all(f for _, f in scalar) else None
+        )
+
+    def _check_one(self, batch: Batch) -> dict[str, SignalBatch]:
+        """:meth:`check` of a one-row batch through the constraints' scalar forms (same answers)."""
+        row = batch_row(batch)
+        out: dict[str, SignalBatch] = {}
+        assert self._scalar is not None  # check() calls this only then
+        for key, holds in self._scalar:
+            h = bool(holds(row))
+            out[key] = SignalBatch(np.array([0.0 if h else 1.0]), 0.5, np.array([not h]))
+        return out
 
     @property
     def signal_names(self) -> list[str]:
         return list(self._constraints)
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        if len(batch) == 1 and self._scalar is not None:
+            return self._check_one(batch)
         out: dict[str, SignalBatch] = {}
         cols = batch_columns(batch)
         with np.errstate(all="ignore"):  # entered once for every vectorized constraint

@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from interlock.policies.cel import CelEvalError
-from interlock.policies.cel_numpy import Columns, NumpyCondition, Scope, compile_checked, probe_columns
+from interlock.policies.cel_numpy import Columns, NumpyCondition, Row, Scope, compile_checked, probe_columns
 
 __all__ = [
     "Columns",
+    "Row",
     "VectorizedCondition",
     "batch_columns",
+    "batch_row",
     "compile_vectorized",
     "first_rules",
     "probe_rows",
@@ -121,6 +123,27 @@ def batch_columns(
     if signals is None:
         return cached
     return Columns(cached.n, cached.obs, cached.action, cached.step, signals, tripped or {}, episode)
+
+
+def batch_row(
+    batch,
+    signals: Mapping[str, float] | None = None,
+    tripped: Mapping[str, bool] | None = None,
+) -> Row:
+    """Row 0 of a one-row :class:`~interlock.monitors.base.Batch` as plain Python values: what
+    :func:`batch_columns` holds for that row (observation flattened to float64, as in CEL)."""
+    cached: Row | None = batch.__dict__.get("_row")
+    if cached is None:
+        acts = batch.actions
+        cached = Row(
+            obs=batch.observations.reshape(-1).astype(np.float64).tolist(),
+            action=int(acts[0]) if acts.ndim == 1 and acts.dtype.kind in "iu" else None,
+            step=int(batch.steps[0]),
+        )
+        batch.__dict__["_row"] = cached
+    if signals is None:
+        return cached
+    return Row(cached.obs, cached.action, cached.step, signals, tripped or {})
 
 
 def first_rules(
