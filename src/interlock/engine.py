@@ -520,26 +520,30 @@ class AgentRuntime:
             return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
         plan = self.plan
         names = plan.signal_names
-        if names:
-            column = [signals[k] for k in names]
-            values = np.array([sb.values for sb in column], dtype=np.float64).T  # [1, S]
-            trips = np.array([sb.tripped for sb in column], dtype=bool).T
-            thresholds = np.array([sb.threshold for sb in column], dtype=np.float64)
-            row = batch_row(
-                batch,
-                dict(zip(names, values[0].tolist(), strict=True)),
-                dict(zip(names, trips[0].tolist(), strict=True)),
-            )
-        else:
-            values, trips, thresholds = np.zeros((1, 0)), np.zeros((1, 0), bool), np.zeros(0)
-            row = batch_row(batch)
-        rule = 0
-        assert self._scalar_rules is not None  # (self._one_row)
-        for k, holds in enumerate(self._scalar_rules):
-            if holds(row):
-                rule = k + 1
-                break
-        if plan.rule_verdicts[rule] != _ALLOW:
+        try:  # anything unforeseen here: the general path decides the row (and fails it closed)
+            if names:
+                column = [signals[k] for k in names]
+                values = np.array([sb.values for sb in column], dtype=np.float64).T  # [1, S]
+                trips = np.array([sb.tripped for sb in column], dtype=bool).T
+                thresholds = np.array([sb.threshold for sb in column], dtype=np.float64)
+                row = batch_row(
+                    batch,
+                    dict(zip(names, values[0].tolist(), strict=True)),
+                    dict(zip(names, trips[0].tolist(), strict=True)),
+                )
+            else:
+                values, trips, thresholds = np.zeros((1, 0)), np.zeros((1, 0), bool), np.zeros(0)
+                row = batch_row(batch)
+            rule = 0
+            assert self._scalar_rules is not None  # (self._one_row)
+            for k, holds in enumerate(self._scalar_rules):
+                if holds(row):
+                    rule = k + 1
+                    break
+            allowed = plan.rule_verdicts[rule] == _ALLOW
+        except Exception:
+            allowed = False
+        if not allowed:
             return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
         cd = ColumnDecisions(
             agent_id=batch.agent_id,

@@ -1,0 +1,246 @@
+"""The one-row path of the engine decides exactly as the general (batch) path.
+
+``AgentRuntime.decide_columns`` answers a batch of one row through ``_decide_one``: the monitors
+as usual, the policy's rules through their scalar forms, an ALLOW built directly; any other row
+continues on the general path from the monitors' signals. Here both paths decide the same
+random rows (valid and invalid actions, observations far outside the training data, NaN
+observations where the config accepts them) on real configs with real ONNX models: the CartPole
+example (two uncertainty ensembles, rules, a quantilizer and an ONNX backup policy) and the
+``bench perf`` scenario (a Q ensemble and a reachability rollout through a dynamics ensemble),
+in normal and shadow mode, with an escalation rule, with fail_mode closed and open, and with a
+monitor or a rule that raises. The general path is forced by turning the one-row path off on a
+second Guard of the same config.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from interlock.batch import Batch, SignalBatch
+from interlock.config import LoadedConfig, parse_config
+from interlock.engine import Guard
+from interlock.monitors.base import Monitor
+from interlock.policies.cel_numpy import Row, Scope, compile_numpy, probe_columns
+from interlock.types import CheckInput, Decision
+
+ROOT = Path(__file__).resolve().parents[1]
+CARTPOLE = ROOT / "examples" / "cartpole"
+ROWS = 160
+
+
+def _cartpole_raw() -> dict[str, Any]:
+    raw = yaml.safe_load((CARTPOLE / "interlock.yaml").read_text())
+    raw["onnx"]["providers"] = ["CPUExecutionProvider"]
+    raw["server"]["metrics_port"] = None
+    return raw
+
+
+def _guards(raw: dict[str, Any], base: Path) -> tuple[Guard, Guard]:
+    """The same config twice: the first Guard takes the one-row path, the second never does."""
+    guards = []
+    for _ in range(2):
+        cfg = parse_config(copy.deepcopy(raw), source="test.yaml")
+        guards.append(Guard(LoadedConfig(cfg, base, "test-1", "test.yaml")).load())
+    fast, general = guards
+    assert all(a._one_row for a in fast.agents), "the config should take the one-row path"
+    for a in general.agents:
+        a._one_row = False
+    return fast, general
+
+
+def _rows(obs_dim: int, n_actions: int, seed: int, nan: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``[ROWS, obs_dim]`` float32 observations at several scales (some NaN when ``nan``) and ``[ROWS]``
+    int64 actions, about one in eight outside ``0 .. n_actions - 1``."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([0.01, 0.05, 0.3, 1.0, 5.0], size=(ROWS, 1))
+    obs = (rng.standard_normal((ROWS, obs_dim)) * scale).astype(np.float32)
+    if nan:
+        obs[rng.random(ROWS) < 0.1, rng.integers(0, obs_dim)] = np.nan
+    actions = rng.integers(0, n_actions, ROWS)
+    bad = rng.random(ROWS) < 0.12
+    actions[bad] = rng.choice([-1, n_actions, 7], bad.sum())
+    return obs, actions.astype(np.int64)
+
+
+def _same(a: Decision, b: Decision) -> None:
+    assert (a.verdict, a.rule, a.fallback, a.reasons, a.errors, a.escalation_id) == (
+        b.verdict,
+        b.rule,
+        b.fallback,
+        b.reasons,
+        b.errors,
+        b.escalation_id,
+    )
+    assert (a.agent_id, a.episode_id, a.step, a.labels, a.config_version, a.shadow_verdict) == (
+        b.agent_id,
+        b.episode_id,
+        b.step,
+        b.labels,
+        b.config_version,
+        b.shadow_verdict,
+    )
+    assert (a.action is None) == (b.action is None)
+    if a.action is not None:
+        assert np.array_equal(a.action, b.action) and a.action.dtype == b.action.dtype
+    assert np.array_equal(a.proposed_action, b.proposed_action)
+    assert [(s[0], s[3]) for s in a.signals] == [(s[0], s[3]) for s in b.signals]
+    for got, want in ((1, 1), (2, 2)):
+        x = np.array([s[got] for s in a.signals], np.float64)
+        y = np.array([s[want] for s in b.signals], np.float64)
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, equal_nan=True)
+
+
+def _compare(fast: Guard, general: Guard, agent: str, obs: np.ndarray, actions: np.ndarray) -> list[str]:
+    """Decide every row alone on both guards, through CheckColumns' and Check's entry points;
+    returns the verdict names."""
+    verdicts = []
+    for i in range(len(obs)):
+        o, a = obs[i : i + 1], actions[i : i + 1]
+        cols = [g.check_columns(agent, o, a, [f"ep-{i % 3}"], [i]) for g in (fast, general)]
+        assert len(cols[0].unchecked) == len(cols[1].unchecked)
+        if cols[0].unchecked:  # a NaN observation the config rejects: not decided on either path
+            continue
+        _same(cols[0].decision(0), cols[1].decision(0))
+        np.testing.assert_array_equal(cols[0].values, cols[1].values)
+        item = CheckInput(agent, obs[i], actions[i], f"ep-{i % 3}", i, {"row": str(i)})
+        [d_fast], [d_general] = (g.check([item]) for g in (fast, general))
+        _same(d_fast, d_general)
+        verdicts.append(d_fast.verdict.name)
+    return verdicts
+
+
+def _cartpole_variant(name: str) -> dict[str, Any]:
+    raw = _cartpole_raw()
+    agent = raw["agents"][0]
+    if name == "shadow":
+        agent["shadow"] = True
+    elif name == "escalation":
+        agent["policy"]["rules"].insert(
+            1,
+            {
+                "name": "fast_cart",
+                "when": "math.abs(obs[1]) > 1.0 && !tripped.action_space.invalid",
+                "verdict": "escalate",
+                "fallback": "backup",
+            },
+        )
+    elif name == "fail_open_nan":
+        agent["fail_mode"] = "open"
+        agent["observation"]["allow_nonfinite"] = True
+    elif name == "default_halt":  # an explicit allow rule decides most rows; the rest halt
+        agent["policy"]["rules"].append(
+            {"name": "calm", "when": "signals.q_doubt.q_std_ratio < 3.0 && step >= 0", "verdict": "allow"}
+        )
+        agent["policy"]["default"] = "halt"
+    return raw
+
+
+@pytest.mark.parametrize("variant", ["plain", "shadow", "escalation", "fail_open_nan", "default_halt"])
+def test_cartpole_one_row_path_decides_as_the_general_path(variant):
+    fast, general = _guards(_cartpole_variant(variant), CARTPOLE)
+    obs, actions = _rows(4, 2, seed=11, nan=variant == "fail_open_nan")
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    assert len(verdicts) == ROWS
+    assert "ALLOW" in verdicts and "SUBSTITUTE" in verdicts  # both kinds of rows were compared
+    if variant == "escalation":
+        assert "ESCALATE" in verdicts
+    if variant == "default_halt":
+        assert "HALT" in verdicts
+
+
+def test_bench_scenario_one_row_path_decides_as_the_general_path(tmp_path):
+    from interlock.bench.perf import scenario
+
+    scn = scenario.build(tmp_path)
+    raw = yaml.safe_load(scn.config_path.read_text())
+    fast, general = _guards(raw, tmp_path)
+    obs, actions = _rows(scenario.OBS_DIM, scenario.N_ACTIONS, seed=5, nan=False)
+    obs[: ROWS // 2] = scn.observations[: ROWS // 2]  # half the benchmark's own rows
+    verdicts = _compare(fast, general, scenario.AGENT_ID, obs, actions)
+    assert {"ALLOW", "SUBSTITUTE"} <= set(verdicts)
+
+
+class _Brittle(Monitor):
+    """A monitor that raises on rows whose cart position is beyond 0.5 (a buggy plugin)."""
+
+    @property
+    def signal_names(self) -> list[str]:
+        return ["ok"]
+
+    def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        if (np.abs(batch.observations[:, 0]) > 0.5).any():
+            raise RuntimeError("cannot handle this cart position")
+        return {"ok": SignalBatch.above(np.zeros(len(batch)), 0.5)}
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_monitor_raising_fails_the_row_as_on_the_general_path(fail_mode):
+    raw = _cartpole_raw()
+    raw["agents"][0]["fail_mode"] = fail_mode
+    fast, general = _guards(raw, CARTPOLE)
+    for g in (fast, general):
+        rt = g.agent("cartpole")
+        rt.monitors.append(_Brittle("brittle", rt.spaces, g.runtime))
+    obs, actions = _rows(4, 2, seed=3, nan=False)
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    failed = [fast.check([CheckInput("cartpole", o, a)])[0] for o, a in zip(obs, actions, strict=True)]
+    hit = [d for d in failed if "monitor:brittle" in d.errors]
+    assert hit and len(hit) < ROWS
+    if fail_mode == "closed":  # the fail-safe (the backup policy) replaces the action
+        assert {d.verdict.name for d in hit} == {"SUBSTITUTE"} and {d.fallback for d in hit} == {"backup"}
+    else:
+        assert any(d.verdict.name == "ALLOW" for d in hit)
+    assert "ALLOW" in verdicts
+
+
+def test_an_exception_in_the_one_row_policy_continues_on_the_general_path():
+    fast, general = _guards(_cartpole_raw(), CARTPOLE)
+    rt = fast.agent("cartpole")
+    assert rt._scalar_rules is not None
+
+    def broken(row: Row) -> bool:
+        raise ZeroDivisionError("a scalar form that raises")
+
+    rt._scalar_rules = [broken, *rt._scalar_rules[1:]]
+    obs, actions = _rows(4, 2, seed=8, nan=False)
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    assert "ALLOW" in verdicts
+
+
+def test_a_rule_only_cel_can_evaluate_keeps_the_general_path():
+    raw = _cartpole_raw()
+    raw["agents"][0]["policy"]["rules"].append(
+        {"name": "labelled", "when": "labels['mode'] == 'manual'", "verdict": "halt"}
+    )
+    cfg = parse_config(raw, source="test.yaml")
+    guard = Guard(LoadedConfig(cfg, CARTPOLE, "test-1", "test.yaml")).load()
+    assert guard.agent("cartpole")._one_row is False
+    item = CheckInput("cartpole", np.zeros(4, np.float32), np.int64(0), labels={"mode": "manual"})
+    [d] = guard.check([item])
+    assert d.verdict.name == "HALT" and d.rule == "labelled"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "math.abs(obs[2]) < 0.1 && obs[0] / obs[1] >= -2.0",
+        "tripped.m.a || signals.m.b * 2.0 - obs[3] > 0.5",
+        "!(action == 1) && step > 2.5",
+        "-obs[0] <= 1e-3 || signals.m.b / 0.0 > 1.0",
+    ],
+)
+def test_scalar_forms_give_the_numpy_answer_on_every_probe_row(source):
+    scope = Scope(4, action=True, step=True, signals=("m.a", "m.b"))
+    cond = compile_numpy(source, scope)
+    assert cond is not None and cond.scalar is not None
+    cols = probe_columns(scope, 4000, seed=len(source))
+    want = cond(cols)
+    got = np.array([bool(cond.scalar(cols.row(i))) for i in range(cols.n)])
+    np.testing.assert_array_equal(got, want)
+    assert 0 < want.sum() < cols.n
