@@ -177,4 +177,7 @@ class SignalBatch(NamedTuple):
     def above(cls, values: np.ndarray, threshold: float) -> SignalBatch:
         """Tripped where ``values > threshold`` (NaN counts as tripped: fail closed)."""
         v = np.asarray(values, dtype=np.float64)
-        return cls(v, float(threshold), ~(v <= threshold))
+        t = float(threshold)
+        if v.shape == (1,):  # one row: one Python comparison instead of two ufunc calls
+            return cls(v, t, np.array([not v[0] <= t]))
+        return cls(v, t, ~(v <= t))

@@ -57,6 +57,10 @@ _ALLOW, _SUBSTITUTE, _ESCALATE, _HALT = (int(v) for v in Verdict)
 #: int -> Verdict without the enum's call machinery (Decision building, once per row).
 _VERDICT_BY_INT = {int(v): v for v in Verdict}
 _DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is halt"
+#: Templates of a one-row ALLOW's columns (copied: a ColumnDecisions owns and may edit its columns).
+_ONE_ALLOW = np.full(1, _ALLOW, np.int8)
+_ONE_TRUE = np.ones(1, bool)
+_ONE_ZERO = np.zeros(1, np.int32)
 
 
 @dataclass
@@ -462,7 +466,9 @@ class AgentRuntime:
             episode_ids=[it.episode_id for it in items],
             labels=[it.labels for it in items],
         )
-        decisions = self.decide_columns(batch, times=times).decisions([new_decision_id() for _ in range(n)])
+        ids = [new_decision_id() for _ in range(n)]
+        # The first row's id doubles as the batch id (which only CheckColumns' answers show).
+        decisions = self.decide_columns(batch, ids[0], times=times).decisions(ids)
         for d, it in zip(decisions, items, strict=True):  # one config agent, ids as sent (globs)
             d.agent_id = it.agent_id
         if times is not None:
@@ -550,11 +556,11 @@ class AgentRuntime:
             config_version=self.config_version,
             batch_id=batch_id or new_decision_id(),
             batch=batch,
-            verdicts=np.full(1, _ALLOW, np.int8),
+            verdicts=_ONE_ALLOW.copy(),
             actions=batch.actions,
-            has_action=np.ones(1, dtype=bool),
-            rules=np.full(1, rule, np.int32),
-            fallbacks=np.zeros(1, dtype=np.int32),
+            has_action=_ONE_TRUE.copy(),
+            rules=np.array([rule], np.int32),
+            fallbacks=_ONE_ZERO.copy(),
             signal_names=names,
             values=values,
             thresholds=thresholds,

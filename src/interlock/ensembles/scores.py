@@ -51,6 +51,8 @@ def q_scores(q: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         (inf when every action has the same mean value).
     """
     q = np.asarray(q, np.float64)
+    if q.shape[1] == 1:
+        return _q_scores_one(q, int(np.asarray(actions).reshape(-1)[0]))
     rows = np.arange(q.shape[1])
     qa = q[:, rows, np.asarray(actions, np.int64)]  # [K, batch]
     q_std = member_std(qa)
@@ -59,6 +61,16 @@ def q_scores(q: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(spread > 0, q_std / np.where(spread > 0, spread, 1.0), np.inf)
     return {"q_std": q_std, "q_std_ratio": ratio}
+
+
+def _q_scores_one(q: np.ndarray, action: int) -> dict[str, np.ndarray]:
+    """:func:`q_scores` of one row (``q`` ``[K, 1, n_actions]`` float64), bit for bit: the same numpy
+    steps on the same ``[K, 1]`` and ``[1, n]`` shapes, the ratio's branch in Python."""
+    q_std = member_std(q[:, :, action])  # [K, 1] view: the same reduction as the gathered copy
+    mean = member_mean(q)  # [1, n]
+    spread = float(np.maximum.reduce(mean, 1)[0] - np.minimum.reduce(mean, 1)[0])
+    ratio = float(q_std[0]) / spread if spread > 0 else np.inf  # IEEE division, as numpy's
+    return {"q_std": q_std, "q_std_ratio": np.array([ratio])}
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

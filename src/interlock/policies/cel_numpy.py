@@ -160,7 +160,7 @@ class Scope:
     where: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One row as a compiled condition's scalar form reads it (plain Python values, as in CEL).
 

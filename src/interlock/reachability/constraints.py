@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from interlock.policies.cel import CelEvalError, CelPredicate, T, cel, ext_math
-from interlock.policies.cel_numpy import Columns, NumpyCondition, Scope, compile_checked
+from interlock.policies.cel_numpy import Columns, NumpyCondition, Row, Scope, compile_checked
 
 
 def obs_env():
@@ -47,6 +47,9 @@ class BatchedCondition:
     """
 
     PROBES = 256
+    #: Up to this many states (a rollout of one row: one per member), the scalar form is evaluated
+    #: state by state: cheaper than numpy's fixed cost per operation, and the same answers.
+    SCALAR_ROWS = 16
 
     def __init__(self, source: str, obs_dim: int, where: str) -> None:
         self.source = source
@@ -72,4 +75,7 @@ class BatchedCondition:
         x = np.asarray(states, dtype=np.float64).reshape(len(states), -1)
         if self.vectorized is None:
             return self._rows(x)
+        scalar = self.vectorized.scalar
+        if scalar is not None and len(x) <= self.SCALAR_ROWS:
+            return np.array([bool(scalar(Row(r))) for r in x.tolist()], dtype=bool)
         return self.vectorized(Columns(len(x), x))

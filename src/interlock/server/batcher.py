@@ -9,7 +9,8 @@ latency) when requests arrive further apart than ``max_delay_ms`` on average
 (an exponentially weighted mean of the gaps), or when the last two batches
 that waited found nobody (a lone agent in a closed loop: it sends its next
 request only after this answer); every 64th batch waits again to notice new
-company. Configure with::
+company. For such a lone agent a request is decided at once, in its own call
+(no future, no event-loop turn). Configure with::
 
     server:
       batching: {max_batch: 64, max_delay_ms: 0.5}
@@ -76,17 +77,41 @@ class MicroBatcher:
             # Mean gap between arrivals (exponentially weighted): is anyone likely to join a batch?
             self._gap += 0.1 * (min(now - self._last_arrival, 1.0) - self._gap)
         self._last_arrival = now
+        if self._timer is None and not self._pending:  # this request opens a batch
+            self._opened += 1
+            company = self._lonely < 2 or self._opened % 64 == 0
+            if self._gap < self.max_delay and company and self.max_batch > 1:
+                fut = loop.create_future()
+                self._pending.append((item, fut))
+                self._timer = loop.call_later(self.max_delay, self._flush, True)
+                return await fut
+            if self._lonely >= 2:
+                # A lone agent in a closed loop (the last two waits found nobody): decide it now,
+                # as a batch of one, without a future and a turn of the event loop.
+                return self._alone(item)
+            # Arrivals are far apart: cut at the end of this loop turn (requests delivered in
+            # the same turn still join).
+            self._timer = loop.call_soon(self._flush)
         fut = loop.create_future()
         self._pending.append((item, fut))
         if len(self._pending) >= self.max_batch:
             self._flush()
-        elif self._timer is None:
-            self._opened += 1
-            if self._gap < self.max_delay and (self._lonely < 2 or self._opened % 64 == 0):
-                self._timer = loop.call_later(self.max_delay, self._flush, True)
-            else:  # nobody is likely to join: do not make this request wait for company
-                self._timer = loop.call_soon(self._flush)
         return await fut
+
+    def _alone(self, item: CheckInput) -> Decision:
+        """:meth:`_flush` of a batch holding only ``item``, answered directly."""
+        self.batches += 1
+        self.requests += 1
+        guard = self._guard()
+        result: Decision | BaseException
+        try:
+            result = guard.check_each([item], StageTimes() if self.timed else None)[0]
+        except Exception:
+            log.exception("batched check of 1 request failed; deciding it again alone")
+            result = self._one(guard, item, self.timed)
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _flush(self, waited: bool = False) -> None:
         if self._timer is not None:
