@@ -244,3 +244,69 @@ def test_scalar_forms_give_the_numpy_answer_on_every_probe_row(source):
     got = np.array([bool(cond.scalar(cols.row(i))) for i in range(cols.n)])
     np.testing.assert_array_equal(got, want)
     assert 0 < want.sum() < cols.n
+
+
+@pytest.mark.parametrize("config", ["cartpole", "bench"])
+def test_a_row_alone_gets_the_signals_and_verdict_it_gets_inside_a_batch(config, tmp_path):
+    """Monitors have one-row shortcuts too (scalar constraints, the Q-ensemble scores of one row,
+    one comparison per threshold); a row decided alone matches the same row decided in a batch.
+
+    ONNX Runtime's float32 kernels round differently by batch size (relative differences of about
+    1e-6 in the ensembles' outputs, which a q_std_ratio over a tiny spread magnifies), so only the
+    verdicts, rules and tripped flags are compared here; the shortcuts themselves are compared
+    exactly below, on the same inputs."""
+    if config == "cartpole":
+        raw, base, agent, dims = _cartpole_raw(), CARTPOLE, "cartpole", (4, 2)
+    else:
+        from interlock.bench.perf import scenario
+
+        scn = scenario.build(tmp_path)
+        raw, base, agent = yaml.safe_load(scn.config_path.read_text()), tmp_path, scenario.AGENT_ID
+        dims = (scenario.OBS_DIM, scenario.N_ACTIONS)
+    guard, _ = _guards(raw, base)
+    obs, actions = _rows(*dims, seed=21, nan=False)
+    together = guard.check_columns(agent, obs, actions)
+    verdicts = set()
+    for i in range(ROWS):
+        alone = guard.check_columns(agent, obs[i : i + 1], actions[i : i + 1])
+        assert (alone.verdicts[0], alone.rules[0]) == (together.verdicts[i], together.rules[i])
+        np.testing.assert_array_equal(alone.tripped[0], together.tripped[i])
+        verdicts.add(int(alone.verdicts[0]))
+    assert len(verdicts) >= 2
+
+
+def test_one_row_shortcuts_of_the_monitors_equal_their_batch_forms_exactly(tmp_path):
+    from interlock.bench.perf import scenario
+    from interlock.ensembles.scores import q_scores
+
+    scn = scenario.build(tmp_path)
+    guard, _ = _guards(yaml.safe_load(scn.config_path.read_text()), tmp_path)
+    rt = guard.agent(scenario.AGENT_ID)
+    uncertainty, recover, limits = rt.monitors[0], rt.monitors[2], rt.monitors[3]
+    obs, actions = _rows(scenario.OBS_DIM, scenario.N_ACTIONS, seed=4, nan=False)
+    actions = np.clip(actions, 0, scenario.N_ACTIONS - 1)
+    q = uncertainty.model.run(obs)  # [K, ROWS, n_actions], one real ensemble run
+    q[:, ::11] = q[:, ::11, :1]  # some rows with every action worth the same (ratio inf)
+    q[:, 5::13] = np.nan  # and some a broken model answers with NaN (tripped: fail closed)
+    batch = q_scores(q, actions)
+    batch_above = {k: SignalBatch.above(v, 1.0) for k, v in batch.items()}
+    for i in range(ROWS):
+        one = q_scores(q[:, i : i + 1], actions[i : i + 1])
+        for key in ("q_std", "q_std_ratio"):
+            np.testing.assert_array_equal(one[key], batch[key][i : i + 1])
+            above = SignalBatch.above(one[key], 1.0)
+            np.testing.assert_array_equal(above.tripped, batch_above[key].tripped[i : i + 1])
+    assert np.isinf(batch["q_std_ratio"][::11]).all()
+    states = obs.astype(np.float64)
+    states[::7] = np.nan  # NaN states reach the constraints (they must fail them)
+    for cond in [*recover.engine.constraints, recover.engine.safe_set]:
+        assert cond.vectorized is not None and cond.vectorized.scalar is not None
+        whole = cond(states)  # numpy form (more than SCALAR_ROWS states)
+        parts = np.concatenate([cond(states[k : k + 5]) for k in range(0, ROWS, 5)])  # scalar form
+        np.testing.assert_array_equal(parts, whole)
+        assert not whole[::7].any()
+    full = limits.check(Batch(scenario.AGENT_ID, obs, actions, np.arange(ROWS)))
+    for i in range(ROWS):
+        one = limits.check(Batch(scenario.AGENT_ID, obs[i : i + 1], actions[i : i + 1], np.array([i])))
+        for key, sb in one.items():
+            assert (sb.values[0], sb.tripped[0]) == (full[key].values[i], full[key].tripped[i])
