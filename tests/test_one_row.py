@@ -305,8 +305,15 @@ def test_one_row_shortcuts_of_the_monitors_equal_their_batch_forms_exactly(tmp_p
         parts = np.concatenate([cond(states[k : k + 5]) for k in range(0, ROWS, 5)])  # scalar form
         np.testing.assert_array_equal(parts, whole)
         assert not whole[::7].any()
-    full = limits.check(Batch(scenario.AGENT_ID, obs, actions, np.arange(ROWS)))
-    for i in range(ROWS):
-        one = limits.check(Batch(scenario.AGENT_ID, obs[i : i + 1], actions[i : i + 1], np.array([i])))
-        for key, sb in one.items():
-            assert (sb.values[0], sb.tripped[0]) == (full[key].values[i], full[key].tripped[i])
+    ok, safe = recover.engine.checks(states[:5])  # a rollout's states of one row, state by state
+    assert safe is not None
+    np.testing.assert_array_equal(ok, recover.engine._ok(states[:5]))
+    np.testing.assert_array_equal(safe, recover.engine.safe_set(states[:5]))
+    proposed = np.array([-3, -1, 0, 1, 2, 3, 4, 7, 2**40], np.int64)  # inside and outside the space
+    for monitor, acts in ((limits, actions), (rt.monitors[1], np.resize(proposed, ROWS))):
+        full = monitor.check(Batch(scenario.AGENT_ID, obs, acts, np.arange(ROWS)))
+        for i in range(ROWS):
+            one = monitor.check(Batch(scenario.AGENT_ID, obs[i : i + 1], acts[i : i + 1], np.array([i])))
+            for key, sb in one.items():
+                assert sb.threshold == full[key].threshold
+                assert (sb.values[0], sb.tripped[0]) == (full[key].values[i], full[key].tripped[i])

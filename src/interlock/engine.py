@@ -427,9 +427,12 @@ class AgentRuntime:
                     else f"box actions are {act_space.dtype.name}"
                 )
             )
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: flagged below / masked
-            o = o.astype(obs_space.dtype, copy=False)
-            a = a.reshape(want).astype(act_space.dtype, copy=False)
+        if o.dtype != obs_space.dtype or a.dtype != act_space.dtype:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes Inf: flagged below / masked
+                o = o.astype(obs_space.dtype, copy=False)
+                a = a.astype(act_space.dtype, copy=False)
+        if a.shape != want:
+            a = a.reshape(want)
         bad: dict[int, InvalidRequest] = {}
         if o.dtype.kind == "f" and not obs_space.allow_nonfinite:
             finite = np.isfinite(o.reshape(n, -1)).all(axis=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from interlock.batch import Batch, SignalBatch
 from interlock.monitors.base import Monitor
 
@@ -21,6 +23,14 @@ class ActionSpaceMonitor(Monitor):
         return ["invalid", "distance"]
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
-        distance = self.spaces.action.distance(batch.actions)
+        space = self.spaces.action
+        acts = batch.actions
+        if space.discrete and acts.size == 1 and acts.dtype.kind in "iu":  # one row: in plain Python
+            inside = 0 <= int(acts.reshape(-1)[0]) < space.n
+            return {
+                "invalid": SignalBatch(np.array([0.0 if inside else 1.0]), 0.5, np.array([not inside])),
+                "distance": SignalBatch(np.array([0.0 if inside else np.inf]), 0.0, np.array([not inside])),
+            }
+        distance = space.distance(acts)
         invalid = (distance > 0).astype("float64")
         return {"invalid": SignalBatch.above(invalid, 0.5), "distance": SignalBatch.above(distance, 0.0)}

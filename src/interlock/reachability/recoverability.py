@@ -26,13 +26,16 @@ per-row correction ``bias [N, d]`` (the episode's observed model residuals).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from interlock.errors import ConfigError
+from interlock.policies.cel_numpy import Row
 from interlock.reachability.constraints import BatchedCondition
 from interlock.spaces import ActionSpace
 
@@ -441,12 +444,36 @@ class Recoverability:
         self.constraints = constraints
         self.safe_set = safe_set
         self.horizon = horizon
+        # The scalar forms of every condition (None: some condition has none), for a few states.
+        forms = [getattr(getattr(c, "vectorized", None), "scalar", None) for c in constraints]
+        safe = getattr(getattr(safe_set, "vectorized", None), "scalar", None)
+        self._scalar: tuple[list[Callable[[Row], Any]], Callable[[Row], Any] | None] | None = (
+            ([f for f in forms if f is not None], safe)
+            if all(f is not None for f in forms) and (safe_set is None or safe is not None)
+            else None
+        )
 
     def _ok(self, flat: np.ndarray) -> np.ndarray:
         ok = np.isfinite(flat).all(axis=1)
         for c in self.constraints:
             ok &= c(flat)
         return ok
+
+    def checks(self, states: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Where ``[M, d]`` states keep every constraint (finite too) and where they are in the safe
+        set (None without one): ``[M]`` bool each. Up to ``BatchedCondition.SCALAR_ROWS`` states
+        (a rollout of one row) go state by state through the conditions' scalar forms, with the
+        same answers as the numpy forms."""
+        if self._scalar is not None and len(states) <= BatchedCondition.SCALAR_ROWS:
+            conds, safe = self._scalar
+            ok, reach = [], []
+            for values in states.tolist():
+                row = Row(values)
+                ok.append(all(map(math.isfinite, values)) and all(c(row) for c in conds))
+                if safe is not None:
+                    reach.append(bool(safe(row)))
+            return np.array(ok, dtype=bool), np.array(reach, dtype=bool) if safe is not None else None
+        return self._ok(states), self.safe_set(states) if self.safe_set is not None else None
 
     def rollout(self, obs: np.ndarray, actions: np.ndarray, bias: np.ndarray | None = None) -> RolloutResult:
         """Check every row's first action.
@@ -484,13 +511,13 @@ class Recoverability:
         for t in range(1, H + 1):
             idx = np.flatnonzero(~done)
             x = flat[idx]
-            ok = self._ok(x)
+            ok, safe = self.checks(x)
             broke = idx[~ok]
             failed[broke] = True
             margin[broke] = t - 1
             done[broke] = True
-            if self.safe_set is not None:
-                done[idx[ok & self.safe_set(x)]] = True
+            if safe is not None:
+                done[idx[ok & safe]] = True
             if done.all() or t == H:
                 break
             rows = everyone if self.dynamics.per_member else np.flatnonzero(~done)
