@@ -77,6 +77,35 @@ async def test_a_lone_closed_loop_client_stops_waiting(guard):
     assert batcher.batches == 12 and batcher.waited == 2
 
 
+async def test_a_lone_agents_request_decided_at_once_keeps_errors_and_failures(guard):
+    """After two empty waits a lone agent's request is decided in its own call: a malformed one still
+    gets its own error, and an unexpected engine error is retried once and then reaches the caller
+    (the servicer answers INTERNAL), exactly as a batch of one cut by the event loop."""
+    batcher = MicroBatcher(lambda: guard, max_batch=16, max_delay_ms=20)
+    items = _inputs(5)
+    for it in items[:3]:  # the first is cut by the event loop (no history yet), the next two wait
+        await batcher.submit(it)
+    assert batcher.waited == 2 and batcher._lonely == 2
+    _same(await batcher.submit(items[4]), guard.check([items[4]])[0])
+    with pytest.raises(InvalidRequest, match="observation"):
+        await batcher.submit(CheckInput("cartpole", np.zeros(5, np.float32), np.int64(0)))
+    calls = []
+    real = guard.check_each
+
+    def broken(batch, times=None):
+        calls.append(len(batch))
+        raise RuntimeError("engine bug")
+
+    guard.check_each = broken
+    try:
+        with pytest.raises(RuntimeError, match="engine bug"):
+            await batcher.submit(items[3])
+    finally:
+        guard.check_each = real
+    assert calls == [1, 1]  # decided, then retried alone, as _flush does
+    assert batcher.batches == 6 and batcher.waited == 2
+
+
 async def test_a_bad_request_fails_alone(guard):
     items = _inputs(6)
     bad_shape = CheckInput("cartpole", np.zeros(5, np.float32), np.int64(0))
