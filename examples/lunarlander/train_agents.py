@@ -309,12 +309,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     kind = args.kind
-    timesteps = args.timesteps or {"ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000, "robust": 2_000_000}[kind]
+    default_steps = {"ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000, "robust": 2_000_000}
+    timesteps = args.timesteps or default_steps[kind]
     default_seed = {"ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000, "robust": 4_000_000}[kind]
     seed = default_seed if args.seed is None else args.seed
     if args.resume:
         seed += 1  # a continued run gets fresh env seeds
-    eval_every = args.eval_every or {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000}[kind]
+    default_every = {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000}
+    eval_every = args.eval_every or default_every[kind]
     out = args.out or HERE / f"{kind}_agent.onnx"
     t0 = time.monotonic()
 

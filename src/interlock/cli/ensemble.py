@@ -194,9 +194,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each signal's threshold to the conformal (1 - rate) quantile on a calibration split, write the "
         "thresholds file the monitor's thresholds_file names, and report the false-alarm rate measured on "
         "a held-out split (whole episodes when the data has an 'episode' array or end flags). "
-        "'transition' monitors: fit the per-dimension residual scale, the surprise threshold (per-step "
-        "rate), the CUSUM drift and the shift threshold (per-episode rate) on whole in-distribution "
-        "episodes (docs/shift.md); the data is a .npz of episodes or a rollout of --policy in --env.",
+        "'transition' monitors: fit the per-dimension residual scale (with `spread: per_action`, one per "
+        "executed discrete action and dimension, floored at the `spread_floor` quantile of the absolute "
+        "residual), the surprise threshold (per-step rate), the CUSUM drift and the shift threshold "
+        "(per-episode rate) on whole in-distribution episodes (docs/shift.md); the data is a .npz of "
+        "episodes (the agent's own discrete actions) or a rollout of --policy in --env.",
         epilog="examples: interlock calibrate --config interlock.yaml --agent cartpole --data in_dist.npz "
         "--false-alarm-rate 0.01\n  interlock calibrate --config interlock.yaml --agent cartpole --env "
         "CartPole-v1 --policy policy.onnx --episodes 200 --episode-false-alarm-rate 0.05",

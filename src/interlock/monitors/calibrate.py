@@ -234,6 +234,19 @@ def calibrate(
             "clip": tcfg.clip,
             "drift_rule": tcfg.drift_rule,
             "residual_scale": cal.residual_scale,
+            **(
+                {
+                    "spread": tcfg.spread,
+                    "spread_floor": tcfg.spread_floor,
+                    "spread_min_rows": tcfg.spread_min_rows,
+                    "residual_scale_per_action": cal.residual_scale_per_action,
+                    "spread_floor_values": cal.spread_floor_values,
+                    "rows_per_action": cal.rows_per_action,
+                }
+                if tcfg.spread == "per_action"
+                else {"spread": tcfg.spread}
+            ),
+            "scale_statistic": tcfg.scale_statistic,
             "drift": cal.drift,
             "thresholds": cal.thresholds,
             "false_alarm_rate": {"per_step": rate, "per_episode": episode_rate},
