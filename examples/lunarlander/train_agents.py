@@ -246,7 +246,7 @@ def export(model, kind: str, path: Path) -> float:
     import torch
 
     policy = model.policy.eval()
-    if kind.startswith("ppo"):
+    if kind.startswith("ppo") or kind == "robust":  # PPO policies: logits
 
         class Logits(torch.nn.Module):
             def __init__(self) -> None:
@@ -324,9 +324,9 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:6.0f}s] {msg}", flush=True)
 
     model, sel_ret, steps = train(kind, timesteps, args.max_minutes, seed, eval_every, log, args.resume)
-    diff = export(model, kind, out)
     (HERE / "data").mkdir(exist_ok=True)
-    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), for fine-tuning
+    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), before the export can fail
+    diff = export(model, kind, out)
     rets, crashes = greedy_episodes(_sb3_act(model), REPORT_SEEDS)
     summary = {
         "kind": kind,
