@@ -325,7 +325,7 @@ def main() -> None:
 
     model, sel_ret, steps = train(kind, timesteps, args.max_minutes, seed, eval_every, log, args.resume)
     (HERE / "data").mkdir(exist_ok=True)
-    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), before the export can fail
+    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), saved before the export
     diff = export(model, kind, out)
     rets, crashes = greedy_episodes(_sb3_act(model), REPORT_SEEDS)
     summary = {
