@@ -150,9 +150,11 @@ def _simplex_variant(agent: Any, variant: str) -> Any:
         raise ValueError(f"unknown Simplex variant {variant!r}: one of {', '.join(SIMPLEX_VARIANTS)}")
     monitors, fallbacks = list(agent.monitors), dict(agent.fallbacks)
     rules = [r for r in agent.policy.rules if r.name != HANDOVER]
-    fallbacks.setdefault("backup", OnnxPolicyFallbackConfig(model=BACKUP_MODEL, output="logits"))
     fail_safe = agent.fail_safe
-    if variant != "shield_h8":
+    if variant == "shield_h8":
+        fallbacks.pop("backup", None)
+    else:
+        fallbacks.setdefault("backup", OnnxPolicyFallbackConfig(model=BACKUP_MODEL, output="logits"))
         handover = DecisionRule(
             name=HANDOVER,
             when="episode.shifted",
