@@ -100,6 +100,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         env_seed=args.env_seed,
         policy_output=args.policy_output,
         progress=not args.quiet,
+        group_by=args.group_by,
     )
     print(report.summary())
     return 0
@@ -239,6 +240,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of in-distribution rows each signal may flag (default 0.01)",
     )
     cal.add_argument("--holdout", type=float, default=0.3, help="share held out to measure (default 0.3)")
+    cal.add_argument(
+        "--group-by",
+        default=None,
+        metavar="ARRAY",
+        help="transition monitors, --data: an array of the .npz naming each row's group (e.g. 'policy', the "
+        "behaviour policy that recorded it); the shift threshold is then the largest of the groups' own "
+        "per-episode quantiles, so the per-episode target holds for every group, not only pooled",
+    )
     cal.add_argument("--monitor", action="append", metavar="NAME", help="only this monitor (repeatable)")
     cal.add_argument(
         "-o", "--output", default=None, help="thresholds file (default: the monitor's thresholds_file)"

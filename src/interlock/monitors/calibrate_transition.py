@@ -66,17 +66,30 @@ class EpisodeData:
     next_obs: np.ndarray
     episode: np.ndarray
     source: str
+    #: ``[N]`` group of each row (e.g. the behaviour policy), or None.
+    group: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.obs)
 
 
-def episodes_of(data: Transitions) -> EpisodeData:
+def episodes_of(data: Transitions, group_by: str | None = None) -> EpisodeData:
     """Transitions of a ``.npz`` as :class:`EpisodeData`: ``next_obs``, else the next row of the episode.
 
+    ``group_by`` names an array of the file that gives each row's group (``EpisodeData.group``).
+
     Raises:
-        EnsembleError: there is no way to tell what followed a row.
+        EnsembleError: there is no way to tell what followed a row, or no ``group_by`` array.
     """
+    group = None
+    if group_by is not None:
+        group = data.get(group_by)
+        if group is None:
+            raise EnsembleError(
+                f"{data.source} has no '{group_by}' array for --group-by; "
+                f"its arrays: {', '.join(data.arrays)}"
+            )
+        group = np.asarray(group).reshape(len(data))
     ep = data.episodes()
     nxt = data.get("next_obs")
     if nxt is not None:
@@ -87,6 +100,7 @@ def episodes_of(data: Transitions) -> EpisodeData:
             np.asarray(nxt, np.float64).reshape(len(data), -1)[order],
             ep[order],
             data.source,
+            None if group is None else group[order],
         )
     same = np.flatnonzero(ep[1:] == ep[:-1])  # row i is followed by row i + 1 of its episode
     if same.size == 0:
@@ -100,6 +114,7 @@ def episodes_of(data: Transitions) -> EpisodeData:
         data.obs[same + 1].astype(np.float64),
         ep[same],
         data.source,
+        None if group is None else group[same],
     )
 
 
@@ -168,6 +183,8 @@ class TransitionCalibration:
     episodes: dict[str, int]
     median_surprise: float
     path: str = ""
+    #: With groups: each group's own shift threshold (the largest is the one used).
+    shift_per_group: dict[str, float] | None = None
     #: ``[n_actions][obs_dim]`` with ``spread: per_action``, else None.
     residual_scale_per_action: list[list[float]] | None = None
     #: ``[obs_dim]`` floor of the per-action scales, and the scale part's rows per action.
@@ -357,10 +374,18 @@ def calibrate_transition(
     else:
         means = [float(np.nanmean(s)) for s in fit_episodes if np.isfinite(s).any()]
         drift = conformal_threshold(np.asarray(means), episode_rate)
-    ep_max = [cusum(s, drift).max() for s in fit_episodes]
+    ep_max = np.asarray([cusum(s, drift).max() for s in fit_episodes])
+    shift = conformal_threshold(ep_max, episode_rate)
+    per_group = None
+    if data.group is not None:  # every group (behaviour policy) within the target, not only the pool
+        ep_group = np.asarray([g[0] for g in _per_episode(data.group[part], data.episode[part])])
+        per_group = {
+            str(g): conformal_threshold(ep_max[ep_group == g], episode_rate) for g in np.unique(ep_group)
+        }
+        shift = max(per_group.values())
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
-        "shift": max(conformal_threshold(np.asarray(ep_max), episode_rate), drift),
+        "shift": max(shift, drift),
         "residual_bias": conformal_threshold(bias[fit], step_rate),
     }
     held = masks["held_out"]
@@ -383,4 +408,5 @@ def calibrate_transition(
         residual_scale_per_action=None if monitor.action_scale is None else monitor.action_scale.tolist(),
         spread_floor_values=None if floor is None else floor.tolist(),
         rows_per_action=None if counts is None else counts.tolist(),
+        shift_per_group=per_group,
     )
