@@ -96,6 +96,7 @@ def calibrated(tmp_path_factory) -> Path:
         action=np.concatenate([e["action"] for e in eps]).astype(np.int64),
         next_obs=np.concatenate([e["next_obs"] for e in eps]).astype(np.float32),
         episode=np.concatenate([np.full(len(e["action"]), i) for i, e in enumerate(eps)]),
+        policy=np.concatenate([np.full(len(e["action"]), i % 2) for i, e in enumerate(eps)]),
     )
     report = calibrate(
         d / "interlock.yaml", "lander", d / "nominal.npz", rate=0.01, episode_rate=0.1, progress=False
@@ -184,3 +185,21 @@ def test_a_global_calibration_is_refused_by_a_per_action_monitor(calibrated, tmp
     (tmp_path / "thresholds.json").write_text(json.dumps(entry))
     with pytest.raises(ConfigError, match="no residual_scale_per_action; run `interlock calibrate"):
         Guard(load_config(tmp_path / "interlock.yaml")).load()
+
+
+def test_group_by_sets_the_shift_threshold_for_every_group(calibrated, tmp_path, capsys):
+    from interlock.cli.main import main
+
+    for f in ("dynamics_ensemble.onnx", "interlock.yaml", "nominal.npz"):
+        shutil.copy(calibrated / f, tmp_path / f)
+    pooled = json.loads((calibrated / "thresholds.json").read_text())["monitors"]["pera"]
+    args = ["calibrate", "--config", str(tmp_path / "interlock.yaml"), "--agent", "lander", "-q"]
+    args += ["--data", str(tmp_path / "nominal.npz"), "--episode-false-alarm-rate", "0.1"]
+    args += ["--monitor", "pera"]
+    assert main([*args, "--group-by", "policy"]) == 0
+    entry = json.loads((tmp_path / "thresholds.json").read_text())["monitors"]["pera"]
+    per_group = entry["shift_threshold_per_group"]
+    assert entry["group_by"] == "policy" and sorted(per_group) == ["0", "1"]
+    assert entry["thresholds"]["shift"] == max(per_group.values()) >= pooled["thresholds"]["shift"]
+    assert main([*args, "--group-by", "behaviour"]) == 2
+    assert "has no 'behaviour' array for --group-by" in capsys.readouterr().err
