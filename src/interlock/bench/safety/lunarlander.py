@@ -13,16 +13,17 @@ a landing or the 1000-step time limit is not one. Every (agent, world) cell runs
 lockstep, one batched ``Guard.check`` per step (decisions in process, the engine the server runs).
 
 * **guarded**: the example config as is (transition monitor ``drift``, adaptive shield ``shield``,
-  rules: invalid -> substitute, first shift trip -> escalate (deferred, the shield's action), unsafe ->
-  substitute with ``shield_choice``).
+  rules: invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action),
+  ``handover``: once ``episode.shifted`` the robust backup ``robust_agent.onnx`` drives for the rest of
+  the episode (Simplex), unsafe -> substitute with ``shield_choice``).
 * **unguarded**: the same agent alone; the transition monitor still runs (the config reduced to the
   action-space and transition monitors, no rules, ``shadow: true``), so the shift trip rate and the
   detection delay of the unguarded agent are measured on the same episodes.
 
-Seeds: the detector and response studies' **evaluation** seeds (examples/lunarlander/README.md),
-episode ``k`` of a cell resets with ``{wind: 110000, weak_main: 111000, nominal: 112000}[world] + k``,
-the seeds of ``response_study_eval.json``, so the unguarded cells reproduce that file's ``none`` cells
-exactly and the guarded ones are comparable with its ``shield_always_H20``. Nothing is tuned here.
+Seeds: episode ``k`` of a cell resets with ``{wind: 110000, weak_main: 111000, nominal: 112000}[world]
++ k + --seed-offset`` (examples/lunarlander/README.md lists which offsets were used, and for what:
+0 = the response study's evaluation seeds, 20000 = the Simplex config's evaluation, negative offsets =
+development). Nothing is tuned here.
 
 Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
@@ -369,7 +370,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "dqn_agent.onnx (unseen), greedy"
         + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
         "seeds: the response study's evaluation seeds (wind 110000+, main x0.6 111000+, nominal 112000+)",
-        "one escalation per episode at the first shift trip (deferred; the shield's action): escalation_rate",
+        "one escalation per episode at the first shift trip (deferred; the backup's action): "
+        "escalation_rate; then the robust backup drives (Simplex handover)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
