@@ -20,6 +20,16 @@ JSON):
 * ``cusum_signed``: two-sided CUSUM per dimension on ``clip(z_tj, -c, c)`` with allowance ``k``;
   trips when any dimension's statistic exceeds ``h``.
 
+Per-action designs (issue 11 follow-up, designs 50+; simplex_dev/RULE.md): LunarLander's dynamics are
+nearly deterministic per action (a noop or a side engine moves the lander the same way every time; the
+main engine fires with random dispersion), so one global spread per dimension is dominated by the
+main engine. ``per_action``: ``z = r / sigma[action]`` with ``sigma[a]`` the RMS (``stat: rms``) or
+1.4826 x median ``|r|`` (``stat: median_abs``) of the rows that executed ``a``, floored at the 10%
+quantile of the pooled ``|r|`` of the dimension (what ``interlock calibrate`` writes for ``spread:
+per_action``). ``airborne``: only transitions with both contact flags 0 before and after are scored
+(ground contacts are what the model predicts worst, and the wind does not blow then); the others leave
+the statistic as it was (``score_when`` in the monitor).
+
 Page-Hinkley was not tried as a variant, by argument: it estimates the pre-change mean from the
 same episode's running mean. Here the shift is present from the first step (the wind blows from
 reset), so that running mean absorbs it, and the change never shows. CUSUM uses the pre-change
@@ -152,10 +162,51 @@ def episode_set(name: str, world: str, seeds, agents, residuals: Residuals) -> d
 # ---------------------------------------------------------------- detectors
 
 
+#: Per-action scales ``[4, 8]`` by ``(stat, airborne)``, set in ``main`` from the sigma episodes.
+PER_ACTION: dict[tuple[str, bool], np.ndarray] = {}
+#: Global scales ``[8]`` by ``(stat, airborne)`` for the airborne designs.
+GLOBAL: dict[tuple[str, bool], np.ndarray] = {}
+
+
+def airborne(ep: dict) -> np.ndarray:
+    """``[E, T]``: both contact flags 0 before and after the transition."""
+    return (ep["obs"][..., 6] < 0.5) & (ep["obs"][..., 7] < 0.5) & (ep["next_obs"][..., 6] < 0.5) & (
+        ep["next_obs"][..., 7] < 0.5
+    )
+
+
+def scored(ep: dict, design: dict) -> np.ndarray:
+    """``[E, T]`` transitions the design scores (valid, and airborne if the design says so)."""
+    return ep["valid"] & airborne(ep) if design.get("airborne") else ep["valid"]
+
+
+def scale_of(r: np.ndarray, stat: str) -> np.ndarray:
+    """``[8]`` scale of residual rows ``[N, 8]``: RMS or 1.4826 x median |r|."""
+    return 1.4826 * np.median(np.abs(r), 0) if stat == "median_abs" else np.sqrt((r**2).mean(0))
+
+
+def fit_scales(sig_sets: dict) -> None:
+    """Fill :data:`PER_ACTION` and :data:`GLOBAL` from the sigma episodes (as `interlock calibrate`)."""
+    for stat, air in itertools.product(("rms", "median_abs"), (False, True)):
+        mask = {b: scored(s, {"airborne": air}) for b, s in sig_sets.items()}
+        r = np.concatenate([s["r"][mask[b]] for b, s in sig_sets.items()])
+        a = np.concatenate([s["action"][mask[b]] for b, s in sig_sets.items()])
+        glob = np.maximum(scale_of(r, stat), 1e-8)
+        floor = np.maximum(np.quantile(np.abs(r), 0.1, axis=0), 1e-8)
+        per = np.stack([np.maximum(scale_of(r[a == k], stat), floor) if (a == k).sum() >= 50 else glob
+                        for k in range(N_ACTIONS)])
+        GLOBAL[(stat, air)], PER_ACTION[(stat, air)] = glob, per
+
+
 def normalise(ep: dict, sigma: np.ndarray, design: dict) -> np.ndarray:
     """``z [E, T, len(dims)]`` for the design's dims and normalisation."""
     dims = design["dims"]
     r = ep["r"][..., dims]
+    if "stat" in design:  # the per-action study's designs (module docstring)
+        key = (design["stat"], bool(design.get("airborne")))
+        # per action: [E, T, dims], the scale of the action each step executed; else [dims]
+        scale = PER_ACTION[key][ep["action"]][..., dims] if design.get("per_action") else GLOBAL[key][dims]
+        return np.where(scored(ep, design)[..., None], r / scale, 0.0)
     if design.get("robust"):  # sigma holds [std, 1.4826 * MAD] stacked: use the MAD row
         sigma = sigma[1]
     elif sigma.ndim == 2:
@@ -173,7 +224,7 @@ def step_score(z: np.ndarray, design: dict) -> np.ndarray:
 def statistic(ep: dict, sigma: np.ndarray, design: dict, ref: dict) -> np.ndarray:
     """The design's sequential statistic ``[E, T]`` (0 where the step is not valid and before it)."""
     z = normalise(ep, sigma, design)
-    valid = ep["valid"]
+    valid = scored(ep, design)
     e_n, t_n = valid.shape
     out = np.zeros((e_n, t_n))
     kind = design["kind"]
@@ -232,6 +283,7 @@ def cell(trips: np.ndarray, ep: dict) -> dict:
         "trip_rate": float(hit.mean()),
         "wilson95": [round(float(lo), 4), round(float(hi), 4)],
         "median_delay_steps": float(np.median(trips[hit])) if hit.any() else None,
+        "trip_by_100": float(((trips >= 0) & (trips < 100)).mean()),
         "delay_quartiles": [float(np.percentile(trips[hit], 25)), float(np.percentile(trips[hit], 75))]
         if hit.any() else None,
         "crash_rate": float(crashed.mean()),
@@ -259,6 +311,14 @@ def designs() -> list[dict]:
     for clip, drift in itertools.product((9.0, 25.0), (1.0, 1.5, 2.0)):
         out.append({"kind": "cusum_sq", "dims": [0, 1, 2, 3, 4, 5], "spread": False, "robust": True,
                     "clip": clip, "drift": drift})
+    # Per-action spread (simplex_dev/RULE.md, section 1): per action or global, RMS or median |r|,
+    # all transitions or airborne only; the study's score (dims vx, vy, angular velocity).
+    for per_action, stat, air in itertools.product((True, False), ("rms", "median_abs"), (False, True)):
+        if not per_action and not air and stat == "rms":
+            continue  # the earlier designs' global std scale is that one (std ~ RMS)
+        for clip, drift in itertools.product((9.0, 25.0), (1.0, 1.5, 2.0)):
+            out.append({"kind": "cusum_sq", "dims": [2, 3, 5], "per_action": per_action, "stat": stat,
+                        "airborne": air, "clip": clip, "drift": drift})
     return out
 
 
@@ -303,6 +363,7 @@ def main() -> None:
     mad = 1.4826 * np.median(np.abs(r_all - np.median(r_all, 0)), 0)
     sigma = np.stack([r_all.std(0), mad])  # [2, 8]: std, robust scale
     raw_rmse = np.sqrt((r_all**2).mean(0))
+    fit_scales(sig_sets)
     # 2. threshold episodes (dev seeds 1000-1199) and dev shifted episodes
     thr_sets = {b: episode_set(b, "nominal", THRESHOLD_SEEDS, agents, residuals) for b in BEHAVIOURS}
     log("threshold episodes ready")
@@ -318,7 +379,7 @@ def main() -> None:
         ref = {}
         if d["kind"] == "cusum_sq":
             qs = np.concatenate(
-                [step_score(normalise(s, sigma, d), d)[s["valid"]] for s in sig_sets.values()]
+                [step_score(normalise(s, sigma, d), d)[scored(s, d)] for s in sig_sets.values()]
             )
             ref["mean_q"] = float(qs.mean())
         per_policy_h = {
@@ -329,6 +390,8 @@ def main() -> None:
                "per_policy_threshold": per_policy_h,
                "dev_far_threshold_set": {b: float((first_trip(statistic(s, sigma, d, ref), h) >= 0).mean())
                                          for b, s in thr_sets.items()}}
+        row["dev_far_sigma_set"] = {b: float((first_trip(statistic(s, sigma, d, ref), h) >= 0).mean())
+                                    for b, s in sig_sets.items()}
         for (b, w), s in dev_shift.items():
             row[f"dev_{b}_{w}"] = cell(first_trip(statistic(s, sigma, d, ref), h), s)
         results.append(row)
@@ -341,7 +404,35 @@ def main() -> None:
         w = row["dev_ppo_wind"]
         return (w["trip_rate"], -(w["median_delay_steps"] or 1e9))
 
-    chosen = max(results, key=key) if args.design is None else results[args.design]
+    first = max((r for r in results if r["index"] < 50), key=key)  # the original study's rule, designs 0-49
+
+    def early(row):  # simplex_dev/RULE.md, section 1
+        cells = [row["dev_ppo_wind"], row["dev_heuristic_wind"]]
+        return float(np.mean([c["trip_by_100"] for c in cells]))
+
+    def overall(row):
+        cells = [row["dev_ppo_wind"], row["dev_heuristic_wind"]]
+        return float(np.mean([c["trip_rate"] for c in cells])), -float(
+            np.mean([c["median_delay_steps"] or 1e9 for c in cells]))
+
+    eligible = [r for r in results if max(r["dev_far_sigma_set"].values()) <= TARGET_FAR]
+    best = max(early(r) for r in eligible)
+    chosen_new = max((r for r in eligible if early(r) >= best - 0.02), key=overall)
+    for r in results:
+        r["eligible"] = r in eligible
+        r["early_wind_trip"] = early(r)
+    # Addendum (simplex_dev/RULE.md, written after these results were seen): the early-trip criterion did
+    # not discriminate, and design-by-rule chosen_new may be one the transition monitor does not compute.
+    def both_shifts(row):
+        cells = [row[f"dev_{b}_{w}"] for b in ("ppo", "heuristic") for w in ("wind", "weak_main")]
+        return float(np.mean([c["trip_rate"] for c in cells])), -float(
+            np.mean([row[f"dev_{b}_wind"]["median_delay_steps"] or 1e9 for b in ("ppo", "heuristic")]))
+
+    monitor_can = [r for r in eligible if r["design"]["kind"] == "cusum_sq" and not r["design"].get("spread")]
+    amended = max(monitor_can, key=both_shifts)
+    log(f"original rule (designs 0-49): design {first['index']}; per-action rule as written: "
+        f"{chosen_new['index']}; amended: {amended['index']}")
+    chosen = amended if args.design is None else results[args.design]
     log(f"chosen on development seeds: design {chosen['index']} {chosen['name']}")
     report = {
         "protocol": {
@@ -352,14 +443,31 @@ def main() -> None:
             "behaviours_for_sigma_and_threshold": BEHAVIOURS,
             "target_far_per_episode": TARGET_FAR,
             "scored_dims": SCORED_DIMS,
-            "selection_rule": "highest dev trip rate of the PPO agent in wind, ties: lower median delay",
+            "selection_rule": "highest dev trip rate of the PPO agent in wind, ties: lower median delay "
+            "(designs 0-49, the original study)",
+            "selection_rule_per_action_study": "simplex_dev/RULE.md section 1: FAR on the sigma set <= 5% "
+            "per policy; highest mean (PPO, heuristic) share of wind episodes tripped within 100 steps; "
+            "ties within 2 points: higher mean wind trip rate, then lower mean median delay; AMENDED after "
+            "the results were seen (the first criterion did not discriminate): among cusum_sq designs "
+            "without "
+            "the members' spread, highest mean trip rate of PPO and heuristic in wind and weak main, ties: "
+            "lower mean median delay in wind",
         },
         "sigma": sigma[0].tolist(),
         "robust_sigma": sigma[1].tolist(),
         "residual_rmse_in_distribution_dev": raw_rmse.tolist(),
         "designs": results,
         "chosen_index": chosen["index"],
+        "original_rule_choice": first["index"],
+        "rule_as_written_choice": chosen_new["index"],
     }
+    old_path = HERE / "detector_study.json"
+    if old_path.is_file():  # keep the original study's one evaluation (design 'original_rule_choice')
+        old = json.loads(old_path.read_text())
+        if "evaluation" in old and old.get("chosen_index") == first["index"]:
+            report["evaluation_original_study"] = old["evaluation"]
+        elif "evaluation_original_study" in old:
+            report["evaluation_original_study"] = old["evaluation_original_study"]
     if not args.dev_only:
         d, ref, h = chosen["design"], chosen["ref"], chosen["threshold"]
         ev = {}
@@ -391,25 +499,39 @@ def markdown(report: dict) -> str:
         "",
         "## Development: every design tried",
         "",
-        "| # | design | threshold | max dev FAR (threshold set) | PPO wind | heuristic wind | PPO weak main "
-        "| heuristic weak main |",
-        "|---|---|---|---|---|---|---|---|",
+        "Designs 0-49: the original study (chosen then by the highest PPO wind trip rate: design "
+        f"{report.get('original_rule_choice')}). Designs 50+: per-action spread and airborne-only scoring.",
+        "simplex_dev/RULE.md section 1 (FAR on the sigma set <= 5% per policy, then the mean share of PPO",
+        "and heuristic wind episodes tripped within 100 steps, 'wind <= 100') chose design "
+        f"{report.get('rule_as_written_choice')}, which the",
+        "transition monitor does not compute; its amendment (written after these results) chose the",
+        "design marked chosen.",
+        "",
+        "| # | design | threshold | max dev FAR (threshold set / sigma set) | wind <= 100 | PPO wind "
+        "| heuristic wind | PPO weak main | heuristic weak main |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["designs"]:
         far = max(r["dev_far_threshold_set"].values())
+        far_sigma = max(r["dev_far_sigma_set"].values())
         mark = " **(chosen)**" if r["index"] == report["chosen_index"] else ""
+        mark += " (original choice)" if r["index"] == report.get("original_rule_choice") else ""
         lines.append(
-            f"| {r['index']} | `{r['name']}`{mark} | {r['threshold']:.2f} | {far:.1%} | "
+            f"| {r['index']} | `{r['name']}`{mark} | {r['threshold']:.2f} | {far:.1%} / {far_sigma:.1%} | "
+            f"{r['early_wind_trip']:.0%} | "
             f"{_pct(r['dev_ppo_wind'])} | {_pct(r['dev_heuristic_wind'])} | {_pct(r['dev_ppo_weak_main'])} "
             f"| {_pct(r['dev_heuristic_weak_main'])} |"
         )
-    if "evaluation" in report:
-        lines += ["", "## Evaluation (run once, chosen design)", "",
+    for key, title in (("evaluation_original_study", "Evaluation of the original choice (run once, "
+                        "seeds 100000-100149)"), ("evaluation", "Evaluation (run once, chosen design)")):
+        if key not in report:
+            continue
+        lines += ["", f"## {title}", "",
                   "| agent | world | episodes | trip rate [Wilson 95%], median delay | crash rate "
                   "| mean return | crashes tripped before the crash |",
                   "|---|---|---|---|---|---|---|"]
-        for key, c in report["evaluation"].items():
-            agent, world = key.split("_", 1)
+        for cell_key, c in report[key].items():
+            agent, world = cell_key.split("_", 1)
             lines.append(f"| {agent} | {world} | {c['episodes']} | {_pct(c)} | {c['crash_rate']:.0%} | "
                          f"{c['mean_return']:.1f} | {c.get('crashes_tripped_before_crash', '-')} |")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,13 @@
   gradient step per 4 env steps (RL Zoo: 4), for lack of CPU. Exported as
   ``dqn_agent.onnx``: ``obs`` [batch, 8] -> ``q`` [batch, 4] (greedy action = argmax). Neither its data
   nor its returns are used for any design choice in this directory.
+* ``a2c``: a second evaluation-only agent of another kind (issue 11 follow-up): SB3 A2C, 2x64 tanh
+  MLP, RL Zoo's LunarLander hyper-parameters (8 envs, n_steps 5, gamma 0.995, learning rate 8.3e-4
+  decaying linearly, entropy 1e-5), trained without wind. Exported as ``a2c_agent.onnx`` (logits).
+  Like the DQN, used for nothing but the final evaluation.
+* ``robust``: the Simplex backup: PPO from scratch, each episode in a randomly drawn world (wind
+  0-20, turbulence 0-2, main engine x0.5-1.1; ``RandomisedDynamics``), selected on its return in
+  wind (15, 1.5). Exported as ``robust_agent.onnx`` (logits).
 * ``ppo_wind``: a wind-robust backup for the response study: our PPO agent's checkpoint trained on
   for 400k more steps in randomised wind (16 envs, wind_power 0-20, turbulence 0-2), selected on
   its return in wind (15, 1.5) on the selection seeds. Exported as ``ppo_wind_agent.onnx`` (logits).
@@ -156,6 +163,21 @@ def build(kind: str, seed: int):
     if kind == "ppo_wind":
         return PPO.load(HERE / "data" / "ppo_agent.zip", env=wind_vec_env(seed), device="cpu", seed=seed)
 
+    if kind == "a2c":
+        from stable_baselines3 import A2C
+
+        start_lr = 8.3e-4
+        return A2C(
+            "MlpPolicy",
+            make_vec_env(ENV_ID, n_envs=8, seed=seed),
+            n_steps=5,
+            gamma=0.995,
+            learning_rate=lambda progress: start_lr * progress,  # RL Zoo: lin_0.00083
+            ent_coef=1e-5,
+            seed=seed,
+            device="cpu",
+            verbose=0,
+        )
     if kind in ("ppo", "robust"):
         env = robust_vec_env(seed) if kind == "robust" else make_vec_env(ENV_ID, n_envs=16, seed=seed)
         return PPO(
@@ -246,7 +268,7 @@ def export(model, kind: str, path: Path) -> float:
     import torch
 
     policy = model.policy.eval()
-    if kind.startswith("ppo"):
+    if kind.startswith("ppo") or kind in ("robust", "a2c"):  # actor-critic policies: logits
 
         class Logits(torch.nn.Module):
             def __init__(self) -> None:
@@ -296,7 +318,7 @@ def _wind_report(model) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["ppo", "dqn", "ppo_wind", "robust"])
+    p.add_argument("kind", choices=["ppo", "dqn", "ppo_wind", "robust", "a2c"])
     p.add_argument("--timesteps", type=int, default=None, help="default: ppo 1M, dqn 250k, ppo_wind 400k")
     p.add_argument("--max-minutes", type=float, default=15.0)
     p.add_argument("--seed", type=int, default=None, help="default: ppo 1_000_000, dqn 2_000_000")
@@ -309,12 +331,18 @@ def main() -> None:
 
     torch.set_num_threads(1)
     kind = args.kind
-    timesteps = args.timesteps or {"ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000, "robust": 2_000_000}[kind]
-    default_seed = {"ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000, "robust": 4_000_000}[kind]
+    default_steps = {
+        "ppo": 1_000_000, "dqn": 250_000, "ppo_wind": 400_000, "robust": 2_000_000, "a2c": 1_000_000
+    }
+    timesteps = args.timesteps or default_steps[kind]
+    default_seed = {
+        "ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000, "robust": 4_000_000, "a2c": 5_000_000
+    }[kind]
     seed = default_seed if args.seed is None else args.seed
     if args.resume:
         seed += 1  # a continued run gets fresh env seeds
-    eval_every = args.eval_every or {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000}[kind]
+    default_every = {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000, "a2c": 50_000}
+    eval_every = args.eval_every or default_every[kind]
     out = args.out or HERE / f"{kind}_agent.onnx"
     t0 = time.monotonic()
 
@@ -322,9 +350,9 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:6.0f}s] {msg}", flush=True)
 
     model, sel_ret, steps = train(kind, timesteps, args.max_minutes, seed, eval_every, log, args.resume)
-    diff = export(model, kind, out)
     (HERE / "data").mkdir(exist_ok=True)
-    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), for fine-tuning
+    model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), saved before the export
+    diff = export(model, kind, out)
     rets, crashes = greedy_episodes(_sb3_act(model), REPORT_SEEDS)
     summary = {
         "kind": kind,

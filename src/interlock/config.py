@@ -379,6 +379,41 @@ class TransitionMonitorConfig(_Strict):
         "surprise (faster detection; the threshold then absorbs the climb of the more surprising "
         "in-distribution episodes).",
     )
+    spread: Literal["global", "per_action"] = Field(
+        "global",
+        description="How residuals are normalised: 'global', one in-distribution scale per dimension, or "
+        "'per_action' (discrete action spaces only), one per executed action and dimension, so that "
+        "actions whose outcome is nearly deterministic (a LunarLander noop) are not judged by the "
+        "spread of noisy ones (its main engine); calibrated by `interlock calibrate`.",
+    )
+    score_when: str | None = Field(
+        None,
+        description="CEL condition over `obs` (list of double): only transitions for which it holds for "
+        "both the observation acted on and the one that arrived are scored (e.g. LunarLander: "
+        "'obs[6] < 0.5 && obs[7] < 0.5', the lander in the air: ground contacts are not what the "
+        "model predicts well, and the wind does not blow then); other transitions have surprise 0 "
+        "and leave the statistic and the residual bias as they were. Default: every transition.",
+    )
+    scale_statistic: Literal["rms", "median_abs"] = Field(
+        "rms",
+        description="How `interlock calibrate` measures a residual scale: 'rms' (root mean square), or "
+        "'median_abs' (1.4826 x the median absolute residual: the RMS of normal residuals, but not "
+        "inflated by rare large ones such as LunarLander's ground contacts, whose z^2 `clip` caps).",
+    )
+    spread_floor: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="With spread: per_action, each action's scale is at least this quantile of the "
+        "absolute in-distribution residual of its dimension (all actions pooled), so that an action "
+        "the model predicts almost exactly cannot make a tiny residual look huge.",
+    )
+    spread_min_rows: int = Field(
+        50,
+        ge=1,
+        description="With spread: per_action, an action seen fewer times than this in the calibration "
+        "data keeps the global scale.",
+    )
     residual_scale: list[float] | None = Field(
         None,
         description="Per-dimension in-distribution residual scale (one per observation element); "

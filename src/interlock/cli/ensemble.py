@@ -100,6 +100,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         env_seed=args.env_seed,
         policy_output=args.policy_output,
         progress=not args.quiet,
+        group_by=args.group_by,
     )
     print(report.summary())
     return 0
@@ -194,9 +195,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each signal's threshold to the conformal (1 - rate) quantile on a calibration split, write the "
         "thresholds file the monitor's thresholds_file names, and report the false-alarm rate measured on "
         "a held-out split (whole episodes when the data has an 'episode' array or end flags). "
-        "'transition' monitors: fit the per-dimension residual scale, the surprise threshold (per-step "
-        "rate), the CUSUM drift and the shift threshold (per-episode rate) on whole in-distribution "
-        "episodes (docs/shift.md); the data is a .npz of episodes or a rollout of --policy in --env.",
+        "'transition' monitors: fit the per-dimension residual scale (with `spread: per_action`, one per "
+        "executed discrete action and dimension, floored at the `spread_floor` quantile of the absolute "
+        "residual), the surprise threshold (per-step rate), the CUSUM drift and the shift threshold "
+        "(per-episode rate) on whole in-distribution episodes (docs/shift.md); the data is a .npz of "
+        "episodes (the agent's own discrete actions) or a rollout of --policy in --env.",
         epilog="examples: interlock calibrate --config interlock.yaml --agent cartpole --data in_dist.npz "
         "--false-alarm-rate 0.01\n  interlock calibrate --config interlock.yaml --agent cartpole --env "
         "CartPole-v1 --policy policy.onnx --episodes 200 --episode-false-alarm-rate 0.05",
@@ -237,6 +240,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of in-distribution rows each signal may flag (default 0.01)",
     )
     cal.add_argument("--holdout", type=float, default=0.3, help="share held out to measure (default 0.3)")
+    cal.add_argument(
+        "--group-by",
+        default=None,
+        metavar="ARRAY",
+        help="transition monitors, --data: an array of the .npz naming each row's group (e.g. 'policy', the "
+        "behaviour policy that recorded it); the shift threshold is then the largest of the groups' own "
+        "per-episode quantiles, so the per-episode target holds for every group, not only pooled",
+    )
     cal.add_argument("--monitor", action="append", metavar="NAME", help="only this monitor (repeatable)")
     cal.add_argument(
         "-o", "--output", default=None, help="thresholds file (default: the monitor's thresholds_file)"

@@ -109,6 +109,7 @@ def calibrate(
     env_seed: int = 0,
     policy_output: str = "logits",
     progress: bool = False,
+    group_by: str | None = None,
 ) -> CalibrationReport:
     """Calibrate every ``uncertainty`` and ``transition`` monitor of ``agent`` (or those named).
 
@@ -118,6 +119,8 @@ def calibrate(
         episode_rate: Transition monitors: share of in-distribution episodes ``shift`` may trip in.
         env, policy, episodes, env_seed, policy_output: The rollout when ``data`` is None.
         progress: tqdm bars.
+        group_by: Transition monitors: the ``.npz`` array naming each row's group (e.g. ``policy``); the
+            shift threshold is the largest of the groups' own quantiles (see ``calibrate_transition``).
 
     Raises:
         ConfigError: the config or agent is wrong, or no thresholds file is named.
@@ -155,6 +158,8 @@ def calibrate(
     runtime = ModelRuntime.for_config(loaded)
     episode_data = None
     if data is None:
+        if group_by is not None:
+            raise EnsembleError("--group-by names an array of --data; a rollout of --policy has no groups")
         if not (env and policy):
             raise EnsembleError("give --data FILE.npz, or --env ID and --policy POLICY.onnx to roll out")
         episode_data = rollout_episodes(
@@ -213,7 +218,7 @@ def calibrate(
         tmon = TransitionMonitor(tcfg, spaces, runtime, where, require_thresholds=False)
         tmon.load()
         if episode_data is None:
-            episode_data = episodes_of(ds)
+            episode_data = episodes_of(ds, group_by)
         cal = calibrate_transition(
             tmon,
             episode_data,
@@ -234,6 +239,19 @@ def calibrate(
             "clip": tcfg.clip,
             "drift_rule": tcfg.drift_rule,
             "residual_scale": cal.residual_scale,
+            **(
+                {
+                    "spread": tcfg.spread,
+                    "spread_floor": tcfg.spread_floor,
+                    "spread_min_rows": tcfg.spread_min_rows,
+                    "residual_scale_per_action": cal.residual_scale_per_action,
+                    "spread_floor_values": cal.spread_floor_values,
+                    "rows_per_action": cal.rows_per_action,
+                }
+                if tcfg.spread == "per_action"
+                else {"spread": tcfg.spread}
+            ),
+            "scale_statistic": tcfg.scale_statistic,
             "drift": cal.drift,
             "thresholds": cal.thresholds,
             "false_alarm_rate": {"per_step": rate, "per_episode": episode_rate},
@@ -242,6 +260,7 @@ def calibrate(
                 "shift_per_episode": cal.held_out_episode_rate,
             },
             "episodes": cal.episodes,
+            **({"group_by": group_by, "shift_threshold_per_group": cal.shift_per_group} if group_by else {}),
             "data": Path(episode_data.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {tcfg.name: entry})

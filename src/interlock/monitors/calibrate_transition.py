@@ -9,7 +9,14 @@ The episodes are split three ways, by whole episodes: a *scale* part, a *thresho
 
 1. the residual ``next_obs - mean prediction`` of every transition (one model run per 4096
    rows, with a tqdm bar);
-2. ``residual_scale``: each dimension's residual RMS on the scale part (floored at 1e-8);
+2. ``residual_scale``: each dimension's residual RMS on the scale part (``scale_statistic:
+   median_abs``: 1.4826 x the median absolute residual, a robust RMS; floored at 1e-8); with
+   ``spread: per_action`` also ``residual_scale_per_action`` ``[n_actions, obs_dim]``: the same
+   statistic over the rows that executed each action, at least the ``spread_floor`` quantile of the pooled
+   absolute residual of the dimension (an action whose outcome the model predicts almost exactly
+   must not turn a tiny residual into a huge surprise); an action with fewer than
+   ``spread_min_rows`` rows keeps the global scale. The surprise of a row then divides by the scale
+   of the action it executed (``residual_bias`` stays on the global scale);
 3. on the threshold part, with that scale: ``surprise`` threshold = conformal ``(1 - step_rate)``
    quantile of per-step surprise; ``drift`` = conformal ``(1 - episode_rate)`` quantile of each
    episode's *mean* surprise (in-distribution episodes differ: on CartPole the mean surprise of
@@ -59,17 +66,30 @@ class EpisodeData:
     next_obs: np.ndarray
     episode: np.ndarray
     source: str
+    #: ``[N]`` group of each row (e.g. the behaviour policy), or None.
+    group: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.obs)
 
 
-def episodes_of(data: Transitions) -> EpisodeData:
+def episodes_of(data: Transitions, group_by: str | None = None) -> EpisodeData:
     """Transitions of a ``.npz`` as :class:`EpisodeData`: ``next_obs``, else the next row of the episode.
 
+    ``group_by`` names an array of the file that gives each row's group (``EpisodeData.group``).
+
     Raises:
-        EnsembleError: there is no way to tell what followed a row.
+        EnsembleError: there is no way to tell what followed a row, or no ``group_by`` array.
     """
+    group = None
+    if group_by is not None:
+        group = data.get(group_by)
+        if group is None:
+            raise EnsembleError(
+                f"{data.source} has no '{group_by}' array for --group-by; "
+                f"its arrays: {', '.join(data.arrays)}"
+            )
+        group = np.asarray(group).reshape(len(data))
     ep = data.episodes()
     nxt = data.get("next_obs")
     if nxt is not None:
@@ -80,6 +100,7 @@ def episodes_of(data: Transitions) -> EpisodeData:
             np.asarray(nxt, np.float64).reshape(len(data), -1)[order],
             ep[order],
             data.source,
+            None if group is None else group[order],
         )
     same = np.flatnonzero(ep[1:] == ep[:-1])  # row i is followed by row i + 1 of its episode
     if same.size == 0:
@@ -93,6 +114,7 @@ def episodes_of(data: Transitions) -> EpisodeData:
         data.obs[same + 1].astype(np.float64),
         ep[same],
         data.source,
+        None if group is None else group[same],
     )
 
 
@@ -161,6 +183,13 @@ class TransitionCalibration:
     episodes: dict[str, int]
     median_surprise: float
     path: str = ""
+    #: With groups: each group's own shift threshold (the largest is the one used).
+    shift_per_group: dict[str, float] | None = None
+    #: ``[n_actions][obs_dim]`` with ``spread: per_action``, else None.
+    residual_scale_per_action: list[list[float]] | None = None
+    #: ``[obs_dim]`` floor of the per-action scales, and the scale part's rows per action.
+    spread_floor_values: list[float] | None = None
+    rows_per_action: list[int] | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -169,6 +198,20 @@ class TransitionCalibration:
                 f"transition monitor '{self.monitor}': episodes {self.episodes['scale']} (scale) / "
                 f"{self.episodes['threshold']} (thresholds) / {self.episodes['held_out']} (held out)",
                 f"  residual_scale {[float(f'{v:.4g}') for v in self.residual_scale]}",
+            ]
+            + (
+                [
+                    f"  per action (rows {self.rows_per_action}; floor "
+                    f"{[float(f'{v:.3g}') for v in self.spread_floor_values or []]}):",
+                    *(
+                        f"    action {a}: {[float(f'{v:.3g}') for v in row]}"
+                        for a, row in enumerate(self.residual_scale_per_action)
+                    ),
+                ]
+                if self.residual_scale_per_action is not None
+                else []
+            )
+            + [
                 f"  surprise: median {self.median_surprise:.3g}, threshold {t['surprise']:.4g} "
                 f"(held-out per-step FAR {h['surprise']:.4f})",
                 f"  residual_bias: threshold {t['residual_bias']:.4g} "
@@ -186,8 +229,11 @@ def _per_episode(values: np.ndarray, episode: np.ndarray) -> list[np.ndarray]:
     return np.split(values, cuts)
 
 
-def _bias_norms(residual: np.ndarray, episode: np.ndarray, monitor: TransitionMonitor) -> np.ndarray:
-    """``[N]`` the ``residual_bias`` signal at each row (EW mean residual / scale, RMS)."""
+def _bias_norms(
+    residual: np.ndarray, episode: np.ndarray, monitor: TransitionMonitor, scored: np.ndarray
+) -> np.ndarray:
+    """``[N]`` the ``residual_bias`` signal at each row (EW mean residual / scale, RMS); a row not
+    ``scored`` leaves the bias as it was (NaN before the episode's first scored row)."""
     beta = monitor.beta
     out = np.zeros(len(residual))
     bias = np.zeros(residual.shape[1])
@@ -195,10 +241,44 @@ def _bias_norms(residual: np.ndarray, episode: np.ndarray, monitor: TransitionMo
     for i in range(len(residual)):
         if i == 0 or episode[i] != episode[i - 1]:
             bias[:], weight = 0.0, 0.0
-        bias = (1.0 - beta) * bias + beta * residual[i]
-        weight = (1.0 - beta) * weight + beta
-        out[i] = surprise_of((bias / weight)[None], monitor.scale, monitor.dims, "rms")[0]
+        if scored[i]:
+            bias = (1.0 - beta) * bias + beta * residual[i]
+            weight = (1.0 - beta) * weight + beta
+        if weight:
+            out[i] = surprise_of((bias / weight)[None], monitor.scale, monitor.dims, "rms")[0]
+        else:  # no scored row yet in this episode
+            out[i] = np.nan
     return out
+
+
+def residual_scale(residual: np.ndarray, statistic: str) -> np.ndarray:
+    """``[obs_dim]`` scale of ``[N, obs_dim]`` residuals: RMS, or 1.4826 x median ``|r|`` (``median_abs``)."""
+    if statistic == "median_abs":
+        return 1.4826 * np.median(np.abs(residual), axis=0)
+    return np.sqrt(np.mean(residual**2, axis=0))
+
+
+def per_action_scale(
+    residual: np.ndarray, actions: np.ndarray, monitor: TransitionMonitor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Residual scale per executed action (``spread: per_action``; module docstring, step 2).
+
+    Args:
+        residual: ``[N, obs_dim]`` residuals of the scale part.
+        actions: ``[N]`` the discrete action each row executed.
+        monitor: Its ``scale`` (the global one) already set.
+
+    Returns:
+        ``([n_actions, obs_dim] scale, [obs_dim] floor, [n_actions] rows per action)``.
+    """
+    cfg = monitor.cfg
+    floor = np.maximum(np.quantile(np.abs(residual), cfg.spread_floor, axis=0), 1e-8)
+    scale = np.tile(monitor.scale, (monitor.n_actions, 1))
+    counts = np.bincount(actions, minlength=monitor.n_actions)
+    for a in range(monitor.n_actions):
+        if counts[a] >= cfg.spread_min_rows:
+            scale[a] = np.maximum(residual_scale(residual[actions == a], cfg.scale_statistic), floor)
+    return scale, floor, counts
 
 
 def calibrate_transition(
@@ -256,26 +336,61 @@ def calibrate_transition(
         sl = slice(start, start + batch_size)
         residual[sl] = data.next_obs[sl] - monitor.predict(data.obs[sl], np.asarray(data.action[sl]))
     masks = {k: np.isin(data.episode, v) for k, v in parts.items()}
-    rms = np.sqrt(np.mean(residual[masks["scale"]] ** 2, axis=0))
-    monitor.scale = np.maximum(rms, 1e-8)
-    surprise = surprise_of(residual, monitor.scale, monitor.dims, monitor.cfg.aggregate, monitor.cfg.clip)
-    bias = _bias_norms(residual, data.episode, monitor)
+    ok = monitor.scored(data.obs, data.next_obs)  # score_when
+    if not ok[masks["scale"]].any() or not ok[masks["threshold"]].any():
+        raise EnsembleError(
+            f"{data.source}: score_when ({monitor.cfg.score_when}) holds for no transition of the "
+            "scale or threshold part; check the condition against the data"
+        )
+    masks = {k: m & ok for k, m in masks.items()}
+    monitor.scale = np.maximum(residual_scale(residual[masks["scale"]], monitor.cfg.scale_statistic), 1e-8)
+    floor = counts = None
+    row_scale = monitor.scale
+    if monitor.cfg.spread == "per_action":
+        actions = np.asarray(data.action).reshape(len(data))
+        if not np.issubdtype(actions.dtype, np.integer):
+            if not np.all(actions == np.round(actions)):
+                raise EnsembleError(f"{data.source}: spread: per_action needs integer (discrete) actions")
+            actions = actions.astype(np.int64)
+        outside = (actions < 0) | (actions >= monitor.n_actions)
+        if outside.any():
+            raise EnsembleError(
+                f"{data.source}: {int(outside.sum())} row(s) have actions outside [0, {monitor.n_actions}) "
+                f"(e.g. {actions[outside][0]}); per-action scales need the agent's own discrete actions"
+            )
+        sm = masks["scale"]
+        monitor.action_scale, floor, counts = per_action_scale(residual[sm], actions[sm], monitor)
+        row_scale = monitor.scale_for(actions)
+    surprise = surprise_of(residual, row_scale, monitor.dims, monitor.cfg.aggregate, monitor.cfg.clip)
+    surprise[~ok] = np.nan  # not scored: the CUSUM keeps its value (cusum), like the monitor
+    bias = _bias_norms(residual, data.episode, monitor, ok)
 
     fit = masks["threshold"]
     s_fit = surprise[fit]
-    fit_episodes = _per_episode(s_fit, data.episode[fit])
+    part = np.isin(data.episode, parts["threshold"])  # whole episodes, unscored rows too
+    fit_episodes = _per_episode(surprise[part], data.episode[part])
     if monitor.cfg.drift_rule == "step_mean":
         drift = float(np.mean(s_fit[np.isfinite(s_fit)]))
     else:
-        drift = conformal_threshold(np.asarray([s.mean() for s in fit_episodes]), episode_rate)
-    ep_max = [cusum(s, drift).max() for s in fit_episodes]
+        means = [float(np.nanmean(s)) for s in fit_episodes if np.isfinite(s).any()]
+        drift = conformal_threshold(np.asarray(means), episode_rate)
+    ep_max = np.asarray([cusum(s, drift).max() for s in fit_episodes])
+    shift = conformal_threshold(ep_max, episode_rate)
+    per_group = None
+    if data.group is not None:  # every group (behaviour policy) within the target, not only the pool
+        ep_group = np.asarray([g[0] for g in _per_episode(data.group[part], data.episode[part])])
+        per_group = {
+            str(g): conformal_threshold(ep_max[ep_group == g], episode_rate) for g in np.unique(ep_group)
+        }
+        shift = max(per_group.values())
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
-        "shift": max(conformal_threshold(np.asarray(ep_max), episode_rate), drift),
+        "shift": max(shift, drift),
         "residual_bias": conformal_threshold(bias[fit], step_rate),
     }
     held = masks["held_out"]
-    held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[held], data.episode[held])])
+    whole = np.isin(data.episode, parts["held_out"])
+    held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[whole], data.episode[whole])])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
     return TransitionCalibration(
@@ -290,4 +405,8 @@ def calibrate_transition(
         held_out_episode_rate=float(np.mean(held_max > thresholds["shift"])),
         episodes={k: len(v) for k, v in parts.items()},
         median_surprise=float(np.median(s_fit)),
+        residual_scale_per_action=None if monitor.action_scale is None else monitor.action_scale.tolist(),
+        spread_floor_values=None if floor is None else floor.tolist(),
+        rows_per_action=None if counts is None else counts.tolist(),
+        shift_per_group=per_group,
     )

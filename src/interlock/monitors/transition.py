@@ -12,8 +12,9 @@ Signals (``<name>.<signal>``):
 
 =================  =====================================================================
 ``surprise``       RMS (or max, or mean square, each z^2 optionally clipped) over dimensions
-                   of the residual divided by its calibrated in-distribution scale; 0 where
-                   the episode has no previous step
+                   of the residual divided by its calibrated in-distribution scale (one per
+                   dimension, or with ``spread: per_action`` one per executed action and
+                   dimension); 0 where the episode has no previous step
 ``shift``          CUSUM over the episode: ``S = max(0, S + surprise - drift)``;
                    tripped above its threshold (per-episode false-alarm target)
 ``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
@@ -26,6 +27,8 @@ Sequencing per ``(agent_id, episode_id)`` (state in :class:`~interlock.episodes.
   episode was rewound): the episode starts afresh, surprise 0, statistic 0;
 * the next step (last + 1) with a known executed action: a transition to predict;
 * the same step again (a retry): the surprise it had, the statistic not advanced twice;
+* the next step, but ``score_when`` does not hold for the previous or the arrived observation:
+  surprise 0, the statistic and the residual bias kept as they were;
 * a step that skips ahead, or an unknown executed action (an action outside the space, a
   failed decision): no transition to predict, surprise 0, the statistic kept as it was;
 * an empty episode_id: no episode, surprise 0 (the agent must send episode ids).
@@ -50,6 +53,7 @@ from interlock.ensembles.thresholds import read_monitor_entry
 from interlock.episodes import EpisodeFacts, EpisodeState, EpisodeStore
 from interlock.errors import ConfigError
 from interlock.monitors.base import Monitor
+from interlock.reachability.constraints import BatchedCondition
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +69,17 @@ def surprise_of(
     aggregate: str = "rms",
     clip: float | None = None,
 ) -> np.ndarray:
-    """``[n]`` surprise of ``[n, obs_dim]`` residuals, each dimension divided by ``scale [obs_dim]``.
+    """``[n]`` surprise of ``[n, obs_dim]`` residuals, each divided by ``scale``.
+
+    ``scale`` is ``[obs_dim]`` (one scale per dimension) or ``[n, obs_dim]`` (one per row: the scale of
+    the action each row executed, ``spread: per_action``).
 
     With ``z`` the normalised residual of the chosen dimensions and ``clip`` capping each ``z^2``:
     ``rms``: root mean square over dimensions (about 1 in distribution when the scale is the
     residual's RMS); ``max``: the largest ``|z|``; ``mean_sq``: the mean of ``z^2`` (residual energy).
     """
-    z = np.asarray(residual, np.float64) / np.asarray(scale, np.float64)[None, :]
+    scale = np.asarray(scale, np.float64)
+    z = np.asarray(residual, np.float64) / (scale[None, :] if scale.ndim == 1 else scale)
     if dims is not None:
         z = z[:, dims]
     sq = z * z if clip is None else np.minimum(z * z, clip)
@@ -149,12 +157,23 @@ class TransitionMonitor(Monitor):
                 )
         if cfg.residual_scale is not None:
             self._check_scale(cfg.residual_scale, f"{where}.residual_scale")
+        if cfg.spread == "per_action" and not spaces.action.discrete:
+            raise ConfigError(
+                f"{where}.spread is 'per_action', which needs a discrete action space (one residual scale "
+                "per action); this agent's action space is a box: use spread: global"
+            )
+        self.n_actions = int(spaces.action.n) if spaces.action.discrete else 0
         self.dims = None if cfg.dims is None else np.asarray(cfg.dims, np.int64)
+        self.score_when = None
+        if cfg.score_when is not None:
+            self.score_when = BatchedCondition(cfg.score_when, self.obs_dim, f"{where}.score_when")
         self.require_thresholds = require_thresholds
         self.model = EnsembleModel(runtime, cfg.model, where, cfg.output_name, needs_action=True)
         self.store = store or EpisodeStore(cfg.max_episodes, cfg.episode_ttl_seconds)
         self.beta = 1.0 - 0.5 ** (1.0 / cfg.bias_halflife)
         self.scale = np.full(self.obs_dim, np.nan)
+        #: ``[n_actions, obs_dim]`` residual scale per executed action (``spread: per_action``), else None.
+        self.action_scale: np.ndarray | None = None
         self.drift = float("nan")
         self.thresholds: dict[str, float] = {}
 
@@ -190,6 +209,9 @@ class TransitionMonitor(Monitor):
         thresholds.setdefault("residual_bias", float("inf"))  # informational unless calibrated or set
         missing = [s for s in ("surprise", "shift") if s not in thresholds]
         missing += ["residual_scale"] if scale is None else []
+        per_action = entry.get("residual_scale_per_action") if self.cfg.spread == "per_action" else None
+        if self.cfg.spread == "per_action" and per_action is None:
+            missing.append("residual_scale_per_action")
         missing += ["drift"] if drift is None else []
         if missing and self.require_thresholds:
             raise ConfigError(
@@ -199,6 +221,18 @@ class TransitionMonitor(Monitor):
             )
         if scale is not None:
             self.scale = self._check_scale(list(scale), f"{self.where}: residual_scale")
+        if per_action is not None:
+            if len(per_action) != self.n_actions:
+                raise ConfigError(
+                    f"{self.where}: residual_scale_per_action in the thresholds file has {len(per_action)} "
+                    f"rows; the action space has {self.n_actions} actions; re-run `interlock calibrate`"
+                )
+            self.action_scale = np.stack(
+                [
+                    self._check_scale(list(row), f"{self.where}: residual_scale_per_action[{a}]")
+                    for a, row in enumerate(per_action)
+                ]
+            )
         self.drift = float("nan") if drift is None else float(drift)
         self.thresholds = thresholds
         self.ready = True
@@ -207,8 +241,13 @@ class TransitionMonitor(Monitor):
         if not self.cfg.thresholds_file:
             return {}
         path = self.runtime.resolve(self.cfg.thresholds_file)
-        if not self.require_thresholds and not path.is_file():
-            return {}
+        if not self.require_thresholds:  # calibrating: the entry is written anew, and may not exist yet
+            if not path.is_file():
+                return {}
+            try:
+                return read_monitor_entry(path, self.name, self.where)
+            except ConfigError:  # no entry for this monitor yet (another monitor's calibration is there)
+                return {}
         entry = read_monitor_entry(path, self.name, self.where)
         if entry.get("kind") != "transition":
             raise ConfigError(
@@ -226,6 +265,10 @@ class TransitionMonitor(Monitor):
             ("dims", self.cfg.dims),
             ("clip", self.cfg.clip),
             ("drift_rule", self.cfg.drift_rule),
+            ("spread", self.cfg.spread),
+            ("scale_statistic", self.cfg.scale_statistic),
+            ("spread_floor", self.cfg.spread_floor),
+            ("spread_min_rows", self.cfg.spread_min_rows),
         )
         for key, mine in settings:  # calibration (require_thresholds False) writes the entry anew
             if self.require_thresholds and key in entry and entry[key] != mine:
@@ -236,6 +279,23 @@ class TransitionMonitor(Monitor):
         return entry
 
     # ------------------------------------------------------------------ request path
+
+    def scale_for(self, actions: np.ndarray) -> np.ndarray:
+        """``[n, obs_dim]`` residual scale of each row given its executed ``actions [n]`` (the global
+        scale repeated with ``spread: global``)."""
+        n = len(actions)
+        if self.action_scale is None:
+            return np.broadcast_to(self.scale, (n, self.obs_dim))
+        idx = np.asarray(actions).reshape(n).astype(np.int64)
+        known = (idx >= 0) & (idx < self.n_actions)  # a batch's provisional action may be outside the space
+        return np.where(known[:, None], self.action_scale[np.where(known, idx, 0)], self.scale[None, :])
+
+    def scored(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """``[n]`` bool: transitions ``obs [n, obs_dim] -> next_obs [n, obs_dim]`` that ``score_when``
+        lets the monitor score (all without one)."""
+        if self.score_when is None:
+            return np.ones(len(obs), bool)
+        return self.score_when(obs) & self.score_when(next_obs)
 
     def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``[n, obs_dim]`` members' mean next observation for ``[n, obs_dim]`` obs and their actions."""
@@ -283,11 +343,15 @@ class TransitionMonitor(Monitor):
         order, rows, pending = self._plan(batch, obs)
         todo = [i for i in range(n) if rows[i].plan == "predict"]
         residual = np.zeros((n, self.obs_dim))
+        scale = np.tile(self.scale, (n, 1))
+        scored = np.zeros(n, bool)
         if todo:
             prev_obs = np.stack([rows[i].prev_obs for i in todo])  # type: ignore[misc]
             prev_act = np.stack([rows[i].prev_action for i in todo])  # type: ignore[misc]
             residual[todo] = obs[todo] - self.predict(prev_obs, prev_act)
-        step_surprise = surprise_of(residual, self.scale, self.dims, self.cfg.aggregate, self.cfg.clip)
+            scale[todo] = self.scale_for(prev_act)
+            scored[todo] = self.scored(prev_obs, obs[todo])
+        step_surprise = surprise_of(residual, scale, self.dims, self.cfg.aggregate, self.cfg.clip)
         steps = batch.steps.tolist()
         surprise = np.zeros(n)
         shift = np.zeros(n)
@@ -308,7 +372,7 @@ class TransitionMonitor(Monitor):
                     p.residuals,
                 )
                 st.bias = None if p.bias is None else p.bias.copy()
-            if row.plan == "predict":
+            if row.plan == "predict" and scored[i]:
                 s = float(step_surprise[i])
                 r = residual[i]
                 if np.isfinite(s):
@@ -321,7 +385,7 @@ class TransitionMonitor(Monitor):
                     st.weight = (1.0 - self.beta) * st.weight + self.beta
                     st.residuals += 1
                 st.last_surprise = s
-            elif row.plan in ("fresh", "gap"):
+            elif row.plan in ("fresh", "gap", "predict"):  # predict: not scored (score_when)
                 st.last_surprise = 0.0
             surprise[i] = st.last_surprise
             shift[i] = st.statistic

@@ -13,16 +13,17 @@ a landing or the 1000-step time limit is not one. Every (agent, world) cell runs
 lockstep, one batched ``Guard.check`` per step (decisions in process, the engine the server runs).
 
 * **guarded**: the example config as is (transition monitor ``drift``, adaptive shield ``shield``,
-  rules: invalid -> substitute, first shift trip -> escalate (deferred, the shield's action), unsafe ->
-  substitute with ``shield_choice``).
+  rules: invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action),
+  ``handover``: once ``episode.shifted`` the robust backup ``robust_agent.onnx`` drives for the rest of
+  the episode (Simplex), unsafe -> substitute with ``shield_choice``).
 * **unguarded**: the same agent alone; the transition monitor still runs (the config reduced to the
   action-space and transition monitors, no rules, ``shadow: true``), so the shift trip rate and the
   detection delay of the unguarded agent are measured on the same episodes.
 
-Seeds: the detector and response studies' **evaluation** seeds (examples/lunarlander/README.md),
-episode ``k`` of a cell resets with ``{wind: 110000, weak_main: 111000, nominal: 112000}[world] + k``,
-the seeds of ``response_study_eval.json``, so the unguarded cells reproduce that file's ``none`` cells
-exactly and the guarded ones are comparable with its ``shield_always_H20``. Nothing is tuned here.
+Seeds: episode ``k`` of a cell resets with ``{wind: 110000, weak_main: 111000, nominal: 112000}[world]
++ k + --seed-offset`` (examples/lunarlander/README.md lists which offsets were used, and for what:
+0 = the response study's evaluation seeds, 20000 = the Simplex config's evaluation, negative offsets =
+development). Nothing is tuned here.
 
 Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
@@ -59,8 +60,13 @@ AGENTS = ("ppo", "dqn")
 DEV_AGENTS = ("heuristic", "ppo_eps20")
 DEV_EPSILON = {"ppo_eps20": 0.2}
 EVAL_SEED_START = 100_000
-#: Shield designs of the development study (``_shield_variant``).
+#: Shield designs of the development study (``_shield_variant``), then the Simplex handover designs
+#: (``_simplex_variant``, examples/lunarlander/simplex_dev/RULE.md).
 VARIANTS = ("config", "repeat", "h8", "gated", "h8_gated", "margin", "majority")
+SIMPLEX_VARIANTS = ("shield_h8", "simplex", "simplex_only", "simplex_cont")
+#: The robust backup (train_agents.py robust: PPO under randomised wind, turbulence and engine power).
+BACKUP_MODEL = "robust_agent.onnx"
+HANDOVER = "handover"
 WORLDS: dict[str, dict[str, Any]] = {
     "nominal": {"kwargs": {}, "main_power_scale": 1.0},
     "wind": {
@@ -130,6 +136,57 @@ def _shield_variant(agent: Any, variant: str) -> Any:
     )
 
 
+def _simplex_variant(agent: Any, variant: str) -> Any:
+    """The example config's agent as one Simplex design (development study, simplex_dev/RULE.md).
+
+    The base is the config without its ``handover`` rule (the adaptive shield, horizon 8, always on).
+    ``shield_h8``: the base. ``simplex``: once ``episode.shifted``, the robust backup (``backup``, an
+    ``onnx_policy`` fallback) drives for the rest of the episode; the shield acts before the trip.
+    ``simplex_only``: the handover without the shield. ``simplex_cont``: the handover, and the shield's
+    rollouts continue with the robust backup instead of our PPO (agent-independent).
+    """
+    from interlock.config import ContinuationConfig, DecisionRule, OnnxPolicyFallbackConfig
+
+    if variant not in SIMPLEX_VARIANTS:
+        raise ValueError(f"unknown Simplex variant {variant!r}: one of {', '.join(SIMPLEX_VARIANTS)}")
+    monitors, fallbacks = list(agent.monitors), dict(agent.fallbacks)
+    rules = [r for r in agent.policy.rules if r.name != HANDOVER]
+    fail_safe = agent.fail_safe
+    if variant == "shield_h8":
+        fallbacks.pop("backup", None)
+    else:
+        fallbacks.setdefault("backup", OnnxPolicyFallbackConfig(model=BACKUP_MODEL, output="logits"))
+        handover = DecisionRule(
+            name=HANDOVER,
+            when="episode.shifted",
+            verdict="substitute",
+            fallback="backup",
+            reason="the dynamics differ from training: the robust backup drives for the rest of the episode",
+        )
+        at = next(i for i, r in enumerate(rules) if r.name == "unsafe")
+        rules.insert(at, handover)
+        first_trip = "dynamics_shifted"  # the escalation at the trip answers with the backup's action too
+        rules = [r.model_copy(update={"fallback": "backup"}) if r.name == first_trip else r for r in rules]
+    if variant == "simplex_only":
+        monitors = [m for m in monitors if m.kind != "reachability"]
+        rules = [r for r in rules if "shield" not in r.when]
+        rules = [r.model_copy(update={"fallback": "backup"}) if r.fallback == "choice" else r for r in rules]
+        fallbacks = {k: f for k, f in fallbacks.items() if f.kind != "shield_choice"}
+        fail_safe = "backup"
+    if variant == "simplex_cont":
+        shield = next(i for i, m in enumerate(monitors) if m.kind == "reachability")
+        cont = ContinuationConfig(kind="policy", model=BACKUP_MODEL, output="logits")
+        monitors[shield] = monitors[shield].model_copy(update={"continuation": cont})
+    return agent.model_copy(
+        update={
+            "monitors": monitors,
+            "policy": agent.policy.model_copy(update={"rules": rules}),
+            "fallbacks": fallbacks,
+            "fail_safe": fail_safe,
+        }
+    )
+
+
 def _guard(guarded: bool, variant: str = "config") -> Any:
     """The example's Guard, or (unguarded) the detector alone in shadow mode."""
     from interlock.config import LoadedConfig, load_config
@@ -142,7 +199,8 @@ def _guard(guarded: bool, variant: str = "config") -> Any:
         )
     loaded = load_config(path)
     if guarded and variant != "config":
-        agent = _shield_variant(loaded.config.agents[0], variant)
+        make = _simplex_variant if variant in SIMPLEX_VARIANTS else _shield_variant
+        agent = make(loaded.config.agents[0], variant)
         config = loaded.config.model_copy(update={"agents": [agent]})
         loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
     if not guarded:
@@ -312,7 +370,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "dqn_agent.onnx (unseen), greedy"
         + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
         "seeds: the response study's evaluation seeds (wind 110000+, main x0.6 111000+, nominal 112000+)",
-        "one escalation per episode at the first shift trip (deferred; the shield's action): escalation_rate",
+        "one escalation per episode at the first shift trip (deferred; the backup's action): "
+        "escalation_rate; then the robust backup drives (Simplex handover)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
@@ -333,7 +392,8 @@ def main() -> None:
     p.add_argument(
         "--variant",
         default="config",
-        help="development study: shield design, one of VARIANTS (see _shield_variant)",
+        help="development study: a design, one of VARIANTS (_shield_variant) or SIMPLEX_VARIANTS "
+        "(_simplex_variant)",
     )
     p.add_argument("--conditions", default="unguarded,guarded", help="unguarded, guarded or both")
     p.add_argument("--json", default=None, help="write the cells here (after every cell)")
