@@ -63,7 +63,7 @@ TAU_ACC = 0.6
 TAU_HEADING = 0.2
 TAU_LATERAL = 0.6
 MAX_STEERING_ANGLE = np.pi / 3
-_FOLLOWUP_ACTIONS = {"hold": IDLE, "brake": SLOWER}
+_FOLLOWUP_ACTIONS = {"hold": IDLE, "brake": SLOWER, "left": LANE_LEFT, "right": LANE_RIGHT}
 
 
 class Rollout(NamedTuple):
@@ -91,7 +91,8 @@ class KinematicModel:
         target_speeds: the env's ``action.target_speeds`` in m/s (uniformly spaced, ascending);
             highway-env's default is (20, 25, 30).
         horizon: decisions to roll out (the first is the candidate).
-        followups: plans after the candidate: "hold" (IDLE) and/or "brake" (SLOWER).
+        followups: plans after the candidate: "hold" (IDLE), "brake" (SLOWER), "left" (LANE_LEFT
+            then IDLE), "right" (LANE_RIGHT then IDLE).
         lead_decel: worst-case braking (m/s^2, >= 0) of every vehicle ahead of the ego; 0 keeps
             constant velocity.
         lateral_clearance: lateral distance (m) below which the ego and a vehicle share a lane.
@@ -147,12 +148,17 @@ class KinematicModel:
         )
 
     # -- the model -------------------------------------------------------------------------
-    def rollout(self, obs: np.ndarray, actions: np.ndarray) -> Rollout:
+    def rollout(self, obs: np.ndarray, actions: np.ndarray,
+                others_accel: np.ndarray | None = None) -> Rollout:
         """Roll out each row's candidate meta-action followed by each follow-up plan.
 
         Args:
             obs: [batch, 25] or [batch, 5, 5] normalised Kinematics observations.
             actions: [batch] meta-action indices in 0..4.
+            others_accel: [batch, 4] longitudinal accelerations (m/s^2) of the observed vehicles,
+                held over the horizon (a braking vehicle stops at 0 m/s), e.g. estimated from the
+                episode's previous observation (``highway_shield.EpisodeMemory``); None or 0:
+                constant velocity. ``lead_decel`` still applies on top to vehicles ahead.
 
         Returns:
             A :class:`Rollout` with arrays [batch, n_followups, T, ...].
@@ -186,6 +192,8 @@ class KinematicModel:
         x, y, v, heading = np.zeros((batch, n_plans)), tile(y0), tile(speed0), tile(heading0)
         lane, target = tile(lane0), tile(target0)
         plan_actions = np.array([_FOLLOWUP_ACTIONS[f] for f in self.followups])  # [n_plans]
+        # After its first decision a lane-change plan holds (IDLE); brake keeps braking.
+        plan_later = np.where(plan_actions == SLOWER, SLOWER, IDLE)
 
         # Others, absolute velocities in the ego's frame (their observed features are relative).
         oth = rows[:, 1:, :]
@@ -196,6 +204,14 @@ class KinematicModel:
         ovx = np.repeat((vx0[:, None] + oth[:, :, 3] * V_SCALE)[:, None, :], n_plans, axis=1)
         ovy = np.repeat((vy0[:, None] + oth[:, :, 4] * V_SCALE)[:, None, :], n_plans, axis=1)
         ahead = ox > 0.0
+        if others_accel is None:
+            acc = np.zeros_like(ovx)
+        else:
+            acc = np.asarray(others_accel, dtype=np.float64).reshape(batch, 4)
+            if not np.all(np.isfinite(acc)):
+                raise ValueError("others_accel must be finite (m/s^2), got non-finite values")
+            acc = np.repeat(acc[:, None, :], n_plans, axis=1)
+        accelerating = acc != 0.0
 
         steps = self.horizon * self.simulation_frequency
         out = {k: np.empty((batch, n_plans, steps)) for k in ("ex", "ey", "ev")}
@@ -203,8 +219,12 @@ class KinematicModel:
         out_oy = np.empty((batch, n_plans, steps, 4))
         for k in range(steps):
             if k % self.simulation_frequency == 0:  # a decision: candidate first, then the plan
-                act = (np.repeat(actions[:, None], n_plans, axis=1) if k == 0
-                       else np.broadcast_to(plan_actions, (batch, n_plans)))
+                if k == 0:
+                    act = np.repeat(actions[:, None], n_plans, axis=1)
+                elif k == self.simulation_frequency:  # a plan's own action, then it holds
+                    act = np.broadcast_to(plan_actions, (batch, n_plans))
+                else:
+                    act = np.broadcast_to(plan_later, (batch, n_plans))
                 idx = self._speed_to_index(v)
                 target = np.where(act == FASTER, self._speeds[np.clip(idx + 1, 0, self._speeds.size - 1)],
                                   target)
@@ -231,6 +251,9 @@ class KinematicModel:
             # Others: constant velocity, vehicles ahead optionally braking to a stop.
             ox = ox + ovx * dt
             oy = oy + ovy * dt
+            if accelerating.any():  # observed accelerations, braking no further than a stop
+                ovx = np.where(accelerating, np.where(acc < 0, np.maximum(ovx + acc * dt, 0.0),
+                                                      ovx + acc * dt), ovx)
             if self.lead_decel > 0:
                 ovx = np.where(ahead, np.maximum(ovx - self.lead_decel * dt, 0.0), ovx)
             out["ex"][:, :, k], out["ey"][:, :, k], out["ev"][:, :, k] = x, y, v
@@ -240,27 +263,32 @@ class KinematicModel:
         gaps = np.where(overlap, np.abs(out_ox - out["ex"][..., None]) - VEHICLE_LENGTH, np.inf)
         return Rollout(out["ex"], out["ey"], out["ev"], out_ox, out_oy, present, gaps)
 
-    def margins(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    def margins(self, obs: np.ndarray, actions: np.ndarray,
+                others_accel: np.ndarray | None = None) -> np.ndarray:
         """Safety margin (m) of each row's candidate: its best follow-up's smallest gap.
 
         Args:
             obs: [batch, 25] or [batch, 5, 5].
             actions: [batch] meta-actions 0..4.
+            others_accel: [batch, 4] m/s^2 or None (see :meth:`rollout`).
 
         Returns:
             [batch] float64 in [-inf, max_margin]; negative = predicted collision.
         """
-        r = self.rollout(obs, actions)
+        r = self.rollout(obs, actions, others_accel)
         per_plan = r.gaps.min(axis=(2, 3))  # [batch, n_plans]
         return np.minimum(per_plan.max(axis=1), self.max_margin)
 
-    def margins_all(self, obs: np.ndarray) -> np.ndarray:
-        """Margins of all five meta-actions: obs [batch, 25] or [batch, 5, 5] -> [batch, 5]."""
+    def margins_all(self, obs: np.ndarray, others_accel: np.ndarray | None = None) -> np.ndarray:
+        """Margins of all five meta-actions: obs [batch, 25] or [batch, 5, 5] (others_accel
+        [batch, 4] m/s^2 or None) -> [batch, 5]."""
         rows = self._rows(obs)
         batch = rows.shape[0]
         rep = np.repeat(rows, N_ACTIONS, axis=0)  # [batch * 5, 5, 5], row-major per observation
         acts = np.tile(np.arange(N_ACTIONS), batch)
-        return self.margins(rep, acts).reshape(batch, N_ACTIONS)
+        acc = None if others_accel is None else np.repeat(np.asarray(others_accel).reshape(batch, 4),
+                                                          N_ACTIONS, axis=0)
+        return self.margins(rep, acts, acc).reshape(batch, N_ACTIONS)
 
 
 def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarray,
@@ -268,7 +296,10 @@ def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarra
     """The shield's action per row: the proposal if safe, else the safe action the agent
     prefers (highest ``q``; without ``q``: the largest margin), else the largest margin
     (among the actions within ``tie_tolerance`` metres of the largest, the one with the highest
-    ``q``: several actions often share the same closest vehicle, hence the same margin).
+    ``q``: several actions often share the same closest vehicle, hence the same margin). When
+    nothing is safe and the proposal itself is within ``tie_tolerance`` of the largest margin, the
+    proposal is kept (:func:`improvable`: nothing is strictly better; for a greedy agent whose
+    ``q`` this is, the Q tie-break picks the proposal anyway).
 
     Args:
         margins: [batch, 5] from :meth:`KinematicModel.margins_all`.
@@ -289,4 +320,73 @@ def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarra
     near_best = margins >= margins.max(axis=1, keepdims=True) - tie_tolerance
     least_bad = np.argmax(np.where(near_best, prefer, -np.inf), axis=1)
     fallback = np.where(safe.any(axis=1), best_safe, least_bad)
-    return np.where(safe[rows, proposed], proposed, fallback).astype(np.int64)
+    keep = ~improvable(margins, proposed, threshold, tie_tolerance)
+    return np.where(keep, proposed, fallback).astype(np.int64)
+
+
+def improvable(margins: np.ndarray, proposed: np.ndarray, threshold: float,
+               tie_tolerance: float = 0.0) -> np.ndarray:
+    """[batch] bool: some meta-action is strictly safer than the proposal, so the shield changes it.
+
+    The proposal is kept when it is safe (margin >= ``threshold``) and also when nothing is safe
+    and its margin is within ``tie_tolerance`` of the largest: the shield then has nothing strictly
+    better to offer (it would only trade one least-bad action for another by the agent's Q).
+
+    Args:
+        margins: [batch, n] margins (m); a proposal outside the columns must be given as a column
+            of -inf (then it is always improvable).
+        proposed: [batch] column indices.
+        threshold, tie_tolerance: as :func:`shield_choice`.
+    """
+    proposed = np.asarray(proposed, dtype=np.int64)
+    rows = np.arange(margins.shape[0])
+    own = margins[rows, proposed]
+    safe_exists = (margins >= threshold).any(axis=1)
+    near_best = own >= margins.max(axis=1) - tie_tolerance
+    return ~(own >= threshold) & (safe_exists | ~near_best)
+
+
+def estimate_accel(previous: np.ndarray, current: np.ndarray, dt: float = 1.0, match_tolerance: float = 4.0,
+                   accel_range: tuple[float, float] = (-6.0, 3.0)) -> np.ndarray:
+    """Longitudinal accelerations (m/s^2) of the vehicles observed now, from the previous observation.
+
+    The observation has no vehicle identities, so each vehicle seen now is matched to the previous
+    observation's vehicle whose predicted position (constant velocity over ``dt``, in the ego's
+    frame, the ego having moved at its mean speed) is nearest along the road, within
+    ``match_tolerance`` metres and 2.5 m laterally; its acceleration is the change of its absolute
+    vx over ``dt``, clipped to ``accel_range`` (highway-env's IDM: -6 .. +3 m/s^2). Unmatched or
+    absent vehicles get 0 (constant velocity).
+
+    Args:
+        previous, current: [batch, 25] or [batch, 5, 5] observations one decision (``dt`` s) apart
+            in the same episode.
+
+    Returns:
+        [batch, 4] float64, one column per observed vehicle of ``current`` (rows 1-4).
+    """
+    prev, cur = KinematicModel._rows(previous), KinematicModel._rows(current)
+    if prev.shape != cur.shape:
+        raise ValueError(f"previous and current observations differ in shape: {prev.shape} vs {cur.shape}")
+    lat_scale = LANE_WIDTH * 3  # y normalisation of the 3-lane road
+
+    def absolute(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        ego = rows[:, 0, :]
+        dx = rows[:, 1:, 1] * X_SCALE
+        y = (ego[:, 2:3] + rows[:, 1:, 2]) * lat_scale
+        vx = (ego[:, 3:4] + rows[:, 1:, 3]) * V_SCALE
+        vy = (ego[:, 4:5] + rows[:, 1:, 4]) * V_SCALE
+        return rows[:, 1:, 0] > 0.5, dx, y, vx, vy
+
+    p_present, p_dx, p_y, p_vx, p_vy = absolute(prev)
+    c_present, c_dx, c_y, c_vx, _ = absolute(cur)
+    ego_shift = 0.5 * (prev[:, 0, 3] + cur[:, 0, 3]) * V_SCALE * dt  # [batch]
+    pred_dx = p_dx + p_vx * dt - ego_shift[:, None]  # [batch, 4] in the current ego frame
+    pred_y = p_y + p_vy * dt
+    dist = np.abs(c_dx[:, :, None] - pred_dx[:, None, :])  # [batch, cur 4, prev 4]
+    ok = (c_present[:, :, None] & p_present[:, None, :]
+          & (np.abs(c_y[:, :, None] - pred_y[:, None, :]) < 2.5) & (dist < match_tolerance))
+    dist = np.where(ok, dist, np.inf)
+    nearest = np.argmin(dist, axis=2)  # [batch, 4]
+    matched = np.isfinite(np.take_along_axis(dist, nearest[..., None], axis=2)[..., 0])
+    accel = (c_vx - np.take_along_axis(p_vx, nearest, axis=1)) / dt
+    return np.where(matched, np.clip(accel, *accel_range), 0.0)

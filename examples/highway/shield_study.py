@@ -44,7 +44,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kinematic_model import KinematicModel, shield_choice  # noqa: E402
+from kinematic_model import KinematicModel, estimate_accel, shield_choice  # noqa: E402
 
 ENV_ID = "highway-fast-v0"
 BASE = {"duration": 20, "vehicles_count": 15}  # benchmarks/safety/highway.py NOMINAL traffic
@@ -57,6 +57,8 @@ SPEEDS = {
 SEEDS = {
     "dev": {"nominal": 300_000, "dense": 310_000},
     "eval": {"nominal": 400_000, "dense": 410_000},
+    # Fresh evaluation seeds for the round-4 design (issue 11 follow-up), never used before it.
+    "eval2": {"nominal": 420_000, "dense": 430_000},
 }
 
 
@@ -70,6 +72,9 @@ class Variant:
     lateral_clearance: float = 2.0
     threshold: float = 2.0  # metres
     tie_tolerance: float = 0.0  # metres; see kinematic_model.shield_choice
+    #: Others keep the acceleration observed over the episode's last decision
+    #: (kinematic_model.estimate_accel from the previous observation); False: constant velocity.
+    accel: bool = False
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -90,6 +95,14 @@ VARIANTS: dict[str, Variant] = {
     # the only design within 2% interventions in both nominal cells).
     "h1_t2_tie": Variant(horizon=1, threshold=2.0, tie_tolerance=1.0),
     "h1_t3_tie": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0),
+    # Round 4 (issue 11 follow-up, after the oracle.py bound; selection rule unchanged, README.md):
+    # the others' accelerations observed in the episode, and lane-change follow-ups at horizon 2.
+    "h1_t3_tie_acc": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True),
+    "h2_t3_tie_acc": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0, accel=True),
+    "h2_t3_tie_lr": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                            followups=("hold", "brake", "left", "right")),
+    "h2_t3_tie_lr_acc": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                                followups=("hold", "brake", "left", "right"), accel=True),
 }
 
 
@@ -133,11 +146,12 @@ class Episode:
 
 
 def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
-                threshold: float, tie_tolerance: float = 0.0) -> Episode:
+                threshold: float, tie_tolerance: float = 0.0, accel: bool = False) -> Episode:
     """One episode; ``model`` None = unguarded."""
     ep = Episode(seed)
     obs, _ = env.reset(seed=seed)
     done = False
+    previous = None
     while not done:
         flat = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         q = agent.q(flat)
@@ -145,11 +159,13 @@ def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
         action = int(proposed[0])
         if model is not None:
             t0 = time.perf_counter()
-            margins = model.margins_all(flat)
+            others_accel = estimate_accel(previous, flat) if accel and previous is not None else None
+            margins = model.margins_all(flat, others_accel)
             action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
             ep.model_seconds += time.perf_counter() - t0
             ep.interventions += action != int(proposed[0])
             ep.no_safe_action += not bool((margins >= threshold).any())
+        previous = flat
         obs, reward, terminated, truncated, info = env.step(action)
         ep.ret += float(reward)
         ep.steps += 1
@@ -201,8 +217,8 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                 model = KinematicModel(target_speeds=SPEEDS[speed], horizon=v.horizon,
                                        followups=v.followups, lead_decel=v.lead_decel,
                                        lateral_clearance=v.lateral_clearance)
-                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance)
-                                      for s in seeds])
+                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance,
+                                                    v.accel) for s in seeds])
                 cell[name]["variant"] = asdict(v)
             env.close()
             cell["seconds"] = time.perf_counter() - t0
