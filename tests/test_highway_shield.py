@@ -112,7 +112,7 @@ def _env_config(speed: str) -> dict:
 
 @pytest.mark.parametrize("speed", ["stock", "cpss"])
 def test_the_plugins_margins_are_the_kinematic_models_on_real_observations(guards, speed) -> None:
-    from kinematic_model import KinematicModel
+    from kinematic_model import KinematicModel, improvable
 
     obs = _real_observations(speed, seed=777_000, steps=12)
     expected = KinematicModel(target_speeds=SPEEDS[speed], horizon=1).margins_all(obs)  # [12, 5]
@@ -126,8 +126,11 @@ def test_the_plugins_margins_are_the_kinematic_models_on_real_observations(guard
         assert sig["shield.margin"][0] == pytest.approx(expected[i, a], abs=1e-9)
         assert sig["shield.best_margin"][0] == pytest.approx(expected[i].max(), abs=1e-9)
         unsafe = expected[i, a] < THRESHOLD
+        better = bool(improvable(expected[i:i + 1], np.array([a]), THRESHOLD, TIE)[0])
         assert sig["shield.margin"][1] == unsafe
-        assert d.verdict is (Verdict.SUBSTITUTE if unsafe else Verdict.ALLOW)
+        assert sig["shield.improvable"] == (float(better), better)
+        assert d.verdict is (Verdict.SUBSTITUTE if unsafe and better else Verdict.ALLOW)
+        assert d.rule == ("unsafe" if unsafe and better else "no_safer_action" if unsafe else "")
     # Dense traffic under random actions: both kinds of decision occur in these 12 rows.
     assert {d.verdict for d in decisions} == {Verdict.ALLOW, Verdict.SUBSTITUTE}
 
@@ -183,3 +186,74 @@ def test_real_steps_through_a_loopback_server_substitute_the_studys_choice() -> 
         env.close()
     assert seen[:2] == [(seen[0][0], "ALLOW", seen[0][0]), (seen[1][0], "ALLOW", seen[1][0])]
     assert seen[2] == (SLOWER, "SUBSTITUTE", FASTER)
+
+
+def _obs(ego_speed: float, ego_lane: int, others: list[tuple[float, int, float]]) -> np.ndarray:
+    """A Kinematics observation [25]: the ego at ``ego_speed`` m/s in ``ego_lane``, and ``others`` as
+    (dx m, lane, speed m/s), normalised as highway-env does (x / 200, y / 12, v / 80)."""
+    rows = np.zeros((5, 5), np.float32)
+    rows[0] = [1.0, 0.5, ego_lane * 4 / 12, ego_speed / 80, 0.0]
+    for i, (dx, lane, speed) in enumerate(others):
+        rows[i + 1] = [1.0, dx / 200, (lane - ego_lane) * 4 / 12, (speed - ego_speed) / 80, 0.0]
+    return rows.reshape(-1)
+
+
+def test_estimate_accel_recovers_a_braking_leader_from_two_observations() -> None:
+    from kinematic_model import estimate_accel
+
+    # The ego drives 25 m/s; the leader, 20 m ahead at 20 m/s, brakes at 4 m/s^2 for 1 s
+    # (18 m travelled, now 16 m/s, 13 m ahead); a car in the left lane keeps 25 m/s beside it.
+    before = _obs(25.0, 1, [(20.0, 1, 20.0), (-5.0, 0, 25.0)])
+    after = _obs(25.0, 1, [(13.0, 1, 16.0), (-5.0, 0, 25.0)])
+    accel = estimate_accel(before[None], after[None])
+    assert accel.shape == (1, 4)
+    assert accel[0, 0] == pytest.approx(-4.0, abs=1e-5)
+    assert accel[0, 1] == pytest.approx(0.0, abs=1e-5)
+    assert accel[0, 2:].tolist() == [0.0, 0.0]  # absent rows: constant velocity
+    # A vehicle that appears from nowhere (no match within 4 m) is not given an acceleration.
+    jumped = _obs(25.0, 1, [(30.0, 1, 10.0)])
+    assert estimate_accel(before[None], jumped[None])[0, 0] == 0.0
+
+
+def test_episode_memory_follows_steps_and_stays_bounded() -> None:
+    from highway_shield import EpisodeMemory
+
+    mem = EpisodeMemory(max_episodes=2)
+    o0, o1, o2 = (np.full(25, v, np.float32) for v in (0.0, 0.1, 0.2))
+    assert mem.observe("a", "e1", 0, o0) is None
+    assert np.array_equal(mem.observe("a", "e1", 1, o1), o0)
+    assert np.array_equal(mem.observe("a", "e1", 1, o1), o0)  # the same step again: same previous
+    assert np.array_equal(mem.previous("a", "e1", 1), o0)  # what the fallback reads
+    assert mem.previous("a", "e1", 2) is None
+    assert mem.observe("a", "e1", 5, o2) is None  # a gap: the episode starts afresh
+    assert mem.observe("a", "", 1, o1) is None and len(mem) == 1  # no episode id, no state
+    mem.observe("a", "e2", 0, o0)
+    mem.observe("b", "e1", 0, o0)  # another agent's episode of the same id is its own
+    assert len(mem) == 2 and mem.previous("a", "e1", 5) is None  # the least recently used went
+
+
+@pytest.mark.parametrize("speed", ["stock", "cpss"])
+def test_substitute_only_when_a_strictly_safer_action_exists(guards, speed) -> None:
+    """Nothing is safe: cars close ahead in all three lanes. The least bad proposal is ALLOWed
+    (rule no_safer_action, so Interlock's non-ALLOW count is the executed-action change); a
+    proposal more than tie_tolerance worse than the best is substituted."""
+    from kinematic_model import KinematicModel, shield_choice
+    from shield_study import Agent
+
+    obs = _obs(30.0, 1, [(7.0, 1, 20.0), (10.0, 0, 24.0), (5.0, 2, 20.0)])
+    kw = _agent_kwargs(CONFIGS[speed])[0]["kwargs"]
+    model = KinematicModel(target_speeds=SPEEDS[speed], horizon=kw["horizon"], followups=tuple(kw["followups"]))
+    margins = model.margins_all(obs[None])[0]
+    assert margins.max() < THRESHOLD  # the case under test: nothing is safe
+    best, worst = int(np.argmax(margins)), int(np.argmin(margins))
+    assert margins[worst] < margins[best] - TIE
+    [keep] = guards[speed].check([CheckInput("highway", obs, np.int64(best), "none-safe", 0)])
+    sig = _signals(keep)
+    assert sig["shield.margin"][1] and not sig["shield.improvable"][1]
+    assert keep.verdict is Verdict.ALLOW and keep.rule == "no_safer_action" and int(keep.action) == best
+    [swap] = guards[speed].check([CheckInput("highway", obs, np.int64(worst), "none-safe-2", 0)])
+    assert _signals(swap)["shield.improvable"][1]
+    q = Agent(HIGHWAY / "agent.onnx").q(obs[None])
+    expected = int(shield_choice(margins[None], q, np.array([worst]), THRESHOLD, TIE)[0])
+    assert swap.verdict is Verdict.SUBSTITUTE and swap.rule == "unsafe" and int(swap.action) == expected
+    assert expected != worst
