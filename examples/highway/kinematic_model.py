@@ -390,3 +390,35 @@ def estimate_accel(previous: np.ndarray, current: np.ndarray, dt: float = 1.0, m
     matched = np.isfinite(np.take_along_axis(dist, nearest[..., None], axis=2)[..., 0])
     accel = (c_vx - np.take_along_axis(p_vx, nearest, axis=1)) / dt
     return np.where(matched, np.clip(accel, *accel_range), 0.0)
+
+
+def shield_choice_ranked(margins: np.ndarray, ranking: np.ndarray, q: np.ndarray | None,
+                         proposed: np.ndarray, threshold: float, tie_tolerance: float = 0.0) -> np.ndarray:
+    """:func:`shield_choice` whose substitute also looks further ahead.
+
+    Whether the proposal is kept is decided by ``margins`` alone (the short horizon, so nominal
+    interventions stay those of :func:`shield_choice`). A substitute is then the action the agent
+    prefers (highest ``q``) among those safe under both ``margins`` and ``ranking`` (a longer
+    horizon's margins, e.g. two decisions with lane-change follow-ups); else, among the actions
+    safe under ``margins``, the largest ``ranking`` margin (``q`` breaking ties within
+    ``tie_tolerance``); else :func:`shield_choice`'s least bad action.
+
+    Args:
+        margins, ranking: [batch, 5] margins (m) of the short and the long horizon.
+        q: [batch, 5] or None; proposed: [batch]; threshold, tie_tolerance: as :func:`shield_choice`.
+
+    Returns:
+        [batch] int64 actions.
+    """
+    proposed = np.asarray(proposed, dtype=np.int64)
+    prefer = q if q is not None else ranking
+    safe = margins >= threshold
+    both = safe & (ranking >= threshold)
+    best_both = np.argmax(np.where(both, prefer, -np.inf), axis=1)
+    ranked = np.where(safe, ranking, -np.inf)
+    near = safe & (ranked >= ranked.max(axis=1, keepdims=True) - tie_tolerance)
+    best_safe = np.argmax(np.where(near, prefer, -np.inf), axis=1)
+    least_bad = shield_choice(margins, q, proposed, threshold, tie_tolerance)
+    choice = np.where(both.any(axis=1), best_both, np.where(safe.any(axis=1), best_safe, least_bad))
+    keep = ~improvable(margins, proposed, threshold, tie_tolerance)
+    return np.where(keep, proposed, choice).astype(np.int64)

@@ -44,7 +44,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kinematic_model import KinematicModel, estimate_accel, shield_choice  # noqa: E402
+from kinematic_model import KinematicModel, estimate_accel, shield_choice, shield_choice_ranked  # noqa: E402
 
 ENV_ID = "highway-fast-v0"
 BASE = {"duration": 20, "vehicles_count": 15}  # benchmarks/safety/highway.py NOMINAL traffic
@@ -75,6 +75,9 @@ class Variant:
     #: Others keep the acceleration observed over the episode's last decision
     #: (kinematic_model.estimate_accel from the previous observation); False: constant velocity.
     accel: bool = False
+    #: > 0: a substitute is ranked by a second model of this horizon with lane-change follow-ups
+    #: (kinematic_model.shield_choice_ranked); the proposal is still judged at ``horizon``.
+    rank_horizon: int = 0
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -103,6 +106,13 @@ VARIANTS: dict[str, Variant] = {
                             followups=("hold", "brake", "left", "right")),
     "h2_t3_tie_lr_acc": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
                                 followups=("hold", "brake", "left", "right"), accel=True),
+    # Round 5 (written after round 4 -- nothing beat h1_t3_tie in stock dense -- and a per-step
+    # look at oracle.py's choices on two dev seeds the shield crashed on: when nothing is safe
+    # the Q tie-break picked a doomed lane change that a 2-decision look had ranked lower, and
+    # "safe" lanes led into a jam a second later). The proposal is still judged at horizon 1; the
+    # substitute is ranked by a horizon-2 model with lane-change follow-ups.
+    "h1_t3_tie_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
+    "h1_t3_tie_acc_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
 }
 
 
@@ -146,7 +156,8 @@ class Episode:
 
 
 def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
-                threshold: float, tie_tolerance: float = 0.0, accel: bool = False) -> Episode:
+                threshold: float, tie_tolerance: float = 0.0, accel: bool = False,
+                rank_model: KinematicModel | None = None) -> Episode:
     """One episode; ``model`` None = unguarded."""
     ep = Episode(seed)
     obs, _ = env.reset(seed=seed)
@@ -161,7 +172,11 @@ def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
             t0 = time.perf_counter()
             others_accel = estimate_accel(previous, flat) if accel and previous is not None else None
             margins = model.margins_all(flat, others_accel)
-            action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
+            if rank_model is not None and margins[0, action] < threshold:
+                ranking = rank_model.margins_all(flat, others_accel)
+                action = int(shield_choice_ranked(margins, ranking, q, proposed, threshold, tie_tolerance)[0])
+            else:
+                action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
             ep.model_seconds += time.perf_counter() - t0
             ep.interventions += action != int(proposed[0])
             ep.no_safe_action += not bool((margins >= threshold).any())
@@ -217,8 +232,12 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                 model = KinematicModel(target_speeds=SPEEDS[speed], horizon=v.horizon,
                                        followups=v.followups, lead_decel=v.lead_decel,
                                        lateral_clearance=v.lateral_clearance)
+                rank_model = None if not v.rank_horizon else KinematicModel(
+                    target_speeds=SPEEDS[speed], horizon=v.rank_horizon,
+                    followups=("hold", "brake", "left", "right"), lead_decel=v.lead_decel,
+                    lateral_clearance=v.lateral_clearance)
                 cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance,
-                                                    v.accel) for s in seeds])
+                                                    v.accel, rank_model) for s in seeds])
                 cell[name]["variant"] = asdict(v)
             env.close()
             cell["seconds"] = time.perf_counter() - t0
