@@ -242,7 +242,8 @@ def test_substitute_only_when_a_strictly_safer_action_exists(guards, speed) -> N
 
     obs = _obs(30.0, 1, [(7.0, 1, 20.0), (10.0, 0, 24.0), (5.0, 2, 20.0)])
     kw = _agent_kwargs(CONFIGS[speed])[0]["kwargs"]
-    model = KinematicModel(target_speeds=SPEEDS[speed], horizon=kw["horizon"], followups=tuple(kw["followups"]))
+    model = KinematicModel(target_speeds=SPEEDS[speed], horizon=kw["horizon"],
+                           followups=tuple(kw["followups"]))
     margins = model.margins_all(obs[None])[0]
     assert margins.max() < THRESHOLD  # the case under test: nothing is safe
     best, worst = int(np.argmax(margins)), int(np.argmin(margins))

@@ -49,7 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kinematic_model import N_ACTIONS, KinematicModel, estimate_accel, improvable, shield_choice
+from kinematic_model import (
+    N_ACTIONS,
+    KinematicModel,
+    estimate_accel,
+    improvable,
+    shield_choice,
+    shield_choice_ranked,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,7 +75,10 @@ class EpisodeMemory:
     def __init__(self, max_episodes: int = 10_000) -> None:
         self.max_episodes = int(max_episodes)
         self._lock = threading.Lock()
-        self._episodes: OrderedDict[tuple[str, str], tuple[int, np.ndarray, np.ndarray | None]] = OrderedDict()
+        # (agent_id, episode_id) -> (step, observation [25], previous observation or None)
+        self._episodes: OrderedDict[tuple[str, str], tuple[int, np.ndarray, np.ndarray | None]] = (
+            OrderedDict()
+        )
 
     def __len__(self) -> int:
         return len(self._episodes)
@@ -206,6 +216,9 @@ class ShieldChoice:
         scores: the agent's ONNX (``obs`` [batch, 25] -> Q [batch, 5]); relative to this folder.
         target_speeds, horizon, followups, lead_decel, lateral_clearance, observed_accel, memory:
             as :class:`ShieldMargins` (the same values).
+        rank_horizon: > 0: rank the substitutes by a second model of this many decisions with
+            follow-ups hold, brake, left and right (:func:`kinematic_model.shield_choice_ranked`);
+            0: :func:`kinematic_model.shield_choice`.
     """
 
     def __init__(
@@ -220,6 +233,7 @@ class ShieldChoice:
         lateral_clearance: float = 2.0,
         observed_accel: bool = False,
         memory: str = "highway",
+        rank_horizon: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -227,6 +241,10 @@ class ShieldChoice:
         self.tie_tolerance = float(tie_tolerance)
         self.model = _model(target_speeds, horizon, followups, lead_decel, lateral_clearance)
         self.memory = episode_memory(memory) if observed_accel else None
+        self.rank_model = None
+        if int(rank_horizon) > 0:
+            self.rank_model = _model(target_speeds, rank_horizon, ("hold", "brake", "left", "right"),
+                                     lead_decel, lateral_clearance)
         path = Path(scores) if Path(scores).is_absolute() else HERE / scores
         if not path.exists():
             raise FileNotFoundError(
@@ -257,4 +275,8 @@ class ShieldChoice:
         margins6 = np.concatenate([margins, np.full((n, 1), -np.inf)], axis=1)
         q6 = np.concatenate([q, np.full((n, 1), -np.inf)], axis=1)
         proposed = np.where(_valid(actions), actions, N_ACTIONS).astype(np.int64)
-        return shield_choice(margins6, q6, proposed, self.threshold, self.tie_tolerance)
+        if self.rank_model is None:
+            return shield_choice(margins6, q6, proposed, self.threshold, self.tie_tolerance)
+        ranking = self.rank_model.margins_all(observations, accel)
+        ranking6 = np.concatenate([ranking, np.full((n, 1), -np.inf)], axis=1)
+        return shield_choice_ranked(margins6, ranking6, q6, proposed, self.threshold, self.tie_tolerance)

@@ -37,9 +37,9 @@ from shield_study import (  # noqa: E402
     SPEEDS,
     Agent,
     Episode,
-    run_episode as run_unguarded,
     summarise,
 )
+from shield_study import run_episode as run_unguarded  # noqa: E402
 
 CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
 VARIANT = "h1_t3_tie"

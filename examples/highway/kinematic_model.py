@@ -313,7 +313,6 @@ def shield_choice(margins: np.ndarray, q: np.ndarray | None, proposed: np.ndarra
         [batch] int64 actions.
     """
     proposed = np.asarray(proposed, dtype=np.int64)
-    rows = np.arange(margins.shape[0])
     safe = margins >= threshold
     prefer = q if q is not None else margins
     best_safe = np.argmax(np.where(safe, prefer, -np.inf), axis=1)
