@@ -399,8 +399,9 @@ def shield_choice_ranked(margins: np.ndarray, ranking: np.ndarray, q: np.ndarray
     interventions stay those of :func:`shield_choice`). A substitute is then the action the agent
     prefers (highest ``q``) among those safe under both ``margins`` and ``ranking`` (a longer
     horizon's margins, e.g. two decisions with lane-change follow-ups); else, among the actions
-    safe under ``margins``, the largest ``ranking`` margin (``q`` breaking ties within
-    ``tie_tolerance``); else :func:`shield_choice`'s least bad action.
+    safe under ``margins`` -- or, when none is, among the least bad ones (within ``tie_tolerance``
+    of the largest margin) -- the largest ``ranking`` margin (``q`` breaking ties within
+    ``tie_tolerance``).
 
     Args:
         margins, ranking: [batch, 5] margins (m) of the short and the long horizon.
@@ -414,10 +415,12 @@ def shield_choice_ranked(margins: np.ndarray, ranking: np.ndarray, q: np.ndarray
     safe = margins >= threshold
     both = safe & (ranking >= threshold)
     best_both = np.argmax(np.where(both, prefer, -np.inf), axis=1)
-    ranked = np.where(safe, ranking, -np.inf)
-    near = safe & (ranked >= ranked.max(axis=1, keepdims=True) - tie_tolerance)
-    best_safe = np.argmax(np.where(near, prefer, -np.inf), axis=1)
-    least_bad = shield_choice(margins, q, proposed, threshold, tie_tolerance)
-    choice = np.where(both.any(axis=1), best_both, np.where(safe.any(axis=1), best_safe, least_bad))
+    # Nothing safe: the candidates are the least bad under ``margins`` (within tie_tolerance).
+    least_bad = margins >= margins.max(axis=1, keepdims=True) - tie_tolerance
+    pool = np.where(safe.any(axis=1, keepdims=True), safe, least_bad)
+    ranked = np.where(pool, ranking, -np.inf)
+    near = pool & (ranked >= ranked.max(axis=1, keepdims=True) - tie_tolerance)
+    best_pool = np.argmax(np.where(near, prefer, -np.inf), axis=1)
+    choice = np.where(both.any(axis=1), best_both, best_pool)
     keep = ~improvable(margins, proposed, threshold, tie_tolerance)
     return np.where(keep, proposed, choice).astype(np.int64)

@@ -113,6 +113,12 @@ VARIANTS: dict[str, Variant] = {
     # substitute is ranked by a horizon-2 model with lane-change follow-ups.
     "h1_t3_tie_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
     "h1_t3_tie_acc_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
+    # Round 5b: the same two after a fix. In round 5's first run the ranking applied only when
+    # some action was safe, not when none was (the case the oracle look had shown); it changed no
+    # dev episode (results identical to h1_t3_tie / h1_t3_tie_acc). Now the least bad actions are
+    # ranked too (kinematic_model.shield_choice_ranked).
+    "h1_t3_tie_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
+    "h1_t3_tie_acc_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
 }
 
 
