@@ -258,3 +258,24 @@ def test_substitute_only_when_a_strictly_safer_action_exists(guards, speed) -> N
     expected = int(shield_choice(margins[None], q, np.array([worst]), THRESHOLD, TIE)[0])
     assert swap.verdict is Verdict.SUBSTITUTE and swap.rule == "unsafe" and int(swap.action) == expected
     assert expected != worst
+
+
+def test_shield_choice_ranked_looks_further_only_for_the_substitute() -> None:
+    from kinematic_model import shield_choice_ranked
+
+    q = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]] * 4)
+    margins = np.array([
+        [10.0, 10.0, 10.0, 10.0, 10.0],  # the proposal (IDLE) is safe: kept whatever the ranking
+        [1.0, 5.0, 5.0, 0.0, 5.0],       # unsafe LANE_LEFT: IDLE is safe in both looks -> IDLE
+        [1.0, 5.0, 5.0, 0.0, 5.0],       # ... no action safe in both: the safe one ranked best
+        [1.6, 0.1, 1.3, -2.3, 0.1],      # nothing safe: the least bad (1.6, 1.3) ranked -> 2
+    ])
+    ranking = np.array([
+        [-9.0, -9.0, -9.0, -9.0, -9.0],
+        [0.0, 4.0, 8.0, 0.0, 0.0],
+        [0.0, 1.0, 2.5, 0.0, 0.2],
+        [-5.0, 3.0, 4.0, -5.0, 3.0],
+    ])
+    proposed = np.array([IDLE, LANE_LEFT, LANE_LEFT, SLOWER])
+    chosen = shield_choice_ranked(margins, ranking, q, proposed, 3.0, 1.0)
+    assert chosen.tolist() == [IDLE, IDLE, LANE_RIGHT, LANE_RIGHT]

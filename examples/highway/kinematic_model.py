@@ -424,3 +424,10 @@ def shield_choice_ranked(margins: np.ndarray, ranking: np.ndarray, q: np.ndarray
     choice = np.where(both.any(axis=1), best_both, best_pool)
     keep = ~improvable(margins, proposed, threshold, tie_tolerance)
     return np.where(keep, proposed, choice).astype(np.int64)
+
+
+def trapped_margins(margins: np.ndarray, ranking: np.ndarray, trap_threshold: float) -> np.ndarray:
+    """``margins`` [batch, 5] with every action whose longer-horizon ``ranking`` margin is below
+    ``trap_threshold`` (a predicted collision a decision later whatever follows, e.g. 0 m) lowered
+    to that ranking margin: an action safe for one decision but leading into a trap is unsafe."""
+    return np.where(ranking < trap_threshold, np.minimum(margins, ranking), margins)

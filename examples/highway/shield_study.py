@@ -44,7 +44,13 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kinematic_model import KinematicModel, estimate_accel, shield_choice, shield_choice_ranked  # noqa: E402
+from kinematic_model import (  # noqa: E402
+    KinematicModel,
+    estimate_accel,
+    shield_choice,
+    shield_choice_ranked,
+    trapped_margins,
+)
 
 ENV_ID = "highway-fast-v0"
 BASE = {"duration": 20, "vehicles_count": 15}  # benchmarks/safety/highway.py NOMINAL traffic
@@ -78,6 +84,9 @@ class Variant:
     #: > 0: a substitute is ranked by a second model of this horizon with lane-change follow-ups
     #: (kinematic_model.shield_choice_ranked); the proposal is still judged at ``horizon``.
     rank_horizon: int = 0
+    #: With rank_horizon: an action whose ranking margin is below this (m) counts as unsafe
+    #: (kinematic_model.trapped_margins); None: off.
+    trap_threshold: float | None = None
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -119,6 +128,12 @@ VARIANTS: dict[str, Variant] = {
     # ranked too (kinematic_model.shield_choice_ranked).
     "h1_t3_tie_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
     "h1_t3_tie_acc_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
+    # Round 6 (after round 5b: ranking substitutes helped by one stock dense crash; the oracle look
+    # also showed a lane safe for 1 s that is a trap a second later): also an action whose
+    # horizon-2 margin with every follow-up (hold, brake, left, right) is a predicted collision
+    # (< 0 m) counts as unsafe.
+    "h1_t3_tie_rank2b_trap0": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2,
+                                      trap_threshold=0.0),
 }
 
 
@@ -163,7 +178,7 @@ class Episode:
 
 def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
                 threshold: float, tie_tolerance: float = 0.0, accel: bool = False,
-                rank_model: KinematicModel | None = None) -> Episode:
+                rank_model: KinematicModel | None = None, trap_threshold: float | None = None) -> Episode:
     """One episode; ``model`` None = unguarded."""
     ep = Episode(seed)
     obs, _ = env.reset(seed=seed)
@@ -178,8 +193,13 @@ def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
             t0 = time.perf_counter()
             others_accel = estimate_accel(previous, flat) if accel and previous is not None else None
             margins = model.margins_all(flat, others_accel)
-            if rank_model is not None and margins[0, action] < threshold:
+            ranking = None
+            if rank_model is not None and trap_threshold is not None:
                 ranking = rank_model.margins_all(flat, others_accel)
+                margins = trapped_margins(margins, ranking, trap_threshold)
+            if rank_model is not None and margins[0, action] < threshold:
+                if ranking is None:
+                    ranking = rank_model.margins_all(flat, others_accel)
                 action = int(shield_choice_ranked(margins, ranking, q, proposed, threshold, tie_tolerance)[0])
             else:
                 action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
@@ -243,7 +263,7 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                     followups=("hold", "brake", "left", "right"), lead_decel=v.lead_decel,
                     lateral_clearance=v.lateral_clearance)
                 cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance,
-                                                    v.accel, rank_model) for s in seeds])
+                                                    v.accel, rank_model, v.trap_threshold) for s in seeds])
                 cell[name]["variant"] = asdict(v)
             env.close()
             cell["seconds"] = time.perf_counter() - t0
