@@ -56,6 +56,7 @@ from kinematic_model import (
     improvable,
     shield_choice,
     shield_choice_ranked,
+    trapped_margins,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -152,6 +153,14 @@ def _model(target_speeds, horizon, followups, lead_decel, lateral_clearance) -> 
     )
 
 
+def _rank_model(target_speeds, rank_horizon, lead_decel, lateral_clearance) -> KinematicModel | None:
+    """The longer look that ranks substitutes (and judges traps): all four follow-ups."""
+    if int(rank_horizon) <= 0:
+        return None
+    followups = ("hold", "brake", "left", "right")
+    return _model(target_speeds, rank_horizon, followups, lead_decel, lateral_clearance)
+
+
 def _valid(actions: np.ndarray) -> np.ndarray:
     """[batch] bool: the action is a meta-action index 0..4."""
     a = np.asarray(actions)
@@ -172,6 +181,9 @@ class ShieldMargins:
             (:func:`kinematic_model.estimate_accel` from the previous observation, kept per
             ``(agent_id, episode_id)`` in :class:`EpisodeMemory`); False: constant velocity.
         memory: the :class:`EpisodeMemory` name, the same in the agent's fallback.
+        rank_horizon, trap_threshold: with both set, an action whose margin over ``rank_horizon``
+            decisions (follow-ups hold, brake, left, right) is below ``trap_threshold`` m counts
+            as unsafe (:func:`kinematic_model.trapped_margins`); the fallback's must be the same.
     """
 
     def __init__(
@@ -185,11 +197,17 @@ class ShieldMargins:
         tie_tolerance: float = 1.0,
         observed_accel: bool = False,
         memory: str = "highway",
+        rank_horizon: int = 0,
+        trap_threshold: float | None = None,
     ) -> None:
         self.model = _model(target_speeds, horizon, followups, lead_decel, lateral_clearance)
         self.threshold = float(threshold)
         self.tie_tolerance = float(tie_tolerance)
         self.memory = episode_memory(memory) if observed_accel else None
+        self.rank_model = _rank_model(target_speeds, rank_horizon, lead_decel, lateral_clearance)
+        self.trap_threshold = None if trap_threshold is None else float(trap_threshold)
+        if self.trap_threshold is not None and self.rank_model is None:
+            raise ValueError("trap_threshold needs rank_horizon >= 1 (the horizon the trap is judged over)")
 
     def __call__(self, observations: np.ndarray, actions: np.ndarray, batch: Any) -> dict[str, np.ndarray]:
         """obs [batch, 25], actions [batch] -> {"margin", "best_margin"} (m) and {"improvable"}
@@ -197,6 +215,9 @@ class ShieldMargins:
         NaN for an action outside 0..4), each [batch]."""
         accel = _others_accel(self.memory, observations, batch, record=True)
         margins = self.model.margins_all(observations, accel)  # [batch, 5]
+        if self.trap_threshold is not None:
+            ranking = self.rank_model.margins_all(observations, accel)  # type: ignore[union-attr]
+            margins = trapped_margins(margins, ranking, self.trap_threshold)
         actions = np.asarray(actions).reshape(-1)
         valid = _valid(actions)
         rows = np.arange(len(actions))
@@ -219,6 +240,7 @@ class ShieldChoice:
         rank_horizon: > 0: rank the substitutes by a second model of this many decisions with
             follow-ups hold, brake, left and right (:func:`kinematic_model.shield_choice_ranked`);
             0: :func:`kinematic_model.shield_choice`.
+        trap_threshold: as :class:`ShieldMargins` (the same value).
     """
 
     def __init__(
@@ -234,6 +256,7 @@ class ShieldChoice:
         observed_accel: bool = False,
         memory: str = "highway",
         rank_horizon: int = 0,
+        trap_threshold: float | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -241,10 +264,10 @@ class ShieldChoice:
         self.tie_tolerance = float(tie_tolerance)
         self.model = _model(target_speeds, horizon, followups, lead_decel, lateral_clearance)
         self.memory = episode_memory(memory) if observed_accel else None
-        self.rank_model = None
-        if int(rank_horizon) > 0:
-            self.rank_model = _model(target_speeds, rank_horizon, ("hold", "brake", "left", "right"),
-                                     lead_decel, lateral_clearance)
+        self.rank_model = _rank_model(target_speeds, rank_horizon, lead_decel, lateral_clearance)
+        self.trap_threshold = None if trap_threshold is None else float(trap_threshold)
+        if self.trap_threshold is not None and self.rank_model is None:
+            raise ValueError("trap_threshold needs rank_horizon >= 1 (the horizon the trap is judged over)")
         path = Path(scores) if Path(scores).is_absolute() else HERE / scores
         if not path.exists():
             raise FileNotFoundError(
@@ -278,5 +301,7 @@ class ShieldChoice:
         if self.rank_model is None:
             return shield_choice(margins6, q6, proposed, self.threshold, self.tie_tolerance)
         ranking = self.rank_model.margins_all(observations, accel)
+        if self.trap_threshold is not None:
+            margins6[:, :N_ACTIONS] = trapped_margins(margins, ranking, self.trap_threshold)
         ranking6 = np.concatenate([ranking, np.full((n, 1), -np.inf)], axis=1)
         return shield_choice_ranked(margins6, ranking6, q6, proposed, self.threshold, self.tie_tolerance)
