@@ -134,6 +134,9 @@ VARIANTS: dict[str, Variant] = {
     # (< 0 m) counts as unsafe.
     "h1_t3_tie_rank2b_trap0": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2,
                                       trap_threshold=0.0),
+    # Round 7 (after rounds 5b and 6: ranking substitutes by horizon 2 is the only gain, -1 stock
+    # dense crash; judging traps cost nominal interventions): rank substitutes over 3 decisions.
+    "h1_t3_tie_rank3b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=3),
 }
 
 
