@@ -95,6 +95,14 @@ class KinematicModel:
             then IDLE), "right" (LANE_RIGHT then IDLE).
         lead_decel: worst-case braking (m/s^2, >= 0) of every vehicle ahead of the ego; 0 keeps
             constant velocity.
+        others_model: "constant" (constant velocity, optionally ``lead_decel`` / observed
+            accelerations) or "idm": each observed vehicle follows highway-env's IDM
+            (``IDMVehicle.acceleration``: comfort 3 m/s^2, jam distance 10 m centre to centre,
+            time gap 1.5 s, delta 4, clipped to +-6 m/s^2) behind the nearest vehicle ahead of it in
+            its lane among the ego and the observed ones (none: free road), with target speed
+            ``max(observed speed, idm_target_speed)`` (highway-env draws the others' target speeds
+            around 21-24 m/s; it is not observed). Lateral motion stays constant velocity.
+        idm_target_speed: the lowest target speed assumed for "idm" (m/s).
         lateral_clearance: lateral distance (m) below which the ego and a vehicle share a lane.
         max_margin: cap on the margin (m) when no vehicle is in the ego's way.
         lanes_count: lanes of the road (lane 0 at y = 0 m, the leftmost).
@@ -105,6 +113,8 @@ class KinematicModel:
     horizon: int = 2
     followups: tuple[str, ...] = ("hold", "brake")
     lead_decel: float = 0.0
+    others_model: str = "constant"
+    idm_target_speed: float = 21.0
     lateral_clearance: float = 2.0
     max_margin: float = 100.0
     lanes_count: int = 3
@@ -124,6 +134,8 @@ class KinematicModel:
             raise ValueError(
                 f"followups must be a non-empty subset of {sorted(_FOLLOWUP_ACTIONS)}, got {self.followups}"
             )
+        if self.others_model not in ("constant", "idm"):
+            raise ValueError(f"others_model must be 'constant' or 'idm', got {self.others_model!r}")
         if self.lead_decel < 0:
             raise ValueError(f"lead_decel is a deceleration magnitude (>= 0), got {self.lead_decel}")
 
@@ -212,6 +224,8 @@ class KinematicModel:
                 raise ValueError("others_accel must be finite (m/s^2), got non-finite values")
             acc = np.repeat(acc[:, None, :], n_plans, axis=1)
         accelerating = acc != 0.0
+        idm_v0 = np.maximum(ovx, self.idm_target_speed)  # [batch, P, 4]
+        not_self = ~np.eye(4, 5, k=1, dtype=bool)  # [4 followers, 5 candidates: ego, others]
 
         steps = self.horizon * self.simulation_frequency
         out = {k: np.empty((batch, n_plans, steps)) for k in ("ex", "ey", "ev")}
@@ -242,6 +256,8 @@ class KinematicModel:
             slip = np.arcsin(np.clip(VEHICLE_LENGTH / 2 / v_nz * heading_rate, -1, 1))
             steering = np.clip(np.arctan(2 * np.tan(slip)), -MAX_STEERING_ANGLE, MAX_STEERING_ANGLE)
             accel = (target - v) / TAU_ACC  # ControlledVehicle.speed_control
+            if self.others_model == "idm":  # the others' IDM, from the state before this sub-step
+                idm_accel = self._idm(x, y, v, ox, oy, ovx, present, idm_v0, not_self)
             # Vehicle.step: position with the old speed, then heading and speed.
             beta = np.arctan(0.5 * np.tan(steering))
             x = x + v * np.cos(heading + beta) * dt
@@ -256,12 +272,40 @@ class KinematicModel:
                                                       ovx + acc * dt), ovx)
             if self.lead_decel > 0:
                 ovx = np.where(ahead, np.maximum(ovx - self.lead_decel * dt, 0.0), ovx)
+            if self.others_model == "idm":
+                ovx = np.maximum(ovx + idm_accel * dt, 0.0)
             out["ex"][:, :, k], out["ey"][:, :, k], out["ev"][:, :, k] = x, y, v
             out_ox[:, :, k, :], out_oy[:, :, k, :] = ox, oy
 
         overlap = (np.abs(out_oy - out["ey"][..., None]) < self.lateral_clearance) & present[:, None, None, :]
         gaps = np.where(overlap, np.abs(out_ox - out["ex"][..., None]) - VEHICLE_LENGTH, np.inf)
         return Rollout(out["ex"], out["ey"], out["ev"], out_ox, out_oy, present, gaps)
+
+    def _idm(self, x, y, v, ox, oy, ovx, present, v0, not_self) -> np.ndarray:
+        """highway-env's IDM acceleration of each observed vehicle: [batch, P, 4] m/s^2.
+
+        ``x, y, v``: the ego [batch, P]; ``ox, oy, ovx``: the others [batch, P, 4];
+        ``present`` [batch, 4]; ``v0`` target speeds [batch, P, 4]; ``not_self`` [4, 5].
+        """
+        all_x = np.concatenate([x[..., None], ox], axis=-1)  # [B, P, 5]: ego first
+        all_y = np.concatenate([y[..., None], oy], axis=-1)
+        all_v = np.concatenate([v[..., None], ovx], axis=-1)
+        all_present = np.concatenate([np.ones_like(present[:, :1]), present], axis=-1)  # [B, 5]
+        ahead = all_x[..., None, :] - ox[..., :, None]  # [B, P, 4 followers, 5 candidates]
+        same_lane = np.abs(all_y[..., None, :] - oy[..., :, None]) < self.lateral_clearance
+        front = same_lane & (ahead > 0) & all_present[:, None, None, :] & not_self
+        distance = np.where(front, ahead, np.inf)
+        nearest = np.argmin(distance, axis=-1)[..., None]  # [B, P, 4, 1]
+        d = np.take_along_axis(distance, nearest, axis=-1)[..., 0]
+        front_v = np.take_along_axis(np.broadcast_to(all_v[..., None, :], distance.shape), nearest,
+                                     axis=-1)[..., 0]
+        speed = np.maximum(ovx, 0.0)
+        accel = 3.0 * (1.0 - np.power(speed / np.maximum(v0, 1e-2), 4.0))
+        gap = 10.0 + ovx * 1.5 + ovx * (ovx - front_v) / (2.0 * np.sqrt(15.0))
+        has_front = np.isfinite(d)
+        safe_d = np.where(has_front, np.maximum(d, 1e-2), 1.0)
+        accel = accel - np.where(has_front, 3.0 * np.square(gap / safe_d), 0.0)
+        return np.clip(accel, -6.0, 6.0)
 
     def margins(self, obs: np.ndarray, actions: np.ndarray,
                 others_accel: np.ndarray | None = None) -> np.ndarray:

@@ -87,6 +87,8 @@ class Variant:
     #: With rank_horizon: an action whose ranking margin is below this (m) counts as unsafe
     #: (kinematic_model.trapped_margins); None: off.
     trap_threshold: float | None = None
+    #: The others' model in both looks: "constant" or "idm" (kinematic_model.KinematicModel).
+    others_model: str = "constant"
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -137,6 +139,13 @@ VARIANTS: dict[str, Variant] = {
     # Round 7 (after rounds 5b and 6: ranking substitutes by horizon 2 is the only gain, -1 stock
     # dense crash; judging traps cost nominal interventions): rank substitutes over 3 decisions.
     "h1_t3_tie_rank3b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=3),
+    # Round 8 (written while round 7 ran; the oracle's edge is knowing how the others react): the
+    # observed vehicles follow highway-env's IDM behind the nearest observed vehicle (or the ego)
+    # ahead in their lane, in both looks.
+    "h1_t3_tie_idm_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2,
+                                    others_model="idm"),
+    "h2_t3_tie_lr_idm": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                                followups=("hold", "brake", "left", "right"), others_model="idm"),
 }
 
 
@@ -260,11 +269,11 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                 v = VARIANTS[name]
                 model = KinematicModel(target_speeds=SPEEDS[speed], horizon=v.horizon,
                                        followups=v.followups, lead_decel=v.lead_decel,
-                                       lateral_clearance=v.lateral_clearance)
+                                       lateral_clearance=v.lateral_clearance, others_model=v.others_model)
                 rank_model = None if not v.rank_horizon else KinematicModel(
                     target_speeds=SPEEDS[speed], horizon=v.rank_horizon,
                     followups=("hold", "brake", "left", "right"), lead_decel=v.lead_decel,
-                    lateral_clearance=v.lateral_clearance)
+                    lateral_clearance=v.lateral_clearance, others_model=v.others_model)
                 cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance,
                                                     v.accel, rank_model, v.trap_threshold) for s in seeds])
                 cell[name]["variant"] = asdict(v)
