@@ -1,16 +1,24 @@
 """The study's evaluation cells again, with every decision made by Interlock's engine.
 
-``shield_study.py`` ran the chosen shield (``h1_t3_tie``) outside Interlock. This script runs the
+``shield_study.py`` ran the first chosen shield (``h1_t3_tie``) outside Interlock. This script runs the
 SAME evaluation cells (the same agent, traffic, target speeds and evaluation seeds 400000 + k and
 410000 + k, see README.md) with each action decided by ``Guard.check`` in process on
 ``interlock.yaml`` (stock speeds) or ``interlock_cpss.yaml`` (CPSS speeds), and compares every
 episode with ``shield_study.json``: the same rule on the same seeds must give the same collisions,
 returns and interventions. No tuning happens here.
 
+The second evaluation (round 4's chosen design ``h1_t3_tie_rank2b``, fresh seeds 420000 + k and
+430000 + k, with paired unguarded runs; ``interlock_eval2.json``) ran with ``--seeds eval2
+--unguarded --variant h1_t3_tie_rank2b``; ``interlock_dev_check.json`` is the same on the
+development seeds (``--seeds dev``), compared with the study.
+
 Run::
 
-    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 \\
+    # interlock_eval.json, with the configs of commit a8150d5 (h1_t3_tie):
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 --variant h1_t3_tie \\
         --json examples/highway/interlock_eval.json
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --seeds eval2 --unguarded \\
+        --variant h1_t3_tie_rank2b --episodes 100 --json examples/highway/interlock_eval2.json
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ from shield_study import (  # noqa: E402
 from shield_study import run_episode as run_unguarded  # noqa: E402
 
 CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
-VARIANT = "h1_t3_tie"
+#: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
+#: before round 4: commit a8150d5).
+VARIANT = "h1_t3_tie_rank2b"
 AGENT_ID = "highway"
 
 
