@@ -109,6 +109,8 @@ def main() -> None:
     p.add_argument("--unguarded", action="store_true",
                    help="Also run the agent unguarded on the same seeds (paired).")
     p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
+    p.add_argument("--agent", type=Path, default=HERE / "agent.onnx",
+                   help="The driving agent's ONNX (the configs' fallback still ranks by agent.onnx's Q).")
     p.add_argument("--study", type=Path, default=HERE / "shield_study.json")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
@@ -120,9 +122,11 @@ def main() -> None:
     from interlock.engine import Guard
 
     study = json.loads(args.study.read_text()).get(args.seeds, {}).get("cells", {})
-    agent = Agent(HERE / "agent.onnx")
-    out: dict[str, Any] = {"variant": args.variant, "seeds": args.seeds, "episodes_per_cell": args.episodes,
-                           "cells": {}}
+    if args.agent.name != "agent.onnx":
+        study = {}  # the study drove agent.onnx: nothing to compare another agent with
+    agent = Agent(args.agent)
+    out: dict[str, Any] = {"agent": args.agent.name, "variant": args.variant, "seeds": args.seeds,
+                           "episodes_per_cell": args.episodes, "cells": {}}
     for speed in args.speeds.split(","):
         guard = Guard(load_config(CONFIGS[speed])).load()
         for density in args.densities.split(","):
