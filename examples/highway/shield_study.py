@@ -65,6 +65,8 @@ SEEDS = {
     "eval": {"nominal": 400_000, "dense": 410_000},
     # Fresh evaluation seeds for the round-4 design (issue 11 follow-up), never used before it.
     "eval2": {"nominal": 420_000, "dense": 430_000},
+    # The evaluation-only second agent (train_agent.py --seed 1), with the round-4 design.
+    "eval_agent2": {"nominal": 440_000, "dense": 450_000},
 }
 
 
