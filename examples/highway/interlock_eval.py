@@ -1,16 +1,24 @@
 """The study's evaluation cells again, with every decision made by Interlock's engine.
 
-``shield_study.py`` ran the chosen shield (``h1_t3_tie``) outside Interlock. This script runs the
+``shield_study.py`` ran the first chosen shield (``h1_t3_tie``) outside Interlock. This script runs the
 SAME evaluation cells (the same agent, traffic, target speeds and evaluation seeds 400000 + k and
 410000 + k, see README.md) with each action decided by ``Guard.check`` in process on
 ``interlock.yaml`` (stock speeds) or ``interlock_cpss.yaml`` (CPSS speeds), and compares every
 episode with ``shield_study.json``: the same rule on the same seeds must give the same collisions,
 returns and interventions. No tuning happens here.
 
+The second evaluation (round 4's chosen design ``h1_t3_tie_rank2b``, fresh seeds 420000 + k and
+430000 + k, with paired unguarded runs; ``interlock_eval2.json``) ran with ``--seeds eval2
+--unguarded --variant h1_t3_tie_rank2b``; ``interlock_dev_check.json`` is the same on the
+development seeds (``--seeds dev``), compared with the study.
+
 Run::
 
-    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 \\
+    # interlock_eval.json, with the configs of commit a8150d5 (h1_t3_tie):
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 --variant h1_t3_tie \\
         --json examples/highway/interlock_eval.json
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --seeds eval2 --unguarded \\
+        --variant h1_t3_tie_rank2b --episodes 100 --json examples/highway/interlock_eval2.json
 """
 
 from __future__ import annotations
@@ -29,10 +37,22 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # highway_shield, kinematic_model, shield_study (not automatic)
 
-from shield_study import BASE, DENSITIES, ENV_ID, SEEDS, SPEEDS, Agent, Episode, summarise  # noqa: E402
+from shield_study import (  # noqa: E402
+    BASE,
+    DENSITIES,
+    ENV_ID,
+    SEEDS,
+    SPEEDS,
+    Agent,
+    Episode,
+    summarise,
+)
+from shield_study import run_episode as run_unguarded  # noqa: E402
 
 CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
-VARIANT = "h1_t3_tie"
+#: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
+#: before round 4: commit a8150d5).
+VARIANT = "h1_t3_tie_rank2b"
 AGENT_ID = "highway"
 
 
@@ -83,6 +103,14 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100, help="Episodes per cell (the study: 100).")
     p.add_argument("--speeds", default="stock,cpss")
     p.add_argument("--densities", default="nominal,dense")
+    p.add_argument("--seeds", choices=sorted(SEEDS), default="eval",
+                   help="Seed ranges of shield_study.SEEDS: eval (400000+k / 410000+k, the first "
+                        "evaluation) or eval2 (420000+k / 430000+k, the round-4 design's).")
+    p.add_argument("--unguarded", action="store_true",
+                   help="Also run the agent unguarded on the same seeds (paired).")
+    p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
+    p.add_argument("--agent", type=Path, default=HERE / "agent.onnx",
+                   help="The driving agent's ONNX (the configs' fallback still ranks by agent.onnx's Q).")
     p.add_argument("--study", type=Path, default=HERE / "shield_study.json")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
@@ -93,31 +121,40 @@ def main() -> None:
     from interlock.config import load_config
     from interlock.engine import Guard
 
-    study = json.loads(args.study.read_text())["eval"]["cells"]
-    agent = Agent(HERE / "agent.onnx")
-    out: dict[str, Any] = {"variant": VARIANT, "episodes_per_cell": args.episodes, "cells": {}}
+    study = json.loads(args.study.read_text()).get(args.seeds, {}).get("cells", {})
+    if args.agent.name != "agent.onnx":
+        study = {}  # the study drove agent.onnx: nothing to compare another agent with
+    agent = Agent(args.agent)
+    out: dict[str, Any] = {"agent": args.agent.name, "variant": args.variant, "seeds": args.seeds,
+                           "episodes_per_cell": args.episodes, "cells": {}}
     for speed in args.speeds.split(","):
         guard = Guard(load_config(CONFIGS[speed])).load()
         for density in args.densities.split(","):
             config = {**BASE, "vehicles_density": DENSITIES[density],
                       "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
             env = gym.make(ENV_ID, config=config)
-            seeds = [SEEDS["eval"][density] + k for k in range(args.episodes)]
+            seeds = [SEEDS[args.seeds][density] + k for k in range(args.episodes)]
             t0 = time.process_time()
             runs = [run_episode(env, agent, guard, s) for s in seeds]
-            env.close()
             cell = summarise([e for e, _ in runs])
             cell["not_allow_rate"] = sum(n for _, n in runs) / max(cell["steps"], 1)
             cell["cpu_seconds"] = time.process_time() - t0
-            ref = study[f"{speed}/{density}"][VARIANT]
-            if args.episodes == ref["episodes"]:
+            if args.unguarded:
+                cell["unguarded"] = summarise([run_unguarded(env, agent, s, None, 0.0) for s in seeds])
+            env.close()
+            ref = study.get(f"{speed}/{density}", {}).get(args.variant)
+            if ref is not None and args.episodes == ref["episodes"]:
                 cell["vs_study"] = compare(cell, ref)
             out["cells"][f"{speed}/{density}"] = cell
-            print(f"{speed}/{density}: {cell['collisions']}/{cell['episodes']} crashes "
-                  f"(study {ref['collisions']}/{ref['episodes']}), return {cell['mean_return']:.3f} "
-                  f"(study {ref['mean_return']:.3f}), interventions {100 * cell['intervention_rate']:.2f}% "
-                  f"(study {100 * ref['intervention_rate']:.2f}%), cpu {cell['cpu_seconds']:.0f} s",
-                  flush=True)
+            unguarded = cell.get("unguarded") or (study.get(f"{speed}/{density}") or {}).get("unguarded")
+            print(f"{args.seeds} {speed}/{density}: {cell['collisions']}/{cell['episodes']} crashes "
+                  f"(unguarded {unguarded['collisions'] if unguarded else '?'}), "
+                  f"return {cell['mean_return']:.3f} (unguarded "
+                  f"{unguarded['mean_return'] if unguarded else float('nan'):.3f}), interventions "
+                  f"{100 * cell['intervention_rate']:.2f}%, non-ALLOW {100 * cell['not_allow_rate']:.2f}%, "
+                  f"cpu {cell['cpu_seconds']:.0f} s", flush=True)
+            if args.json:  # after every cell, so a long run leaves its finished cells behind
+                args.json.write_text(json.dumps(out, indent=1) + "\n")
         guard.unload()
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

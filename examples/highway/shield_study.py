@@ -44,7 +44,13 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from kinematic_model import KinematicModel, shield_choice  # noqa: E402
+from kinematic_model import (  # noqa: E402
+    KinematicModel,
+    estimate_accel,
+    shield_choice,
+    shield_choice_ranked,
+    trapped_margins,
+)
 
 ENV_ID = "highway-fast-v0"
 BASE = {"duration": 20, "vehicles_count": 15}  # benchmarks/safety/highway.py NOMINAL traffic
@@ -57,6 +63,10 @@ SPEEDS = {
 SEEDS = {
     "dev": {"nominal": 300_000, "dense": 310_000},
     "eval": {"nominal": 400_000, "dense": 410_000},
+    # Fresh evaluation seeds for the round-4 design (issue 11 follow-up), never used before it.
+    "eval2": {"nominal": 420_000, "dense": 430_000},
+    # The evaluation-only second agent (train_agent.py --seed 1), with the round-4 design.
+    "eval_agent2": {"nominal": 440_000, "dense": 450_000},
 }
 
 
@@ -70,6 +80,17 @@ class Variant:
     lateral_clearance: float = 2.0
     threshold: float = 2.0  # metres
     tie_tolerance: float = 0.0  # metres; see kinematic_model.shield_choice
+    #: Others keep the acceleration observed over the episode's last decision
+    #: (kinematic_model.estimate_accel from the previous observation); False: constant velocity.
+    accel: bool = False
+    #: > 0: a substitute is ranked by a second model of this horizon with lane-change follow-ups
+    #: (kinematic_model.shield_choice_ranked); the proposal is still judged at ``horizon``.
+    rank_horizon: int = 0
+    #: With rank_horizon: an action whose ranking margin is below this (m) counts as unsafe
+    #: (kinematic_model.trapped_margins); None: off.
+    trap_threshold: float | None = None
+    #: The others' model in both looks: "constant" or "idm" (kinematic_model.KinematicModel).
+    others_model: str = "constant"
 
 
 #: Every design tried, by name (development seeds first; see README.md for the record).
@@ -90,6 +111,43 @@ VARIANTS: dict[str, Variant] = {
     # the only design within 2% interventions in both nominal cells).
     "h1_t2_tie": Variant(horizon=1, threshold=2.0, tie_tolerance=1.0),
     "h1_t3_tie": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0),
+    # Round 4 (issue 11 follow-up, after the oracle.py bound; selection rule unchanged, README.md):
+    # the others' accelerations observed in the episode, and lane-change follow-ups at horizon 2.
+    "h1_t3_tie_acc": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True),
+    "h2_t3_tie_acc": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0, accel=True),
+    "h2_t3_tie_lr": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                            followups=("hold", "brake", "left", "right")),
+    "h2_t3_tie_lr_acc": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                                followups=("hold", "brake", "left", "right"), accel=True),
+    # Round 5 (written after round 4 -- nothing beat h1_t3_tie in stock dense -- and a per-step
+    # look at oracle.py's choices on two dev seeds the shield crashed on: when nothing is safe
+    # the Q tie-break picked a doomed lane change that a 2-decision look had ranked lower, and
+    # "safe" lanes led into a jam a second later). The proposal is still judged at horizon 1; the
+    # substitute is ranked by a horizon-2 model with lane-change follow-ups.
+    "h1_t3_tie_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
+    "h1_t3_tie_acc_rank2": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
+    # Round 5b: the same two after a fix. In round 5's first run the ranking applied only when
+    # some action was safe, not when none was (the case the oracle look had shown); it changed no
+    # dev episode (results identical to h1_t3_tie / h1_t3_tie_acc). Now the least bad actions are
+    # ranked too (kinematic_model.shield_choice_ranked).
+    "h1_t3_tie_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2),
+    "h1_t3_tie_acc_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, accel=True, rank_horizon=2),
+    # Round 6 (after round 5b: ranking substitutes helped by one stock dense crash; the oracle look
+    # also showed a lane safe for 1 s that is a trap a second later): also an action whose
+    # horizon-2 margin with every follow-up (hold, brake, left, right) is a predicted collision
+    # (< 0 m) counts as unsafe.
+    "h1_t3_tie_rank2b_trap0": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2,
+                                      trap_threshold=0.0),
+    # Round 7 (after rounds 5b and 6: ranking substitutes by horizon 2 is the only gain, -1 stock
+    # dense crash; judging traps cost nominal interventions): rank substitutes over 3 decisions.
+    "h1_t3_tie_rank3b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=3),
+    # Round 8 (written while round 7 ran; the oracle's edge is knowing how the others react): the
+    # observed vehicles follow highway-env's IDM behind the nearest observed vehicle (or the ego)
+    # ahead in their lane, in both looks.
+    "h1_t3_tie_idm_rank2b": Variant(horizon=1, threshold=3.0, tie_tolerance=1.0, rank_horizon=2,
+                                    others_model="idm"),
+    "h2_t3_tie_lr_idm": Variant(horizon=2, threshold=3.0, tie_tolerance=1.0,
+                                followups=("hold", "brake", "left", "right"), others_model="idm"),
 }
 
 
@@ -133,11 +191,13 @@ class Episode:
 
 
 def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
-                threshold: float, tie_tolerance: float = 0.0) -> Episode:
+                threshold: float, tie_tolerance: float = 0.0, accel: bool = False,
+                rank_model: KinematicModel | None = None, trap_threshold: float | None = None) -> Episode:
     """One episode; ``model`` None = unguarded."""
     ep = Episode(seed)
     obs, _ = env.reset(seed=seed)
     done = False
+    previous = None
     while not done:
         flat = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         q = agent.q(flat)
@@ -145,11 +205,22 @@ def run_episode(env, agent: Agent, seed: int, model: KinematicModel | None,
         action = int(proposed[0])
         if model is not None:
             t0 = time.perf_counter()
-            margins = model.margins_all(flat)
-            action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
+            others_accel = estimate_accel(previous, flat) if accel and previous is not None else None
+            margins = model.margins_all(flat, others_accel)
+            ranking = None
+            if rank_model is not None and trap_threshold is not None:
+                ranking = rank_model.margins_all(flat, others_accel)
+                margins = trapped_margins(margins, ranking, trap_threshold)
+            if rank_model is not None and margins[0, action] < threshold:
+                if ranking is None:
+                    ranking = rank_model.margins_all(flat, others_accel)
+                action = int(shield_choice_ranked(margins, ranking, q, proposed, threshold, tie_tolerance)[0])
+            else:
+                action = int(shield_choice(margins, q, proposed, threshold, tie_tolerance)[0])
             ep.model_seconds += time.perf_counter() - t0
             ep.interventions += action != int(proposed[0])
             ep.no_safe_action += not bool((margins >= threshold).any())
+        previous = flat
         obs, reward, terminated, truncated, info = env.step(action)
         ep.ret += float(reward)
         ep.steps += 1
@@ -200,9 +271,13 @@ def run(phase: str, episodes: int, speeds: list[str], variants: list[str], agent
                 v = VARIANTS[name]
                 model = KinematicModel(target_speeds=SPEEDS[speed], horizon=v.horizon,
                                        followups=v.followups, lead_decel=v.lead_decel,
-                                       lateral_clearance=v.lateral_clearance)
-                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance)
-                                      for s in seeds])
+                                       lateral_clearance=v.lateral_clearance, others_model=v.others_model)
+                rank_model = None if not v.rank_horizon else KinematicModel(
+                    target_speeds=SPEEDS[speed], horizon=v.rank_horizon,
+                    followups=("hold", "brake", "left", "right"), lead_decel=v.lead_decel,
+                    lateral_clearance=v.lateral_clearance, others_model=v.others_model)
+                cell[name] = summarise([run_episode(env, agent, s, model, v.threshold, v.tie_tolerance,
+                                                    v.accel, rank_model, v.trap_threshold) for s in seeds])
                 cell[name]["variant"] = asdict(v)
             env.close()
             cell["seconds"] = time.perf_counter() - t0
