@@ -221,10 +221,10 @@ def train(kind: str, timesteps: int, max_minutes: float, seed: int, eval_every: 
 
     model = build(kind, seed)
     if resume:
-        if kind != "ppo":
-            raise SystemExit("--resume is implemented for ppo only")
-        model = PPO.load(HERE / "data" / "ppo_agent.zip", env=model.get_env(), device="cpu", seed=seed)
-        log(f"resumed from data/ppo_agent.zip ({model.num_timesteps} steps)")
+        if kind not in ("ppo", "robust"):
+            raise SystemExit("--resume is implemented for ppo and robust only")
+        model = PPO.load(HERE / "data" / f"{kind}_agent.zip", env=model.get_env(), device="cpu", seed=seed)
+        log(f"resumed from data/{kind}_agent.zip ({model.num_timesteps} steps)")
     deadline = time.monotonic() + 60 * max_minutes
     best = {"ret": -np.inf, "params": None, "steps": 0}
 

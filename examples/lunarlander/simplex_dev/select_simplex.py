@@ -7,6 +7,9 @@ Runs (each a JSON of ``python -m interlock.bench.safety.lunarlander --variant V`
 (thresholds_pooled.json, 300 calibration episodes: 309), ``simplex_grouped`` and
 ``simplex_cont_grouped`` with the per-policy threshold (thresholds_grouped.json, ``interlock calibrate
 --group-by policy``, 750 episodes: 545.6). The h8 shield's actions do not depend on the threshold.
+Round 2 (RULE.md "Round 2"): ``r2_simplex`` and ``r2_simplex_only``, the per-action detector scored
+airborne and off the pad, and the robust backup trained 3M steps more (guarded cells only; the
+unguarded cells are the same episodes as ``shield_h8``'s).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RUNS = ("shield_h8", "simplex", "simplex_only", "simplex_grouped", "simplex_cont_grouped")
+RUNS = ("shield_h8", "simplex", "simplex_only", "simplex_grouped", "simplex_cont_grouped", "r2_simplex",
+        "r2_simplex_only")
 AGENTS = ("ppo", "heuristic", "ppo_eps20")
 
 
@@ -72,7 +76,9 @@ def main() -> None:
         "results "
         "(the heuristic's\nfalse trips in nominal handed 6-11% of its steps to the backup) the per-policy "
         "threshold (`interlock calibrate\n--group-by`, added then) and the `_grouped` runs were added; "
-        "`simplex_cont` ran only with it. The rule was not changed."
+        "`simplex_cont` ran only with it. The rule was not changed.\n\nRound 2 (`r2_*`) was designed "
+        "after round 1's evaluation missed the targets (RULE.md \"Round 2\", written before its runs); it "
+        "is evaluated once on new seeds."
     )
     print(f"\nChosen by the rule: **{choice}** (ranking key: wind crashes, PPO wind crashes, nominal "
           f"interventions summed: {ranks[choice]}).")
