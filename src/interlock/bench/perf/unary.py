@@ -37,9 +37,10 @@ def config_payloads(
     """``n`` serialized CheckRequests for ``agent_id`` of the config.
 
     Args:
-        env_id: A Gymnasium environment whose observations fill the requests (reset with ``seed``,
-            then random steps, reset again at episode ends); None: observations drawn from the
-            agent's observation spec (standard normal, in its dtype).
+        env_id: A Gymnasium environment whose observations fill the requests: request ``i`` is the
+            state after ``i % 3`` random steps from a reset with seed ``seed + i`` (early states, as a
+            trained agent mostly sees them, so most requests are ALLOWed); None: observations drawn
+            from the agent's observation spec (standard normal, in its dtype).
         n: Distinct requests (the client cycles through them).
 
     Raises:
@@ -80,21 +81,41 @@ def config_payloads(
     ]
 
 
-def _env_observations(env_id: str, n: int, seed: int) -> np.ndarray:
-    """``[n, *obs_shape]`` observations of a seeded Gymnasium environment under random actions."""
+def _env_observations(env_id: str, n: int, seed: int, max_steps: int = 3) -> np.ndarray:
+    """``[n, *obs_shape]`` early states of a Gymnasium environment: ``i % max_steps`` random steps
+    after a reset with seed ``seed + i``."""
     import gymnasium as gym
 
     env = gym.make(env_id)
     env.action_space.seed(seed)
-    obs, _ = env.reset(seed=seed)
     out = []
-    for _ in range(n):
+    for i in range(n):
+        obs, _ = env.reset(seed=seed + i)
+        for _ in range(i % max_steps):
+            obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                break
         out.append(np.asarray(obs))
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
     env.close()
     return np.stack(out)
+
+
+def verdict_counts(config_path: str | Path, payloads: Sequence[bytes]) -> dict[str, int]:
+    """How the config decides ``payloads`` in process (verdict label -> count)."""
+    from interlock.config import load_config
+    from interlock.engine import Guard
+    from interlock.server.convert import request_to_input
+    from interlock.v1 import interlock_pb2 as pb
+
+    guard = Guard(load_config(config_path)).load()
+    try:
+        decisions = guard.check([request_to_input(pb.CheckRequest.FromString(p)) for p in payloads])
+    finally:
+        guard.unload()
+    counts: dict[str, int] = {}
+    for d in decisions:
+        counts[d.verdict.name] = counts.get(d.verdict.name, 0) + 1
+    return counts
 
 
 def echo_answer(config_path: str | Path, payloads: Sequence[bytes]) -> tuple[bytes, float]:
@@ -200,6 +221,7 @@ def measure_config(
         "requests": len(payloads),
         "request_bytes": float(np.mean([len(p) for p in payloads])),
         "decision_bytes": len(decision),
+        "verdicts_in_process": verdict_counts(config_path, payloads),
         "rounds": rounds,
         "duration_s": duration,
         "warmup_s": warmup,
