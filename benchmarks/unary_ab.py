@@ -112,7 +112,8 @@ def main() -> None:
     print(f"load average per round: {[round(x, 1) for x in result['loadavg']]}")
     for r in rows:
         print(
-            f"{r['config']:9s} {r['tree']:7s} check p50 {r['check_p50_us']:7.0f} us  echo {r['echo_p50_us']:6.0f} us"
+            f"{r['config']:9s} {r['tree']:7s} check p50 {r['check_p50_us']:7.0f} us  "
+            f"echo {r['echo_p50_us']:6.0f} us"
             f"  ratio {r['ratio_of_medians']:.2f} (rounds' median {r['round_ratios_median']:.2f}, "
             f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f})  server CPU/call "
             f"{r['check_server_cpu_us']:.0f} vs echo {r['echo_server_cpu_us']:.0f} us"

@@ -332,6 +332,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         if service == GUARD_SERVICE and self.credentials.agents_required:
             return self._handlers.get(
-                handler, "agent", lambda: wrap_handler(handler, _authenticated(self._counted(self.check_agent)))
+                handler,
+                "agent",
+                lambda: wrap_handler(handler, _authenticated(self._counted(self.check_agent))),
             )
         return handler

@@ -76,7 +76,9 @@ def config_payloads(
         high = np.broadcast_to(np.asarray(action.high, dtype=np.float64), action.shape)
         actions = rng.uniform(low, high, size=(n, *action.shape)).astype(action.dtype)
     return [
-        make_request(agent_id, observations[i], actions[i], episode_id=f"ep-{i % 4}", step=i).SerializeToString()
+        make_request(
+            agent_id, observations[i], actions[i], episode_id=f"ep-{i % 4}", step=i
+        ).SerializeToString()
         for i in range(n)
     ]
 
@@ -154,9 +156,7 @@ def interleaved_p50(
         ``{"series": {name: {"p50_us": [per round], "server_cpu_us_per_call": [...],
         "p50_us_median": m, "errors": e}}, "loadavg": [1-min load at each round's start]}``.
     """
-    out: dict[str, Any] = {
-        s.name: {"p50_us": [], "server_cpu_us_per_call": [], "errors": 0} for s in series
-    }
+    out: dict[str, Any] = {s.name: {"p50_us": [], "server_cpu_us_per_call": [], "errors": 0} for s in series}
     loads = []
     for r in range(rounds):
         loads.append(os.getloadavg()[0])
