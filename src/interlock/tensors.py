@@ -40,6 +40,12 @@ def dtype_name(code: int) -> str:
     return dt.name if dt is not None else f"<unknown DataType {code}>"
 
 
+#: (DataType, shape, byte length) of tensors that passed every check of :func:`to_numpy` -> (dtype,
+#: shape). An agent sends the same few layouts on every call; those skip the checks (bounded size).
+_VALID_LAYOUTS: dict[tuple[int, tuple[int, ...], int], tuple[np.dtype, tuple[int, ...]]] = {}
+_MAX_LAYOUTS = 1024
+
+
 def to_numpy(tensor: pb.Tensor, field: str = "tensor") -> np.ndarray:
     """Decode a Tensor message into a read-only numpy array (zero copy).
 
@@ -47,6 +53,19 @@ def to_numpy(tensor: pb.Tensor, field: str = "tensor") -> np.ndarray:
         InvalidRequest: unspecified or unknown dtype, negative or too many dims,
             or a byte length that does not match shape and dtype.
     """
+    data = tensor.data
+    key = (tensor.dtype, tuple(tensor.shape), len(data))
+    layout = _VALID_LAYOUTS.get(key)
+    if layout is not None:
+        return np.frombuffer(data, dtype=layout[0]).reshape(layout[1])
+    array = _checked_to_numpy(tensor, field)
+    if len(_VALID_LAYOUTS) < _MAX_LAYOUTS:
+        _VALID_LAYOUTS[key] = (array.dtype, array.shape)
+    return array
+
+
+def _checked_to_numpy(tensor: pb.Tensor, field: str) -> np.ndarray:
+    """:func:`to_numpy` with every check made (a layout not seen before)."""
     dtype = DTYPE_OF.get(tensor.dtype)
     if dtype is None:
         if tensor.dtype == pb.DATA_TYPE_UNSPECIFIED:

@@ -39,7 +39,11 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         from interlock.bench.perf import report
 
         return _redraw(report, args.from_json, docs or "docs")
-    main(args.json, args.quick, docs)
+    if args.config is not None and args.agent is None:
+        raise UsageError("bench perf: --config needs --agent, the agent id of the config to send requests as")
+    if args.config is None and (args.agent is not None or args.env is not None):
+        raise UsageError("bench perf: --agent and --env apply to --config FILE; give the config too")
+    main(args.json, args.quick, docs, args.config, args.agent, args.env, args.config_rounds)
     return 0
 
 
@@ -78,6 +82,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "floor), and reports ratios to both. The full run takes a few minutes; --quick takes seconds.",
     )
     _add_run_arguments(perf, "few points, short windows (seconds, for CI)")
+    perf.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="also measure Check p50 (one call in flight) on this config, served by one worker with its "
+        "own server settings, against the echo on the same server (same message sizes), in interleaved "
+        "rounds; reported as check_p50_over_transport_floor_config (target <= 1.5). Needs --agent",
+    )
+    perf.add_argument("--agent", metavar="ID", default=None, help="with --config: the agent id to check as")
+    perf.add_argument(
+        "--env",
+        metavar="GYM_ID",
+        default=None,
+        help="with --config: take observations from this Gymnasium environment (seeded resets and random "
+        "steps), e.g. CartPole-v1; default: values drawn from the agent's observation spec",
+    )
+    perf.add_argument(
+        "--config-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --config: interleaved echo/Check rounds, medians reported (default 7; 2 with --quick)",
+    )
     _add_docs_arguments(perf, "measure nothing")
     perf.set_defaults(func=_cmd_perf)
     safety = bsub.add_parser(

@@ -28,7 +28,7 @@ import grpc
 
 from interlock.config import AuthConfig, LoadedConfig, TokenSourceConfig
 from interlock.errors import ConfigError, InterlockError, PermissionDenied, Unauthenticated
-from interlock.server.layers import Layer, wrap_handler
+from interlock.server.layers import HandlerCache, Layer, wrap_handler
 from interlock.tokens import MAKE_TOKEN, MIN_TOKEN_CHARS, read_token_file
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, credentials: Credentials, on_reject: Callable[[str], None] | None = None) -> None:
         self.credentials = credentials
         self.on_reject = on_reject
+        self._handlers = HandlerCache()
 
     def _counted(self, fn: Callable[[object], Principal]) -> Callable[[object], Principal]:
         def check(context) -> Principal:
@@ -322,8 +323,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         service = handler_call_details.method.split("/")[1] if handler_call_details.method else ""
+        # The layer reads the credentials per call (token reloads apply); only the wrapping is cached.
         if service == OPERATOR_SERVICE:
-            return wrap_handler(handler, _authenticated(self._counted(self.check_operator)))
+            return self._handlers.get(
+                handler,
+                "operator",
+                lambda: wrap_handler(handler, _authenticated(self._counted(self.check_operator))),
+            )
         if service == GUARD_SERVICE and self.credentials.agents_required:
-            return wrap_handler(handler, _authenticated(self._counted(self.check_agent)))
+            return self._handlers.get(
+                handler,
+                "agent",
+                lambda: wrap_handler(handler, _authenticated(self._counted(self.check_agent))),
+            )
         return handler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +31,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def handle_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate an aio servicer method (unary or streaming) to abort with the mapped status."""
+    if inspect.iscoroutinefunction(method):
+        # Unary: what the ``_aborting`` layer does, as a plain try (no context manager per call).
+        @functools.wraps(method)
+        async def unary(servicer, request, context):
+            try:
+                return await method(servicer, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort(servicer, context, e)
+
+        return unary
     return wrap_call(method, _aborting)
 
 

@@ -80,3 +80,31 @@ def wrap_handler(handler: grpc.RpcMethodHandler, *layers: Layer) -> grpc.RpcMeth
                 behavior = wrap_call(behavior, layer)
             return rebuild(behavior, handler.request_deserializer, handler.response_serializer)
     return handler
+
+
+class HandlerCache:
+    """Wrapped handlers kept per original handler, so an interceptor does not rebuild them per call.
+
+    gRPC looks a method's handler up for every call and gets the same object each time (the generic
+    handlers registered on the server); wrapping it again per call (:func:`wrap_handler`) cost 20 to
+    50 us of every call (hot loop, in process). Entries hold their original handler, so its ``id``
+    cannot be reused while cached; at ``max_entries`` (handlers that are new objects per call, e.g.
+    wrapped by another interceptor without a cache) the cache is cleared rather than grown.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.max_entries = max_entries
+        self._wrapped: dict[tuple[int, object], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(
+        self, handler: grpc.RpcMethodHandler, key: object, wrap: Callable[[], grpc.RpcMethodHandler]
+    ) -> grpc.RpcMethodHandler:
+        """``wrap()`` of ``handler`` (for ``key``: what the wrapping depends on), built once."""
+        hit = self._wrapped.get((id(handler), key))
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = wrap()
+        if len(self._wrapped) >= self.max_entries:
+            self._wrapped.clear()
+        self._wrapped[(id(handler), key)] = (handler, wrapped)
+        return wrapped

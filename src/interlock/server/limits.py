@@ -15,6 +15,8 @@ health and reflection (probes must answer even under overload) so that:
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from interlock.deadline import set_deadline, time_remaining
-from interlock.server.layers import wrap_handler
+from interlock.server.layers import HandlerCache, wrap_handler
 
 if TYPE_CHECKING:
     from interlock.server.metrics import Metrics
@@ -47,12 +49,35 @@ class ServerLimits(grpc.aio.ServerInterceptor):
         self.max_concurrent = max_concurrent
         self.metrics = metrics
         self.inflight = 0
+        self._handlers = HandlerCache()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        return wrap_handler(handler, self._limited)
+        return self._handlers.get(handler, None, lambda: self._wrap(handler))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` run inside :meth:`_limited`; a unary one through the same steps without the
+        context manager (a plain try per call)."""
+        behavior = handler.unary_unary
+        if behavior is None or not inspect.iscoroutinefunction(behavior):
+            return wrap_handler(handler, self._limited)
+
+        @functools.wraps(behavior)
+        async def limited(request, context):
+            await self._enter(context)
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                self._cancelled(context)
+                raise
+            finally:
+                self._leave()
+
+        return grpc.unary_unary_rpc_method_handler(
+            limited, handler.request_deserializer, handler.response_serializer
+        )
 
     async def _enter(self, context) -> None:
         remaining = context.time_remaining()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -143,6 +144,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        #: Bound children of ``decisions`` by (agent, verdict, rule): ``labels()`` validates and
+        #: locks on every call; a label set is bound once (the agent label is the configured id and
+        #: rules come from the config, so the set stays small; capped all the same).
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
+
+    def _decisions_child(self, agent: str, verdict: str, rule: str):
+        key = (agent, verdict, rule)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self.decisions.labels(agent=agent, verdict=verdict, rule=rule)
+            if len(self._decision_children) < 4096:
+                self._decision_children[key] = child
+        return child
 
     def set_config_version(self, version: str) -> None:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers: labels cannot be removed, zero them
@@ -155,6 +169,17 @@ class Metrics:
 
     def record(self, decisions: Iterable[Decision], agent_labels: Iterable[str], seconds: float) -> None:
         """Count decisions; ``seconds`` is the latency each of them saw."""
+        if isinstance(decisions, list) and len(decisions) == 1 and isinstance(agent_labels, list):
+            # One decision (a unary Check): the same counts without the per-batch dict.
+            d, agent = decisions[0], agent_labels[0]
+            for stage in d.errors:
+                self.internal_errors.labels(agent=agent, stage=stage).inc()
+            would = d.shadow_verdict
+            if would is not None and would.label != "allow":
+                self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
+            self._decisions_child(agent, d.verdict.label, d.rule).inc()
+            self.decision_duration.observe(seconds)
+            return
         counts: dict[tuple[str, str, str], int] = {}
         n = 0
         for d, agent in zip(decisions, agent_labels, strict=True):
@@ -167,7 +192,7 @@ class Metrics:
             if would is not None and would.label != "allow":
                 self.shadow_decisions.labels(agent=agent, would_verdict=would.label, rule=d.rule).inc()
         for (agent, verdict, rule), k in counts.items():  # one update per label set, not per decision
-            self.decisions.labels(agent=agent, verdict=verdict, rule=rule).inc(k)
+            self._decisions_child(agent, verdict, rule).inc(k)
         observe_many(self.decision_duration, seconds, n)
 
     def record_columns(
@@ -197,7 +222,7 @@ class Metrics:
         keys, counts = np.unique(verdicts.astype(np.int64) * width + rules, return_counts=True)
         for key, k in zip(keys.tolist(), counts.tolist(), strict=True):
             verdict, rule = divmod(key, width)
-            self.decisions.labels(agent=agent, verdict=_LABEL[verdict], rule=rule_names[rule]).inc(k)
+            self._decisions_child(agent, _LABEL[verdict], rule_names[rule]).inc(k)
         for stages in errors.values():
             for stage in stages:
                 self.internal_errors.labels(agent=agent, stage=stage).inc()

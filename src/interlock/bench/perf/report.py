@@ -60,6 +60,17 @@ def headline_table(result: dict[str, Any]) -> str:
             t["engine_batch1_over_onnx"],
         ),
     ]
+    cfg = result.get("config_unary")
+    if cfg is not None and "check_p50_over_transport_floor_config" in t:
+        rows.append(
+            (
+                f"Check p50 / transport floor on `{cfg['config']}` ({cfg['agent']}, 1 worker, "
+                f"median of {cfg['rounds']} interleaved rounds)",
+                f"{s['check_p50_over_transport_floor_config']:.2f}x ({_fmt(cfg['check_p50_us'])} us vs "
+                f"{_fmt(cfg['transport_floor_p50_us'])} us)",
+                t["check_p50_over_transport_floor_config"],
+            )
+        )
     lines = ["| figure | measured | target | met |", "|---|---|---|---|"]
     for name, measured, target in rows:
         lines.append(f"| {name} | {measured} | {target['target']} | {'yes' if target['met'] else '**no**'} |")
