@@ -213,9 +213,11 @@ def run(quick: bool, seeds: int, progress: bool, speeds: str = "stock") -> dict[
         "guard": f"{CONFIGS[speeds].name} (kinematic shield h1_t3_tie_rank2b, {speeds} target speeds)",
         "episodes_per_condition": n,
         "notes": [
-            f"agent: examples/highway/agent.onnx (DQN), greedy; guard: {CONFIGS[speeds].name}, the five-action "
-            f"kinematic shield (python plugins), {speeds} target speeds {TARGET_SPEEDS[speeds]} m/s",
-            "the bench's own seeds, not the evaluation of docs/highway.md (which is run once on its own seeds)",
+            f"agent: examples/highway/agent.onnx (DQN), greedy; guard: {CONFIGS[speeds].name}, the "
+            f"five-action kinematic shield (python plugins), {speeds} target speeds "
+            f"{TARGET_SPEEDS[speeds]} m/s",
+            "the bench's own seeds, not the evaluation of docs/highway.md (which is run once on its own "
+            "seeds)",
         ],
     }
     start = time.perf_counter()
