@@ -57,7 +57,10 @@ AGENTS = ("ppo", "dqn")
 #: heuristic lander and our PPO with 20% random actions. Design choices for unseen agents are made on
 #: these, on development seeds (< 100 000); the DQN stays evaluation-only. ``run_cell`` refuses them
 #: on evaluation seeds.
-DEV_AGENTS = ("heuristic", "ppo_eps20")
+DEV_AGENTS = ("heuristic", "ppo_eps20", "dqn_dev")
+#: The ONNX policy each development-only agent runs (``dqn_dev``: a DQN trained by ``train_agents.py
+#: dqn --seed 6000000``, a development stand-in of another kind than the calibration policies).
+DEV_MODEL = {"heuristic": "ppo", "ppo_eps20": "ppo", "dqn_dev": "dqn_dev"}
 DEV_EPSILON = {"ppo_eps20": 0.2}
 EVAL_SEED_START = 100_000
 #: Shield designs of the development study (``_shield_variant``), then the Simplex handover designs
@@ -251,7 +254,7 @@ def run_cell(
 
     if agent in DEV_AGENTS and EVAL_SEEDS[world] + seeds > EVAL_SEED_START:
         raise ValueError(f"{agent} is a development-only agent: use --seed-offset so seeds stay below 100000")
-    policy = _session(EXAMPLE / f"{'ppo' if agent in DEV_AGENTS else agent}_agent.onnx")
+    policy = _session(EXAMPLE / f"{DEV_MODEL.get(agent, agent)}_agent.onnx")
     policy_input = policy.get_inputs()[0].name
     epsilon = DEV_EPSILON.get(agent, 0.0)
     rngs = [np.random.default_rng(EVAL_SEEDS[world] + i) for i in range(seeds)]
