@@ -57,10 +57,14 @@ AGENTS = ("ppo", "dqn")
 #: heuristic lander and our PPO with 20% random actions. Design choices for unseen agents are made on
 #: these, on development seeds (< 100 000); the DQN stays evaluation-only. ``run_cell`` refuses them
 #: on evaluation seeds.
-DEV_AGENTS = ("heuristic", "ppo_eps20", "dqn_dev")
+DEV_AGENTS = ("heuristic", "ppo_eps20", "dqn_dev", "heuristic_hover")
 #: The ONNX policy each development-only agent runs (``dqn_dev``: a DQN trained by ``train_agents.py
 #: dqn --seed 6000000``, a development stand-in of another kind than the calibration policies).
-DEV_MODEL = {"heuristic": "ppo", "ppo_eps20": "ppo", "dqn_dev": "dqn_dev"}
+DEV_MODEL = {"heuristic": "ppo", "ppo_eps20": "ppo", "dqn_dev": "dqn_dev", "heuristic_hover": "ppo"}
+#: ``heuristic_hover``: Gymnasium's heuristic lander told the pad is HOVER_LIFT higher for its first
+#: HOVER_STEPS steps, so it hovers off the pad before landing (a stand-in for agents whose calm episodes
+#: are long and unlike the calibration policies').
+HOVER_LIFT, HOVER_STEPS = 0.4, 600
 DEV_EPSILON = {"ppo_eps20": 0.2}
 EVAL_SEED_START = 100_000
 #: Shield designs of the development study (``_shield_variant``), then the Simplex handover designs
@@ -279,6 +283,11 @@ def run_cell(
             for j, i in enumerate(active):  # development-only agents (DEV_AGENTS)
                 if agent == "heuristic":
                     proposed[j] = heuristic(envs[i].unwrapped, obs[i])
+                elif agent == "heuristic_hover":
+                    seen = np.array(obs[i], copy=True)
+                    if eps[i].steps < HOVER_STEPS:
+                        seen[1] -= HOVER_LIFT
+                    proposed[j] = heuristic(envs[i].unwrapped, seen)
                 elif epsilon > 0 and rngs[i].random() < epsilon:
                     proposed[j] = rngs[i].integers(4)
             decisions = guard.check(
