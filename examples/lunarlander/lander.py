@@ -24,8 +24,7 @@ Seeds: see README.md. Every episode here is ``env.reset(seed=s)`` with an explic
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,31 +33,17 @@ import numpy as np
 import onnxruntime as ort
 from gymnasium.envs.box2d import lunar_lander
 
+from interlock.bench.safety import lunarlander as lunar_bench
+
 HERE = Path(__file__).resolve().parent
 ENV_ID = "LunarLander-v3"
 OBS_DIM = 8
 N_ACTIONS = 4
-NOMINAL_MAIN_ENGINE_POWER = 13.0
-
-WORLDS: dict[str, dict] = {
-    "nominal": {"kwargs": {}, "main_power_scale": 1.0},
-    "wind": {
-        "kwargs": {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5},
-        "main_power_scale": 1.0,
-    },
-    "weak_main": {"kwargs": {}, "main_power_scale": 0.6},
-}
-
-
-@contextlib.contextmanager
-def main_engine_power(scale: float) -> Iterator[None]:
-    """Scale Gymnasium's module-level ``MAIN_ENGINE_POWER`` inside the block, then restore it."""
-    old = lunar_lander.MAIN_ENGINE_POWER
-    lunar_lander.MAIN_ENGINE_POWER = NOMINAL_MAIN_ENGINE_POWER * scale
-    try:
-        yield
-    finally:
-        lunar_lander.MAIN_ENGINE_POWER = old
+# The worlds and the engine-power switch are the benchmark's (one definition for the studies and
+# `interlock bench safety`).
+WORLDS = lunar_bench.WORLDS
+NOMINAL_MAIN_ENGINE_POWER = lunar_bench.NOMINAL_MAIN_ENGINE_POWER
+main_engine_power = lunar_bench.main_engine_power
 
 
 def make_env(world: str) -> gym.Env:

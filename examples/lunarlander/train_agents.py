@@ -54,7 +54,6 @@ N_ACTIONS = 4
 SELECT_SEED = 300_000  # model selection during training
 REPORT_SEEDS = range(0, 50)  # development seeds (README.md)
 WIND = {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5}
-NOMINAL_MAIN_POWER = 13.0  # gymnasium.envs.box2d.lunar_lander.MAIN_ENGINE_POWER
 
 
 def greedy_episodes(act, seeds, env_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +119,7 @@ class RandomisedDynamics(gym.Wrapper):
     def __init__(self, env: gym.Env, seed: int) -> None:
         super().__init__(env)
         self.rng = np.random.default_rng(seed)
-        self.main_power = NOMINAL_MAIN_POWER
+        self.main_scale = 1.0
 
     def reset(self, **kwargs):
         rng = self.rng
@@ -128,17 +127,14 @@ class RandomisedDynamics(gym.Wrapper):
         lander.enable_wind = bool(rng.random() > 0.25)
         lander.wind_power = float(rng.uniform(0.0, 20.0))
         lander.turbulence_power = float(rng.uniform(0.0, 2.0))
-        self.main_power = NOMINAL_MAIN_POWER * float(rng.uniform(0.5, 1.1))
+        self.main_scale = float(rng.uniform(0.5, 1.1))
         return self.env.reset(**kwargs)
 
     def step(self, action):
-        from gymnasium.envs.box2d import lunar_lander
+        from interlock.bench.safety.lunarlander import main_engine_power
 
-        lunar_lander.MAIN_ENGINE_POWER = self.main_power
-        try:
+        with main_engine_power(self.main_scale):
             return self.env.step(action)
-        finally:
-            lunar_lander.MAIN_ENGINE_POWER = NOMINAL_MAIN_POWER
 
 
 def robust_vec_env(seed: int):
