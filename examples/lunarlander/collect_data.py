@@ -14,6 +14,18 @@ Behaviour policies (nominal world: no wind, nominal engines), ``--episodes`` epi
 Several policies so that the model does not learn one agent's habits: the guard is judged with
 agents it has never seen (the DQN agent here is never used for data).
 
+``--policies r4`` (simplex_dev/RULE.md "Round 4") adds, for a model that has seen more kinds of flight:
+
+=====================  ======================================================
+``robust``             the Simplex backup (``robust_agent.onnx``), greedy
+``robust_eps0.2``      the same, random with probability 0.2
+``heuristic_hover``    the heuristic told the pad is 0.4 higher for 600 steps (it hovers off the pad)
+``random``             uniformly random actions (short episodes, every action in free flight)
+=====================  ======================================================
+
+The DQN and A2C agents (``dqn``, ``a2c``, ``dqn_dev``) are never used for data: round 4 keeps them as
+development agents the model has not seen, and the held-out evaluation agents are never used at all.
+
 Reset seeds: data collection only, 200_000 + 1000 * policy_index + k (README.md). Random actions of
 the noisy policies come from ``numpy.random.default_rng(seed)``.
 
@@ -50,24 +62,57 @@ from lander import HERE, OnnxAgent, agent_chooser, heuristic_chooser, run_episod
 
 DATA_SEED = 200_000
 POLICIES = ["ppo", "ppo_eps0.1", "ppo_eps0.3", "heuristic", "heuristic_eps0.2"]
+#: Round 4 (simplex_dev/RULE.md): the five above, then four more kinds of flight (module docstring).
+#: Appended, so policy i keeps its data seeds 200_000 + 1000 i.
+POLICIES_R4 = [*POLICIES, "robust", "robust_eps0.2", "heuristic_hover", "random"]
+POLICY_SETS = {"r1": POLICIES, "r4": POLICIES_R4}
+#: ``heuristic_hover``: the pad is told HOVER_LIFT higher for the first HOVER_STEPS steps (as the
+#: development agent of interlock.bench.safety.lunarlander).
+HOVER_LIFT, HOVER_STEPS = 0.4, 600
 
 
-def chooser(name: str, agent: OnnxAgent):
-    """The ``choose`` function of behaviour policy ``name``."""
+def hover_chooser():
+    """``choose`` of ``heuristic_hover`` (one per episode: it counts the episode's steps)."""
+    from gymnasium.envs.box2d import lunar_lander
+
+    steps = [0]
+
+    def choose(env, o, rng):
+        seen = np.array(o, copy=True)
+        if steps[0] < HOVER_STEPS:
+            seen[1] -= HOVER_LIFT
+        steps[0] += 1
+        return int(lunar_lander.heuristic(env.unwrapped, seen))
+
+    return choose
+
+
+def chooser(name: str, agent: OnnxAgent, robust: OnnxAgent | None = None):
+    """The ``choose`` function of behaviour policy ``name`` (make one per episode)."""
+    if name == "heuristic_hover":
+        return hover_chooser()
+    if name == "random":
+        return lambda env, o, rng: int(rng.integers(4))
     eps = float(name.split("eps")[1]) if "eps" in name else 0.0
+    if name.startswith("robust"):
+        if robust is None:
+            raise ValueError("the robust policies need robust_agent.onnx")
+        return agent_chooser(robust, eps)
     return agent_chooser(agent, eps) if name.startswith("ppo") else heuristic_chooser(eps)
 
 
-def collect(episodes: int, agent: OnnxAgent) -> dict[str, np.ndarray]:
+def collect(
+    episodes: int, agent: OnnxAgent, policies: list[str] = POLICIES, robust: OnnxAgent | None = None
+) -> dict[str, np.ndarray]:
     """Run every behaviour policy for ``episodes`` nominal episodes; arrays of all transitions."""
     cols: dict[str, list] = {k: [] for k in ("obs", "action", "next_obs", "reward", "terminated",
                                                "truncated", "episode", "policy", "seed")}
     ep_id = 0
-    for p, name in enumerate(POLICIES):
+    for p, name in enumerate(policies):
         rets, crashes = [], 0
         for k in range(episodes):
             seed = DATA_SEED + 1000 * p + k
-            ep = run_episode("nominal", seed, chooser(name, agent))
+            ep = run_episode("nominal", seed, chooser(name, agent, robust))
             t = len(ep.action)
             term = np.zeros(t, bool)
             trunc = np.zeros(t, bool)
@@ -95,13 +140,22 @@ def main() -> None:
     p.add_argument("--agent", default=str(HERE / "ppo_agent.onnx"), help="our agent's ONNX file")
     p.add_argument("--out", default=str(HERE / "dynamics_ensemble.onnx"))
     p.add_argument("--skip-collect", action="store_true", help="reuse data/in_dist_all.npz")
+    p.add_argument("--policies", choices=sorted(POLICY_SETS), default="r1",
+                   help="behaviour policy set: r1 (five, rounds 1-3) or r4 (nine, round 4)")
+    p.add_argument("--batch-size", type=int, default=None, help="passed to ensemble train")
+    p.add_argument("--lr", type=float, default=None, help="passed to ensemble train")
+    p.add_argument("--members-dir", default=str(HERE / "dynamics_members"))
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    policies = POLICY_SETS[args.policies]
     data_dir = HERE / "data"
     data_dir.mkdir(exist_ok=True)
-    all_path, train_path = data_dir / "in_dist_all.npz", data_dir / "in_dist_train.npz"
+    tag = "" if args.policies == "r1" else f"_{args.policies}"
+    all_path, train_path = data_dir / f"in_dist_all{tag}.npz", data_dir / f"in_dist_train{tag}.npz"
     t0 = time.monotonic()
     if not args.skip_collect:
-        arrays = collect(args.episodes, OnnxAgent(args.agent))
+        robust = OnnxAgent(HERE / "robust_agent.onnx") if any(p.startswith("robust") for p in policies) else None
+        arrays = collect(args.episodes, OnnxAgent(args.agent), policies, robust)
         np.savez_compressed(all_path, **arrays)
         print(f"collected {len(arrays['action'])} transitions in {time.monotonic() - t0:.0f} s", flush=True)
     with np.load(all_path) as f:
@@ -111,25 +165,29 @@ def main() -> None:
     print(f"training rows: {keep.sum()} (dropped {(~keep).sum()} terminal transitions)", flush=True)
     cmd = [sys.executable, "-m", "interlock.cli", "ensemble", "train", "--kind", "dynamics",
            "--data", str(train_path), "--members", str(args.members), "--hidden", args.hidden,
-           "--epochs", str(args.epochs), "--actions", "4", "--seed", "0", "--threads", "1", "-q",
-           "--members-dir", str(HERE / "dynamics_members"), "-o", args.out]
+           "--epochs", str(args.epochs), "--actions", "4", "--seed", "0", "--threads", str(args.threads),
+           "-q", "--members-dir", args.members_dir, "-o", args.out]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if args.lr:
+        cmd += ["--lr", str(args.lr)]
     print(" ".join(cmd[1:]), flush=True)
     out = subprocess.run(cmd, capture_output=True, text=True)
-    (data_dir / "ensemble_train.log").write_text(out.stdout + out.stderr)
+    (data_dir / f"ensemble_train{tag}.log").write_text(out.stdout + out.stderr)
     print(out.stdout + out.stderr, flush=True)
     if out.returncode:
         raise SystemExit(out.returncode)
     summary = {
         "agent": Path(args.agent).name,
         "agent_sha256": hashlib.sha256(Path(args.agent).read_bytes()).hexdigest(),
-        "policies": POLICIES,
+        "policies": policies,
         "episodes_per_policy": args.episodes,
         "transitions": len(arrays["action"]),
         "training_rows": int(keep.sum()),
         "command": " ".join(cmd[3:]),
         "train_log": out.stdout.strip().splitlines(),
     }
-    (HERE / "ensemble.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (HERE / f"ensemble{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

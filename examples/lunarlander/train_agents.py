@@ -366,7 +366,7 @@ def main() -> None:
     log(json.dumps(summary))
     report = HERE / "agents.json"
     allr = json.loads(report.read_text()) if report.exists() else {}
-    allr[kind] = summary
+    allr[out.stem.removesuffix("_agent")] = summary  # dqn_dev_agent.onnx -> "dqn_dev"
     report.write_text(json.dumps(allr, indent=2) + "\n")
 
 
