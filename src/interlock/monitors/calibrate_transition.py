@@ -191,6 +191,8 @@ class TransitionCalibration:
     #: ``[obs_dim]`` floor of the per-action scales, and the scale part's rows per action.
     spread_floor_values: list[float] | None = None
     rows_per_action: list[int] | None = None
+    #: The episode numbers of each part (scale, threshold, held_out), to reproduce or audit the split.
+    split: dict[str, list[Any]] | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -413,4 +415,5 @@ def calibrate_transition(
         spread_floor_values=None if floor is None else floor.tolist(),
         rows_per_action=None if counts is None else counts.tolist(),
         shift_per_group=per_group,
+        split={k: v.tolist() for k, v in parts.items()},
     )
