@@ -414,6 +414,20 @@ class TransitionMonitorConfig(_Strict):
         description="With spread: per_action, an action seen fewer times than this in the calibration "
         "data keeps the global scale.",
     )
+    disagreement: Literal["none", "add"] = Field(
+        "none",
+        description="'add': each normalised residual is r / sqrt(scale^2 + (disagreement_scale * std)^2), "
+        "std the standard deviation of the ensemble members' predictions of that dimension, so that "
+        "transitions the model is unsure of (epistemic) weigh less while a shift in states the members "
+        "agree on still stands out; for agents whose states differ from the calibration data. "
+        "'none' (default): the calibrated scale alone. `interlock calibrate` records it.",
+    )
+    disagreement_scale: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="With disagreement: add, the factor on the members' standard deviation.",
+    )
     residual_scale: list[float] | None = Field(
         None,
         description="Per-dimension in-distribution residual scale (one per observation element); "

@@ -252,6 +252,11 @@ def calibrate(
                 else {"spread": tcfg.spread}
             ),
             "scale_statistic": tcfg.scale_statistic,
+            **(
+                {"disagreement": tcfg.disagreement, "disagreement_scale": tcfg.disagreement_scale}
+                if tcfg.disagreement == "add"
+                else {"disagreement": tcfg.disagreement}
+            ),
             "drift": cal.drift,
             "thresholds": cal.thresholds,
             "false_alarm_rate": {"per_step": rate, "per_episode": episode_rate},

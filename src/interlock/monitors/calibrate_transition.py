@@ -7,8 +7,8 @@ from a Gymnasium environment with a policy ONNX (:func:`rollout_episodes`).
 The episodes are split three ways, by whole episodes: a *scale* part, a *threshold* part and a
 *held-out* part (``holdout``; the rest halved). Then:
 
-1. the residual ``next_obs - mean prediction`` of every transition (one model run per 4096
-   rows, with a tqdm bar);
+1. the residual ``next_obs - mean prediction`` of every transition, and the members' standard
+   deviation (one model run per 4096 rows, with a tqdm bar);
 2. ``residual_scale``: each dimension's residual RMS on the scale part (``scale_statistic:
    median_abs``: 1.4826 x the median absolute residual, a robust RMS; floored at 1e-8); with
    ``spread: per_action`` also ``residual_scale_per_action`` ``[n_actions, obs_dim]``: the same
@@ -17,15 +17,16 @@ The episodes are split three ways, by whole episodes: a *scale* part, a *thresho
    must not turn a tiny residual into a huge surprise); an action with fewer than
    ``spread_min_rows`` rows keeps the global scale. The surprise of a row then divides by the scale
    of the action it executed (``residual_bias`` stays on the global scale);
-3. on the threshold part, with that scale: ``surprise`` threshold = conformal ``(1 - step_rate)``
-   quantile of per-step surprise; ``drift`` = conformal ``(1 - episode_rate)`` quantile of each
-   episode's *mean* surprise (in-distribution episodes differ: on CartPole the mean surprise of
-   an episode ranges 0.2-1.6; with this drift all but about ``episode_rate`` of them make the
-   CUSUM drift down, so the threshold covers fluctuations, not a linear climb over long
-   episodes; ``drift_rule: step_mean`` takes the mean per-step surprise instead, as the
-   LunarLander detector study chose: faster detection, the threshold then absorbs the climb);
-   ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each episode's
-   largest CUSUM value (at least ``drift``); ``residual_bias`` threshold = conformal
+3. on the threshold part, with that scale (and with ``disagreement: add`` the members' standard
+   deviation; the surprise is the monitor's own :meth:`~TransitionMonitor.surprise`): ``surprise``
+   threshold = conformal ``(1 - step_rate)`` quantile of per-step surprise; ``drift`` = conformal
+   ``(1 - episode_rate)`` quantile of each episode's *mean* surprise (in-distribution episodes
+   differ: on CartPole the mean surprise of an episode ranges 0.2-1.6; with this drift all but
+   about ``episode_rate`` of them make the CUSUM drift down, so the threshold covers fluctuations,
+   not a linear climb over long episodes; ``drift_rule: step_mean`` takes the mean per-step
+   surprise instead, as the LunarLander detector study chose: faster detection, the threshold then
+   absorbs the climb); ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each
+   episode's largest CUSUM value (at least ``drift``); ``residual_bias`` threshold = conformal
    ``(1 - step_rate)`` quantile of the per-step EW bias norm;
 4. on the held-out part: the per-step false-alarm rate of ``surprise`` and ``residual_bias`` and
    the per-episode false-alarm rate of ``shift`` actually measured, written beside them.
@@ -190,6 +191,8 @@ class TransitionCalibration:
     #: ``[obs_dim]`` floor of the per-action scales, and the scale part's rows per action.
     spread_floor_values: list[float] | None = None
     rows_per_action: list[int] | None = None
+    #: The episode numbers of each part (scale, threshold, held_out), to reproduce or audit the split.
+    split: dict[str, list[Any]] | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -331,10 +334,13 @@ def calibrate_transition(
         "held_out": perm[:n_held],
     }
     residual = np.empty_like(data.next_obs)
+    member_std = np.empty_like(data.next_obs)  # [N, obs_dim], read with disagreement: add
     starts = range(0, len(data), batch_size)
     for start in tqdm(starts, desc=f"predicting ({monitor.name})", unit="batch", disable=not progress):
         sl = slice(start, start + batch_size)
-        residual[sl] = data.next_obs[sl] - monitor.predict(data.obs[sl], np.asarray(data.action[sl]))
+        predicted = monitor.predict_with_spread(data.obs[sl], np.asarray(data.action[sl]))
+        residual[sl] = data.next_obs[sl] - predicted.next_obs
+        member_std[sl] = predicted.member_std
     masks = {k: np.isin(data.episode, v) for k, v in parts.items()}
     ok = monitor.scored(data.obs, data.next_obs)  # score_when
     if not ok[masks["scale"]].any() or not ok[masks["threshold"]].any():
@@ -361,7 +367,7 @@ def calibrate_transition(
         sm = masks["scale"]
         monitor.action_scale, floor, counts = per_action_scale(residual[sm], actions[sm], monitor)
         row_scale = monitor.scale_for(actions)
-    surprise = surprise_of(residual, row_scale, monitor.dims, monitor.cfg.aggregate, monitor.cfg.clip)
+    surprise = monitor.surprise(residual, row_scale, member_std)  # exactly as the monitor computes it
     surprise[~ok] = np.nan  # not scored: the CUSUM keeps its value (cusum), like the monitor
     bias = _bias_norms(residual, data.episode, monitor, ok)
 
@@ -409,4 +415,5 @@ def calibrate_transition(
         spread_floor_values=None if floor is None else floor.tolist(),
         rows_per_action=None if counts is None else counts.tolist(),
         shift_per_group=per_group,
+        split={k: v.tolist() for k, v in parts.items()},
     )

@@ -14,7 +14,8 @@ Signals (``<name>.<signal>``):
 ``surprise``       RMS (or max, or mean square, each z^2 optionally clipped) over dimensions
                    of the residual divided by its calibrated in-distribution scale (one per
                    dimension, or with ``spread: per_action`` one per executed action and
-                   dimension); 0 where the episode has no previous step
+                   dimension; with ``disagreement: add`` combined with the members' spread,
+                   :meth:`TransitionMonitor.surprise`); 0 where the episode has no previous step
 ``shift``          CUSUM over the episode: ``S = max(0, S + surprise - drift)``;
                    tripped above its threshold (per-episode false-alarm target)
 ``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,7 +58,7 @@ from interlock.reachability.constraints import BatchedCondition
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SIGNALS", "TransitionMonitor", "cusum", "surprise_of"]
+__all__ = ["SIGNALS", "Prediction", "TransitionMonitor", "cusum", "surprise_of"]
 
 SIGNALS = ("surprise", "shift", "shifted", "residual_bias")
 
@@ -88,6 +89,15 @@ def surprise_of(
     if aggregate == "mean_sq":
         return sq.mean(axis=1)
     return np.sqrt(np.mean(sq, axis=1))
+
+
+class Prediction(NamedTuple):
+    """The dynamics ensemble's answer for ``n`` transitions (one session run)."""
+
+    #: ``[n, obs_dim]`` float64 members' mean next observation.
+    next_obs: np.ndarray
+    #: ``[n, obs_dim]`` float64 standard deviation over the K members' predictions (ddof 0).
+    member_std: np.ndarray
 
 
 def cusum(surprise: np.ndarray, drift: float) -> np.ndarray:
@@ -260,20 +270,26 @@ class TransitionMonitor(Monitor):
                 f"{self.where}: the calibration in {path} was made for another version of "
                 f"{self.cfg.model} (sha256 {sha[:12]}...); re-run `interlock calibrate` for this model"
             )
-        settings = (
-            ("aggregate", self.cfg.aggregate),
-            ("dims", self.cfg.dims),
-            ("clip", self.cfg.clip),
-            ("drift_rule", self.cfg.drift_rule),
-            ("spread", self.cfg.spread),
-            ("scale_statistic", self.cfg.scale_statistic),
-            ("spread_floor", self.cfg.spread_floor),
-            ("spread_min_rows", self.cfg.spread_min_rows),
+        # (key, this config's value, what a file without the key was calibrated with; None: not checked)
+        settings: tuple[tuple[str, Any, Any], ...] = (
+            ("aggregate", self.cfg.aggregate, None),
+            ("dims", self.cfg.dims, None),
+            ("clip", self.cfg.clip, None),
+            ("drift_rule", self.cfg.drift_rule, None),
+            ("spread", self.cfg.spread, None),
+            ("scale_statistic", self.cfg.scale_statistic, None),
+            ("spread_floor", self.cfg.spread_floor, None),
+            ("spread_min_rows", self.cfg.spread_min_rows, None),
+            # files from before the option were calibrated without the members' spread
+            ("disagreement", self.cfg.disagreement, "none"),
+            # recorded (and read) only with disagreement: add
+            ("disagreement_scale", self.cfg.disagreement_scale, None),
         )
-        for key, mine in settings:  # calibration (require_thresholds False) writes the entry anew
-            if self.require_thresholds and key in entry and entry[key] != mine:
+        for key, mine, absent in settings:  # calibration (require_thresholds False) writes the entry anew
+            theirs = entry.get(key, absent)
+            if self.require_thresholds and (key in entry or absent is not None) and theirs != mine:
                 raise ConfigError(
-                    f"{self.where}: {path} was calibrated with {key}={entry[key]}, the config says {mine}; "
+                    f"{self.where}: {path} was calibrated with {key}={theirs}, the config says {mine}; "
                     "re-run `interlock calibrate`"
                 )
         return entry
@@ -299,14 +315,37 @@ class TransitionMonitor(Monitor):
 
     def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``[n, obs_dim]`` members' mean next observation for ``[n, obs_dim]`` obs and their actions."""
+        return self.predict_with_spread(obs, actions).next_obs
+
+    def predict_with_spread(self, obs: np.ndarray, actions: np.ndarray) -> Prediction:
+        """Members' mean next observation and their standard deviation, ``[n, obs_dim]`` each, for
+        ``[n, obs_dim]`` obs and their ``[n, ...]`` actions, from one session run."""
         shaped = obs.reshape(len(obs), *self.spaces.observation.shape).astype(self.spaces.observation.dtype)
         out = self.model.run(shaped, actions)  # [K, n, ...]
-        mean = out.reshape(out.shape[0], out.shape[1], -1).astype(np.float64).mean(axis=0)
+        members = out.reshape(out.shape[0], out.shape[1], -1).astype(np.float64)  # [K, n, obs_dim]
+        mean = members.mean(axis=0)
         if mean.shape[1] != self.obs_dim:
             raise RuntimeError(
                 f"{self.cfg.model} predicted {mean.shape[1]} values per row; observations have {self.obs_dim}"
             )
-        return obs + mean if self.cfg.predicts == "delta" else mean
+        # the std of a delta is the std of the next observation (obs is the same for every member)
+        return Prediction(obs + mean if self.cfg.predicts == "delta" else mean, members.std(axis=0))
+
+    def surprise(self, residual: np.ndarray, scale: np.ndarray, member_std: np.ndarray) -> np.ndarray:
+        """``[n]`` the ``surprise`` signal of ``[n, obs_dim]`` residuals: the one formula the monitor
+        and ``interlock calibrate`` share.
+
+        Args:
+            residual: ``[n, obs_dim]`` observed minus predicted next observation.
+            scale: ``[obs_dim]`` or ``[n, obs_dim]`` calibrated residual scale (:meth:`scale_for`).
+            member_std: ``[n, obs_dim]`` the members' standard deviation (:meth:`predict_with_spread`);
+                read only with ``disagreement: add``, where each dimension is divided by
+                ``sqrt(scale^2 + (disagreement_scale * member_std)^2)`` instead of ``scale``.
+        """
+        if self.cfg.disagreement == "add":
+            spread = self.cfg.disagreement_scale * np.asarray(member_std, np.float64)
+            scale = np.sqrt(np.square(np.asarray(scale, np.float64)) + spread * spread)
+        return surprise_of(residual, scale, self.dims, self.cfg.aggregate, self.cfg.clip)
 
     def _plan(self, batch: Batch, obs: np.ndarray) -> tuple[list[int], list[_Row], dict[str, EpisodeState]]:
         """Rows in (episode, step) order, what to do with each, and the new state per episode."""
@@ -343,15 +382,18 @@ class TransitionMonitor(Monitor):
         order, rows, pending = self._plan(batch, obs)
         todo = [i for i in range(n) if rows[i].plan == "predict"]
         residual = np.zeros((n, self.obs_dim))
+        member_std = np.zeros((n, self.obs_dim))
         scale = np.tile(self.scale, (n, 1))
         scored = np.zeros(n, bool)
         if todo:
             prev_obs = np.stack([rows[i].prev_obs for i in todo])  # type: ignore[misc]
             prev_act = np.stack([rows[i].prev_action for i in todo])  # type: ignore[misc]
-            residual[todo] = obs[todo] - self.predict(prev_obs, prev_act)
+            predicted = self.predict_with_spread(prev_obs, prev_act)
+            residual[todo] = obs[todo] - predicted.next_obs
+            member_std[todo] = predicted.member_std
             scale[todo] = self.scale_for(prev_act)
             scored[todo] = self.scored(prev_obs, obs[todo])
-        step_surprise = surprise_of(residual, scale, self.dims, self.cfg.aggregate, self.cfg.clip)
+        step_surprise = self.surprise(residual, scale, member_std)
         steps = batch.steps.tolist()
         surprise = np.zeros(n)
         shift = np.zeros(n)
