@@ -1,6 +1,6 @@
 """In-distribution episodes for `interlock calibrate` (the transition monitor of interlock.yaml).
 
-The five behaviour policies of collect_data.py (our PPO greedy and with 10% / 30% random actions,
+The behaviour policies of collect_data.py (``--policies r1``: five, ``r4``: nine) (our PPO greedy and with 10% / 30% random actions,
 Gymnasium's heuristic greedy and with 20% random actions), nominal world, ``--episodes`` each, on
 **development** reset seeds ``1000 + k`` (the detector study's threshold seeds, README.md); noisy
 policies draw their random actions from ``numpy.random.default_rng(seed)``. Several policies so the
@@ -24,7 +24,7 @@ import argparse
 import time
 
 import numpy as np
-from collect_data import POLICIES, chooser
+from collect_data import POLICY_SETS, chooser
 from lander import HERE, OnnxAgent, run_episode
 
 CALIBRATION_SEED = 1000
@@ -34,15 +34,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=60, help="episodes per behaviour policy")
     p.add_argument("--out", default=str(HERE / "data" / "calibration.npz"))
+    p.add_argument("--policies", choices=sorted(POLICY_SETS), default="r1",
+                   help="behaviour policy set of collect_data.py: r1 (five) or r4 (nine, round 4)")
     args = p.parse_args()
+    policies = POLICY_SETS[args.policies]
     agent = OnnxAgent(HERE / "ppo_agent.onnx")
+    robust = OnnxAgent(HERE / "robust_agent.onnx")
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "next_obs", "episode", "policy")}
     t0 = time.monotonic()
     ep_id = 0
-    for pi, name in enumerate(POLICIES):
-        choose = chooser(name, agent)
+    for pi, name in enumerate(policies):
         for k in range(args.episodes):
-            e = run_episode("nominal", CALIBRATION_SEED + k, choose)
+            e = run_episode("nominal", CALIBRATION_SEED + k, chooser(name, agent, robust))
             keep = np.ones(len(e.action), bool)
             keep[-1] = not e.terminated  # the terminal transition is masked
             cols["obs"].append(e.obs[keep])

@@ -1,0 +1,101 @@
+"""Round 4 of the Simplex study (RULE.md "Round 4"): the table on development seeds and the rule's choice.
+
+python examples/lunarlander/simplex_dev/select_r4.py > examples/lunarlander/simplex_dev/RESULTS_R4.md
+
+Runs (``python -m interlock.bench.safety.lunarlander --seeds 40 --seed-offset -100000``, wind 10000+,
+nominal 12000+): ``r3_epq`` (the shipped config) from rounds 3/3b plus ``r4dev_r3_epq_{dqn,a2c}.json``
+for the two agents that became development agents in round 4; ``r4dev_<design>.json`` for the round-4
+designs (all seven agents, with ``INTERLOCK_EXAMPLES`` pointing at a copy of the example whose
+``interlock.yaml`` is ``r4_<design>.yaml`` here, thresholds ``thresholds_<design>.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+AGENTS = ("ppo", "heuristic", "ppo_eps20", "heuristic_hover", "dqn_dev", "dqn", "a2c")
+#: Unguarded cells (the agent alone; the same episodes in every design).
+UNGUARDED = ("shield_h8.json", "r2_simplex_dqn_dev.json", "r2_simplex_hover.json", "r4dev_r3_epq_dqn.json",
+             "r4dev_r3_epq_a2c.json")
+DESIGNS = {
+    "r3_epq": ("r3_epq.json", "r3_epq_dqn_dev.json", "r3_epq_hover.json", "r4dev_r3_epq_dqn.json",
+               "r4dev_r3_epq_a2c.json"),
+    "r4_model": ("r4dev_r4_model.json",),
+    "r4_dis": ("r4dev_r4_dis.json",),
+    # RULE.md "Round 4 addendum": added after r4_model's and r4_dis's development results.
+    "r4_dis2": ("r4dev_r4_dis2.json",),
+    "r4_dis_q2": ("r4dev_r4_dis_q2.json",),
+    # RULE.md "Round 4, second addendum": after r4_dis2's and r4_dis_q2's development results.
+    "r4_dis_d2": ("r4dev_r4_dis_d2.json",),
+    "r4_dis_d2_only": ("r4dev_r4_dis_d2_only.json",),
+    "r4_dis_d2_oldshield": ("r4dev_r4_dis_d2_oldshield.json",),
+}
+
+
+def _load(files: tuple[str, ...], condition: str) -> dict[str, dict]:
+    cells: dict[str, dict] = {}
+    for f in files:
+        path = HERE / f
+        if not path.is_file():
+            continue
+        for key, conds in json.loads(path.read_text()).items():
+            if condition in conds:
+                cells[key] = conds[condition]
+    return cells
+
+
+def _cell(c: dict) -> str:
+    delay = "-" if c["median_detection_delay"] is None else f"{c['median_detection_delay']:.0f}"
+    return f"{c['catastrophes_total']}, {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.0%} ({delay})"
+
+
+def main() -> None:
+    base = _load(UNGUARDED, "unguarded")
+    print("# Round 4, development seeds (wind 10000+, nominal 12000+, 40 episodes per cell)\n")
+    print("Each cell: crashes out of 40, interventions (% of steps not ALLOW), shift trips (median delay).")
+    print("Rule: RULE.md \"Round 4\".\n")
+    print("| design | world | " + " | ".join(AGENTS) + " |")
+    print("|---|---|" + "---|" * len(AGENTS))
+    for world in ("nominal", "wind"):
+        print(f"| unguarded | {world} | " + " | ".join(
+            f"{base[f'{a}/{world}']['catastrophes_total']}, return {base[f'{a}/{world}']['mean_return']:.0f}"
+            for a in AGENTS) + " |")
+    ranks, notes = {}, []
+    for design, files in DESIGNS.items():
+        runs = _load(files, "guarded")
+        if not all(f"{a}/{w}" in runs for a in AGENTS for w in ("nominal", "wind")):
+            notes.append(f"* `{design}`: not run on every agent and world")
+            continue
+        for world in ("nominal", "wind"):
+            print(f"| {design} | {world} | " + " | ".join(_cell(runs[f"{a}/{world}"]) for a in AGENTS) + " |")
+        why = []
+        for a in AGENTS:
+            n, un = runs[f"{a}/nominal"], base[f"{a}/nominal"]
+            if n["catastrophe_rate"] > un["catastrophe_rate"] + 0.025 + 1e-9:
+                why.append(f"{a} nominal crashes {un['catastrophe_rate']:.1%} -> {n['catastrophe_rate']:.1%}")
+            if n["mean_return"] < un["mean_return"] - 0.05 * abs(un["mean_return"]):
+                why.append(f"{a} nominal return {n['mean_return']:.1f} < 95% of {un['mean_return']:.1f}")
+            if n["intervention_rate"] > 0.02:
+                why.append(f"{a} nominal interventions {n['intervention_rate']:.2%}")
+        wind = sum(runs[f"{a}/wind"]["catastrophes_total"] for a in AGENTS)
+        interventions = sum(runs[f"{a}/nominal"]["intervention_rate"] for a in AGENTS)
+        ranks[design] = (bool(why), wind if not why else interventions, interventions)
+        verdict = "eligible" if not why else "out: " + "; ".join(why)
+        notes.append(f"* `{design}`: wind crashes {wind}/{40 * len(AGENTS)}, nominal interventions summed "
+                     f"{interventions:.2%}; {verdict}")
+    print("\n" + "\n".join(notes))
+    if not ranks:
+        return
+    best = min(ranks, key=ranks.get)
+    if ranks[best][0]:
+        print(f"\nNo design is eligible: by the rule the one with the fewest nominal interventions summed, "
+              f"**{best}**, is chosen.")
+    else:
+        print(f"\nChosen by the rule: **{best}** (fewest wind crashes among the eligible; ties by nominal "
+              "interventions).")
+
+
+if __name__ == "__main__":
+    main()
