@@ -1,5 +1,6 @@
 """examples/lunarlander/interlock.yaml: loads, guards real LunarLander-v3 steps through a real server,
-detects wind from what happens next, and shields a fast descent near the ground (docs/shift.md)."""
+detects wind from what happens next and hands over to the robust backup; round 3b's config
+(simplex_dev/interlock_r3.yaml) shields a fast descent near the ground (docs/shift.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ pytest.importorskip("Box2D", reason="LunarLander-v3 needs Box2D: pip install -e 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lunarlander"
 CONFIG = EXAMPLE / "interlock.yaml"
+#: Round 3b's config (adaptive shield before the trip), kept as the record of rounds 1-3.
+CONFIG_R3 = EXAMPLE / "simplex_dev" / "interlock_r3.yaml"
 WIND = {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5}
 
 
@@ -49,11 +52,12 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
     assert agent.observation.shape == [8] and agent.observation.dtype == "float32"
     assert agent.action.type == "discrete" and agent.action.n == 4
     kinds = {m.name: m.kind for m in agent.monitors}
-    assert kinds == {"action_space": "action_space", "drift": "transition", "shield": "reachability"}
+    assert kinds == {"action_space": "action_space", "drift": "transition"}
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
-    assert drift.thresholds["shift"] > drift.drift > 0  # from thresholds.json
+    assert drift.drift == 2.0  # set in the config (simplex_dev/RULE.md, round 4)
+    assert drift.thresholds["shift"] > drift.drift  # from thresholds.json
 
 
 def run_episode(
@@ -80,18 +84,16 @@ def run_episode(
 
 def test_wind_is_more_surprising_than_nominal_and_the_shift_trips(detector, agent) -> None:
     # Development seeds (examples/lunarlander/README.md): wind 2000+, nominal 7000+.
-    nominal, nominal_trip = run_episode(detector, agent, {}, 7000, 200, "nominal-7000")
-    windy, _ = run_episode(detector, agent, WIND, 2007, 200, "wind-2007-short")
-    assert nominal_trip == -1
-    assert np.mean(windy) > 1.3 * np.mean(nominal)
-    # The statistic needs a few hundred steps of weak evidence (docs/shift.md, LunarLander): on this
-    # seed it trips at step 192 with the calibrated thresholds (airborne transitions, robust scale).
-    _, trip = run_episode(detector, agent, WIND, 2007, 400, "wind-2007")
-    assert 100 < trip < 400
+    nominal, nominal_trip = run_episode(detector, agent, {}, 7000, 1000, "nominal-7000")
+    windy, trip = run_episode(detector, agent, WIND, 2007, 200, "wind-2007")
+    assert len(nominal) > 500 and nominal_trip == -1  # a whole calm episode (854 steps), no trip
+    assert np.mean(windy) > 4 * np.mean(nominal)  # 3.2 against 0.42 with the round-4 model
+    # With the round-4 model the evidence is strong: this seed trips at step 7 (round 3b: 192).
+    assert 0 < trip < 50
 
 
 def test_the_shield_replaces_an_action_that_crashes_a_fast_descent() -> None:
-    guard = Guard(load_config(CONFIG)).load()
+    guard = Guard(load_config(CONFIG_R3)).load()
     # 0.42 above the pad, falling at 0.7 (obs units): firing a side engine, then the agent's policy,
     # breaks the near-ground speed limit within the 8-step horizon under some member; the main engine
     # keeps every member inside. (Horizon 20 reached the limit from 0.7 / 0.9; 8 steps do not.)
@@ -117,20 +119,24 @@ def test_real_lunarlander_steps_through_a_loopback_server(agent) -> None:
         replay = gym.make("LunarLander-v3", **WIND)  # replays the executed actions
         obs, _ = env.reset(seed=2001)
         replay.reset(seed=2001)
-        verdicts = set()
-        for _ in range(40):
+        verdicts = []
+        for _ in range(60):
             (logits,) = agent.run(None, {"obs": obs[None].astype(np.float32)})
             proposed = int(logits.argmax())
             obs, _, terminated, truncated, info = env.step(proposed)
             decision = info["interlock"]
-            verdicts.add(decision["verdict"])
-            assert set(decision["signals"]) >= {"drift.surprise", "drift.shift", "shield.unsafe"}
+            verdicts.append(decision["verdict"])
+            assert set(decision["signals"]) >= {"drift.surprise", "drift.shift", "drift.shifted"}
             executed = proposed if decision["verdict"] == "ALLOW" else int(decision["action"])
             replayed, *_ = replay.step(executed)
             np.testing.assert_array_equal(obs, replayed)
             if terminated or truncated:
                 break
-        assert verdicts <= {"ALLOW", "SUBSTITUTE"}
+        # The agent flies until the wind trips the detector, a person is told once (deferred: the
+        # backup's action at once), then the backup drives to the end of the episode.
+        trip = verdicts.index("ESCALATE")
+        assert trip > 0 and set(verdicts[:trip]) == {"ALLOW"}
+        assert set(verdicts[trip + 1 :]) == {"SUBSTITUTE"} and len(verdicts) > trip + 1
         env.close()
         replay.close()
 
@@ -151,7 +157,7 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
     from interlock.errors import ConfigError
 
     text = CONFIG.read_text()
-    for name in ("dynamics_ensemble.onnx", "thresholds.json", "ppo_agent.onnx", "robust_agent.onnx"):
+    for name in ("dynamics_ensemble_r4.onnx", "thresholds.json", "robust_agent.onnx"):
         text = text.replace(f" {name}", f" {EXAMPLE / name}")
     assert "clip: 25\n" in text
     (tmp_path / "same.yaml").write_text(text)
