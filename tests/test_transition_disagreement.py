@@ -299,3 +299,26 @@ def test_bad_disagreement_settings_are_config_errors_naming_the_path(tmp_path, l
     (tmp_path / "interlock.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"interlock\.yaml: .*\n  agents\[0\]\." + message):
         load_config(tmp_path / "interlock.yaml")
+
+
+def test_a_drift_fixed_in_the_config_is_reported_and_runs(calibrated, tmp_path):
+    """``drift:`` in the config overrides the file's at load: calibrate still records the calibrated
+    drift and its threshold, says the config fixes another, and measures the held-out rate at it."""
+    d, _, _ = calibrated
+    shutil.copy(d / "dynamics_ensemble.onnx", tmp_path / "dynamics_ensemble.onnx")
+    text = calibrated_config().replace("name: plain\n", "name: plain\n        drift: 5.0\n")
+    (tmp_path / "interlock.yaml").write_text(text)
+    report = calibrate(
+        tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=0.1,
+        progress=False,
+    )
+    fixed, free = report.transitions
+    assert (fixed.config_drift, free.config_drift) == (5.0, None)
+    same = json.loads((d / "thresholds.json").read_text())["monitors"]["plain"]
+    assert fixed.drift == pytest.approx(same["drift"])  # the file keeps the calibrated drift
+    assert fixed.thresholds["shift"] == pytest.approx(same["thresholds"]["shift"])
+    assert fixed.drift < 5.0 and fixed.held_out_episode_rate_config_drift <= fixed.held_out_episode_rate
+    assert "the config fixes drift: 5" in fixed.summary()
+    monitor = next(m for m in Guard.from_file(str(tmp_path / "interlock.yaml")).load().agents[0].monitors
+                   if m.name == "plain")
+    assert monitor.drift == 5.0

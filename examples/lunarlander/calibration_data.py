@@ -1,7 +1,8 @@
 """In-distribution episodes for `interlock calibrate` (the transition monitor of interlock.yaml).
 
-The behaviour policies of collect_data.py (``--policies r1``: five, ``r4``: nine) (our PPO greedy and with 10% / 30% random actions,
-Gymnasium's heuristic greedy and with 20% random actions), nominal world, ``--episodes`` each, on
+The behaviour policies of collect_data.py (``--policies r1``: the five of rounds 1-3, our PPO greedy
+and with 10% / 30% random actions, Gymnasium's heuristic greedy and with 20% random actions;
+``--policies r4``: nine, collect_data.py's docstring), nominal world, ``--episodes`` each, on
 **development** reset seeds ``1000 + k`` (the detector study's threshold seeds, README.md); noisy
 policies draw their random actions from ``numpy.random.default_rng(seed)``. Several policies so the
 false-alarm target holds for more than one agent's habits (the guard is judged with an unseen agent).

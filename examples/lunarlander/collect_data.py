@@ -154,7 +154,8 @@ def main() -> None:
     all_path, train_path = data_dir / f"in_dist_all{tag}.npz", data_dir / f"in_dist_train{tag}.npz"
     t0 = time.monotonic()
     if not args.skip_collect:
-        robust = OnnxAgent(HERE / "robust_agent.onnx") if any(p.startswith("robust") for p in policies) else None
+        needs_robust = any(p.startswith("robust") for p in policies)
+        robust = OnnxAgent(HERE / "robust_agent.onnx") if needs_robust else None
         arrays = collect(args.episodes, OnnxAgent(args.agent), policies, robust)
         np.savez_compressed(all_path, **arrays)
         print(f"collected {len(arrays['action'])} transitions in {time.monotonic() - t0:.0f} s", flush=True)

@@ -48,7 +48,8 @@ def _load(files: tuple[str, ...], condition: str) -> dict[str, dict]:
 
 def _cell(c: dict) -> str:
     delay = "-" if c["median_detection_delay"] is None else f"{c['median_detection_delay']:.0f}"
-    return f"{c['catastrophes_total']}, {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.0%} ({delay})"
+    trips = f"trips {c['shift_trip_rate']:.0%} ({delay})"
+    return f"{c['catastrophes_total']}, {c['intervention_rate']:.2%}, {trips}"
 
 
 def main() -> None:

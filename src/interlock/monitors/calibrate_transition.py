@@ -193,6 +193,10 @@ class TransitionCalibration:
     rows_per_action: list[int] | None = None
     #: The episode numbers of each part (scale, threshold, held_out), to reproduce or audit the split.
     split: dict[str, list[Any]] | None = None
+    #: The drift the config fixes (``drift:``, which overrides the file's at load), and the held-out
+    #: per-episode rate at it with the threshold calibrated here; None when the config sets none.
+    config_drift: float | None = None
+    held_out_episode_rate_config_drift: float | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -222,6 +226,15 @@ class TransitionCalibration:
                 f"  shift (CUSUM): drift {self.drift:.4g}, threshold {t['shift']:.4g} "
                 f"(held-out per-episode FAR {self.held_out_episode_rate:.4f})",
             ]
+            + (
+                [
+                    f"  the config fixes drift: {self.config_drift:.4g}, which the monitor runs with (the "
+                    f"file's {self.drift:.4g} is for the record); held-out per-episode FAR at it "
+                    f"{self.held_out_episode_rate_config_drift:.4f}"
+                ]
+                if self.config_drift is not None
+                else []
+            )
             + ([f"wrote the calibration of '{self.monitor}' to {self.path}"] if self.path else [])
         )
 
@@ -399,6 +412,11 @@ def calibrate_transition(
     held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[whole], data.episode[whole])])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
+    fixed = monitor.cfg.drift  # the config's drift overrides the file's when the monitor loads
+    fixed_rate = None
+    if fixed is not None:
+        held_fixed = [cusum(s, fixed).max() for s in _per_episode(surprise[whole], data.episode[whole])]
+        fixed_rate = float(np.mean(np.asarray(held_fixed) > thresholds["shift"]))
     return TransitionCalibration(
         monitor=monitor.name,
         residual_scale=monitor.scale.tolist(),
@@ -416,4 +434,6 @@ def calibrate_transition(
         rows_per_action=None if counts is None else counts.tolist(),
         shift_per_group=per_group,
         split={k: v.tolist() for k, v in parts.items()},
+        config_drift=fixed,
+        held_out_episode_rate_config_drift=fixed_rate,
     )
