@@ -61,6 +61,11 @@ _DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is hal
 _ONE_ALLOW = np.full(1, _ALLOW, np.int8)
 _ONE_TRUE = np.ones(1, bool)
 _ONE_ZERO = np.zeros(1, np.int32)
+#: A one-row ``invalid`` mask, shared (read only: every user makes new arrays from it).
+_ONE_TRUE_RO = np.ones(1, bool)
+_ONE_FALSE_RO = np.zeros(1, bool)
+_ONE_TRUE_RO.flags.writeable = False
+_ONE_FALSE_RO.flags.writeable = False
 
 
 @dataclass
@@ -505,44 +510,58 @@ class AgentRuntime:
         space, a monitor error, another verdict) continues on the general path from the monitors'
         signals, so everything but the plain ALLOW is decided by the code that decides batches.
         """
-        invalid = self.spaces.action.invalid(batch.actions)
+        invalid = self._invalid_one(batch.actions)
         if invalid[0]:
             return self._decide_signals(batch, batch_id, None, invalid, *self._run_monitors(batch, invalid))
-        signals: dict[str, SignalBatch] = {}
-        ran: dict[str, np.ndarray | None] = {}
+        # Each signal's (value, threshold, tripped) for the row: from the monitor's check_row, else
+        # read from its check (whose SignalBatches are kept for the general path).
+        found: dict[str, tuple[Any, Any, Any]] = {}
+        kept: dict[str, SignalBatch] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        not_ran: list[str] = []
         for m in self.monitors:
             sigs, keys = self._keys(m)
             try:
-                out = self._monitor_signals(m, batch, sigs)
+                triples = m.check_row(batch)
+                if triples is None:
+                    out = self._monitor_signals(m, batch, sigs)
+                    for sig, key in zip(sigs, keys, strict=True):
+                        kept[key] = sb = out[sig]
+                        found[key] = (sb.values[0], sb.threshold, sb.tripped[0])
+                    continue
+                if len(triples) != len(sigs):
+                    raise ValueError(f"check_row gave {len(triples)} signals; expected {len(sigs)} ({sigs})")
             except Exception as e:  # as _monitor_over for one row: NaN, tripped, not ran
                 self._monitor_failed(m, e, 0, row_errors)
                 nan = float("nan")
                 for key in keys:
-                    signals[key] = SignalBatch(np.full(1, nan), nan, np.ones(1, bool))
-                    ran[key] = np.zeros(1, bool)
+                    found[key] = (nan, nan, True)
+                    not_ran.append(key)
                 continue
-            for sig, key in zip(sigs, keys, strict=True):
-                signals[key] = out[sig]
-                ran[key] = None
+            for key, triple in zip(keys, triples, strict=True):
+                found[key] = triple
         if row_errors:
+            ran: dict[str, np.ndarray | None] = dict.fromkeys(found)
+            for key in not_ran:
+                ran[key] = np.zeros(1, bool)
+            signals = _signal_batches(found, kept)
             return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
         plan = self.plan
         names = plan.signal_names
         try:  # anything unforeseen here: the general path decides the row (and fails it closed)
             if names:
-                column = [signals[k] for k in names]
-                values = np.array([sb.values for sb in column], dtype=np.float64).T  # [1, S]
-                trips = np.array([sb.tripped for sb in column], dtype=bool).T
-                thresholds = np.array([sb.threshold for sb in column], dtype=np.float64)
-                row = batch_row(
-                    batch,
-                    dict(zip(names, values[0].tolist(), strict=True)),
-                    dict(zip(names, trips[0].tolist(), strict=True)),
-                )
+                values, limits, trips = zip(*[found[k] for k in names], strict=True)
             else:
-                values, trips, thresholds = np.zeros((1, 0)), np.zeros((1, 0), bool), np.zeros(0)
-                row = batch_row(batch)
+                values = limits = trips = ()
+            # [S] values, thresholds and tripped: what the general path's columns hold for this row.
+            row_values = np.array(values, dtype=np.float64)
+            row_trips = np.array(trips, dtype=bool)
+            thresholds = np.array(limits, dtype=np.float64)
+            row = batch_row(
+                batch,
+                dict(zip(names, row_values.tolist(), strict=True)),
+                dict(zip(names, row_trips.tolist(), strict=True)),
+            )
             rule = 0
             assert self._scalar_rules is not None  # (self._one_row)
             for k, holds in enumerate(self._scalar_rules):
@@ -553,7 +572,10 @@ class AgentRuntime:
         except Exception:
             allowed = False
         if not allowed:
-            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
+            signals = _signal_batches(found, kept)
+            return self._decide_signals(
+                batch, batch_id, None, invalid, signals, dict.fromkeys(signals), row_errors
+            )
         cd = ColumnDecisions(
             agent_id=batch.agent_id,
             config_version=self.config_version,
@@ -565,9 +587,9 @@ class AgentRuntime:
             rules=np.array([rule], np.int32),
             fallbacks=_ONE_ZERO.copy(),
             signal_names=names,
-            values=values,
+            values=row_values[None],
             thresholds=thresholds,
-            tripped=trips,
+            tripped=row_trips[None],
             ran=None,
             rule_names=plan.rule_names,
             rule_reasons=plan.rule_reasons,
@@ -578,6 +600,13 @@ class AgentRuntime:
         if self.after_decide:
             self._tell_executed(batch, cd.actions)
         return cd
+
+    def _invalid_one(self, actions: np.ndarray) -> np.ndarray:
+        """``spaces.action.invalid`` of one row (``[1]`` bool): a discrete integer action in Python."""
+        space = self.spaces.action
+        if space.discrete and actions.dtype.kind in "iu" and actions.size == 1:
+            return _ONE_TRUE_RO if not 0 <= int(actions.reshape(-1)[0]) < space.n else _ONE_FALSE_RO
+        return space.invalid(actions)
 
     def _decide_signals(
         self,
@@ -922,6 +951,17 @@ class AgentRuntime:
         d.action = None
         d.fallback = ""
         d.reasons.append(why)
+
+
+def _signal_batches(
+    found: Mapping[str, tuple[Any, Any, Any]], kept: Mapping[str, SignalBatch]
+) -> dict[str, SignalBatch]:
+    """One row's signals as the general path takes them: the monitors' own SignalBatches where kept,
+    else ``[1]`` arrays of the ``(value, threshold, tripped)`` found (as ``check`` gives them)."""
+    return {
+        key: kept[key] if key in kept else SignalBatch(np.array([v], np.float64), t, np.array([tr], bool))
+        for key, (v, t, tr) in found.items()
+    }
 
 
 def _shown(action: np.ndarray) -> str:
