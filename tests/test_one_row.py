@@ -420,7 +420,7 @@ def test_row_scores_equal_the_numpy_scores_bit_for_bit():
         with np.errstate(all="ignore"):
             alone = scores._q_scores_one(np.asarray(q, np.float64), action)  # the numpy steps
             inside = scores.q_scores(np.concatenate([q, q * 1.5], axis=1), np.array([action, action]))
-        row = scores.q_scores_row(q.tolist(), action)
+        row = scores.q_scores_row(q, action)
         if row is not None:
             by_floats += 1
             for value, key in zip(row, ("q_std", "q_std_ratio"), strict=True):
@@ -439,7 +439,7 @@ def test_row_scores_equal_the_numpy_scores_bit_for_bit():
                 std = std / state_scale.reshape(1, -1)
             want = (np.add.reduce(std, 1) / d, np.maximum.reduce(std, 1))
             inside = scores.dynamics_scores(np.concatenate([pred, pred * 2], axis=1), state_scale)
-        drow = scores.dynamics_scores_row(pred.reshape(k, d).tolist(), state_scale)
+        drow = scores.dynamics_scores_row(pred, state_scale)
         if drow is not None:
             by_floats += 1
             for value, exp, key in zip(drow, want, ("disagreement", "disagreement_max"), strict=True):
@@ -447,5 +447,6 @@ def test_row_scores_equal_the_numpy_scores_bit_for_bit():
                 np.testing.assert_array_equal(value, inside[key][0])
     assert by_floats > 5000  # most rows take the float path; the rest are left to numpy
     eight = np.ones((8, 1, 3))
-    assert scores.q_scores_row(eight.tolist(), 0) is None  # 8 members: numpy's pairwise sum
-    assert scores.dynamics_scores_row(eight.reshape(8, 3).tolist(), None) is None
+    assert scores.q_scores_row(eight, 0) is None  # 8 members: numpy's pairwise sum
+    assert scores.dynamics_scores_row(eight, None) is None
+    assert scores.q_scores_row(eight[:3], -1) is None and scores.q_scores_row(eight[:3], 3) is None

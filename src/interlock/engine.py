@@ -12,6 +12,7 @@ fails too. Only ``fail_mode: open`` turns an internal error into ALLOW.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ _VERDICT_OF = {
 _ALLOW, _SUBSTITUTE, _ESCALATE, _HALT = (int(v) for v in Verdict)
 #: int -> Verdict without the enum's call machinery (Decision building, once per row).
 _VERDICT_BY_INT = {int(v): v for v in Verdict}
+#: Up to this many values, a finiteness check in Python beats numpy's (ufunc and reduction) calls.
+_FEW_VALUES = 64
 _DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is halt"
 #: Templates of a one-row ALLOW's columns (copied: a ColumnDecisions owns and may edit its columns).
 _ONE_ALLOW = np.full(1, _ALLOW, np.int8)
@@ -183,7 +186,7 @@ class ColumnDecisions:
         names, vals, tr = self.signal_names, self.values[i].tolist(), self.tripped[i].tolist()
         th = self.thresholds.tolist()
         if self.ran is None:
-            signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names))]
+            signals = list(zip(names, vals, th, tr, strict=True))
         else:
             done = self.ran[i].tolist()
             signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names)) if done[j]]
@@ -440,6 +443,9 @@ class AgentRuntime:
             a = a.reshape(want)
         bad: dict[int, InvalidRequest] = {}
         if o.dtype.kind == "f" and not obs_space.allow_nonfinite:
+            # One small row: Python's isfinite over its values (cheaper than numpy's two calls).
+            if n == 1 and o.size <= _FEW_VALUES and all(map(math.isfinite, o.reshape(-1).tolist())):
+                return o, a, bad
             finite = np.isfinite(o.reshape(n, -1)).all(axis=1)
             if not finite.all():
                 for i in np.flatnonzero(~finite).tolist():
@@ -465,6 +471,20 @@ class AgentRuntime:
             times: Tracing on: record the stages' times here (None: tracing off, no work).
         """
         n = len(items)
+        if n == 1 and times is None:  # Check: the same steps without the per-row lists
+            item = items[0]
+            one = Batch(
+                item.agent_id,
+                observations,
+                actions,
+                np.array([item.step], dtype=np.int64),
+                [item.episode_id],
+                [item.labels],
+            )
+            decision_id = new_decision_id()
+            d = self.decide_columns(one, decision_id).decision(0, decision_id)
+            d.agent_id = item.agent_id
+            return [d]
         times = times.fork() if times is not None else None  # this agent's own copy
         batch = Batch(
             agent_id=items[0].agent_id,
@@ -538,8 +558,7 @@ class AgentRuntime:
                     found[key] = (nan, nan, True)
                     not_ran.append(key)
                 continue
-            for key, triple in zip(keys, triples, strict=True):
-                found[key] = triple
+            found.update(zip(keys, triples, strict=True))
         if row_errors:
             ran: dict[str, np.ndarray | None] = dict.fromkeys(found)
             for key in not_ran:

@@ -75,7 +75,7 @@ def q_scores(q: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
     """
     q = np.asarray(q)
     if q.shape[1] == 1 and q.shape[0] < _IN_ORDER and q.dtype.kind == "f":
-        one = q_scores_row(q.tolist(), int(np.asarray(actions).reshape(-1)[0]))
+        one = q_scores_row(q, int(np.asarray(actions).reshape(-1)[0]))
         if one is not None:
             return {"q_std": np.array([one[0]]), "q_std_ratio": np.array([one[1]])}
     q = np.asarray(q, np.float64)
@@ -101,26 +101,26 @@ def _q_scores_one(q: np.ndarray, action: int) -> dict[str, np.ndarray]:
     return {"q_std": q_std, "q_std_ratio": np.array([ratio])}
 
 
-def q_scores_row(q: list, action: int) -> tuple[float, float] | None:
+def q_scores_row(q: np.ndarray, action: int) -> tuple[float, float] | None:
     """``(q_std, q_std_ratio)`` of one row, :func:`q_scores` bit for bit, on Python floats.
 
     Args:
-        q: ``[K, 1, n_actions]`` member Q-values as nested lists (``ndarray.tolist()``), K < 8.
-        action: The proposed action's index (an index out of range raises IndexError, as numpy's).
+        q: ``[K, 1, n_actions]`` float member Q-values of one row.
+        action: The proposed action's index.
 
-    Returns None for 8+ members, or when a mean Q is NaN (numpy's maximum propagates NaN, max()
-    need not): the numpy path decides those. Float arithmetic never raises (inf and NaN propagate
-    as in numpy), so every other row is answered here.
+    Returns None for 8+ members, an action index outside ``0 .. n_actions - 1`` (numpy's indexing
+    decides it) or a NaN mean Q (numpy's maximum propagates NaN, max() need not): the numpy path
+    answers those. Float arithmetic never raises (inf and NaN propagate as in numpy).
     """
-    members = [m[0] for m in q]  # [K][n]
-    k = len(members)
-    if k >= _IN_ORDER:
+    k, n = q.shape[0], q.shape[-1]
+    if k >= _IN_ORDER or not 0 <= action < n:
         return None
-    q_std = _std_in_order([m[action] for m in members])
+    flat = q.reshape(-1).tolist()  # member m's Q-values at [m * n : (m + 1) * n]
+    q_std = _std_in_order(flat[action::n])
     means = []
-    for column in zip(*members, strict=True):  # one action's K member values
+    for j in range(n):
         total = 0.0
-        for v in column:
+        for v in flat[j::n]:  # action j's K member values, in member order
             total += v
         mean = total / k
         if mean != mean:
@@ -175,7 +175,7 @@ def dynamics_scores(pred: np.ndarray, scale: np.ndarray | None = None) -> dict[s
         ``disagreement_max``: ``[batch]`` the largest dimension's member std / scale.
     """
     if pred.shape[1] == 1 and pred.shape[0] < _IN_ORDER and pred.dtype.kind == "f":
-        one = dynamics_scores_row(pred.reshape(pred.shape[0], -1).tolist(), scale)
+        one = dynamics_scores_row(pred, scale)
         if one is not None:
             return {"disagreement": np.array([one[0]]), "disagreement_max": np.array([one[1]])}
     p = np.asarray(pred, np.float64).reshape(pred.shape[0], pred.shape[1], -1)
@@ -186,22 +186,24 @@ def dynamics_scores(pred: np.ndarray, scale: np.ndarray | None = None) -> dict[s
     return {"disagreement": mean, "disagreement_max": np.maximum.reduce(std, 1)}
 
 
-def dynamics_scores_row(pred: list[list[float]], scale: np.ndarray | None) -> tuple[float, float] | None:
+def dynamics_scores_row(pred: np.ndarray, scale: np.ndarray | None) -> tuple[float, float] | None:
     """``(disagreement, disagreement_max)`` of one row, :func:`dynamics_scores` bit for bit, on Python
     floats.
 
     Args:
-        pred: ``[K, d]`` member predictions as lists (``ndarray.tolist()``), K < 8.
+        pred: ``[K, 1, ...]`` float member predictions of one row (``d`` values per member).
         scale: As for :func:`dynamics_scores`.
 
     Returns None for 8+ members, no or 8+ dimensions (numpy's pairwise sum of the mean), a scale
     of 0 (Python's division raises) or a NaN std (numpy's maximum propagates NaN, max() need
     not): the numpy path decides those.
     """
-    d = len(pred[0])
-    if not 0 < d < _IN_ORDER or len(pred) >= _IN_ORDER:
+    k = pred.shape[0]
+    d = pred.size // k if k else 0
+    if not 0 < d < _IN_ORDER or k >= _IN_ORDER:
         return None
-    std = [_std_in_order(column) for column in zip(*pred, strict=True)]  # per dimension, over members
+    flat = pred.reshape(-1).tolist()  # member m's prediction at [m * d : (m + 1) * d]
+    std = [_std_in_order(flat[j::d]) for j in range(d)]  # per dimension, over members
     if scale is not None:
         divisors = np.asarray(scale, np.float64).reshape(-1).tolist()
         if len(divisors) != d or 0.0 in divisors:

@@ -192,14 +192,14 @@ class UncertaintyMonitor(Monitor):
         if self.ensemble == "dynamics":
             out = self.model.run(batch.observations, batch.actions)
             if out.dtype.kind == "f":
-                row = dynamics_scores_row(out.reshape(out.shape[0], -1).tolist(), self.state_scale)
+                row = dynamics_scores_row(out, self.state_scale)
             if row is None:
                 scored = dynamics_scores(out, self.state_scale)
                 row = (float(scored[names[0]][0]), float(scored[names[1]][0]))
         else:
             out = self.model.run(batch.observations)
             if out.dtype.kind == "f":
-                row = q_scores_row(out.tolist(), int(batch.actions.reshape(-1)[0]))
+                row = q_scores_row(out, int(batch.actions.reshape(-1)[0]))
             if row is None:
                 scored = q_scores(out, batch.actions)
                 row = (float(scored[names[0]][0]), float(scored[names[1]][0]))
