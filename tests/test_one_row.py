@@ -398,6 +398,8 @@ def test_check_row_of_every_monitor_equals_its_check_exactly(config, tmp_path):
                 assert got[1] == exp[1] and got[2] == exp[2]
                 assert got[0] == exp[0] or (np.isnan(got[0]) and np.isnan(exp[0]))
     assert {"action_space", "rules", "uncertainty"} <= with_row
+    if config == "bench":
+        assert "reachability" in with_row
 
 
 def test_row_scores_equal_the_numpy_scores_bit_for_bit():
