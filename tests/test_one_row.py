@@ -25,9 +25,10 @@ import yaml
 from interlock.batch import Batch, SignalBatch
 from interlock.config import LoadedConfig, parse_config
 from interlock.engine import Guard
+from interlock.errors import InvalidRequest
 from interlock.monitors.base import Monitor
 from interlock.policies.cel_numpy import Row, Scope, compile_numpy, probe_columns
-from interlock.types import CheckInput, Decision
+from interlock.types import CheckInput, Decision, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CARTPOLE = ROOT / "examples" / "cartpole"
@@ -452,3 +453,29 @@ def test_row_scores_equal_the_numpy_scores_bit_for_bit():
     assert scores.q_scores_row(eight, 0) is None  # 8 members: numpy's pairwise sum
     assert scores.dynamics_scores_row(eight, None) is None
     assert scores.q_scores_row(eight[:3], -1) is None and scores.q_scores_row(eight[:3], 3) is None
+
+
+def test_a_non_finite_row_alone_is_rejected_as_check_rejects_it():
+    """``validate_columns`` checks one small row's finiteness in Python: the same rows are rejected,
+    with the message Check gives them (NaN, inf, and a float64 value that overflows float32)."""
+    guard, _ = _guards(_cartpole_raw(), CARTPOLE)
+    for bad in (np.nan, np.inf, -np.inf, 1e300):
+        obs = np.array([[0.01, bad, 0.0, 0.0]], np.float64)
+        cd = guard.check_columns("cartpole", obs, np.array([1], np.int64))
+        assert list(cd.unchecked) == [0] and cd.verdicts[0] == int(Verdict.HALT)
+        with pytest.raises(InvalidRequest) as check_error:
+            guard.check([CheckInput("cartpole", obs[0], np.int64(1))])
+        assert cd.unchecked[0].message.replace("observations[0]", "observation") == check_error.value.message
+    fine = guard.check_columns("cartpole", np.array([[0.01, 1e30, 0.0, 0.0]]), np.array([1], np.int64))
+    assert not fine.unchecked  # large but finite in float32
+
+
+def test_failing_share_is_the_members_mean_bit_for_bit():
+    from interlock.reachability.recoverability import RolloutResult
+
+    rng = np.random.default_rng(2)
+    for k in range(1, 12):
+        failed = rng.random((k, 33)) < 0.4
+        result = RolloutResult(failed=failed, margin=np.zeros((k, 33), np.int64))
+        np.testing.assert_array_equal(result.failing_share, failed.mean(axis=0))
+        assert result.failing_share.dtype == np.float64
