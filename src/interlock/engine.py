@@ -321,6 +321,9 @@ class AgentRuntime:
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
+        #: The monitors the plan's signal order comes from (one-row answers are read in this order
+        #: while ``monitors`` is unchanged).
+        self._plan_monitors = list(self.monitors)
         #: Per monitor, its signal names and their "<monitor>.<signal>" keys (fixed at construction),
         #: filled on first use (a monitor may be added to ``monitors`` later, as tests do).
         self._monitor_keys: dict[Monitor, tuple[list[str], list[str]]] = {}
@@ -533,9 +536,10 @@ class AgentRuntime:
         invalid = self._invalid_one(batch.actions)
         if invalid[0]:
             return self._decide_signals(batch, batch_id, None, invalid, *self._run_monitors(batch, invalid))
-        # Each signal's (value, threshold, tripped) for the row: from the monitor's check_row, else
-        # read from its check (whose SignalBatches are kept for the general path).
-        found: dict[str, tuple[Any, Any, Any]] = {}
+        # Each signal's (value, threshold, tripped) for the row, in the monitors' order: from the
+        # monitor's check_row, else read from its check (whose SignalBatches are kept for the
+        # general path).
+        column: list[tuple[Any, Any, Any]] = []
         kept: dict[str, SignalBatch] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
         not_ran: list[str] = []
@@ -545,31 +549,34 @@ class AgentRuntime:
                 triples = m.check_row(batch)
                 if triples is None:
                     out = self._monitor_signals(m, batch, sigs)
+                    triples = []
                     for sig, key in zip(sigs, keys, strict=True):
                         kept[key] = sb = out[sig]
-                        found[key] = (sb.values[0], sb.threshold, sb.tripped[0])
-                    continue
-                if len(triples) != len(sigs):
+                        triples.append((sb.values[0], sb.threshold, sb.tripped[0]))
+                elif len(triples) != len(sigs):
                     raise ValueError(f"check_row gave {len(triples)} signals; expected {len(sigs)} ({sigs})")
             except Exception as e:  # as _monitor_over for one row: NaN, tripped, not ran
                 self._monitor_failed(m, e, 0, row_errors)
                 nan = float("nan")
-                for key in keys:
-                    found[key] = (nan, nan, True)
-                    not_ran.append(key)
-                continue
-            found.update(zip(keys, triples, strict=True))
+                triples = [(nan, nan, True)] * len(keys)
+                not_ran.extend(keys)
+            column.extend(triples)
+        plan = self.plan
+        names = plan.signal_names
+        found: dict[str, tuple[Any, Any, Any]] | None = None
+        if self.monitors != self._plan_monitors:  # monitors added after construction: by name
+            found = self._row_signals(column)
+            column = [found[k] for k in names]
         if row_errors:
+            found = found or self._row_signals(column)
             ran: dict[str, np.ndarray | None] = dict.fromkeys(found)
             for key in not_ran:
                 ran[key] = np.zeros(1, bool)
             signals = _signal_batches(found, kept)
             return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
-        plan = self.plan
-        names = plan.signal_names
         try:  # anything unforeseen here: the general path decides the row (and fails it closed)
             if names:
-                values, limits, trips = zip(*[found[k] for k in names], strict=True)
+                values, limits, trips = zip(*column, strict=True)
             else:
                 values = limits = trips = ()
             # [S] values, thresholds and tripped: what the general path's columns hold for this row.
@@ -591,7 +598,7 @@ class AgentRuntime:
         except Exception:
             allowed = False
         if not allowed:
-            signals = _signal_batches(found, kept)
+            signals = _signal_batches(found or self._row_signals(column), kept)
             return self._decide_signals(
                 batch, batch_id, None, invalid, signals, dict.fromkeys(signals), row_errors
             )
@@ -619,6 +626,11 @@ class AgentRuntime:
         if self.after_decide:
             self._tell_executed(batch, cd.actions)
         return cd
+
+    def _row_signals(self, column: list[tuple[Any, Any, Any]]) -> dict[str, tuple[Any, Any, Any]]:
+        """``"<monitor>.<signal>"`` -> its triple, from one row's triples in the monitors' order."""
+        keys = [key for m in self.monitors for key in self._keys(m)[1]]
+        return dict(zip(keys, column, strict=True))
 
     def _invalid_one(self, actions: np.ndarray) -> np.ndarray:
         """``spaces.action.invalid`` of one row (``[1]`` bool): a discrete integer action in Python."""

@@ -204,11 +204,10 @@ class UncertaintyMonitor(Monitor):
                 scored = q_scores(out, batch.actions)
                 row = (float(scored[names[0]][0]), float(scored[names[1]][0]))
         nan = float("nan")
+        first, second = row
+        t1, t2 = float(self.thresholds.get(names[0], nan)), float(self.thresholds.get(names[1], nan))
         # SignalBatch.above of one value: tripped unless value <= threshold (NaN is tripped: fail closed).
-        return [
-            (v, t, not v <= t)
-            for v, t in zip(row, [float(self.thresholds.get(s, nan)) for s in names], strict=True)
-        ]
+        return [(first, t1, not first <= t1), (second, t2, not second <= t2)]
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         values = self.scores(batch)
