@@ -16,7 +16,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -69,6 +69,17 @@ _ONE_TRUE_RO = np.ones(1, bool)
 _ONE_FALSE_RO = np.zeros(1, bool)
 _ONE_TRUE_RO.flags.writeable = False
 _ONE_FALSE_RO.flags.writeable = False
+
+
+class _RowAllow(NamedTuple):
+    """A one-row batch the policy allows: its rule index and signals ([S] arrays and Python lists)."""
+
+    rule: int
+    values: np.ndarray
+    tripped: np.ndarray
+    thresholds: np.ndarray
+    value_list: list[float]
+    trip_list: list[bool]
 
 
 @dataclass
@@ -484,8 +495,7 @@ class AgentRuntime:
                 [item.episode_id],
                 [item.labels],
             )
-            decision_id = new_decision_id()
-            d = self.decide_columns(one, decision_id).decision(0, decision_id)
+            d = self._decision_one(one, new_decision_id())
             d.agent_id = item.agent_id
             return [d]
         times = times.fork() if times is not None else None  # this agent's own copy
@@ -533,6 +543,69 @@ class AgentRuntime:
         space, a monitor error, another verdict) continues on the general path from the monitors'
         signals, so everything but the plain ALLOW is decided by the code that decides batches.
         """
+        got = self._row_answer(batch, batch_id)
+        if isinstance(got, ColumnDecisions):
+            return got
+        plan = self.plan
+        cd = ColumnDecisions(
+            agent_id=batch.agent_id,
+            config_version=self.config_version,
+            batch_id=batch_id or new_decision_id(),
+            batch=batch,
+            verdicts=_ONE_ALLOW.copy(),
+            actions=batch.actions,
+            has_action=_ONE_TRUE.copy(),
+            rules=np.array([got.rule], np.int32),
+            fallbacks=_ONE_ZERO.copy(),
+            signal_names=plan.signal_names,
+            values=got.values[None],
+            thresholds=got.thresholds,
+            tripped=got.tripped[None],
+            ran=None,
+            rule_names=plan.rule_names,
+            rule_reasons=plan.rule_reasons,
+            fallback_names=plan.fallback_names,
+        )
+        if self.config.shadow:
+            _shadow_columns(cd, _ONE_FALSE_RO)
+        if self.after_decide:
+            self._tell_executed(batch, cd.actions)
+        return cd
+
+    def _decision_one(self, batch: Batch, decision_id: str) -> Decision:
+        """``decide_columns(batch, decision_id).decision(0, decision_id)`` of a one-row batch (tracing
+        off): a plain ALLOW (not in shadow mode) is built as the :class:`Decision` directly from the
+        row's Python values, without the columns; any other row is what :meth:`decide_columns` gives."""
+        if not self._one_row or self.config.shadow or len(batch) != 1:
+            return self.decide_columns(batch, decision_id).decision(0, decision_id)
+        got = self._row_answer(batch, decision_id)
+        if isinstance(got, ColumnDecisions):
+            return got.decision(0, decision_id)
+        if self.after_decide:
+            self._tell_executed(batch, batch.actions)
+        plan = self.plan
+        return Decision(
+            decision_id=decision_id,
+            agent_id=batch.agent_id,
+            verdict=Verdict.ALLOW,
+            action=batch.actions[0],
+            proposed_action=batch.actions[0],
+            observation=batch.observations[0],
+            signals=list(
+                zip(plan.signal_names, got.value_list, got.thresholds.tolist(), got.trip_list, strict=True)
+            ),
+            reasons=[plan.rule_reasons[got.rule]] if got.rule else [],
+            config_version=self.config_version,
+            fallback=plan.fallback_names[0],
+            rule=plan.rule_names[got.rule],
+            episode_id=batch.episode_ids[0] if batch.episode_ids else "",
+            step=int(batch.steps[0]),
+            labels=batch.labels[0] if batch.labels else {},
+        )
+
+    def _row_answer(self, batch: Batch, batch_id: str | None) -> ColumnDecisions | _RowAllow:
+        """The one-row path up to its verdict: a plain ALLOW's values (:class:`_RowAllow`), or the
+        general path's answer from the monitors' signals for any other row."""
         invalid = self._invalid_one(batch.actions)
         if invalid[0]:
             return self._decide_signals(batch, batch_id, None, invalid, *self._run_monitors(batch, invalid))
@@ -583,10 +656,9 @@ class AgentRuntime:
             row_values = np.array(values, dtype=np.float64)
             row_trips = np.array(trips, dtype=bool)
             thresholds = np.array(limits, dtype=np.float64)
+            value_list, trip_list = row_values.tolist(), row_trips.tolist()
             row = batch_row(
-                batch,
-                dict(zip(names, row_values.tolist(), strict=True)),
-                dict(zip(names, row_trips.tolist(), strict=True)),
+                batch, dict(zip(names, value_list, strict=True)), dict(zip(names, trip_list, strict=True))
             )
             rule = 0
             assert self._scalar_rules is not None  # (self._one_row)
@@ -602,30 +674,7 @@ class AgentRuntime:
             return self._decide_signals(
                 batch, batch_id, None, invalid, signals, dict.fromkeys(signals), row_errors
             )
-        cd = ColumnDecisions(
-            agent_id=batch.agent_id,
-            config_version=self.config_version,
-            batch_id=batch_id or new_decision_id(),
-            batch=batch,
-            verdicts=_ONE_ALLOW.copy(),
-            actions=batch.actions,
-            has_action=_ONE_TRUE.copy(),
-            rules=np.array([rule], np.int32),
-            fallbacks=_ONE_ZERO.copy(),
-            signal_names=names,
-            values=row_values[None],
-            thresholds=thresholds,
-            tripped=row_trips[None],
-            ran=None,
-            rule_names=plan.rule_names,
-            rule_reasons=plan.rule_reasons,
-            fallback_names=plan.fallback_names,
-        )
-        if self.config.shadow:
-            _shadow_columns(cd, invalid)
-        if self.after_decide:
-            self._tell_executed(batch, cd.actions)
-        return cd
+        return _RowAllow(rule, row_values, row_trips, thresholds, value_list, trip_list)
 
     def _row_signals(self, column: list[tuple[Any, Any, Any]]) -> dict[str, tuple[Any, Any, Any]]:
         """``"<monitor>.<signal>"`` -> its triple, from one row's triples in the monitors' order."""
