@@ -479,3 +479,29 @@ def test_failing_share_is_the_members_mean_bit_for_bit():
         result = RolloutResult(failed=failed, margin=np.zeros((k, 33), np.int64))
         np.testing.assert_array_equal(result.failing_share, failed.mean(axis=0))
         assert result.failing_share.dtype == np.float64
+
+
+class _Recorder(_Brittle):
+    """Told what each decided row executes (``after_decide``), as episode-keeping monitors are."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.told: list[tuple[list, list]] = []
+
+    def after_decide(self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray) -> None:
+        self.told.append((np.asarray(executed_actions).tolist(), np.asarray(valid).tolist()))
+
+
+def test_monitors_are_told_the_executed_action_as_on_the_general_path():
+    fast, general = _guards(_cartpole_raw(), CARTPOLE)
+    recorders = []
+    for g in (fast, general):
+        rt = g.agent("cartpole")
+        rec = _Recorder("recorder", rt.spaces, g.runtime)
+        rt.after_decide = [rec]
+        recorders.append(rec)
+    obs, actions = _rows(4, 2, seed=9, nan=False)
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    assert {"ALLOW", "SUBSTITUTE"} <= set(verdicts)
+    assert recorders[0].told == recorders[1].told
+    assert len(recorders[0].told) == 2 * len(verdicts)  # CheckColumns and Check of every row
