@@ -25,9 +25,10 @@ import yaml
 from interlock.batch import Batch, SignalBatch
 from interlock.config import LoadedConfig, parse_config
 from interlock.engine import Guard
+from interlock.errors import InvalidRequest
 from interlock.monitors.base import Monitor
 from interlock.policies.cel_numpy import Row, Scope, compile_numpy, probe_columns
-from interlock.types import CheckInput, Decision
+from interlock.types import CheckInput, Decision, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 CARTPOLE = ROOT / "examples" / "cartpole"
@@ -317,3 +318,190 @@ def test_one_row_shortcuts_of_the_monitors_equal_their_batch_forms_exactly(tmp_p
             for key, sb in one.items():
                 assert sb.threshold == full[key].threshold
                 assert (sb.values[0], sb.tripped[0]) == (full[key].values[i], full[key].tripped[i])
+
+
+class _BrittleRow(_Brittle):
+    """As :class:`_Brittle`, with a ``check_row`` that raises on the same rows."""
+
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        if abs(float(batch.observations[0, 0])) > 0.5:
+            raise RuntimeError("cannot handle this cart position")
+        return [(0.0, 0.5, False)]
+
+
+class _MiscountedRow(_Brittle):
+    """A plugin whose ``check_row`` gives two signals for its one: a bug the engine must catch."""
+
+    def check(self, batch: Batch) -> dict[str, SignalBatch]:
+        return {"ok": SignalBatch.above(np.zeros(len(batch)), 0.5)}
+
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        return [(0.0, 0.5, False), (0.0, 0.5, False)]
+
+
+def test_a_check_row_raising_fails_the_row_as_check_raising_does_on_the_general_path():
+    fast, general = _guards(_cartpole_raw(), CARTPOLE)
+    for g in (fast, general):
+        rt = g.agent("cartpole")
+        rt.monitors.append(_BrittleRow("brittle", rt.spaces, g.runtime))
+    obs, actions = _rows(4, 2, seed=3, nan=False)
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    failed = [fast.check([CheckInput("cartpole", o, a)])[0] for o, a in zip(obs, actions, strict=True)]
+    hit = [d for d in failed if "monitor:brittle" in d.errors]
+    assert hit and len(hit) < ROWS
+    assert {d.verdict.name for d in hit} == {"SUBSTITUTE"} and {d.fallback for d in hit} == {"backup"}
+    assert "ALLOW" in verdicts
+
+
+def test_a_check_row_with_the_wrong_number_of_signals_fails_the_row_closed():
+    fast, _ = _guards(_cartpole_raw(), CARTPOLE)
+    rt = fast.agent("cartpole")
+    rt.monitors.append(_MiscountedRow("miscounted", rt.spaces, fast.runtime))
+    [d] = fast.check([CheckInput("cartpole", np.zeros(4, np.float32), np.int64(0))])
+    assert d.errors == ["monitor:miscounted"]
+    assert d.verdict.name == "SUBSTITUTE" and d.fallback == "backup"
+    assert any("check_row gave 2 signals; expected 1" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize("config", ["cartpole", "bench"])
+def test_check_row_of_every_monitor_equals_its_check_exactly(config, tmp_path):
+    """Every built-in monitor with a ``check_row`` gives exactly its ``check`` of the one-row batch:
+    the same value, threshold and tripped flag per signal, in ``signal_names`` order."""
+    if config == "cartpole":
+        raw, base, agent, dims = _cartpole_raw(), CARTPOLE, "cartpole", (4, 2)
+    else:
+        from interlock.bench.perf import scenario
+
+        scn = scenario.build(tmp_path)
+        raw, base, agent = yaml.safe_load(scn.config_path.read_text()), tmp_path, scenario.AGENT_ID
+        dims = (scenario.OBS_DIM, scenario.N_ACTIONS)
+    guard, _ = _guards(raw, base)
+    rt = guard.agent(agent)
+    obs, actions = _rows(*dims, seed=31, nan=False)
+    with_row = set()
+    for i in range(ROWS):
+        batch = Batch(agent, obs[i : i + 1], actions[i : i + 1], np.array([i]), [f"ep-{i}"], [{}])
+        for m in rt.monitors:
+            if m.kind != "action_space" and rt.spaces.action.invalid(batch.actions)[0]:
+                continue  # only action_space sees actions outside the space
+            row = m.check_row(batch)
+            if row is None:
+                continue
+            with_row.add(m.kind)
+            out = m.check(batch)
+            want = [
+                (float(out[s].values[0]), out[s].threshold, bool(out[s].tripped[0]))
+                for s in m.signal_names
+            ]
+            assert len(row) == len(want)
+            for got, exp in zip(row, want, strict=True):
+                assert type(got[0]) is float and type(got[2]) is bool
+                assert got[1] == exp[1] and got[2] == exp[2]
+                assert got[0] == exp[0] or (np.isnan(got[0]) and np.isnan(exp[0]))
+    assert {"action_space", "rules", "uncertainty"} <= with_row
+    if config == "bench":
+        assert "reachability" in with_row
+
+
+def test_row_scores_equal_the_numpy_scores_bit_for_bit():
+    """``q_scores_row`` and ``dynamics_scores_row`` (Python floats) against the numpy scores of the
+    same row alone and inside a batch: equal bits, for 2-7 members, 1-7 actions / dimensions, at
+    scales from 1e-4 to 1e4 and near overflow, with NaN, inf and a zero or NaN scale."""
+    from interlock.ensembles import scores
+
+    rng = np.random.default_rng(5)
+    by_floats = 0
+    for t in range(3000):
+        k, n = int(rng.integers(2, 8)), int(rng.integers(1, 8))
+        scale = 1e300 if t % 50 == 0 else 10.0 ** rng.uniform(-4, 4)
+        q = (rng.standard_normal((k, 1, n)) * scale).astype(np.float64 if t % 50 == 0 else np.float32)
+        if t % 31 == 0:
+            q[:, :, :] = q[:, :, :1]  # every action worth the same: ratio inf
+        if t % 37 == 0:
+            q[rng.integers(0, k), 0, rng.integers(0, n)] = (np.nan, np.inf, -np.inf)[t % 3]
+        action = int(rng.integers(0, n))
+        with np.errstate(all="ignore"):
+            alone = scores._q_scores_one(np.asarray(q, np.float64), action)  # the numpy steps
+            inside = scores.q_scores(np.concatenate([q, q * 1.5], axis=1), np.array([action, action]))
+        row = scores.q_scores_row(q, action)
+        if row is not None:
+            by_floats += 1
+            for value, key in zip(row, ("q_std", "q_std_ratio"), strict=True):
+                np.testing.assert_array_equal(np.array([value]), alone[key])
+                np.testing.assert_array_equal(value, inside[key][0])
+        d = int(rng.integers(1, 8))
+        pred = (rng.standard_normal((k, 1, d)) * min(scale, 1e4)).astype(np.float32)
+        if t % 37 == 0:
+            pred[rng.integers(0, k), 0, rng.integers(0, d)] = (np.nan, np.inf, -np.inf)[t % 3]
+        state_scale = None if t % 3 == 0 else np.abs(rng.standard_normal(d)) + 0.01
+        if state_scale is not None and t % 7 == 0:
+            state_scale[0] = (0.0, np.nan)[t % 2]
+        with np.errstate(all="ignore"):
+            std = scores.member_std(np.asarray(pred, np.float64))
+            if state_scale is not None:
+                std = std / state_scale.reshape(1, -1)
+            want = (np.add.reduce(std, 1) / d, np.maximum.reduce(std, 1))
+            inside = scores.dynamics_scores(np.concatenate([pred, pred * 2], axis=1), state_scale)
+        drow = scores.dynamics_scores_row(pred, state_scale)
+        if drow is not None:
+            by_floats += 1
+            for value, exp, key in zip(drow, want, ("disagreement", "disagreement_max"), strict=True):
+                np.testing.assert_array_equal(np.array([value]), exp)
+                np.testing.assert_array_equal(value, inside[key][0])
+    assert by_floats > 5000  # most rows take the float path; the rest are left to numpy
+    eight = np.ones((8, 1, 3))
+    assert scores.q_scores_row(eight, 0) is None  # 8 members: numpy's pairwise sum
+    assert scores.dynamics_scores_row(eight, None) is None
+    assert scores.q_scores_row(eight[:3], -1) is None and scores.q_scores_row(eight[:3], 3) is None
+
+
+def test_a_non_finite_row_alone_is_rejected_as_check_rejects_it():
+    """``validate_columns`` checks one small row's finiteness in Python: the same rows are rejected,
+    with the message Check gives them (NaN, inf, and a float64 value that overflows float32)."""
+    guard, _ = _guards(_cartpole_raw(), CARTPOLE)
+    for bad in (np.nan, np.inf, -np.inf, 1e300):
+        obs = np.array([[0.01, bad, 0.0, 0.0]], np.float64)
+        cd = guard.check_columns("cartpole", obs, np.array([1], np.int64))
+        assert list(cd.unchecked) == [0] and cd.verdicts[0] == int(Verdict.HALT)
+        with pytest.raises(InvalidRequest) as check_error:
+            guard.check([CheckInput("cartpole", obs[0], np.int64(1))])
+        assert cd.unchecked[0].message.replace("observations[0]", "observation") == check_error.value.message
+    fine = guard.check_columns("cartpole", np.array([[0.01, 1e30, 0.0, 0.0]]), np.array([1], np.int64))
+    assert not fine.unchecked  # large but finite in float32
+
+
+def test_failing_share_is_the_members_mean_bit_for_bit():
+    from interlock.reachability.recoverability import RolloutResult
+
+    rng = np.random.default_rng(2)
+    for k in range(1, 12):
+        failed = rng.random((k, 33)) < 0.4
+        result = RolloutResult(failed=failed, margin=np.zeros((k, 33), np.int64))
+        np.testing.assert_array_equal(result.failing_share, failed.mean(axis=0))
+        assert result.failing_share.dtype == np.float64
+
+
+class _Recorder(_Brittle):
+    """Told what each decided row executes (``after_decide``), as episode-keeping monitors are."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.told: list[tuple[list, list]] = []
+
+    def after_decide(self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray) -> None:
+        self.told.append((np.asarray(executed_actions).tolist(), np.asarray(valid).tolist()))
+
+
+def test_monitors_are_told_the_executed_action_as_on_the_general_path():
+    fast, general = _guards(_cartpole_raw(), CARTPOLE)
+    recorders = []
+    for g in (fast, general):
+        rt = g.agent("cartpole")
+        rec = _Recorder("recorder", rt.spaces, g.runtime)
+        rt.after_decide = [rec]
+        recorders.append(rec)
+    obs, actions = _rows(4, 2, seed=9, nan=False)
+    verdicts = _compare(fast, general, "cartpole", obs, actions)
+    assert {"ALLOW", "SUBSTITUTE"} <= set(verdicts)
+    assert recorders[0].told == recorders[1].told
+    assert len(recorders[0].told) == 2 * len(verdicts)  # CheckColumns and Check of every row

@@ -12,10 +12,11 @@ fails too. Only ``fail_mode: open`` turns an internal error into ALLOW.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,11 +57,29 @@ _VERDICT_OF = {
 _ALLOW, _SUBSTITUTE, _ESCALATE, _HALT = (int(v) for v in Verdict)
 #: int -> Verdict without the enum's call machinery (Decision building, once per row).
 _VERDICT_BY_INT = {int(v): v for v in Verdict}
+#: Up to this many values, a finiteness check in Python beats numpy's (ufunc and reduction) calls.
+_FEW_VALUES = 64
 _DEFAULT_HALT_REASON = "no rule allowed the action and the policy default is halt"
 #: Templates of a one-row ALLOW's columns (copied: a ColumnDecisions owns and may edit its columns).
 _ONE_ALLOW = np.full(1, _ALLOW, np.int8)
 _ONE_TRUE = np.ones(1, bool)
 _ONE_ZERO = np.zeros(1, np.int32)
+#: A one-row ``invalid`` mask, shared (read only: every user makes new arrays from it).
+_ONE_TRUE_RO = np.ones(1, bool)
+_ONE_FALSE_RO = np.zeros(1, bool)
+_ONE_TRUE_RO.flags.writeable = False
+_ONE_FALSE_RO.flags.writeable = False
+
+
+class _RowAllow(NamedTuple):
+    """A one-row batch the policy allows: its rule index and signals ([S] arrays and Python lists)."""
+
+    rule: int
+    values: np.ndarray
+    tripped: np.ndarray
+    thresholds: np.ndarray
+    value_list: list[float]
+    trip_list: list[bool]
 
 
 @dataclass
@@ -178,7 +197,7 @@ class ColumnDecisions:
         names, vals, tr = self.signal_names, self.values[i].tolist(), self.tripped[i].tolist()
         th = self.thresholds.tolist()
         if self.ran is None:
-            signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names))]
+            signals = list(zip(names, vals, th, tr, strict=True))
         else:
             done = self.ran[i].tolist()
             signals = [(names[j], vals[j], th[j], tr[j]) for j in range(len(names)) if done[j]]
@@ -313,6 +332,9 @@ class AgentRuntime:
         for f in self.fallbacks.values():
             f.bind(by_name)  # fallbacks that use a monitor's model (shield, backup, recover)
         self.signal_names = [f"{m.name}.{s}" for m in self.monitors for s in m.signal_names]
+        #: The monitors the plan's signal order comes from (one-row answers are read in this order
+        #: while ``monitors`` is unchanged).
+        self._plan_monitors = list(self.monitors)
         #: Per monitor, its signal names and their "<monitor>.<signal>" keys (fixed at construction),
         #: filled on first use (a monitor may be added to ``monitors`` later, as tests do).
         self._monitor_keys: dict[Monitor, tuple[list[str], list[str]]] = {}
@@ -435,6 +457,9 @@ class AgentRuntime:
             a = a.reshape(want)
         bad: dict[int, InvalidRequest] = {}
         if o.dtype.kind == "f" and not obs_space.allow_nonfinite:
+            # One small row: Python's isfinite over its values (cheaper than numpy's two calls).
+            if n == 1 and o.size <= _FEW_VALUES and all(map(math.isfinite, o.reshape(-1).tolist())):
+                return o, a, bad
             finite = np.isfinite(o.reshape(n, -1)).all(axis=1)
             if not finite.all():
                 for i in np.flatnonzero(~finite).tolist():
@@ -460,6 +485,19 @@ class AgentRuntime:
             times: Tracing on: record the stages' times here (None: tracing off, no work).
         """
         n = len(items)
+        if n == 1 and times is None:  # Check: the same steps without the per-row lists
+            item = items[0]
+            one = Batch(
+                item.agent_id,
+                observations,
+                actions,
+                np.array([item.step], dtype=np.int64),
+                [item.episode_id],
+                [item.labels],
+            )
+            d = self._decision_one(one, new_decision_id())
+            d.agent_id = item.agent_id
+            return [d]
         times = times.fork() if times is not None else None  # this agent's own copy
         batch = Batch(
             agent_id=items[0].agent_id,
@@ -505,44 +543,123 @@ class AgentRuntime:
         space, a monitor error, another verdict) continues on the general path from the monitors'
         signals, so everything but the plain ALLOW is decided by the code that decides batches.
         """
-        invalid = self.spaces.action.invalid(batch.actions)
+        got = self._row_answer(batch, batch_id)
+        if isinstance(got, ColumnDecisions):
+            return got
+        plan = self.plan
+        cd = ColumnDecisions(
+            agent_id=batch.agent_id,
+            config_version=self.config_version,
+            batch_id=batch_id or new_decision_id(),
+            batch=batch,
+            verdicts=_ONE_ALLOW.copy(),
+            actions=batch.actions,
+            has_action=_ONE_TRUE.copy(),
+            rules=np.array([got.rule], np.int32),
+            fallbacks=_ONE_ZERO.copy(),
+            signal_names=plan.signal_names,
+            values=got.values[None],
+            thresholds=got.thresholds,
+            tripped=got.tripped[None],
+            ran=None,
+            rule_names=plan.rule_names,
+            rule_reasons=plan.rule_reasons,
+            fallback_names=plan.fallback_names,
+        )
+        if self.config.shadow:
+            _shadow_columns(cd, _ONE_FALSE_RO)
+        if self.after_decide:
+            self._tell_executed(batch, cd.actions)
+        return cd
+
+    def _decision_one(self, batch: Batch, decision_id: str) -> Decision:
+        """``decide_columns(batch, decision_id).decision(0, decision_id)`` of a one-row batch (tracing
+        off): a plain ALLOW (not in shadow mode) is built as the :class:`Decision` directly from the
+        row's Python values, without the columns; any other row is what :meth:`decide_columns` gives."""
+        if not self._one_row or self.config.shadow or len(batch) != 1:
+            return self.decide_columns(batch, decision_id).decision(0, decision_id)
+        got = self._row_answer(batch, decision_id)
+        if isinstance(got, ColumnDecisions):
+            return got.decision(0, decision_id)
+        if self.after_decide:
+            self._tell_executed(batch, batch.actions)
+        plan = self.plan
+        return Decision(
+            decision_id=decision_id,
+            agent_id=batch.agent_id,
+            verdict=Verdict.ALLOW,
+            action=batch.actions[0],
+            proposed_action=batch.actions[0],
+            observation=batch.observations[0],
+            signals=list(
+                zip(plan.signal_names, got.value_list, got.thresholds.tolist(), got.trip_list, strict=True)
+            ),
+            reasons=[plan.rule_reasons[got.rule]] if got.rule else [],
+            config_version=self.config_version,
+            fallback=plan.fallback_names[0],
+            rule=plan.rule_names[got.rule],
+            episode_id=batch.episode_ids[0] if batch.episode_ids else "",
+            step=int(batch.steps[0]),
+            labels=batch.labels[0] if batch.labels else {},
+        )
+
+    def _row_answer(self, batch: Batch, batch_id: str | None) -> ColumnDecisions | _RowAllow:
+        """The one-row path up to its verdict: a plain ALLOW's values (:class:`_RowAllow`), or the
+        general path's answer from the monitors' signals for any other row."""
+        invalid = self._invalid_one(batch.actions)
         if invalid[0]:
             return self._decide_signals(batch, batch_id, None, invalid, *self._run_monitors(batch, invalid))
-        signals: dict[str, SignalBatch] = {}
-        ran: dict[str, np.ndarray | None] = {}
+        # Each signal's (value, threshold, tripped) for the row, in the monitors' order: from the
+        # monitor's check_row, else read from its check (whose SignalBatches are kept for the
+        # general path).
+        column: list[tuple[Any, Any, Any]] = []
+        kept: dict[str, SignalBatch] = {}
         row_errors: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        not_ran: list[str] = []
         for m in self.monitors:
             sigs, keys = self._keys(m)
             try:
-                out = self._monitor_signals(m, batch, sigs)
+                triples = m.check_row(batch)
+                if triples is None:
+                    out = self._monitor_signals(m, batch, sigs)
+                    triples = []
+                    for sig, key in zip(sigs, keys, strict=True):
+                        kept[key] = sb = out[sig]
+                        triples.append((sb.values[0], sb.threshold, sb.tripped[0]))
+                elif len(triples) != len(sigs):
+                    raise ValueError(f"check_row gave {len(triples)} signals; expected {len(sigs)} ({sigs})")
             except Exception as e:  # as _monitor_over for one row: NaN, tripped, not ran
                 self._monitor_failed(m, e, 0, row_errors)
                 nan = float("nan")
-                for key in keys:
-                    signals[key] = SignalBatch(np.full(1, nan), nan, np.ones(1, bool))
-                    ran[key] = np.zeros(1, bool)
-                continue
-            for sig, key in zip(sigs, keys, strict=True):
-                signals[key] = out[sig]
-                ran[key] = None
-        if row_errors:
-            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
+                triples = [(nan, nan, True)] * len(keys)
+                not_ran.extend(keys)
+            column.extend(triples)
         plan = self.plan
         names = plan.signal_names
+        found: dict[str, tuple[Any, Any, Any]] | None = None
+        if self.monitors != self._plan_monitors:  # monitors added after construction: by name
+            found = self._row_signals(column)
+            column = [found[k] for k in names]
+        if row_errors:
+            found = found or self._row_signals(column)
+            ran: dict[str, np.ndarray | None] = dict.fromkeys(found)
+            for key in not_ran:
+                ran[key] = np.zeros(1, bool)
+            signals = _signal_batches(found, kept)
+            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
         try:  # anything unforeseen here: the general path decides the row (and fails it closed)
             if names:
-                column = [signals[k] for k in names]
-                values = np.array([sb.values for sb in column], dtype=np.float64).T  # [1, S]
-                trips = np.array([sb.tripped for sb in column], dtype=bool).T
-                thresholds = np.array([sb.threshold for sb in column], dtype=np.float64)
-                row = batch_row(
-                    batch,
-                    dict(zip(names, values[0].tolist(), strict=True)),
-                    dict(zip(names, trips[0].tolist(), strict=True)),
-                )
+                values, limits, trips = zip(*column, strict=True)
             else:
-                values, trips, thresholds = np.zeros((1, 0)), np.zeros((1, 0), bool), np.zeros(0)
-                row = batch_row(batch)
+                values = limits = trips = ()
+            # [S] values, thresholds and tripped: what the general path's columns hold for this row.
+            row_values = np.array(values, dtype=np.float64)
+            row_trips = np.array(trips, dtype=bool)
+            thresholds = np.array(limits, dtype=np.float64)
+            value_list, trip_list = row_values.tolist(), row_trips.tolist()
+            row = batch_row(
+                batch, dict(zip(names, value_list, strict=True)), dict(zip(names, trip_list, strict=True))
+            )
             rule = 0
             assert self._scalar_rules is not None  # (self._one_row)
             for k, holds in enumerate(self._scalar_rules):
@@ -553,31 +670,23 @@ class AgentRuntime:
         except Exception:
             allowed = False
         if not allowed:
-            return self._decide_signals(batch, batch_id, None, invalid, signals, ran, row_errors)
-        cd = ColumnDecisions(
-            agent_id=batch.agent_id,
-            config_version=self.config_version,
-            batch_id=batch_id or new_decision_id(),
-            batch=batch,
-            verdicts=_ONE_ALLOW.copy(),
-            actions=batch.actions,
-            has_action=_ONE_TRUE.copy(),
-            rules=np.array([rule], np.int32),
-            fallbacks=_ONE_ZERO.copy(),
-            signal_names=names,
-            values=values,
-            thresholds=thresholds,
-            tripped=trips,
-            ran=None,
-            rule_names=plan.rule_names,
-            rule_reasons=plan.rule_reasons,
-            fallback_names=plan.fallback_names,
-        )
-        if self.config.shadow:
-            _shadow_columns(cd, invalid)
-        if self.after_decide:
-            self._tell_executed(batch, cd.actions)
-        return cd
+            signals = _signal_batches(found or self._row_signals(column), kept)
+            return self._decide_signals(
+                batch, batch_id, None, invalid, signals, dict.fromkeys(signals), row_errors
+            )
+        return _RowAllow(rule, row_values, row_trips, thresholds, value_list, trip_list)
+
+    def _row_signals(self, column: list[tuple[Any, Any, Any]]) -> dict[str, tuple[Any, Any, Any]]:
+        """``"<monitor>.<signal>"`` -> its triple, from one row's triples in the monitors' order."""
+        keys = [key for m in self.monitors for key in self._keys(m)[1]]
+        return dict(zip(keys, column, strict=True))
+
+    def _invalid_one(self, actions: np.ndarray) -> np.ndarray:
+        """``spaces.action.invalid`` of one row (``[1]`` bool): a discrete integer action in Python."""
+        space = self.spaces.action
+        if space.discrete and actions.dtype.kind in "iu" and actions.size == 1:
+            return _ONE_TRUE_RO if not 0 <= int(actions.reshape(-1)[0]) < space.n else _ONE_FALSE_RO
+        return space.invalid(actions)
 
     def _decide_signals(
         self,
@@ -922,6 +1031,17 @@ class AgentRuntime:
         d.action = None
         d.fallback = ""
         d.reasons.append(why)
+
+
+def _signal_batches(
+    found: Mapping[str, tuple[Any, Any, Any]], kept: Mapping[str, SignalBatch]
+) -> dict[str, SignalBatch]:
+    """One row's signals as the general path takes them: the monitors' own SignalBatches where kept,
+    else ``[1]`` arrays of the ``(value, threshold, tripped)`` found (as ``check`` gives them)."""
+    return {
+        key: kept[key] if key in kept else SignalBatch(np.array([v], np.float64), t, np.array([tr], bool))
+        for key, (v, t, tr) in found.items()
+    }
 
 
 def _shown(action: np.ndarray) -> str:

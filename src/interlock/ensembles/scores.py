@@ -7,6 +7,9 @@ i.e. the data the ensemble was trained on said less about this input.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 #: Signals each ensemble kind produces, in order.
@@ -17,6 +20,26 @@ SIGNALS: dict[str, list[str]] = {
 }
 
 _add = np.add.reduce
+
+#: One-row scores are computed on plain Python floats when fewer values than this are summed:
+#: numpy sums fewer than 8 values one after the other (its pairwise summation starts at 8), so the
+#: same additions in the same order give the same bits (tests/test_one_row.py pins it).
+_IN_ORDER = 8
+
+
+def _std_in_order(xs: Sequence[float]) -> float:
+    """:func:`member_std` of ``len(xs) < _IN_ORDER`` values as numpy computes it: sum in order,
+    divide, squared deviations summed in order, divide, square root (IEEE, correctly rounded)."""
+    k = len(xs)
+    total = 0.0
+    for v in xs:
+        total += v
+    mean = total / k
+    acc = 0.0
+    for v in xs:
+        dev = v - mean
+        acc += dev * dev
+    return math.sqrt(acc / k)
 
 
 def member_mean(x: np.ndarray) -> np.ndarray:
@@ -50,6 +73,11 @@ def q_scores(q: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
         ensemble-mean Q: how large the doubt is next to what the choice of action is worth
         (inf when every action has the same mean value).
     """
+    q = np.asarray(q)
+    if q.shape[1] == 1 and q.shape[0] < _IN_ORDER and q.dtype.kind == "f":
+        one = q_scores_row(q, int(np.asarray(actions).reshape(-1)[0]))
+        if one is not None:
+            return {"q_std": np.array([one[0]]), "q_std_ratio": np.array([one[1]])}
     q = np.asarray(q, np.float64)
     if q.shape[1] == 1:
         return _q_scores_one(q, int(np.asarray(actions).reshape(-1)[0]))
@@ -71,6 +99,35 @@ def _q_scores_one(q: np.ndarray, action: int) -> dict[str, np.ndarray]:
     spread = float(np.maximum.reduce(mean, 1)[0] - np.minimum.reduce(mean, 1)[0])
     ratio = float(q_std[0]) / spread if spread > 0 else np.inf  # IEEE division, as numpy's
     return {"q_std": q_std, "q_std_ratio": np.array([ratio])}
+
+
+def q_scores_row(q: np.ndarray, action: int) -> tuple[float, float] | None:
+    """``(q_std, q_std_ratio)`` of one row, :func:`q_scores` bit for bit, on Python floats.
+
+    Args:
+        q: ``[K, 1, n_actions]`` float member Q-values of one row.
+        action: The proposed action's index.
+
+    Returns None for 8+ members, an action index outside ``0 .. n_actions - 1`` (numpy's indexing
+    decides it) or a NaN mean Q (numpy's maximum propagates NaN, max() need not): the numpy path
+    answers those. Float arithmetic never raises (inf and NaN propagate as in numpy).
+    """
+    k, n = q.shape[0], q.shape[-1]
+    if k >= _IN_ORDER or not 0 <= action < n:
+        return None
+    flat = q.reshape(-1).tolist()  # member m's Q-values at [m * n : (m + 1) * n]
+    q_std = _std_in_order(flat[action::n])
+    means = []
+    for j in range(n):
+        total = 0.0
+        for v in flat[j::n]:  # action j's K member values, in member order
+            total += v
+        mean = total / k
+        if mean != mean:
+            return None
+        means.append(mean)
+    spread = max(means) - min(means)
+    return q_std, (q_std / spread if spread > 0 else math.inf)  # NaN spread: inf, as np.where's branch
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -117,12 +174,47 @@ def dynamics_scores(pred: np.ndarray, scale: np.ndarray | None = None) -> dict[s
         ``disagreement``: ``[batch]`` mean over dimensions of the member std / scale;
         ``disagreement_max``: ``[batch]`` the largest dimension's member std / scale.
     """
+    if pred.shape[1] == 1 and pred.shape[0] < _IN_ORDER and pred.dtype.kind == "f":
+        one = dynamics_scores_row(pred, scale)
+        if one is not None:
+            return {"disagreement": np.array([one[0]]), "disagreement_max": np.array([one[1]])}
     p = np.asarray(pred, np.float64).reshape(pred.shape[0], pred.shape[1], -1)
     std = member_std(p)  # [batch, d]
     if scale is not None:
         std = std / np.asarray(scale, np.float64).reshape(1, -1)
     mean = np.true_divide(_add(std, 1), std.shape[1])  # std.mean(axis=1), bit for bit
     return {"disagreement": mean, "disagreement_max": np.maximum.reduce(std, 1)}
+
+
+def dynamics_scores_row(pred: np.ndarray, scale: np.ndarray | None) -> tuple[float, float] | None:
+    """``(disagreement, disagreement_max)`` of one row, :func:`dynamics_scores` bit for bit, on Python
+    floats.
+
+    Args:
+        pred: ``[K, 1, ...]`` float member predictions of one row (``d`` values per member).
+        scale: As for :func:`dynamics_scores`.
+
+    Returns None for 8+ members, no or 8+ dimensions (numpy's pairwise sum of the mean), a scale
+    of 0 (Python's division raises) or a NaN std (numpy's maximum propagates NaN, max() need
+    not): the numpy path decides those.
+    """
+    k = pred.shape[0]
+    d = pred.size // k if k else 0
+    if not 0 < d < _IN_ORDER or k >= _IN_ORDER:
+        return None
+    flat = pred.reshape(-1).tolist()  # member m's prediction at [m * d : (m + 1) * d]
+    std = [_std_in_order(flat[j::d]) for j in range(d)]  # per dimension, over members
+    if scale is not None:
+        divisors = np.asarray(scale, np.float64).reshape(-1).tolist()
+        if len(divisors) != d or 0.0 in divisors:
+            return None  # numpy's broadcasting error / its inf and NaN
+        std = [s / c for s, c in zip(std, divisors, strict=True)]
+    total = 0.0
+    for s in std:
+        if s != s:
+            return None
+        total += s
+    return total / d, max(std)
 
 
 def lower_bound(q: np.ndarray, bound: str = "min", k: float = 1.0) -> np.ndarray:

@@ -22,14 +22,24 @@ class ActionSpaceMonitor(Monitor):
     def signal_names(self) -> list[str]:
         return ["invalid", "distance"]
 
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        """A discrete integer action in plain Python (None for other spaces: :meth:`check` does them)."""
+        space = self.spaces.action
+        acts = batch.actions
+        if not (space.discrete and acts.size == 1 and acts.dtype.kind in "iu"):
+            return None
+        if 0 <= int(acts.reshape(-1)[0]) < space.n:
+            return [(0.0, 0.5, False), (0.0, 0.0, False)]
+        return [(1.0, 0.5, True), (np.inf, 0.0, True)]
+
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         space = self.spaces.action
         acts = batch.actions
-        if space.discrete and acts.size == 1 and acts.dtype.kind in "iu":  # one row: in plain Python
-            inside = 0 <= int(acts.reshape(-1)[0]) < space.n
+        row = self.check_row(batch) if acts.size == 1 else None
+        if row is not None:  # one row: in plain Python
             return {
-                "invalid": SignalBatch(np.array([0.0 if inside else 1.0]), 0.5, np.array([not inside])),
-                "distance": SignalBatch(np.array([0.0 if inside else np.inf]), 0.0, np.array([not inside])),
+                name: SignalBatch(np.array([value]), threshold, np.array([tripped]))
+                for name, (value, threshold, tripped) in zip(self.signal_names, row, strict=True)
             }
         distance = space.distance(acts)
         invalid = (distance > 0).astype("float64")

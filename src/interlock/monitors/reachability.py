@@ -369,6 +369,23 @@ class RecoverabilityMonitor(Monitor):
             "margin": SignalBatch(margin, float(self.cfg.min_margin), ~(margin >= self.cfg.min_margin)),
         }
 
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        """One row's rollout, its signals read in Python (:meth:`_signals` of one value); None in
+        shield mode (``candidates:``)."""
+        if self.candidate_set is not None or len(batch) != 1:
+            return None
+        result = self.evaluate(batch.observations, batch.actions, self.bias(batch))
+        failed = result.failed.reshape(-1).tolist()  # [K] of the one row
+        share = sum(failed) / len(failed)  # failing_share: an exact count over K, correctly rounded
+        worst = float(min(result.margin.reshape(-1).tolist()))
+        threshold, min_margin = float(self.threshold), float(self.cfg.min_margin)
+        irreversible = not share <= threshold  # SignalBatch.above (NaN cannot occur: a count)
+        return [
+            (1.0 if irreversible else 0.0, 0.5, irreversible),
+            (share, threshold, irreversible),
+            (worst, min_margin, not worst >= self.cfg.min_margin),
+        ]
+
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         if self.candidate_set is None:
             result = self.evaluate(batch.observations, batch.actions, self.bias(batch))

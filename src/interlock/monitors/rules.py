@@ -45,14 +45,18 @@ class RulesMonitor(Monitor):
             [(key, f) for key, f in scalar if f is not None] if all(f for _, f in scalar) else None
         )
 
-    def _check_one(self, batch: Batch) -> dict[str, SignalBatch]:
-        """:meth:`check` of a one-row batch through the constraints' scalar forms (same answers)."""
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        """A one-row batch through the constraints' scalar forms (same answers as :meth:`check`);
+        None when some constraint has none."""
+        if self._scalar is None or len(batch) != 1:
+            return None
         row = batch_row(batch)
-        out: dict[str, SignalBatch] = {}
-        assert self._scalar is not None  # check() calls this only then
-        for key, holds in self._scalar:
-            h = bool(holds(row))
-            out[key] = SignalBatch(np.array([0.0 if h else 1.0]), 0.5, np.array([not h]))
+        out = []
+        for _, holds in self._scalar:
+            if holds(row):
+                out.append((0.0, 0.5, False))
+            else:
+                out.append((1.0, 0.5, True))
         return out
 
     @property
@@ -61,7 +65,12 @@ class RulesMonitor(Monitor):
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         if len(batch) == 1 and self._scalar is not None:
-            return self._check_one(batch)
+            return {
+                key: SignalBatch(np.array([value]), threshold, np.array([tripped]))
+                for (key, _), (value, threshold, tripped) in zip(
+                    self._scalar, self.check_row(batch) or (), strict=True
+                )
+            }
         out: dict[str, SignalBatch] = {}
         cols = batch_columns(batch)
         with np.errstate(all="ignore"):  # entered once for every vectorized constraint

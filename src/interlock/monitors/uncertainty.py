@@ -39,7 +39,14 @@ import numpy as np
 from interlock.batch import Batch, SignalBatch
 from interlock.ensembles.common import META_STATE_SCALE, parse_json_list
 from interlock.ensembles.model import EnsembleModel, file_sha256
-from interlock.ensembles.scores import SIGNALS, dynamics_scores, policy_scores, q_scores
+from interlock.ensembles.scores import (
+    SIGNALS,
+    dynamics_scores,
+    dynamics_scores_row,
+    policy_scores,
+    q_scores,
+    q_scores_row,
+)
 from interlock.ensembles.thresholds import read_thresholds_file
 from interlock.errors import ConfigError
 from interlock.monitors.base import Monitor
@@ -173,6 +180,34 @@ class UncertaintyMonitor(Monitor):
         if self.ensemble == "q":
             return q_scores(out, batch.actions)
         return policy_scores(out, batch.actions, self.policy_output)
+
+    def check_row(self, batch: Batch) -> list[tuple[float, float, bool]] | None:
+        """One row's signals from one session run, the scores on Python floats where
+        :func:`~interlock.ensembles.scores.q_scores_row` / ``dynamics_scores_row`` apply (else the numpy
+        scores of the same outputs); None for policy ensembles (:meth:`check` does them)."""
+        if self.ensemble == "policy" or len(batch) != 1:
+            return None
+        names = SIGNALS[self.ensemble]
+        row: tuple[float, float] | None = None
+        if self.ensemble == "dynamics":
+            out = self.model.run(batch.observations, batch.actions)
+            if out.dtype.kind == "f":
+                row = dynamics_scores_row(out, self.state_scale)
+            if row is None:
+                scored = dynamics_scores(out, self.state_scale)
+                row = (float(scored[names[0]][0]), float(scored[names[1]][0]))
+        else:
+            out = self.model.run(batch.observations)
+            if out.dtype.kind == "f":
+                row = q_scores_row(out, int(batch.actions.reshape(-1)[0]))
+            if row is None:
+                scored = q_scores(out, batch.actions)
+                row = (float(scored[names[0]][0]), float(scored[names[1]][0]))
+        nan = float("nan")
+        first, second = row
+        t1, t2 = float(self.thresholds.get(names[0], nan)), float(self.thresholds.get(names[1], nan))
+        # SignalBatch.above of one value: tripped unless value <= threshold (NaN is tripped: fail closed).
+        return [(first, t1, not first <= t1), (second, t2, not second <= t2)]
 
     def check(self, batch: Batch) -> dict[str, SignalBatch]:
         values = self.scores(batch)

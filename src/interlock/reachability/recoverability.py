@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -374,13 +375,21 @@ class RolloutResult:
 
     @property
     def failing_share(self) -> np.ndarray:
-        """``[N]``: share of members whose rollout fails."""
-        return self.failed.mean(axis=0)
+        """``[N]``: share of members whose rollout fails (``failed.mean(axis=0)``, bit for bit: a float64
+        count divided by K, without ``ndarray.mean``'s Python wrapper)."""
+        share: np.ndarray = np.true_divide(
+            np.add.reduce(self.failed, 0, dtype=np.float64), self.failed.shape[0]
+        )
+        return share
 
     @property
     def worst_margin(self) -> np.ndarray:
         """``[N]``: fewest steps before a constraint breaks, over members."""
         return self.margin.min(axis=0)
+
+
+#: The (empty) signal maps of a rollout state's :class:`Row`, shared: scalar forms only read them.
+_NO_SIGNALS: Mapping[str, Any] = MappingProxyType({})
 
 
 class Continuation(ABC):
@@ -468,8 +477,14 @@ class Recoverability:
             conds, safe = self._scalar
             ok, reach = [], []
             for values in states.tolist():
-                row = Row(values)
-                ok.append(all(map(math.isfinite, values)) and all(c(row) for c in conds))
+                row = Row(values, None, None, _NO_SIGNALS, _NO_SIGNALS)  # the states have no signals
+                good = all(map(math.isfinite, values))
+                if good:
+                    for c in conds:
+                        if not c(row):
+                            good = False
+                            break
+                ok.append(good)
                 if safe is not None:
                     reach.append(bool(safe(row)))
             return np.array(ok, dtype=bool), np.array(reach, dtype=bool) if safe is not None else None
@@ -501,13 +516,15 @@ class Recoverability:
         flat = first.reshape(K * N, d).copy()
         if row_bias is not None:
             flat += row_bias
-        member = np.repeat(np.arange(K), N)
-        first_actions = np.tile(actions.reshape(N, *actions.shape[1:]), (K,) + (1,) * (actions.ndim - 1))
+        # Each flat row's member and first action: needed only once a rollout runs past step 1
+        # (most end there), so built then.
+        member: np.ndarray | None = None
+        first_actions: np.ndarray | None = None
         H = self.horizon
         done = np.zeros(K * N, dtype=bool)
         failed = np.zeros(K * N, dtype=bool)
-        margin = np.full(K * N, H, dtype=np.int64)
-        everyone = np.arange(K * N)
+        margin = np.empty(K * N, dtype=np.int64)
+        margin.fill(H)  # (np.full's Python wrapper costs more than the fill at one row)
         for t in range(1, H + 1):
             idx = np.flatnonzero(~done)
             x = flat[idx]
@@ -520,7 +537,12 @@ class Recoverability:
                 done[idx[ok & safe]] = True
             if done.all() or t == H:
                 break
-            rows = everyone if self.dynamics.per_member else np.flatnonzero(~done)
+            if member is None or first_actions is None:
+                member = np.repeat(np.arange(K), N)
+                first_actions = np.tile(
+                    actions.reshape(N, *actions.shape[1:]), (K,) + (1,) * (actions.ndim - 1)
+                )
+            rows = np.arange(K * N) if self.dynamics.per_member else np.flatnonzero(~done)
             act = self.continuation.act(flat[rows], first_actions[rows])
             nxt = self.dynamics.step_rows(flat[rows], act, member[rows])
             flat[rows] = nxt if row_bias is None else nxt + row_bias[rows]
