@@ -98,5 +98,26 @@ def main() -> None:
               "interventions).")
 
 
+def round5() -> None:
+    """Round 5 (RULE.md "Round 5"): runs stopped once the rule could no longer choose them."""
+    r4 = _load(DESIGNS["r4_dis_d2_only"], "guarded")
+    print("\n## Round 5 (RULE.md \"Round 5\"): the agent shielded after the trip\n")
+    print("Wind crashes out of 40 per agent, against round 4's choice (`r4_dis_d2_only`). A design had to")
+    print("reach at most 56 wind crashes over the seven agents; each run was stopped once its first agents")
+    print("had passed that.\n")
+    for design in ("r5_latch_h8", "r5_latch_h20"):
+        path = HERE / f"r5dev_{design}.json"
+        if not path.is_file():
+            continue
+        cells = {k: v["guarded"] for k, v in json.loads(path.read_text()).items()}
+        wind = {k.split("/")[0]: c["catastrophes_total"] for k, c in cells.items() if k.endswith("/wind")}
+        base = sum(r4[f"{a}/wind"]["catastrophes_total"] for a in wind)
+        parts = ", ".join(
+            f"{a} {n} (round 4: {r4[f'{a}/wind']['catastrophes_total']})" for a, n in wind.items()
+        )
+        print(f"* `{design}`: {parts}; {sum(wind.values())} against {base} on these agents: out.")
+
+
 if __name__ == "__main__":
     main()
+    round5()
