@@ -230,3 +230,133 @@ def test_a_persistent_bias_trips_signed_quickly_and_not_energy(calibrated):
     nominal = [rollout(s, 150) for s in range(4000, 4012)]
     for name, mon in m.items():
         assert sum(f is not None for f in first_trips(mon, nominal, "calm")) <= 3, name
+
+
+def test_one_batch_of_several_episodes_equals_one_row_at_a_time(calibrated):
+    """The per-action signed sums of two episodes checked in batches of four rows (each episode twice
+    per batch, in reverse step order) equal those of one row at a time."""
+    d, _, _ = calibrated
+    mon = monitors(d)["signed_pa"]
+    a_obs, a_act = pushed([11], mon)[0]
+    b_obs, b_act = rollout(12, 40)
+    seq = {}
+    for t in range(40):
+        for eid, o, a in (("a", a_obs, a_act), ("b", b_obs, b_act)):
+            seq[(eid, t)] = step(mon, o[t : t + 1], a[t : t + 1], [t], [eid])
+    one_by_one = {e: mon.store.peek("cartpole", e).signed.copy() for e in "ab"}
+    mon.store.clear()
+    for lo in range(0, 40, 2):
+        rows = [("a", lo + 1), ("b", lo + 1), ("a", lo), ("b", lo)]
+        obs = [(a_obs if e == "a" else b_obs)[t] for e, t in rows]
+        act = [(a_act if e == "a" else b_act)[t] for e, t in rows]
+        out = step(mon, obs, act, [t for _, t in rows], [e for e, _ in rows])
+        for i, key in enumerate(rows):
+            for sig in ("shift", "shifted"):
+                # (float32 model: a batch of 4 and a batch of 1 round differently in the 6th digit)
+                assert out[sig][i] == pytest.approx(seq[key][sig][0], rel=1e-4, abs=1e-9), (key, sig)
+    for e in "ab":  # small sums too: atol in z units (a float32 rounding of 1e-9 on a scale of 1e-5)
+        np.testing.assert_allclose(mon.store.peek("cartpole", e).signed, one_by_one[e], rtol=1e-4, atol=1e-3)
+    assert seq[("a", 39)]["shift"][0] > 5.0  # the pushed episode's statistic has grown
+
+
+def test_a_retry_does_not_advance_it_and_lost_state_restarts_it(calibrated):
+    d, _, _ = calibrated
+    mon = monitors(d)["signed_pa"]
+    obs, acts = pushed([21], mon)[0]
+    for t in range(30):
+        last = step(mon, obs[t : t + 1], acts[t : t + 1], [t], ["r"])
+    sums = mon.store.peek("cartpole", "r").signed.copy()
+    assert last["shift"][0] == sums.max() > 0
+    again = step(mon, obs[29:30], acts[29:30], [29], ["r"])  # the same step again (a client retry)
+    assert again["shift"][0] == last["shift"][0]
+    np.testing.assert_array_equal(mon.store.peek("cartpole", "r").signed, sums)
+    mon.store.drop("cartpole", "r")  # lost state (another worker, eviction, a restart)
+    fresh = step(mon, obs[30:31], acts[30:31], [30], ["r"])
+    assert fresh["shift"][0] == 0.0 and mon.store.peek("cartpole", "r").signed is None
+    nxt = step(mon, obs[31:32], acts[31:32], [31], ["r"])  # one transition: one update from zeros
+    z = mon.store.peek("cartpole", "r").signed
+    assert nxt["shift"][0] == z.max() <= 2.0 - 0.5  # at most the clipped |z| minus the drift
+    assert np.count_nonzero(z[:, 1 - int(acts[30])]) == 0  # only the executed action's group moved
+
+
+def test_calibration_threshold_is_the_quantile_of_the_monitors_own_episode_maxima(calibrated, tmp_path):
+    """For each signed monitor: the file's ``shift`` threshold is the conformal 90% quantile of the
+    largest signed statistic of each threshold-part episode, as the running monitor computes it; the
+    held-out rate is the share of held-out episodes above it; with ``--group-by`` the largest of the
+    groups' quantiles."""
+    d, episodes, cals = calibrated
+    entries = json.loads((d / "thresholds.json").read_text())["monitors"]
+    m = monitors(d)
+    split = cals["signed"].split
+    assert split == cals["signed_pa"].split
+    for name in ("signed", "signed_pa"):
+        maxima = np.array([r["shift"].max() for r in run_side_by_side(m[name], episodes, "cal")])
+        fit, held = maxima[split["threshold"]], maxima[split["held_out"]]
+        h = entries[name]["thresholds"]["shift"]
+        assert h == pytest.approx(conformal_threshold(fit, 0.1), rel=1e-4)
+        assert m[name].thresholds["shift"] == h
+        assert cals[name].held_out_episode_rate == pytest.approx(np.mean(held > h))
+        policy = np.arange(len(episodes))[split["threshold"]] % 2
+        per_group = [conformal_threshold(fit[policy == g], 0.1) for g in (0, 1)]
+        out = tmp_path / f"{name}.json"
+        report = calibrate(
+            d / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=0.1,
+            monitors=[name], output=out, group_by="policy",
+        )  # fmt: skip
+        [cal] = report.transitions
+        grouped = json.loads(out.read_text())["monitors"][name]
+        assert grouped["shift_threshold_per_group"]["0"] == pytest.approx(per_group[0], rel=1e-4)
+        assert grouped["thresholds"]["shift"] == pytest.approx(max(per_group), rel=1e-4)
+        assert cal.thresholds["shift"] == grouped["thresholds"]["shift"]
+
+
+def test_a_calibration_with_another_statistic_or_drift_is_refused(calibrated, tmp_path):
+    d, _, _ = calibrated
+    for f in ("dynamics_ensemble.onnx", "thresholds.json"):
+        shutil.copy(d / f, tmp_path / f)
+    config = tmp_path / "interlock.yaml"
+    where = r"interlock\.yaml: agents\[0\] \(cartpole\)\.monitors\[1\]: .*"
+    rerun = r"; re-run `interlock calibrate`"
+    config.write_text(config_text({"signed": "        drift: 1.0\n"}))
+    with pytest.raises(ConfigError, match=where + "calibrated with drift=0.5, the config says 1.0" + rerun):
+        Guard(load_config(config)).load()
+    config.write_text(config_text({"signed": "        drift: 0.5\n"}))  # the default, spelled out
+    Guard(load_config(config)).load()
+    thresholds = json.loads((tmp_path / "thresholds.json").read_text())
+    energy = {k: v for k, v in thresholds["monitors"]["energy"].items()}
+    thresholds["monitors"]["signed"] = {**energy, "clip": 4}  # an energy calibration
+    (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
+    config.write_text(config_text())
+    with pytest.raises(
+        ConfigError, match=where + "calibrated with statistic=energy, the config says signed" + rerun
+    ):
+        Guard(load_config(config)).load()
+    del thresholds["monitors"]["signed"]["statistic"]  # a file from before the option: energy
+    (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
+    with pytest.raises(
+        ConfigError, match=where + "calibrated with statistic=energy, the config says signed" + rerun
+    ):
+        Guard(load_config(config)).load()
+    thresholds["monitors"]["signed"] = json.loads((d / "thresholds.json").read_text())["monitors"]["signed"]
+    thresholds["monitors"]["energy"] = {**thresholds["monitors"]["signed"], "clip": None}
+    (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
+    energy_where = where.replace("monitors\\[1\\]", "monitors\\[0\\]")
+    with pytest.raises(
+        ConfigError, match=energy_where + "calibrated with statistic=signed, the config says energy"
+    ):
+        Guard(load_config(config)).load()
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("statistic: sign", r"monitors\[1\]\.transition\.statistic: Input should be 'energy' or 'signed'"),
+        ("drift: -0.5", r"monitors\[1\]\.transition\.drift: Input should be greater than or equal to 0"),
+        ("drift: .nan", r"monitors\[1\]\.transition\.drift: .*finite"),
+        ("drift: .inf", r"monitors\[1\]\.transition\.drift: .*finite"),
+    ],
+)
+def test_bad_signed_settings_are_config_errors_naming_the_path(tmp_path, line, message):
+    (tmp_path / "interlock.yaml").write_text(config_text({"signed": f"        {line}\n"}))
+    with pytest.raises(ConfigError, match=r"interlock\.yaml: .*\n  agents\[0\]\." + message):
+        load_config(tmp_path / "interlock.yaml")
