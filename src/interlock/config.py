@@ -339,7 +339,8 @@ class TransitionMonitorConfig(_Strict):
     through the dynamics ensemble; its mean prediction is compared with the observation that
     arrived. Signals: ``surprise`` (the residual over its calibrated in-distribution scale, RMS or
     max over dimensions; 0 when the episode has no previous step), ``shift`` (CUSUM of surprise
-    minus ``drift`` over the episode; tripped above ``threshold``), ``shifted`` (1.0 from the first
+    minus ``drift`` over the episode, or with ``statistic: signed`` two-sided CUSUMs of each dimension's
+    signed normalised residual; tripped above ``threshold``), ``shifted`` (1.0 from the first
     trip of ``shift`` to the end of the episode) and ``residual_bias`` (RMS over dimensions of the
     episode's exponentially weighted mean residual, in scale units). Rules also read
     ``episode.shifted``, ``episode.steps_since_shift`` and ``episode.steps``.
@@ -433,8 +434,22 @@ class TransitionMonitorConfig(_Strict):
         description="Per-dimension in-distribution residual scale (one per observation element); "
         "overrides the thresholds file.",
     )
+    statistic: Literal["energy", "signed"] = Field(
+        "energy",
+        description="The episode statistic behind `shift`: 'energy' (default), a one-sided CUSUM of the "
+        "surprise (an aggregate of z^2): large changes such as wind; 'signed', a two-sided CUSUM of each "
+        "selected dimension's normalised residual z (per executed action with spread: per_action), "
+        "S+ = max(0, S+ + z - drift), S- = max(0, S- - z - drift), shift = the largest: a small persistent "
+        "bias (a weaker or stronger actuator, a heavier load) that z^2 barely shows. `interlock calibrate` "
+        "records it; docs/shift.md.",
+    )
     drift: float | None = Field(
-        None, ge=0, description="CUSUM drift k subtracted from each step's surprise; overrides the file."
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="CUSUM drift k subtracted at each step; overrides the file with statistic: energy. "
+        "With statistic: signed it is in z units (default 0.5: tuned to a mean shift of about one scale "
+        "unit) and is not calibrated: `interlock calibrate` sets the threshold at it.",
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,

@@ -2,7 +2,9 @@
 
 Each episode holds the step it last saw, the observation of that step and the action that
 was executed there (told by the engine after deciding), the sequential shift statistic and an
-exponentially weighted mean of the dynamics residual. The store is an LRU bounded two ways:
+exponentially weighted mean of the dynamics residual (with ``statistic: signed``, the shift
+statistic is an array: two CUSUMs per group and dimension, ``16 * groups * dims`` bytes). The
+store is an LRU bounded two ways:
 at most ``max_episodes`` entries (the least recently used goes first) and a TTL (an episode
 not seen for ``ttl_seconds`` is dropped). A dropped episode is not an error: its next check
 starts it afresh (surprise 0, statistic 0), exactly like a new episode; docs/shift.md explains
@@ -62,7 +64,13 @@ class EpisodeState:
         obs: ``[obs_dim]`` float64 observation of ``step`` (the start of the next transition).
         action: The action executed at ``step`` (``[*action_shape]``), None until the engine tells it
             or when it was not a valid action: the next step then has no transition to predict.
-        statistic: The sequential shift statistic after ``step`` (CUSUM).
+        statistic: The sequential shift statistic after ``step`` (CUSUM; with ``statistic: signed`` the
+            largest entry of ``signed``).
+        signed: ``[2, groups, dims]`` float64 two-sided CUSUMs (``S+``, ``S-``) per group (the executed
+            action with ``spread: per_action``, else one) and selected dimension, with ``statistic:
+            signed``; None before the first update and with ``statistic: energy``. Never changed in
+            place (a retry or a failed batch must not see a half-updated array): an update replaces
+            it. ``16 * groups * dims`` bytes (LunarLander, 4 actions x 3 dims: 192 bytes).
         shift_step: The step at which the statistic first crossed its threshold, or None.
         bias: ``[obs_dim]`` float64 exponentially weighted sum of residuals (not yet bias-corrected).
         weight: The EW weight sum matching ``bias`` (``bias / weight`` is the corrected mean).
@@ -76,6 +84,7 @@ class EpisodeState:
     obs: np.ndarray
     action: np.ndarray | None = None
     statistic: float = 0.0
+    signed: np.ndarray | None = None
     shift_step: int | None = None
     bias: np.ndarray | None = None
     weight: float = 0.0

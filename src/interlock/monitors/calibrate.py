@@ -234,6 +234,7 @@ def calibrate(
             "kind": "transition",
             "model": tcfg.model,
             "model_sha256": file_sha256(tmon.model.resolved),
+            "statistic": tcfg.statistic,
             "aggregate": tcfg.aggregate,
             "dims": tcfg.dims,
             "clip": tcfg.clip,

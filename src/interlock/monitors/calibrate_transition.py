@@ -27,7 +27,11 @@ The episodes are split three ways, by whole episodes: a *scale* part, a *thresho
    surprise instead, as the LunarLander detector study chose: faster detection, the threshold then
    absorbs the climb); ``shift`` threshold = conformal ``(1 - episode_rate)`` quantile of each
    episode's largest CUSUM value (at least ``drift``); ``residual_bias`` threshold = conformal
-   ``(1 - step_rate)`` quantile of the per-step EW bias norm;
+   ``(1 - step_rate)`` quantile of the per-step EW bias norm; with ``statistic: signed`` the drift
+   is not calibrated (the config's ``drift``, else :data:`~interlock.monitors.transition.SIGNED_DRIFT`)
+   and the ``shift`` threshold is the conformal ``(1 - episode_rate)`` quantile of each episode's
+   largest signed statistic (:func:`~interlock.monitors.transition.signed_cusum` of the monitor's own
+   :meth:`~TransitionMonitor.normalised` ``z``, grouped by executed action with ``spread: per_action``);
 4. on the held-out part: the per-step false-alarm rate of ``surprise`` and ``residual_bias`` and
    the per-episode false-alarm rate of ``shift`` actually measured, written beside them.
 
@@ -45,7 +49,7 @@ import numpy as np
 from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.data import Transitions
 from interlock.ensembles.thresholds import conformal_threshold
-from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
+from interlock.monitors.transition import TransitionMonitor, cusum, signed_cusum, surprise_of
 
 __all__ = ["EpisodeData", "TransitionCalibration", "calibrate_transition", "episodes_of", "rollout_episodes"]
 
@@ -197,6 +201,8 @@ class TransitionCalibration:
     #: per-episode rate at it with the threshold calibrated here; None when the config sets none.
     config_drift: float | None = None
     held_out_episode_rate_config_drift: float | None = None
+    #: The monitor's ``statistic`` (energy | signed): what ``shift`` adds up.
+    statistic: str = "energy"
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -223,7 +229,8 @@ class TransitionCalibration:
                 f"(held-out per-step FAR {h['surprise']:.4f})",
                 f"  residual_bias: threshold {t['residual_bias']:.4g} "
                 f"(held-out per-step FAR {h['residual_bias']:.4f})",
-                f"  shift (CUSUM): drift {self.drift:.4g}, threshold {t['shift']:.4g} "
+                f"  shift ({'signed CUSUM, z units' if self.statistic == 'signed' else 'CUSUM'}): drift "
+                f"{self.drift:.4g}, threshold {t['shift']:.4g} "
                 f"(held-out per-episode FAR {self.held_out_episode_rate:.4f})",
             ]
             + (
@@ -365,6 +372,7 @@ def calibrate_transition(
     monitor.scale = np.maximum(residual_scale(residual[masks["scale"]], monitor.cfg.scale_statistic), 1e-8)
     floor = counts = None
     row_scale = monitor.scale
+    groups = np.zeros(len(data), np.int64)  # the signed statistic's group of each row
     if monitor.cfg.spread == "per_action":
         actions = np.asarray(data.action).reshape(len(data))
         if not np.issubdtype(actions.dtype, np.integer):
@@ -380,20 +388,37 @@ def calibrate_transition(
         sm = masks["scale"]
         monitor.action_scale, floor, counts = per_action_scale(residual[sm], actions[sm], monitor)
         row_scale = monitor.scale_for(actions)
+        groups = monitor.groups_of(actions)
     surprise = monitor.surprise(residual, row_scale, member_std)  # exactly as the monitor computes it
     surprise[~ok] = np.nan  # not scored: the CUSUM keeps its value (cusum), like the monitor
+    signed_z = None
+    if monitor.signed:  # the monitor's own z, clipped as it clips it
+        signed_z = monitor.signed_z(monitor.normalised(residual, row_scale, member_std))
+        signed_z[~ok] = np.nan  # not scored: the CUSUMs keep their values (signed_update)
     bias = _bias_norms(residual, data.episode, monitor, ok)
 
     fit = masks["threshold"]
     s_fit = surprise[fit]
     part = np.isin(data.episode, parts["threshold"])  # whole episodes, unscored rows too
-    fit_episodes = _per_episode(surprise[part], data.episode[part])
-    if monitor.cfg.drift_rule == "step_mean":
-        drift = float(np.mean(s_fit[np.isfinite(s_fit)]))
+    rows = np.arange(len(data))
+    fit_rows = _per_episode(rows[part], data.episode[part])  # row indices of each episode
+    if signed_z is not None:
+        drift = monitor.signed_drift
+
+        def episode_max(r: np.ndarray, k: float) -> float:
+            return float(signed_cusum(signed_z[r], groups[r], monitor.n_groups, k).max())
+
     else:
-        means = [float(np.nanmean(s)) for s in fit_episodes if np.isfinite(s).any()]
-        drift = conformal_threshold(np.asarray(means), episode_rate)
-    ep_max = np.asarray([cusum(s, drift).max() for s in fit_episodes])
+        if monitor.cfg.drift_rule == "step_mean":
+            drift = float(np.mean(s_fit[np.isfinite(s_fit)]))
+        else:
+            means = [float(np.nanmean(surprise[r])) for r in fit_rows if np.isfinite(surprise[r]).any()]
+            drift = conformal_threshold(np.asarray(means), episode_rate)
+
+        def episode_max(r: np.ndarray, k: float) -> float:
+            return float(cusum(surprise[r], k).max())
+
+    ep_max = np.asarray([episode_max(r, drift) for r in fit_rows])
     shift = conformal_threshold(ep_max, episode_rate)
     per_group = None
     if data.group is not None:  # every group (behaviour policy) within the target, not only the pool
@@ -404,18 +429,21 @@ def calibrate_transition(
         shift = max(per_group.values())
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
-        "shift": max(shift, drift),
+        # energy: at least the drift; signed: drift and statistic are not in the same units
+        "shift": shift if signed_z is not None else max(shift, drift),
         "residual_bias": conformal_threshold(bias[fit], step_rate),
     }
     held = masks["held_out"]
     whole = np.isin(data.episode, parts["held_out"])
-    held_max = np.asarray([cusum(s, drift).max() for s in _per_episode(surprise[whole], data.episode[whole])])
+    held_rows = _per_episode(rows[whole], data.episode[whole])
+    held_max = np.asarray([episode_max(r, drift) for r in held_rows])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
-    fixed = monitor.cfg.drift  # the config's drift overrides the file's when the monitor loads
+    # energy: the config's drift overrides the file's when the monitor loads (signed: it is the drift)
+    fixed = monitor.cfg.drift if signed_z is None else None
     fixed_rate = None
     if fixed is not None:
-        held_fixed = [cusum(s, fixed).max() for s in _per_episode(surprise[whole], data.episode[whole])]
+        held_fixed = [episode_max(r, fixed) for r in held_rows]
         fixed_rate = float(np.mean(np.asarray(held_fixed) > thresholds["shift"]))
     return TransitionCalibration(
         monitor=monitor.name,
@@ -436,4 +464,5 @@ def calibrate_transition(
         split={k: v.tolist() for k, v in parts.items()},
         config_drift=fixed,
         held_out_episode_rate_config_drift=fixed_rate,
+        statistic=monitor.cfg.statistic,
     )

@@ -16,8 +16,11 @@ Signals (``<name>.<signal>``):
                    dimension, or with ``spread: per_action`` one per executed action and
                    dimension; with ``disagreement: add`` combined with the members' spread,
                    :meth:`TransitionMonitor.surprise`); 0 where the episode has no previous step
-``shift``          CUSUM over the episode: ``S = max(0, S + surprise - drift)``;
-                   tripped above its threshold (per-episode false-alarm target)
+``shift``          ``statistic: energy`` (default): CUSUM over the episode,
+                   ``S = max(0, S + surprise - drift)``; ``statistic: signed``: two-sided
+                   CUSUMs of each selected dimension's normalised residual ``z`` per group
+                   (:func:`signed_update`), the largest of them; tripped above its
+                   threshold (per-episode false-alarm target)
 ``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
 ``residual_bias``  RMS over dimensions of the episode's EW mean residual / scale
 =================  =====================================================================
@@ -58,9 +61,40 @@ from interlock.reachability.constraints import BatchedCondition
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SIGNALS", "Prediction", "TransitionMonitor", "cusum", "surprise_of"]
+__all__ = [
+    "SIGNALS",
+    "SIGNED_DRIFT",
+    "Prediction",
+    "TransitionMonitor",
+    "aggregate_surprise",
+    "cusum",
+    "normalised_residual",
+    "signed_cusum",
+    "signed_update",
+    "surprise_of",
+]
 
 SIGNALS = ("surprise", "shift", "shifted", "residual_bias")
+
+#: The drift ``k`` of ``statistic: signed`` when the config sets none, in z units (scale units): the
+#: CUSUM for a mean shift of ``delta`` is tuned at ``k = delta / 2``, so 0.5 aims at a persistent
+#: shift of about one scale unit (LunarLander's weaker main engine: mean z of vy about -1.1) while an
+#: in-distribution episode (mean z about 0 +- 0.1) drifts down by 0.4-0.6 per step.
+SIGNED_DRIFT = 0.5
+
+
+def normalised_residual(
+    residual: np.ndarray, scale: np.ndarray, dims: np.ndarray | None = None
+) -> np.ndarray:
+    """``[n, len(dims)]`` (all dims by default) float64 ``z = residual / scale`` of ``[n, obs_dim]``
+    residuals: the one normalisation behind ``surprise`` and the signed statistic.
+
+    ``scale`` is ``[obs_dim]`` (one scale per dimension) or ``[n, obs_dim]`` (one per row: the scale of
+    the action each row executed, ``spread: per_action``).
+    """
+    scale = np.asarray(scale, np.float64)
+    z = np.asarray(residual, np.float64) / (scale[None, :] if scale.ndim == 1 else scale)
+    return z if dims is None else z[:, dims]
 
 
 def surprise_of(
@@ -70,19 +104,18 @@ def surprise_of(
     aggregate: str = "rms",
     clip: float | None = None,
 ) -> np.ndarray:
-    """``[n]`` surprise of ``[n, obs_dim]`` residuals, each divided by ``scale``.
+    """``[n]`` surprise of ``[n, obs_dim]`` residuals, each divided by ``scale``
+    (:func:`normalised_residual`, then :func:`aggregate_surprise`)."""
+    return aggregate_surprise(normalised_residual(residual, scale, dims), aggregate, clip)
 
-    ``scale`` is ``[obs_dim]`` (one scale per dimension) or ``[n, obs_dim]`` (one per row: the scale of
-    the action each row executed, ``spread: per_action``).
 
-    With ``z`` the normalised residual of the chosen dimensions and ``clip`` capping each ``z^2``:
-    ``rms``: root mean square over dimensions (about 1 in distribution when the scale is the
-    residual's RMS); ``max``: the largest ``|z|``; ``mean_sq``: the mean of ``z^2`` (residual energy).
+def aggregate_surprise(z: np.ndarray, aggregate: str = "rms", clip: float | None = None) -> np.ndarray:
+    """``[n]`` surprise of ``[n, d]`` normalised residuals ``z``.
+
+    With ``clip`` capping each ``z^2``: ``rms``: root mean square over dimensions (about 1 in
+    distribution when the scale is the residual's RMS); ``max``: the largest ``|z|``; ``mean_sq``: the
+    mean of ``z^2`` (residual energy).
     """
-    scale = np.asarray(scale, np.float64)
-    z = np.asarray(residual, np.float64) / (scale[None, :] if scale.ndim == 1 else scale)
-    if dims is not None:
-        z = z[:, dims]
     sq = z * z if clip is None else np.minimum(z * z, clip)
     if aggregate == "max":
         return np.sqrt(sq.max(axis=1))
@@ -111,6 +144,46 @@ def cusum(surprise: np.ndarray, drift: float) -> np.ndarray:
         if np.isfinite(x):
             s = max(0.0, s + x - drift)
         out[t] = s
+    return out
+
+
+def signed_update(sums: np.ndarray, z: np.ndarray, drift: float) -> np.ndarray:
+    """One step of the two-sided CUSUM of ``statistic: signed``: the one formula the monitor and
+    ``interlock calibrate`` share.
+
+    Args:
+        sums: ``[2, d]`` (``S+``, ``S-``) of one group before the step; not changed.
+        z: ``[d]`` this step's normalised residuals (clipped to +-sqrt(clip) by the caller).
+        drift: ``k`` (z units).
+
+    Returns:
+        ``[2, d]`` new array: ``S+ = max(0, S+ + z - k)``, ``S- = max(0, S- - z - k)``; a non-finite
+        ``z`` leaves its dimension's pair as it was (the ``surprise`` signal trips on it).
+    """
+    z = np.asarray(z, np.float64)
+    stepped = np.maximum(0.0, sums + np.stack([z, -z]) - drift)
+    return np.where(np.isfinite(z)[None, :], stepped, sums)
+
+
+def signed_cusum(z: np.ndarray, groups: np.ndarray, n_groups: int, drift: float) -> np.ndarray:
+    """``[T]`` the ``statistic: signed`` shift value after each step of one episode.
+
+    Args:
+        z: ``[T, d]`` normalised residuals (NaN rows: not scored, nothing changes).
+        groups: ``[T]`` int group of each step (executed action with ``spread: per_action``, else 0);
+            a group outside ``[0, n_groups)`` updates nothing.
+        n_groups: Groups kept.
+        drift: ``k``.
+
+    Returns:
+        ``[T]`` the largest of the ``[2, n_groups, d]`` CUSUMs after each step (:func:`signed_update`).
+    """
+    sums = np.zeros((2, n_groups, z.shape[1]))
+    out = np.zeros(len(z))
+    for t, g in enumerate(np.asarray(groups).tolist()):
+        if 0 <= g < n_groups:
+            sums[:, g] = signed_update(sums[:, g], z[t], drift)
+        out[t] = sums.max()
     return out
 
 
@@ -173,6 +246,9 @@ class TransitionMonitor(Monitor):
                 "per action); this agent's action space is a box: use spread: global"
             )
         self.n_actions = int(spaces.action.n) if spaces.action.discrete else 0
+        self.signed = cfg.statistic == "signed"
+        #: Groups of the signed statistic: one per action with ``spread: per_action``, else one.
+        self.n_groups = self.n_actions if cfg.spread == "per_action" else 1
         self.dims = None if cfg.dims is None else np.asarray(cfg.dims, np.int64)
         self.score_when = None
         if cfg.score_when is not None:
@@ -190,6 +266,11 @@ class TransitionMonitor(Monitor):
     @property
     def signal_names(self) -> list[str]:
         return list(SIGNALS)
+
+    @property
+    def signed_drift(self) -> float:
+        """``k`` of ``statistic: signed``: the config's ``drift``, else :data:`SIGNED_DRIFT`."""
+        return float(self.cfg.drift) if self.cfg.drift is not None else SIGNED_DRIFT
 
     def _check_scale(self, scale: list[float], where: str) -> np.ndarray:
         v = np.asarray(scale, np.float64)
@@ -213,6 +294,8 @@ class TransitionMonitor(Monitor):
         entry = self._file_entry()
         scale = self.cfg.residual_scale or entry.get("residual_scale")
         drift = self.cfg.drift if self.cfg.drift is not None else entry.get("drift")
+        if self.signed:  # a setting in z units, not calibrated (SIGNED_DRIFT)
+            drift = self.signed_drift
         thresholds = {k: float(v) for k, v in entry.get("thresholds", {}).items() if k in SIGNALS}
         thresholds.update(self.cfg.thresholds)
         thresholds.setdefault("shifted", 0.5)
@@ -272,6 +355,11 @@ class TransitionMonitor(Monitor):
             )
         # (key, this config's value, what a file without the key was calibrated with; None: not checked)
         settings: tuple[tuple[str, Any, Any], ...] = (
+            # files from before the option were calibrated with the energy statistic
+            ("statistic", self.cfg.statistic, "energy"),
+            # with signed, the threshold holds at the drift it was calibrated at (energy: the file's
+            # drift is calibrated, and a config's drift overrides it)
+            *((("drift", self.signed_drift, None),) if self.signed else ()),
             ("aggregate", self.cfg.aggregate, None),
             ("dims", self.cfg.dims, None),
             ("clip", self.cfg.clip, None),
@@ -331,9 +419,10 @@ class TransitionMonitor(Monitor):
         # the std of a delta is the std of the next observation (obs is the same for every member)
         return Prediction(obs + mean if self.cfg.predicts == "delta" else mean, members.std(axis=0))
 
-    def surprise(self, residual: np.ndarray, scale: np.ndarray, member_std: np.ndarray) -> np.ndarray:
-        """``[n]`` the ``surprise`` signal of ``[n, obs_dim]`` residuals: the one formula the monitor
-        and ``interlock calibrate`` share.
+    def normalised(self, residual: np.ndarray, scale: np.ndarray, member_std: np.ndarray) -> np.ndarray:
+        """``[n, d]`` normalised residual ``z`` of the selected ``dims`` (``d`` of them, default all):
+        the one normalisation behind ``surprise`` and the signed statistic, in the monitor and in
+        ``interlock calibrate``.
 
         Args:
             residual: ``[n, obs_dim]`` observed minus predicted next observation.
@@ -345,7 +434,34 @@ class TransitionMonitor(Monitor):
         if self.cfg.disagreement == "add":
             spread = self.cfg.disagreement_scale * np.asarray(member_std, np.float64)
             scale = np.sqrt(np.square(np.asarray(scale, np.float64)) + spread * spread)
-        return surprise_of(residual, scale, self.dims, self.cfg.aggregate, self.cfg.clip)
+        return normalised_residual(residual, scale, self.dims)
+
+    def surprise(self, residual: np.ndarray, scale: np.ndarray, member_std: np.ndarray) -> np.ndarray:
+        """``[n]`` the ``surprise`` signal of ``[n, obs_dim]`` residuals (arguments of
+        :meth:`normalised`): its ``z`` aggregated, each ``z^2`` capped at ``clip``."""
+        return aggregate_surprise(
+            self.normalised(residual, scale, member_std), self.cfg.aggregate, self.cfg.clip
+        )
+
+    def signed_z(self, z: np.ndarray) -> np.ndarray:
+        """``[n, d]`` what the signed statistic adds up: :meth:`normalised`'s ``z`` clipped to
+        +-sqrt(clip) with ``clip`` set (the same cap as on ``z^2``), else ``z``."""
+        if self.cfg.clip is None:
+            return z
+        bound = float(np.sqrt(self.cfg.clip))
+        return np.clip(z, -bound, bound)
+
+    def groups_of(self, actions: np.ndarray) -> np.ndarray:
+        """``[n]`` int64 signed-statistic group of each row's executed ``actions [n, ...]``: the action
+        index with ``spread: per_action`` (-1, no update, for an action outside the space: a batch's
+        provisional action), else 0."""
+        n = len(actions)
+        if self.cfg.spread != "per_action":
+            return np.zeros(n, np.int64)
+        idx = np.asarray(actions).reshape(n)
+        whole = np.isfinite(idx) & (idx == np.round(idx)) if idx.dtype.kind == "f" else np.ones(n, bool)
+        out = np.where(whole, idx, -1).astype(np.int64)
+        return np.where((out >= 0) & (out < self.n_groups), out, -1)
 
     def _plan(self, batch: Batch, obs: np.ndarray) -> tuple[list[int], list[_Row], dict[str, EpisodeState]]:
         """Rows in (episode, step) order, what to do with each, and the new state per episode."""
@@ -385,6 +501,7 @@ class TransitionMonitor(Monitor):
         member_std = np.zeros((n, self.obs_dim))
         scale = np.tile(self.scale, (n, 1))
         scored = np.zeros(n, bool)
+        groups = np.full(n, -1, np.int64)
         if todo:
             prev_obs = np.stack([rows[i].prev_obs for i in todo])  # type: ignore[misc]
             prev_act = np.stack([rows[i].prev_action for i in todo])  # type: ignore[misc]
@@ -393,7 +510,10 @@ class TransitionMonitor(Monitor):
             member_std[todo] = predicted.member_std
             scale[todo] = self.scale_for(prev_act)
             scored[todo] = self.scored(prev_obs, obs[todo])
-        step_surprise = self.surprise(residual, scale, member_std)
+            groups[todo] = self.groups_of(prev_act)
+        z = self.normalised(residual, scale, member_std)  # [n, d]
+        step_surprise = aggregate_surprise(z, self.cfg.aggregate, self.cfg.clip)
+        signed_z = self.signed_z(z) if self.signed else None
         steps = batch.steps.tolist()
         surprise = np.zeros(n)
         shift = np.zeros(n)
@@ -413,11 +533,21 @@ class TransitionMonitor(Monitor):
                     p.weight,
                     p.residuals,
                 )
+                st.signed = p.signed  # never changed in place: an update below replaces it
                 st.bias = None if p.bias is None else p.bias.copy()
             if row.plan == "predict" and scored[i]:
                 s = float(step_surprise[i])
                 r = residual[i]
-                if np.isfinite(s):
+                if signed_z is not None:
+                    g = int(groups[i])
+                    if g >= 0:
+                        prev = np.zeros((2, self.n_groups, z.shape[1])) if st.signed is None else st.signed
+                        sums = prev.copy()
+                        sums[:, g] = signed_update(prev[:, g], signed_z[i], self.drift)
+                        st.signed, st.statistic = sums, float(sums.max())
+                        if st.shift_step is None and np.isfinite(h) and st.statistic > h:
+                            st.shift_step = steps[i]
+                elif np.isfinite(s):
                     st.statistic = max(0.0, st.statistic + s - self.drift)
                     if st.shift_step is None and np.isfinite(h) and st.statistic > h:
                         st.shift_step = steps[i]
