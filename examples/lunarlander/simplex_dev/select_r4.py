@@ -118,6 +118,54 @@ def round5() -> None:
         print(f"* `{design}`: {parts}; {sum(wind.values())} against {base} on these agents: out.")
 
 
+def round5b() -> None:
+    """Round 5b (RULE.md "Round 5b"): a signed CUSUM beside round 4's detector, three worlds."""
+    base = _load((*UNGUARDED, "r5dev_r4_weak_main.json"), "unguarded")
+    designs = {
+        "r4_dis_d2_only": ("r4dev_r4_dis_d2_only.json", "r5dev_r4_weak_main.json"),
+        "r5b_engine": ("r5dev_r5b_engine.json",),
+        "r5b_engine_vy": ("r5dev_r5b_engine_vy.json",),
+    }
+    worlds = ("nominal", "wind", "weak_main")
+    print("\n## Round 5b (RULE.md \"Round 5b\"): a signed CUSUM for the engine\n")
+    print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
+    print("| design | world | " + " | ".join(AGENTS) + " |")
+    print("|---|---|" + "---|" * len(AGENTS))
+    print("| unguarded | weak_main | " + " | ".join(
+        str(base[f"{a}/weak_main"]["catastrophes_total"]) for a in AGENTS) + " |")
+    totals, notes = {}, []
+    for design, files in designs.items():
+        runs = _load(files, "guarded")
+        if not all(f"{a}/{w}" in runs for a in AGENTS for w in worlds):
+            notes.append(f"* `{design}`: not run on every agent and world")
+            continue
+        for world in worlds:
+            print(f"| {design} | {world} | " + " | ".join(_cell(runs[f"{a}/{world}"]) for a in AGENTS) + " |")
+        why = []
+        for a in AGENTS:
+            n, un = runs[f"{a}/nominal"], base[f"{a}/nominal"]
+            if n["catastrophe_rate"] > un["catastrophe_rate"] + 0.025 + 1e-9:
+                why.append(f"{a} nominal crashes {un['catastrophe_rate']:.1%} -> {n['catastrophe_rate']:.1%}")
+            if n["mean_return"] < un["mean_return"] - 0.05 * abs(un["mean_return"]):
+                why.append(f"{a} nominal return {n['mean_return']:.1f} < 95% of {un['mean_return']:.1f}")
+            if n["intervention_rate"] > 0.02:
+                why.append(f"{a} nominal interventions {n['intervention_rate']:.2%}")
+        totals[design] = {w: sum(runs[f"{a}/{w}"]["catastrophes_total"] for a in AGENTS) for w in worlds}
+        totals[design]["eligible"] = not why
+        t = totals[design]
+        notes.append(f"* `{design}`: weak-main crashes {t['weak_main']}/280, wind {t['wind']}/280; "
+                     + ("eligible" if not why else "out: " + "; ".join(why)))
+    print("\n" + "\n".join(notes))
+    r4 = totals.get("r4_dis_d2_only")
+    if r4 is None:
+        return
+    ok = [d for d, t in totals.items() if d != "r4_dis_d2_only" and t["eligible"]
+          and t["weak_main"] <= r4["weak_main"] - 10 and t["wind"] <= r4["wind"] + 5]
+    choice = min(ok, key=lambda d: totals[d]["weak_main"]) if ok else "r4_dis_d2_only"
+    print(f"\nChosen by the rule: **{choice}**.")
+
+
 if __name__ == "__main__":
     main()
     round5()
+    round5b()

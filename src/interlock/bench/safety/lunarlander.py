@@ -27,7 +27,7 @@ development). Nothing is tuned here.
 
 Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
-in which ``drift.shift`` tripped) and the median detection delay (step of the first trip).
+in which a transition monitor's ``shift`` tripped, ``drift`` or ``engine``) and the median detection delay (step of the first trip).
 
 Quick mode (CI): our PPO, nominal and wind, two 120-step episodes each.
 
@@ -305,7 +305,8 @@ def run_cell(
                     eps[i].count(d)
                 action = int(d.action) if guarded else int(proposed[j])
                 changed += action != int(proposed[j])
-                if trip[i] < 0 and any(s[0] == "drift.shift" and s[3] for s in d.signals):
+                # any transition monitor's shift (the config may run several: docs/shift.md)
+                if trip[i] < 0 and any(s[0].endswith(".shift") and s[3] for s in d.signals):
                     trip[i] = eps[i].steps
                 o, r, term, trunc, _ = envs[i].step(action)
                 eps[i].steps += 1
