@@ -52,7 +52,7 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
     assert agent.observation.shape == [8] and agent.observation.dtype == "float32"
     assert agent.action.type == "discrete" and agent.action.n == 4
     kinds = {m.name: m.kind for m in agent.monitors}
-    assert kinds == {"action_space": "action_space", "drift": "transition"}
+    assert kinds == {"action_space": "action_space", "drift": "transition", "engine": "transition"}
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
@@ -90,6 +90,40 @@ def test_wind_is_more_surprising_than_nominal_and_the_shift_trips(detector, agen
     assert np.mean(windy) > 4 * np.mean(nominal)  # 3.2 against 0.42 with the round-4 model
     # With the round-4 model the evidence is strong: this seed trips at step 7 (round 3b: 192).
     assert 0 < trip < 50
+
+
+def first_trips(detector: Guard, agent: ort.InferenceSession, world: str, seed: int) -> dict[str, int]:
+    """Our PPO alone for one episode of ``world``; the step each monitor's ``shift`` first tripped."""
+    from interlock.bench.safety import lunarlander
+
+    spec = lunarlander.WORLDS[world]
+    trips: dict[str, int] = {}
+    with lunarlander.main_engine_power(spec["main_power_scale"]):
+        env = gym.make("LunarLander-v3", **spec["kwargs"])
+        obs, _ = env.reset(seed=seed)
+        for t in range(1000):
+            (logits,) = agent.run(None, {"obs": obs[None].astype(np.float32)})
+            action = int(logits.argmax())
+            (d,) = detector.check(
+                [CheckInput("lunarlander", obs, np.int64(action), episode_id=f"{world}-{seed}", step=t)]
+            )
+            for name, (_, tripped) in signals(d).items():
+                if name.endswith(".shift") and tripped:
+                    trips.setdefault(name, t)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                break
+        env.close()
+    return trips
+
+
+def test_a_weak_main_engine_trips_the_signed_monitor_and_calm_flight_trips_nothing(detector, agent) -> None:
+    # Development seeds: main engine x0.6 11000+, nominal 7000+. Under the weak engine every main-engine
+    # step's vy residual is biased (about -1.1 scale units): the signed CUSUM adds it up (step 117 here)
+    # while the squared surprise of `drift` stays calm.
+    weak = first_trips(detector, agent, "weak_main", 11000)
+    assert set(weak) == {"engine.shift"} and 50 < weak["engine.shift"] < 250
+    assert first_trips(detector, agent, "nominal", 7000) == {}  # a whole calm episode (853 steps)
 
 
 def test_the_shield_replaces_an_action_that_crashes_a_fast_descent() -> None:

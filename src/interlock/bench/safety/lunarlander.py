@@ -27,7 +27,8 @@ development). Nothing is tuned here.
 
 Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
-in which a transition monitor's ``shift`` tripped, ``drift`` or ``engine``) and the median detection delay (step of the first trip).
+in which a transition monitor's ``shift`` tripped, ``drift`` or ``engine``) and the median detection
+delay (step of the first trip).
 
 Quick mode (CI): our PPO, nominal and wind, two 120-step episodes each.
 
