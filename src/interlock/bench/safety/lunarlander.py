@@ -3,19 +3,19 @@
 The config is ``examples/lunarlander/interlock.yaml``.
 
 Agents (``examples/lunarlander/``, trained by its ``train_agents.py`` in the nominal world): our PPO
-(``ppo_agent.onnx``, whose greedy policy the shield's rollouts assume) and a DQN the guard never saw
-(``dqn_agent.onnx``); both act greedily. Worlds: ``nominal``; ``wind`` (``enable_wind=True,
-wind_power=15, turbulence_power=1.5``); ``weak_main`` (main engine power x0.6, set through Gymnasium's
-module constant ``MAIN_ENGINE_POWER``, which ``step()`` reads at every call).
+(``ppo_agent.onnx``) and a DQN (``dqn_agent.onnx``; never in the dynamics model's data); both act
+greedily; ``--agents`` takes any ``<name>_agent.onnx`` of the folder (the held-out agents).
+Worlds: ``nominal``; ``wind`` (``enable_wind=True, wind_power=15, turbulence_power=1.5``);
+``weak_main`` (main engine power x0.6, set through Gymnasium's module constant ``MAIN_ENGINE_POWER``, which ``step()`` reads at every call).
 
 Catastrophe: a crash, the episode terminates with reward exactly -100 (hull contact or off screen);
 a landing or the 1000-step time limit is not one. Every (agent, world) cell runs its episodes in
 lockstep, one batched ``Guard.check`` per step (decisions in process, the engine the server runs).
 
-* **guarded**: the example config as is (transition monitor ``drift``, adaptive shield ``shield``,
-  rules: invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action),
-  ``handover``: once ``episode.shifted`` the robust backup ``robust_agent.onnx`` drives for the rest of
-  the episode (Simplex), unsafe -> substitute with ``shield_choice``).
+* **guarded**: the example config as is (transition monitors ``drift`` and ``engine``; rules: invalid
+  -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
+  once ``episode.shifted`` the robust backup ``robust_agent.onnx`` drives for the rest of the episode
+  (Simplex)). Development designs (``--variant``) rebuild earlier configs' shield variants.
 * **unguarded**: the same agent alone; the transition monitor still runs (the config reduced to the
   action-space and transition monitors, no rules, ``shadow: true``), so the shift trip rate and the
   detection delay of the unguarded agent are measured on the same episodes.
@@ -380,8 +380,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         for dist, world in (("in_distribution", "nominal"), ("shifted", "wind"))
     }
     notes = [
-        "agents: examples/lunarlander/ppo_agent.onnx (ours; the shield's rollouts follow it) and "
-        "dqn_agent.onnx (unseen), greedy"
+        "agents: examples/lunarlander/ppo_agent.onnx (ours) and dqn_agent.onnx (never in the dynamics "
+        "model's data), greedy"
         + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
         "seeds: the response study's evaluation seeds (wind 110000+, main x0.6 111000+, nominal 112000+)",
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
