@@ -6,7 +6,8 @@ Agents (``examples/lunarlander/``, trained by its ``train_agents.py`` in the nom
 (``ppo_agent.onnx``) and a DQN (``dqn_agent.onnx``; never in the dynamics model's data); both act
 greedily; ``--agents`` takes any ``<name>_agent.onnx`` of the folder (the held-out agents).
 Worlds: ``nominal``; ``wind`` (``enable_wind=True, wind_power=15, turbulence_power=1.5``);
-``weak_main`` (main engine power x0.6, set through Gymnasium's module constant ``MAIN_ENGINE_POWER``, which ``step()`` reads at every call).
+``weak_main`` (main engine power x0.6, set through Gymnasium's module constant
+``MAIN_ENGINE_POWER``, which ``step()`` reads at every call).
 
 Catastrophe: a crash, the episode terminates with reward exactly -100 (hull contact or off screen);
 a landing or the 1000-step time limit is not one. Every (agent, world) cell runs its episodes in
