@@ -395,6 +395,14 @@ class TransitionMonitorConfig(_Strict):
         "model predicts well, and the wind does not blow then); other transitions have surprise 0 "
         "and leave the statistic and the residual bias as they were. Default: every transition.",
     )
+    score_actions: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        min_length=1,
+        description="Discrete actions only: score only transitions whose executed action is one of these "
+        "(e.g. LunarLander's engines [1, 2, 3] for a monitor that watches the engines: a noop has no "
+        "actuator to change, and a model's small bias on long runs of noops would add up in a signed "
+        "statistic); other transitions are treated like those `score_when` rejects. Default: all.",
+    )
     scale_statistic: Literal["rms", "median_abs"] = Field(
         "rms",
         description="How `interlock calibrate` measures a residual scale: 'rms' (root mean square), or "

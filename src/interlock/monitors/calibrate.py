@@ -253,6 +253,7 @@ def calibrate(
                 else {"spread": tcfg.spread}
             ),
             "scale_statistic": tcfg.scale_statistic,
+            "score_actions": tcfg.score_actions or "all",
             **(
                 {"disagreement": tcfg.disagreement, "disagreement_scale": tcfg.disagreement_scale}
                 if tcfg.disagreement == "add"

@@ -362,11 +362,12 @@ def calibrate_transition(
         residual[sl] = data.next_obs[sl] - predicted.next_obs
         member_std[sl] = predicted.member_std
     masks = {k: np.isin(data.episode, v) for k, v in parts.items()}
-    ok = monitor.scored(data.obs, data.next_obs)  # score_when
+    ok = monitor.scored(data.obs, data.next_obs, np.asarray(data.action))  # score_when, score_actions
     if not ok[masks["scale"]].any() or not ok[masks["threshold"]].any():
         raise EnsembleError(
-            f"{data.source}: score_when ({monitor.cfg.score_when}) holds for no transition of the "
-            "scale or threshold part; check the condition against the data"
+            f"{data.source}: score_when ({monitor.cfg.score_when}) and score_actions "
+            f"({monitor.cfg.score_actions}) select no transition of the scale or threshold part; check "
+            "them against the data"
         )
     masks = {k: m & ok for k, m in masks.items()}
     monitor.scale = np.maximum(residual_scale(residual[masks["scale"]], monitor.cfg.scale_statistic), 1e-8)

@@ -31,8 +31,9 @@ Sequencing per ``(agent_id, episode_id)`` (state in :class:`~interlock.episodes.
   episode was rewound): the episode starts afresh, surprise 0, statistic 0;
 * the next step (last + 1) with a known executed action: a transition to predict;
 * the same step again (a retry): the surprise it had, the statistic not advanced twice;
-* the next step, but ``score_when`` does not hold for the previous or the arrived observation:
-  surprise 0, the statistic and the residual bias kept as they were;
+* the next step, but ``score_when`` does not hold for the previous or the arrived observation, or
+  the executed action is not one of ``score_actions``: surprise 0, the statistic and the residual
+  bias kept as they were;
 * a step that skips ahead, or an unknown executed action (an action outside the space, a
   failed decision): no transition to predict, surprise 0, the statistic kept as it was;
 * an empty episode_id: no episode, surprise 0 (the agent must send episode ids).
@@ -246,6 +247,21 @@ class TransitionMonitor(Monitor):
                 "per action); this agent's action space is a box: use spread: global"
             )
         self.n_actions = int(spaces.action.n) if spaces.action.discrete else 0
+        #: ``score_actions``: the executed actions whose transitions are scored (None: all).
+        self.score_actions: np.ndarray | None = None
+        if cfg.score_actions is not None:
+            if not spaces.action.discrete:
+                raise ConfigError(
+                    f"{where}.score_actions lists discrete actions; this agent's action space is a box: "
+                    "remove it (score_when selects transitions by observation)"
+                )
+            bad = [a for a in cfg.score_actions if a >= self.n_actions]
+            if bad:
+                raise ConfigError(
+                    f"{where}.score_actions must list actions in [0, {self.n_actions}); "
+                    f"got {cfg.score_actions}"
+                )
+            self.score_actions = np.asarray(sorted(set(cfg.score_actions)), np.int64)
         self.signed = cfg.statistic == "signed"
         #: Groups of the signed statistic: one per action with ``spread: per_action``, else one.
         self.n_groups = self.n_actions if cfg.spread == "per_action" else 1
@@ -366,6 +382,8 @@ class TransitionMonitor(Monitor):
             ("drift_rule", self.cfg.drift_rule, None),
             ("spread", self.cfg.spread, None),
             ("scale_statistic", self.cfg.scale_statistic, None),
+            # files from before the option scored every action
+            ("score_actions", self.cfg.score_actions or "all", "all"),
             ("spread_floor", self.cfg.spread_floor, None),
             ("spread_min_rows", self.cfg.spread_min_rows, None),
             # files from before the option were calibrated without the members' spread
@@ -394,12 +412,16 @@ class TransitionMonitor(Monitor):
         known = (idx >= 0) & (idx < self.n_actions)  # a batch's provisional action may be outside the space
         return np.where(known[:, None], self.action_scale[np.where(known, idx, 0)], self.scale[None, :])
 
-    def scored(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
-        """``[n]`` bool: transitions ``obs [n, obs_dim] -> next_obs [n, obs_dim]`` that ``score_when``
-        lets the monitor score (all without one)."""
-        if self.score_when is None:
-            return np.ones(len(obs), bool)
-        return self.score_when(obs) & self.score_when(next_obs)
+    def scored(self, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``[n]`` bool: transitions ``obs [n, obs_dim] -> next_obs [n, obs_dim]`` after the executed
+        ``actions [n, ...]`` that ``score_when`` and ``score_actions`` let the monitor score (all
+        without them)."""
+        ok = np.ones(len(obs), bool)
+        if self.score_actions is not None:
+            ok &= np.isin(np.asarray(actions).reshape(len(obs)), self.score_actions)
+        if self.score_when is not None:
+            ok &= self.score_when(obs) & self.score_when(next_obs)
+        return ok
 
     def predict(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``[n, obs_dim]`` members' mean next observation for ``[n, obs_dim]`` obs and their actions."""
@@ -509,7 +531,7 @@ class TransitionMonitor(Monitor):
             residual[todo] = obs[todo] - predicted.next_obs
             member_std[todo] = predicted.member_std
             scale[todo] = self.scale_for(prev_act)
-            scored[todo] = self.scored(prev_obs, obs[todo])
+            scored[todo] = self.scored(prev_obs, obs[todo], prev_act)
             groups[todo] = self.groups_of(prev_act)
         z = self.normalised(residual, scale, member_std)  # [n, d]
         step_surprise = aggregate_surprise(z, self.cfg.aggregate, self.cfg.clip)
