@@ -26,21 +26,16 @@ from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import TransitionMonitor
 from interlock.server.background import background_server
 from interlock.types import CheckInput, Verdict
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole"
+EXAMPLE = CARTPOLE_EXAMPLE
 MONITOR = """
       - kind: transition
         name: drift
         model: dynamics_ensemble.onnx
         thresholds_file: transition.json
 """
-HEAD = """
-agents:
-  - id: cartpole
-    observation: {shape: [4], dtype: float32}
-    action: {type: discrete, n: 2}
-    monitors:
-"""
+HEAD = CARTPOLE_HEAD
 FALLBACKS = """
     fallbacks:
       backup: {kind: onnx_policy, model: backup_policy.onnx, output: logits}

@@ -27,22 +27,17 @@ from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole"
+EXAMPLE = CARTPOLE_EXAMPLE
 SCALE = [2e-5, 8e-4, 2e-5, 1.2e-3]  # about CartPole's calibrated residual scale
 FIXED = f"""        model: dynamics_ensemble.onnx
         residual_scale: {SCALE}
         drift: 1.0
         thresholds: {{surprise: 3.0, shift: 50.0}}
 """
-HEAD = """
-agents:
-  - id: cartpole
-    observation: {shape: [4], dtype: float32}
-    action: {type: discrete, n: 2}
-    monitors:
-"""
-TAIL = "    policy:\n      rules: []\n"
+HEAD = CARTPOLE_HEAD
+TAIL = NO_RULES
 
 
 def fixed_config(directory: Path) -> Path:

@@ -24,16 +24,11 @@ from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole"
-HEAD = """
-agents:
-  - id: cartpole
-    observation: {shape: [4], dtype: float32}
-    action: {type: discrete, n: 2}
-    monitors:
-"""
-TAIL = "    policy:\n      rules: []\n"
+EXAMPLE = CARTPOLE_EXAMPLE
+HEAD = CARTPOLE_HEAD
+TAIL = NO_RULES
 FIXED = """        model: dynamics_ensemble.onnx
         residual_scale: [2.0e-5, 8.0e-4, 2.0e-5, 1.2e-3]
         drift: 0.5

@@ -29,16 +29,11 @@ from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import SIGNED_DRIFT, TransitionMonitor, cusum
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole"
-HEAD = """
-agents:
-  - id: cartpole
-    observation: {shape: [4], dtype: float32}
-    action: {type: discrete, n: 2}
-    monitors:
-"""
-TAIL = "    policy:\n      rules: []\n"
+EXAMPLE = CARTPOLE_EXAMPLE
+HEAD = CARTPOLE_HEAD
+TAIL = NO_RULES
 FILE = "        model: dynamics_ensemble.onnx\n        thresholds_file: thresholds.json\n"
 #: |z| capped at 2 in the signed sums (z^2 at 4 in the surprise): the clip path is exercised.
 MONITORS = {

@@ -9,6 +9,19 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+#: The CartPole example (its dynamics ensemble: obs [B, 4] float32, action [B] int64 -> delta [5, B, 4]).
+CARTPOLE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cartpole"
+#: A config's text for agent ``cartpole`` (observation [4], 2 actions) up to its list of monitors ...
+CARTPOLE_HEAD = """
+agents:
+  - id: cartpole
+    observation: {shape: [4], dtype: float32}
+    action: {type: discrete, n: 2}
+    monitors:
+"""
+#: ... and the empty policy that closes it (the transition tests read signals, not verdicts).
+NO_RULES = "    policy:\n      rules: []\n"
+
 
 def mlp_onnx(
     path: Path,
