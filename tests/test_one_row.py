@@ -247,6 +247,18 @@ def test_scalar_forms_give_the_numpy_answer_on_every_probe_row(source):
     assert 0 < want.sum() < cols.n
 
 
+def _named_config(config: str, tmp_path: Path) -> tuple[dict, Path, str, tuple[int, int]]:
+    """``cartpole`` (the example) or ``bench`` (bench perf's scenario, built in ``tmp_path``): the raw
+    config, its base folder, the agent id and ``(obs_dim, n_actions)``."""
+    if config == "cartpole":
+        return _cartpole_raw(), CARTPOLE, "cartpole", (4, 2)
+    from interlock.bench.perf import scenario
+
+    scn = scenario.build(tmp_path)
+    raw = yaml.safe_load(scn.config_path.read_text())
+    return raw, tmp_path, scenario.AGENT_ID, (scenario.OBS_DIM, scenario.N_ACTIONS)
+
+
 @pytest.mark.parametrize("config", ["cartpole", "bench"])
 def test_a_row_alone_gets_the_signals_and_verdict_it_gets_inside_a_batch(config, tmp_path):
     """Monitors have one-row shortcuts too (scalar constraints, the Q-ensemble scores of one row,
@@ -256,14 +268,7 @@ def test_a_row_alone_gets_the_signals_and_verdict_it_gets_inside_a_batch(config,
     1e-6 in the ensembles' outputs, which a q_std_ratio over a tiny spread magnifies), so only the
     verdicts, rules and tripped flags are compared here; the shortcuts themselves are compared
     exactly below, on the same inputs."""
-    if config == "cartpole":
-        raw, base, agent, dims = _cartpole_raw(), CARTPOLE, "cartpole", (4, 2)
-    else:
-        from interlock.bench.perf import scenario
-
-        scn = scenario.build(tmp_path)
-        raw, base, agent = yaml.safe_load(scn.config_path.read_text()), tmp_path, scenario.AGENT_ID
-        dims = (scenario.OBS_DIM, scenario.N_ACTIONS)
+    raw, base, agent, dims = _named_config(config, tmp_path)
     guard, _ = _guards(raw, base)
     obs, actions = _rows(*dims, seed=21, nan=False)
     together = guard.check_columns(agent, obs, actions)
@@ -367,14 +372,7 @@ def test_a_check_row_with_the_wrong_number_of_signals_fails_the_row_closed():
 def test_check_row_of_every_monitor_equals_its_check_exactly(config, tmp_path):
     """Every built-in monitor with a ``check_row`` gives exactly its ``check`` of the one-row batch:
     the same value, threshold and tripped flag per signal, in ``signal_names`` order."""
-    if config == "cartpole":
-        raw, base, agent, dims = _cartpole_raw(), CARTPOLE, "cartpole", (4, 2)
-    else:
-        from interlock.bench.perf import scenario
-
-        scn = scenario.build(tmp_path)
-        raw, base, agent = yaml.safe_load(scn.config_path.read_text()), tmp_path, scenario.AGENT_ID
-        dims = (scenario.OBS_DIM, scenario.N_ACTIONS)
+    raw, base, agent, dims = _named_config(config, tmp_path)
     guard, _ = _guards(raw, base)
     rt = guard.agent(agent)
     obs, actions = _rows(*dims, seed=31, nan=False)
