@@ -27,7 +27,7 @@ from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
-from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, step
 
 EXAMPLE = CARTPOLE_EXAMPLE
 SCALE = [2e-5, 8e-4, 2e-5, 1.2e-3]  # about CartPole's calibrated residual scale
@@ -52,16 +52,6 @@ def fixed_config(directory: Path) -> Path:
     path = directory / "interlock.yaml"
     path.write_text(HEAD + "".join(monitors) + TAIL)
     return path
-
-
-def step(monitor: TransitionMonitor, obs, actions, steps, episodes) -> dict[str, np.ndarray]:
-    """One checked batch whose proposed actions are executed; the signals' values."""
-    batch = Batch(
-        "cartpole", np.asarray(obs, np.float32), np.asarray(actions, np.int64), np.asarray(steps), episodes
-    )
-    out = monitor.check(batch)
-    monitor.after_decide(batch, np.asarray(actions, np.int64), np.ones(len(batch), bool))
-    return {k: v.values for k, v in out.items()}
 
 
 def members(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:

@@ -19,12 +19,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from interlock.batch import Batch
 from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
-from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, step
 
 EXAMPLE = CARTPOLE_EXAMPLE
 HEAD = CARTPOLE_HEAD
@@ -61,14 +60,8 @@ def rollout(seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run(monitor, obs: np.ndarray, actions: np.ndarray, episode: str) -> dict[str, np.ndarray]:
     """Each step's signal values as the monitor gives them, one row per check, actions executed."""
-    out: dict[str, list[float]] = {}
-    for t in range(len(actions)):
-        batch = Batch("cartpole", obs[t : t + 1], actions[t : t + 1], np.asarray([t]), [episode])
-        signals = monitor.check(batch)
-        monitor.after_decide(batch, actions[t : t + 1], np.ones(1, bool))
-        for name, sig in signals.items():
-            out.setdefault(name, []).append(float(sig.values[0]))
-    return {k: np.asarray(v) for k, v in out.items()}
+    rows = [step(monitor, obs[t : t + 1], actions[t : t + 1], [t], [episode]) for t in range(len(actions))]
+    return {name: np.asarray([r[name][0] for r in rows]) for name in rows[0]}
 
 
 @pytest.mark.parametrize("statistic", ["energy", "signed"])

@@ -22,14 +22,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from interlock.batch import Batch
 from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import SIGNED_DRIFT, TransitionMonitor, cusum
-from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, step
 
 EXAMPLE = CARTPOLE_EXAMPLE
 HEAD = CARTPOLE_HEAD
@@ -80,16 +79,6 @@ def rollout(seed: int, steps: int, push: float = 0.0, dim: int = 1) -> tuple[np.
         if terminated or truncated:
             break
     return np.stack(out), np.asarray([*acts, 0], np.int64)
-
-
-def step(monitor: TransitionMonitor, obs, actions, steps, episodes) -> dict[str, np.ndarray]:
-    """One checked batch whose proposed actions are executed; the signals' values."""
-    batch = Batch(
-        "cartpole", np.asarray(obs, np.float32), np.asarray(actions, np.int64), np.asarray(steps), episodes
-    )
-    out = monitor.check(batch)
-    monitor.after_decide(batch, np.asarray(actions, np.int64), np.ones(len(batch), bool))
-    return {k: v.values for k, v in out.items()}
 
 
 def run_side_by_side(monitor: TransitionMonitor, episodes, tag: str = "e") -> list[dict[str, np.ndarray]]:

@@ -23,6 +23,19 @@ agents:
 NO_RULES = "    policy:\n      rules: []\n"
 
 
+def step(monitor, obs, actions, steps, episodes) -> dict[str, np.ndarray]:
+    """One checked batch of agent ``cartpole`` whose proposed ``actions`` are executed (the monitor is
+    told so, as the engine does); each signal's ``[batch]`` values."""
+    from interlock.batch import Batch
+
+    batch = Batch(
+        "cartpole", np.asarray(obs, np.float32), np.asarray(actions, np.int64), np.asarray(steps), episodes
+    )
+    out = monitor.check(batch)
+    monitor.after_decide(batch, np.asarray(actions, np.int64), np.ones(len(batch), bool))
+    return {k: v.values for k, v in out.items()}
+
+
 def mlp_onnx(
     path: Path,
     weights: list[tuple[np.ndarray, np.ndarray]],
