@@ -125,6 +125,31 @@ def round5() -> None:
         print(f"* `{design}`: {parts}; {sum(wind.values())} against {base} on these agents: out.")
 
 
+def _three_worlds(
+    designs: dict[str, tuple[str, ...]], base: dict[str, dict], agents: tuple[str, ...]
+) -> dict[str, dict]:
+    """Print each design's rows (nominal, wind, weak main) and its notes; crashes summed per world and
+    eligibility (:func:`out_reasons`) per design that ran everywhere."""
+    worlds = ("nominal", "wind", "weak_main")
+    totals: dict[str, dict] = {}
+    notes = []
+    for design, files in designs.items():
+        runs = _load(files, "guarded")
+        if not all(f"{a}/{w}" in runs for a in agents for w in worlds):
+            notes.append(f"* `{design}`: not run on every agent and world")
+            continue
+        for world in worlds:
+            print(f"| {design} | {world} | " + " | ".join(_cell(runs[f"{a}/{world}"]) for a in agents) + " |")
+        why = out_reasons(runs, base, agents)
+        totals[design] = {w: sum(runs[f"{a}/{w}"]["catastrophes_total"] for a in agents) for w in worlds}
+        totals[design]["eligible"] = not why
+        t, n = totals[design], 40 * len(agents)
+        notes.append(f"* `{design}`: weak-main crashes {t['weak_main']}/{n}, wind {t['wind']}/{n}; "
+                     + ("eligible" if not why else "out: " + "; ".join(why)))
+    print("\n" + "\n".join(notes))
+    return totals
+
+
 def round5b() -> None:
     """Round 5b (RULE.md "Round 5b"): a signed CUSUM beside round 4's detector, three worlds."""
     base = _load((*UNGUARDED, "r5dev_r4_weak_main.json"), "unguarded")
@@ -133,28 +158,13 @@ def round5b() -> None:
         "r5b_engine": ("r5dev_r5b_engine.json",),
         "r5b_engine_vy": ("r5dev_r5b_engine_vy.json",),
     }
-    worlds = ("nominal", "wind", "weak_main")
     print("\n## Round 5b (RULE.md \"Round 5b\"): a signed CUSUM for the engine\n")
     print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
     print("| design | world | " + " | ".join(AGENTS) + " |")
     print("|---|---|" + "---|" * len(AGENTS))
     print("| unguarded | weak_main | " + " | ".join(
         str(base[f"{a}/weak_main"]["catastrophes_total"]) for a in AGENTS) + " |")
-    totals, notes = {}, []
-    for design, files in designs.items():
-        runs = _load(files, "guarded")
-        if not all(f"{a}/{w}" in runs for a in AGENTS for w in worlds):
-            notes.append(f"* `{design}`: not run on every agent and world")
-            continue
-        for world in worlds:
-            print(f"| {design} | {world} | " + " | ".join(_cell(runs[f"{a}/{world}"]) for a in AGENTS) + " |")
-        why = out_reasons(runs, base, AGENTS)
-        totals[design] = {w: sum(runs[f"{a}/{w}"]["catastrophes_total"] for a in AGENTS) for w in worlds}
-        totals[design]["eligible"] = not why
-        t = totals[design]
-        notes.append(f"* `{design}`: weak-main crashes {t['weak_main']}/280, wind {t['wind']}/280; "
-                     + ("eligible" if not why else "out: " + "; ".join(why)))
-    print("\n" + "\n".join(notes))
+    totals = _three_worlds(designs, base, AGENTS)
     r4 = totals.get("r4_dis_d2_only")
     if r4 is None:
         return
@@ -181,21 +191,7 @@ def round6() -> None:
         print(f"| unguarded | {world} | " + " | ".join(
             str(base[f"{a}/{world}"]["catastrophes_total"]) if f"{a}/{world}" in base else "-" for a in agents
         ) + " |")
-    totals, notes = {}, []
-    for design, files in designs.items():
-        runs = _load(files, "guarded")
-        if not all(f"{a}/{w}" in runs for a in agents for w in worlds):
-            notes.append(f"* `{design}`: not run on every agent and world")
-            continue
-        for world in worlds:
-            print(f"| {design} | {world} | " + " | ".join(_cell(runs[f"{a}/{world}"]) for a in agents) + " |")
-        why = out_reasons(runs, base, agents)
-        totals[design] = {w: sum(runs[f"{a}/{w}"]["catastrophes_total"] for a in agents) for w in worlds}
-        totals[design]["eligible"] = not why
-        t = totals[design]
-        notes.append(f"* `{design}`: weak-main crashes {t['weak_main']}/360, wind {t['wind']}/360; "
-                     + ("eligible" if not why else "out: " + "; ".join(why)))
-    print("\n" + "\n".join(notes))
+    totals = _three_worlds(designs, base, agents)
     if len(totals) < 2:
         return
     old, new = totals["r5b_engine"], totals["r6_engines"]
