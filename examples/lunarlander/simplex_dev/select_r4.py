@@ -202,8 +202,40 @@ def round6() -> None:
     print(f"\nChosen by the rule: **{'r6_engines' if better else 'r5b_engine'}**.")
 
 
+def round7() -> None:
+    """Round 7 (RULE.md "Round 7"): per-agent calibration, the six ONNX development agents, three worlds."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    base = _load(("r7dev_p1_500_02.json",), "unguarded")
+    designs = {
+        "r5b_engine": ("r5dev_r5b_engine.json", "r6dev_r5b_holdouts.json"),
+        "p1_200_05": ("r7dev_p1_200_05.json",),
+        "p1_500_02": ("r7dev_p1_500_02.json",),
+    }
+    worlds = ("nominal", "wind", "weak_main")
+    print("\n## Round 7 (RULE.md \"Round 7\"): each agent's monitors calibrated on its own calm episodes\n")
+    print("Each cell: crashes out of 40, interventions, shift trips (median delay). Eligible: every round's")
+    print("check (`out_reasons`) and, new in round 7, nominal shift trips <= 5% per agent.\n")
+    print("| design | world | " + " | ".join(agents) + " |")
+    print("|---|---|" + "---|" * len(agents))
+    for world in worlds:
+        print(f"| unguarded | {world} | " + " | ".join(
+            str(base[f"{a}/{world}"]["catastrophes_total"]) for a in agents) + " |")
+    totals = _three_worlds(designs, base, agents)
+    for design, files in designs.items():
+        runs = _load(files, "guarded")
+        tripped = [a for a in agents if runs[f"{a}/nominal"]["shift_trip_rate"] > 0.05 + 1e-9]
+        if tripped and design in totals:
+            totals[design]["eligible"] = False
+            print(f"* `{design}`: nominal trips above 5% for " + ", ".join(tripped))
+    ok = [d for d, t in totals.items() if t["eligible"]]
+    pool = ok or list(totals)
+    choice = min(pool, key=lambda d: totals[d]["wind"] + totals[d]["weak_main"])
+    print(f"\nChosen by the rule: **{choice}**" + ("" if ok else " (no design eligible)") + ".")
+
+
 if __name__ == "__main__":
     main()
     round5()
     round5b()
     round6()
+    round7()
