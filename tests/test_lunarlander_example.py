@@ -199,3 +199,26 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
     (tmp_path / "other.yaml").write_text(text.replace("clip: 25\n", "clip: 4\n"))
     with pytest.raises(ConfigError, match="calibrated with clip=25.0, the config says 4.0"):
         Guard(load_config(tmp_path / "other.yaml")).load()
+
+
+def test_per_agent_calibration_gives_the_guard_the_agent_s_own_thresholds(tmp_path) -> None:
+    """`--calibrate-episodes` (simplex_dev/RULE.md "Round 7"): the transition monitors calibrated on the
+    guarded agent's own calm episodes (development seeds), read by the guard instead of the committed file."""
+    import json
+
+    from interlock.bench.safety import lunarlander
+
+    lunarlander.EXAMPLE = EXAMPLE
+    path = lunarlander.calibrate_for_agent("ppo", tmp_path, episodes=12, seed=20000, episode_rate=0.1)
+    own = json.loads(path.read_text())["monitors"]
+    committed = json.loads((EXAMPLE / "thresholds.json").read_text())["monitors"]
+    assert set(own) == {"drift", "engine"}
+    guard = lunarlander._guard(guarded=True, thresholds=path)
+    (runtime,) = guard.agents
+    for m in (m for m in runtime.monitors if m.name in own):
+        assert m.thresholds["shift"] == pytest.approx(own[m.name]["thresholds"]["shift"])
+        assert m.thresholds["shift"] != pytest.approx(committed[m.name]["thresholds"]["shift"])
+    with pytest.raises(ValueError, match="not an ONNX policy"):
+        lunarlander.calibrate_for_agent("heuristic", tmp_path, episodes=12, seed=20000, episode_rate=0.1)
+    with pytest.raises(ValueError, match="evaluation range"):
+        lunarlander.calibrate_for_agent("ppo", tmp_path, episodes=20, seed=99990, episode_rate=0.1)

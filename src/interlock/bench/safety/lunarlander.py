@@ -196,9 +196,49 @@ def _simplex_variant(agent: Any, variant: str) -> Any:
     )
 
 
-def _guard(guarded: bool, variant: str = "config") -> Any:
-    """The example's Guard, or (unguarded) the detector alone in shadow mode."""
-    from interlock.config import LoadedConfig, load_config
+def calibrate_for_agent(
+    agent: str, out_dir: Any, episodes: int, seed: int, episode_rate: float, progress: bool = False
+) -> Any:
+    """Calibrate the example's transition monitors on ``agent``'s own calm episodes (docs/shift.md).
+
+    ``episodes`` nominal-world episodes of the agent's greedy policy, reset seeds ``seed + e`` (they must
+    be development seeds, below 100 000), at a per-episode false-alarm target ``episode_rate``; the
+    model, dims, drift and every other setting stay the config's. Returns the thresholds file written,
+    ``out_dir/thresholds_<agent>.json``.
+    """
+    from pathlib import Path
+
+    from interlock.monitors.calibrate import calibrate
+
+    if agent in DEV_MODEL:
+        raise ValueError(f"{agent} is not an ONNX policy of its own: per-agent calibration rolls one out")
+    if seed + episodes > EVAL_SEED_START:
+        raise ValueError(f"calibration seeds {seed}..{seed + episodes - 1} reach the evaluation range")
+    out = Path(out_dir) / f"thresholds_{agent}.json"
+    out.unlink(missing_ok=True)  # a fresh file: entries of an earlier run must not survive
+    calibrate(
+        EXAMPLE / "interlock.yaml",
+        AGENT_ID,
+        None,
+        env=ENV_ID,
+        policy=str(EXAMPLE / f"{agent}_agent.onnx"),
+        policy_output="logits",
+        episodes=episodes,
+        env_seed=seed,
+        episode_rate=episode_rate,
+        output=out,
+        progress=progress,
+    )
+    return out
+
+
+def _guard(guarded: bool, variant: str = "config", thresholds: Any = None) -> Any:
+    """The example's Guard, or (unguarded) the detector alone in shadow mode.
+
+    ``thresholds``: a thresholds file every transition monitor reads instead of the config's
+    (:func:`calibrate_for_agent`).
+    """
+    from interlock.config import LoadedConfig, TransitionMonitorConfig, load_config
     from interlock.engine import Guard
 
     path = EXAMPLE / "interlock.yaml"
@@ -207,6 +247,17 @@ def _guard(guarded: bool, variant: str = "config") -> Any:
             f"{path} is missing: run from the Interlock checkout or set INTERLOCK_EXAMPLES"
         )
     loaded = load_config(path)
+    if thresholds is not None:
+        agent = loaded.config.agents[0]
+        monitors = [
+            m.model_copy(update={"thresholds_file": str(thresholds)})
+            if isinstance(m, TransitionMonitorConfig)
+            else m
+            for m in agent.monitors
+        ]
+        agent = agent.model_copy(update={"monitors": monitors})
+        config = loaded.config.model_copy(update={"agents": [agent]})
+        loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
     if guarded and variant != "config":
         make = _simplex_variant if variant in SIMPLEX_VARIANTS else _shield_variant
         agent = make(loaded.config.agents[0], variant)
@@ -246,8 +297,11 @@ def run_cell(
     max_steps: int | None = None,
     bar: Any = None,
     variant: str = "config",
+    thresholds: Any = None,
 ) -> dict[str, Any]:
     """``seeds`` episodes of ``agent`` in ``world`` (lockstep); the condition and detector figures.
+
+    ``thresholds``: the transition monitors' thresholds file for both conditions (default: the config's).
 
     Returns:
         ``{"condition": Condition, "trip_steps": [episodes] int (-1: never), "changed": int,
@@ -264,7 +318,7 @@ def run_cell(
     policy_input = policy.get_inputs()[0].name
     epsilon = DEV_EPSILON.get(agent, 0.0)
     rngs = [np.random.default_rng(EVAL_SEEDS[world] + i) for i in range(seeds)]
-    guard = _guard(guarded, variant)
+    guard = _guard(guarded, variant, thresholds)
     spec = WORLDS[world]
     kwargs = dict(spec["kwargs"])
     if max_steps is not None:
@@ -353,6 +407,7 @@ def run_cells(
     progress: bool,
     variant: str = "config",
     conditions: tuple[str, ...] = ("unguarded", "guarded"),
+    thresholds: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Every (agent, world) cell, unguarded and guarded: ``{"agent/world": {"unguarded": {...}, ...}}``."""
     cells: dict[str, dict[str, Any]] = {}
@@ -360,7 +415,7 @@ def run_cells(
         for agent in agents:
             for world in worlds:
                 runs = {
-                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar, variant)
+                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar, variant, thresholds)
                     for c in conditions
                 }
                 un = runs["unguarded"]["condition"] if "unguarded" in runs else None
@@ -419,11 +474,27 @@ def main() -> None:
         help="added to every world's first seed: a fresh evaluation on seeds no study has seen "
         "(e.g. 50000: wind 160000+, main x0.6 161000+, nominal 162000+)",
     )
+    p.add_argument(
+        "--calibrate-episodes",
+        type=int,
+        default=0,
+        help="per-agent calibration (docs/shift.md): before its cells, calibrate the transition monitors "
+        "on this many of the agent's own calm episodes (0: the config's thresholds file)",
+    )
+    p.add_argument("--calibrate-seed", type=int, default=20000, help="their first reset seed (development)")
+    p.add_argument("--calibrate-rate", type=float, default=0.02, help="their per-episode false-alarm target")
+    p.add_argument("--calibrate-dir", default=".", help="where the per-agent thresholds files go")
     args = p.parse_args()
     for world in EVAL_SEEDS:
         EVAL_SEEDS[world] += args.seed_offset
     out: dict[str, Any] = {}
     for agent in args.agents.split(","):
+        thresholds = None
+        if args.calibrate_episodes > 0:
+            thresholds = calibrate_for_agent(
+                agent, args.calibrate_dir, args.calibrate_episodes, args.calibrate_seed, args.calibrate_rate
+            )
+            print(f"{agent}: calibrated on its own calm episodes -> {thresholds}", flush=True)
         for world in args.worlds.split(","):
             cells = run_cells(
                 (agent,),
@@ -433,6 +504,7 @@ def main() -> None:
                 progress=False,
                 variant=args.variant,
                 conditions=tuple(args.conditions.split(",")),
+                thresholds=thresholds,
             )
             for key, cell in cells.items():
                 out[key] = {c: {m: v for m, v in d.items() if m != "_run"} for c, d in cell.items()}
@@ -444,6 +516,8 @@ def main() -> None:
                         f"{d['shift_trip_rate']:.0%} delay {d['median_detection_delay']}",
                         flush=True,
                     )
+                if thresholds is not None:
+                    out[key]["thresholds_file"] = str(thresholds)
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump(out, f, indent=1)
