@@ -6,6 +6,8 @@
 * :mod:`~interlock.audit.factory` - picks one (:func:`open_backend`, :func:`backend_for_config`);
 * :mod:`~interlock.audit.writer` - :class:`AuditLog`, the group-committing writer the server hands
   decisions to.
+* :mod:`~interlock.audit.transitions` - one agent's records as ``(obs, action, next_obs)`` transitions
+  for ``interlock calibrate --data`` (``interlock audit export --npz``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,13 @@ import json
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
+from interlock.cli.errors import CliError, UsageError
 from interlock.errors import ConfigError
+
+if TYPE_CHECKING:
+    from interlock.audit.transitions import TransitionCounts
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,6 +114,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.npz is not None:
+        return _export_npz(args)
     backend = _open(args)
     n = 0
     try:
@@ -119,6 +126,94 @@ def _cmd_export(args: argparse.Namespace) -> int:
     finally:
         backend.close()
     print(f"exported {n} record(s)", file=sys.stderr)
+    return 0
+
+
+def _no_transitions_hint(agent: str, counts: TransitionCounts) -> str:
+    """Why the log gave no transition, and what to do about it."""
+    if counts.records == 0:
+        return (
+            f"the audit log holds no decision of agent '{agent}' in this period: check --agent (the id the "
+            "agent sends), --since/--until and the log (--config or --db)"
+        )
+    if counts.skipped == counts.records:
+        return (
+            "no record has an episode_id, so steps cannot be chained: the agent must send episode_id and "
+            "step with every check (the Gymnasium wrapper interlock.InterlockWrapper does; with GuardClient "
+            "pass episode_id=... and step=...)"
+        )
+    if counts.duplicates and counts.records - counts.skipped - counts.duplicates == counts.episodes:
+        # one distinct step per episode: the same step (0, the default) sent with every check
+        return (
+            "every episode has one step recorded many times: the agent sends episode_id but not step "
+            "(send the step number within the episode, 0, 1, 2, ...)"
+        )
+    return (
+        "no two consecutive steps of an episode were recorded: the log holds only some decisions "
+        "(server.audit.record: non_allow keeps the non-ALLOW ones and sampled ALLOWs); set "
+        "server.audit.record: all for the calibration period and run the agent again"
+    )
+
+
+def _export_npz(args: argparse.Namespace) -> int:
+    """``export --agent ID --npz OUT``: the agent's transitions for ``interlock calibrate --data``."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from interlock.audit.transitions import transitions_from_records
+    from interlock.storage.npz import write_npz
+
+    if not args.agent:
+        raise UsageError(
+            "--npz needs --agent ID: transitions are one agent's observations and actions "
+            "(interlock audit export --agent ID --npz OUT.npz)"
+        )
+    if args.verdict:
+        raise UsageError(
+            "--verdict cannot be used with --npz: transitions need every decision of an episode, "
+            "whatever its verdict"
+        )
+    backend = _open(args)
+    query = _query(args, newest_first=False)
+    try:
+        total = backend.count(query)
+        if args.limit is not None:
+            total = min(total, args.limit)
+        with tqdm(
+            backend.query(query),
+            total=total,
+            desc=f"reading {args.agent}'s decisions",
+            unit="record",
+            disable=args.quiet,
+            file=sys.stderr,
+        ) as records:
+            try:
+                found = transitions_from_records(records)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+    finally:
+        backend.close()
+    counts = found.counts
+    print(f"agent '{args.agent}': {counts.summary()}", file=sys.stderr)
+    if counts.transitions == 0:
+        raise CliError(
+            f"no transitions for agent '{args.agent}', nothing written to {args.npz}: "
+            + _no_transitions_hint(args.agent, counts)
+        )
+    if counts.gaps:
+        print(
+            f"note: {counts.gaps} gap(s): some steps are missing from the log (server.audit.record: all "
+            "records every decision); the transitions around them are left out",
+            file=sys.stderr,
+        )
+    out = Path(args.npz)
+    write_npz(out, found.arrays())
+    print(
+        f"wrote {counts.transitions} transition(s) of {counts.episodes_used} episode(s) to {out}; next: "
+        f"interlock calibrate --config FILE --agent {args.agent} --data {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -176,12 +271,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = asub.add_parser(
         "export",
-        help="print decisions as JSON Lines on stdout",
+        help="print decisions as JSON Lines on stdout, or one agent's transitions as .npz",
         description="One decision a line, oldest first: decision_id, agent_id, verdict, "
-        "config_version, time (ISO 8601 UTC), signals, reasons, observation and actions.",
+        "config_version, time (ISO 8601 UTC), signals, reasons, observation and actions. With --npz: "
+        "the transitions of one agent (--agent) instead, for `interlock calibrate --data`: the "
+        "observation at step t, the action executed at t and the observation at t + 1 of each episode "
+        "(needs the agent to send episode_id and step, and server.audit.record: all).",
+        epilog="example: interlock audit export --config interlock.yaml --agent cartpole --since 7d "
+        "--npz own_traffic.npz, then: interlock calibrate --config interlock.yaml --agent cartpole "
+        "--data own_traffic.npz",
     )
     _add_filters(e)
     e.add_argument("--limit", type=int, default=None, help="at most this many")
+    e.add_argument(
+        "--npz",
+        metavar="OUT.npz",
+        default=None,
+        help="write the agent's transitions (obs, action, next_obs, episode, step, episode_id) to this "
+        ".npz instead of printing decisions; needs --agent",
+    )
+    e.add_argument("-q", "--quiet", action="store_true", help="with --npz: no progress bar")
     e.set_defaults(func=_cmd_export)
 
     pr = asub.add_parser(
