@@ -22,7 +22,7 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import VectorEnv, VectorWrapper
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from interlock.client.guard import CheckResult, GuardClient
 from interlock.types import Verdict
@@ -145,6 +145,13 @@ class InterlockVectorWrapper(VectorWrapper):
     a HALT without one raises :class:`InterlockHalted`, because a vector
     environment cannot skip one of its members.
 
+    Autoreset: in Gymnasium's default ``NEXT_STEP`` mode a sub-environment that ended is
+    reset by the following ``step()``, which ignores its action. That row is not checked
+    (its ``infos["interlock"]`` entry is None): checking it would ask about an action that is
+    never executed, and would show the transition monitor a jump from the last observation of
+    one episode to the first of the next. The new episode (a new ``episode_id``, step 0) starts
+    with the observation that reset returns. In ``SAME_STEP`` mode it starts at once.
+
     Example:
         >>> import gymnasium as gym
         >>> from interlock import InterlockVectorWrapper
@@ -166,6 +173,11 @@ class InterlockVectorWrapper(VectorWrapper):
         self._obs: Any = None
         self._episodes: list[str] = []
         self._steps = np.zeros(env.num_envs, dtype=np.int64)
+        # [num_envs] bool: sub-environments the next step() resets (NEXT_STEP autoreset)
+        self._resetting = np.zeros(env.num_envs, dtype=bool)
+        self._next_step_autoreset = (
+            env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP) == AutoresetMode.NEXT_STEP
+        )
         self.verdict_counts: dict[str, int] = {}
 
     def reset(
@@ -176,36 +188,50 @@ class InterlockVectorWrapper(VectorWrapper):
         self._obs = obs
         self._episodes = [uuid.uuid4().hex for _ in range(self.num_envs)]
         self._steps[:] = 0
+        self._resetting[:] = False
         return obs, info
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         if self._obs is None:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
-        cols = self.client.check_columns(
-            self._obs,
-            np.asarray(actions),
-            agent_id=self.agent_id,
-            episode_ids=self._episodes,
-            steps=self._steps,
-        )
+        actions = np.asarray(actions)
         space = self.single_action_space
-        for v, k in zip(*np.unique(cols.verdicts, return_counts=True), strict=True):
-            name = Verdict(int(v)).name
-            self.verdict_counts[name] = self.verdict_counts.get(name, 0) + int(k)
-        if not cols.has_action.all():
-            raise InterlockHalted(cols.result(int(np.flatnonzero(~cols.has_action)[0])))
-        executed = [_to_env_action(space, cols.actions[i]) for i in range(len(cols))]
-        results = [cols.result(i) for i in range(len(cols))]
+        executed = [_to_env_action(space, a) for a in actions]
+        results: list[dict[str, Any] | None] = [None] * self.num_envs
+        live = np.flatnonzero(~self._resetting)  # rows whose action the env will execute
+        if len(live):
+            cols = self.client.check_columns(
+                np.asarray(self._obs)[live],
+                actions[live],
+                agent_id=self.agent_id,
+                episode_ids=[self._episodes[i] for i in live],
+                steps=self._steps[live],
+            )
+            for v, k in zip(*np.unique(cols.verdicts, return_counts=True), strict=True):
+                name = Verdict(int(v)).name
+                self.verdict_counts[name] = self.verdict_counts.get(name, 0) + int(k)
+            if not cols.has_action.all():
+                raise InterlockHalted(cols.result(int(np.flatnonzero(~cols.has_action)[0])))
+            for j, i in enumerate(live):
+                executed[i] = _to_env_action(space, cols.actions[j])
+                results[i] = cols.result(j).as_dict()
         obs, rewards, terminations, truncations, infos = self.env.step(
             np.stack([np.asarray(a) for a in executed])
         )
         self._obs = obs
-        self._steps += 1
-        for i in np.flatnonzero(terminations | truncations):
+        self._steps[live] += 1
+        for i in np.flatnonzero(self._resetting):  # reset by this step: obs[i] is step 0 of a new episode
             self._episodes[i] = uuid.uuid4().hex
             self._steps[i] = 0
+        ended = np.asarray(terminations) | np.asarray(truncations)
+        if self._next_step_autoreset:
+            self._resetting = ended
+        else:
+            for i in np.flatnonzero(ended):
+                self._episodes[i] = uuid.uuid4().hex
+                self._steps[i] = 0
         infos = dict(infos)
-        infos["interlock"] = [r.as_dict() for r in results]
+        infos["interlock"] = results
         return obs, rewards, terminations, truncations, infos
 
     def close(self, **kwargs: Any) -> None:
