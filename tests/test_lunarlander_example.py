@@ -203,7 +203,8 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
 
 def test_per_agent_calibration_gives_the_guard_the_agent_s_own_thresholds(tmp_path) -> None:
     """`--calibrate-episodes` (simplex_dev/RULE.md "Round 7"): the transition monitors calibrated on the
-    guarded agent's own calm episodes (development seeds), read by the guard instead of the committed file."""
+    guarded agent's own calm episodes (development seeds), read by the guard instead of the committed file;
+    `--backup` swaps the backup policy."""
     import json
 
     from interlock.bench.safety import lunarlander
@@ -213,8 +214,10 @@ def test_per_agent_calibration_gives_the_guard_the_agent_s_own_thresholds(tmp_pa
     own = json.loads(path.read_text())["monitors"]
     committed = json.loads((EXAMPLE / "thresholds.json").read_text())["monitors"]
     assert set(own) == {"drift", "engine"}
-    guard = lunarlander._guard(guarded=True, thresholds=path)
+    guard = lunarlander._guard(guarded=True, overrides=lunarlander.Overrides(path, "dqn_agent.onnx"))
     (runtime,) = guard.agents
+    backup = runtime.fallbacks["backup"]
+    assert backup.model == "dqn_agent.onnx" and backup.ready  # --backup (round 8), loaded
     for m in (m for m in runtime.monitors if m.name in own):
         assert m.thresholds["shift"] == pytest.approx(own[m.name]["thresholds"]["shift"])
         assert m.thresholds["shift"] != pytest.approx(committed[m.name]["thresholds"]["shift"])

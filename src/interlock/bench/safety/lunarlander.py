@@ -45,6 +45,8 @@ import argparse
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,6 +198,20 @@ def _simplex_variant(agent: Any, variant: str) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """Changes to the example config for one run (simplex_dev/RULE.md "Round 7", "Round 8").
+
+    Attributes:
+        thresholds: a thresholds file every transition monitor reads instead of the config's
+            (:func:`calibrate_for_agent`).
+        backup: the backup fallback's ONNX policy instead of the config's (relative to the example).
+    """
+
+    thresholds: Path | None = None
+    backup: str | None = None
+
+
 def calibrate_for_agent(
     agent: str, out_dir: Any, episodes: int, seed: int, episode_rate: float, progress: bool = False
 ) -> Any:
@@ -206,8 +222,6 @@ def calibrate_for_agent(
     model, dims, drift and every other setting stay the config's. Returns the thresholds file written,
     ``out_dir/thresholds_<agent>.json``.
     """
-    from pathlib import Path
-
     from interlock.monitors.calibrate import calibrate
 
     if agent in DEV_MODEL:
@@ -232,12 +246,8 @@ def calibrate_for_agent(
     return out
 
 
-def _guard(guarded: bool, variant: str = "config", thresholds: Any = None) -> Any:
-    """The example's Guard, or (unguarded) the detector alone in shadow mode.
-
-    ``thresholds``: a thresholds file every transition monitor reads instead of the config's
-    (:func:`calibrate_for_agent`).
-    """
+def _guard(guarded: bool, variant: str = "config", overrides: Overrides | None = None) -> Any:
+    """The example's Guard (with ``overrides``), or (unguarded) the detector alone in shadow mode."""
     from interlock.config import LoadedConfig, TransitionMonitorConfig, load_config
     from interlock.engine import Guard
 
@@ -247,15 +257,20 @@ def _guard(guarded: bool, variant: str = "config", thresholds: Any = None) -> An
             f"{path} is missing: run from the Interlock checkout or set INTERLOCK_EXAMPLES"
         )
     loaded = load_config(path)
-    if thresholds is not None:
+    if overrides is not None:
         agent = loaded.config.agents[0]
-        monitors = [
-            m.model_copy(update={"thresholds_file": str(thresholds)})
-            if isinstance(m, TransitionMonitorConfig)
-            else m
-            for m in agent.monitors
-        ]
-        agent = agent.model_copy(update={"monitors": monitors})
+        update: dict[str, Any] = {}
+        if overrides.thresholds is not None:
+            update["monitors"] = [
+                m.model_copy(update={"thresholds_file": str(overrides.thresholds)})
+                if isinstance(m, TransitionMonitorConfig)
+                else m
+                for m in agent.monitors
+            ]
+        if overrides.backup is not None:
+            backup = agent.fallbacks["backup"].model_copy(update={"model": overrides.backup})
+            update["fallbacks"] = {**agent.fallbacks, "backup": backup}
+        agent = agent.model_copy(update=update)
         config = loaded.config.model_copy(update={"agents": [agent]})
         loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
     if guarded and variant != "config":
@@ -297,11 +312,11 @@ def run_cell(
     max_steps: int | None = None,
     bar: Any = None,
     variant: str = "config",
-    thresholds: Any = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
     """``seeds`` episodes of ``agent`` in ``world`` (lockstep); the condition and detector figures.
 
-    ``thresholds``: the transition monitors' thresholds file for both conditions (default: the config's).
+    ``overrides``: changes to the config, for both conditions (:class:`Overrides`).
 
     Returns:
         ``{"condition": Condition, "trip_steps": [episodes] int (-1: never), "changed": int,
@@ -318,7 +333,7 @@ def run_cell(
     policy_input = policy.get_inputs()[0].name
     epsilon = DEV_EPSILON.get(agent, 0.0)
     rngs = [np.random.default_rng(EVAL_SEEDS[world] + i) for i in range(seeds)]
-    guard = _guard(guarded, variant, thresholds)
+    guard = _guard(guarded, variant, overrides)
     spec = WORLDS[world]
     kwargs = dict(spec["kwargs"])
     if max_steps is not None:
@@ -407,7 +422,7 @@ def run_cells(
     progress: bool,
     variant: str = "config",
     conditions: tuple[str, ...] = ("unguarded", "guarded"),
-    thresholds: Any = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every (agent, world) cell, unguarded and guarded: ``{"agent/world": {"unguarded": {...}, ...}}``."""
     cells: dict[str, dict[str, Any]] = {}
@@ -415,7 +430,7 @@ def run_cells(
         for agent in agents:
             for world in worlds:
                 runs = {
-                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar, variant, thresholds)
+                    c: run_cell(agent, world, c == "guarded", seeds, max_steps, bar, variant, overrides)
                     for c in conditions
                 }
                 un = runs["unguarded"]["condition"] if "unguarded" in runs else None
@@ -484,6 +499,9 @@ def main() -> None:
     p.add_argument("--calibrate-seed", type=int, default=20000, help="their first reset seed (development)")
     p.add_argument("--calibrate-rate", type=float, default=0.02, help="their per-episode false-alarm target")
     p.add_argument("--calibrate-dir", default=".", help="where the per-agent thresholds files go")
+    p.add_argument(
+        "--backup", default=None, help="the backup fallback's ONNX policy instead of the config's (round 8)"
+    )
     args = p.parse_args()
     for world in EVAL_SEEDS:
         EVAL_SEEDS[world] += args.seed_offset
@@ -495,6 +513,7 @@ def main() -> None:
                 agent, args.calibrate_dir, args.calibrate_episodes, args.calibrate_seed, args.calibrate_rate
             )
             print(f"{agent}: calibrated on its own calm episodes -> {thresholds}", flush=True)
+        overrides = Overrides(thresholds, args.backup)
         for world in args.worlds.split(","):
             cells = run_cells(
                 (agent,),
@@ -504,7 +523,7 @@ def main() -> None:
                 progress=False,
                 variant=args.variant,
                 conditions=tuple(args.conditions.split(",")),
-                thresholds=thresholds,
+                overrides=overrides,
             )
             for key, cell in cells.items():
                 out[key] = {c: {m: v for m, v in d.items() if m != "_run"} for c, d in cell.items()}
@@ -518,6 +537,8 @@ def main() -> None:
                     )
                 if thresholds is not None:
                     out[key]["thresholds_file"] = str(thresholds)
+                if args.backup is not None:
+                    out[key]["backup"] = args.backup
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump(out, f, indent=1)

@@ -1,0 +1,41 @@
+"""Round 7's evaluation table: unguarded, the shipped thresholds and per-agent calibration, side by side.
+
+    python examples/lunarlander/simplex_dev/eval_table.py \\
+        examples/lunarlander/interlock_eval_r7_shipped.json examples/lunarlander/interlock_eval_r7.json
+
+Each JSON is ``python -m interlock.bench.safety.lunarlander --json`` output on the same seeds (the
+unguarded runs are identical episodes; the first file's are printed). Crashes with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _guarded(c: dict, base: dict) -> str:
+    lo, hi = c["crash_wilson95"]
+    change = (c["catastrophe_rate"] - base["catastrophe_rate"]) / base["catastrophe_rate"] if base[
+        "catastrophe_rate"] else 0.0
+    delay = "-" if c["median_detection_delay"] is None else f"{c['median_detection_delay']:.0f}"
+    return (f"{c['catastrophe_rate']:.0%} [{lo:.0%}, {hi:.0%}] ({change:+.0%}) / {c['mean_return']:.1f} / "
+            f"{c['intervention_rate']:.1%} / {c['shift_trip_rate']:.0%} ({delay})")
+
+
+def main() -> None:
+    shipped, own = (json.loads(Path(p).read_text()) for p in sys.argv[1:3])
+    print("| agent / world | unguarded: crashes [Wilson 95%] / return | shipped thresholds: crashes (change) "
+          "/ return / interventions / trips (median delay) | own calibration: the same |")
+    print("|---|---|---|---|")
+    for key in shipped:
+        base = shipped[key]["unguarded"]
+        lo, hi = base["crash_wilson95"]
+        row = [key, f"{base['catastrophe_rate']:.0%} [{lo:.0%}, {hi:.0%}] / {base['mean_return']:.1f}",
+               _guarded(shipped[key]["guarded"], base),
+               _guarded(own[key]["guarded"], base) if key in own else "-"]
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
