@@ -85,10 +85,23 @@ WORLDS: dict[str, dict[str, Any]] = {
         "main_power_scale": 1.0,
     },
     "weak_main": {"kwargs": {}, "main_power_scale": 0.6},
+    # Shifts no design was made for (simplex_dev/RULE.md "Round 9"): not in `interlock bench safety`.
+    "heavy": {"kwargs": {"gravity": -11.5}, "main_power_scale": 1.0},
+    "weak_side": {"kwargs": {}, "main_power_scale": 1.0, "side_power_scale": 0.5},
 }
-#: First reset seed of each world: the response study's evaluation seeds.
-EVAL_SEEDS = {"wind": 110_000, "weak_main": 111_000, "nominal": 112_000}
+#: The worlds `interlock bench safety` runs (the issue's wind and the physical shift chosen for it).
+BENCH_WORLDS = ("nominal", "wind", "weak_main")
+#: First reset seed of each world: the response study's evaluation seeds (110 000-112 099), then the
+#: round-9 worlds' (116 000+; development: --seed-offset -100000).
+EVAL_SEEDS = {
+    "wind": 110_000,
+    "weak_main": 111_000,
+    "nominal": 112_000,
+    "heavy": 116_000,
+    "weak_side": 117_000,
+}
 NOMINAL_MAIN_ENGINE_POWER = 13.0
+NOMINAL_SIDE_ENGINE_POWER = 0.6
 QUICK_STEPS = 120
 
 
@@ -103,6 +116,24 @@ def main_engine_power(scale: float) -> Iterator[None]:
         yield
     finally:
         lunar_lander.MAIN_ENGINE_POWER = old
+
+
+@contextlib.contextmanager
+def engine_power(world: dict[str, Any]) -> Iterator[None]:
+    """Both engines' power as ``world`` (a :data:`WORLDS` entry) scales them, inside the block (process-wide).
+
+    Like the main engine's, the side engines' power is a module constant (``SIDE_ENGINE_POWER``) that
+    ``step()`` reads at every call.
+    """
+    from gymnasium.envs.box2d import lunar_lander
+
+    old = lunar_lander.SIDE_ENGINE_POWER
+    lunar_lander.SIDE_ENGINE_POWER = NOMINAL_SIDE_ENGINE_POWER * world.get("side_power_scale", 1.0)
+    try:
+        with main_engine_power(world["main_power_scale"]):
+            yield
+    finally:
+        lunar_lander.SIDE_ENGINE_POWER = old
 
 
 def _shield_variant(agent: Any, variant: str) -> Any:
@@ -344,7 +375,7 @@ def run_cell(
     crashed = np.zeros(seeds, bool)
     changed = 0
     tag = f"{agent}-{world}-{'g' if guarded else 'u'}"
-    with main_engine_power(spec["main_power_scale"]):
+    with engine_power(spec):
         obs = [env.reset(seed=EVAL_SEEDS[world] + i)[0] for i, env in enumerate(envs)]
         active = list(range(seeds))
         while active:
@@ -443,7 +474,7 @@ def run_cells(
 
 def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
     """``interlock bench safety``: quick = our PPO, nominal and wind, 120-step episodes; else every cell."""
-    agents, worlds = (("ppo",), ("nominal", "wind")) if quick else (AGENTS, tuple(WORLDS))
+    agents, worlds = (("ppo",), ("nominal", "wind")) if quick else (AGENTS, BENCH_WORLDS)
     max_steps = QUICK_STEPS if quick else None
     cells = run_cells(agents, worlds, seeds, max_steps, progress)
     runs = {
@@ -472,7 +503,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description="LunarLander-v3 crash rate, unguarded vs guarded, under shift.")
     p.add_argument("--seeds", type=int, default=100, help="episodes per cell")
     p.add_argument("--agents", default=",".join(AGENTS))
-    p.add_argument("--worlds", default=",".join(WORLDS))
+    p.add_argument("--worlds", default=",".join(BENCH_WORLDS), help=f"any of {', '.join(WORLDS)}")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument(
         "--variant",
@@ -500,6 +531,11 @@ def main() -> None:
     p.add_argument("--calibrate-rate", type=float, default=0.02, help="their per-episode false-alarm target")
     p.add_argument("--calibrate-dir", default=".", help="where the per-agent thresholds files go")
     p.add_argument(
+        "--thresholds-dir",
+        default=None,
+        help="per-agent thresholds files made earlier (<dir>/thresholds_<agent>.json; --calibrate-dir)",
+    )
+    p.add_argument(
         "--backup", default=None, help="the backup fallback's ONNX policy instead of the config's (round 8)"
     )
     args = p.parse_args()
@@ -508,7 +544,11 @@ def main() -> None:
     out: dict[str, Any] = {}
     for agent in args.agents.split(","):
         thresholds = None
-        if args.calibrate_episodes > 0:
+        if args.thresholds_dir is not None:
+            thresholds = Path(args.thresholds_dir) / f"thresholds_{agent}.json"
+            if not thresholds.is_file():
+                raise SystemExit(f"{thresholds} is missing: make it with --calibrate-episodes")
+        elif args.calibrate_episodes > 0:
             thresholds = calibrate_for_agent(
                 agent, args.calibrate_dir, args.calibrate_episodes, args.calibrate_seed, args.calibrate_rate
             )
