@@ -529,7 +529,9 @@ def main() -> None:
     )
     p.add_argument("--calibrate-seed", type=int, default=20000, help="their first reset seed (development)")
     p.add_argument("--calibrate-rate", type=float, default=0.02, help="their per-episode false-alarm target")
-    p.add_argument("--calibrate-dir", default=".", help="where the per-agent thresholds files go")
+    p.add_argument(
+        "--calibrate-dir", default=None, help="where the per-agent thresholds files go (default: a temp dir)"
+    )
     p.add_argument(
         "--thresholds-dir",
         default=None,
@@ -549,6 +551,10 @@ def main() -> None:
             if not thresholds.is_file():
                 raise SystemExit(f"{thresholds} is missing: make it with --calibrate-episodes")
         elif args.calibrate_episodes > 0:
+            if args.calibrate_dir is None:
+                import tempfile
+
+                args.calibrate_dir = tempfile.mkdtemp(prefix="interlock-calibration-")
             thresholds = calibrate_for_agent(
                 agent, args.calibrate_dir, args.calibrate_episodes, args.calibrate_seed, args.calibrate_rate
             )
