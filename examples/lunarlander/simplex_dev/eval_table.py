@@ -4,7 +4,8 @@
         examples/lunarlander/interlock_eval_r7_shipped.json examples/lunarlander/interlock_eval_r7.json
 
 Each JSON is ``python -m interlock.bench.safety.lunarlander --json`` output on the same seeds (the
-unguarded runs are identical episodes; the first file's are printed). Crashes with Wilson 95% intervals.
+unguarded runs are identical episodes: the first file's are printed, else the second's). Crashes with
+Wilson 95% intervals. Round 9: ``interlock_eval_r9_shipped.json interlock_eval_r9.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> None:
           "/ return / interventions / trips (median delay) | own calibration: the same |")
     print("|---|---|---|---|")
     for key in shipped:
-        base = shipped[key]["unguarded"]
+        base = shipped[key].get("unguarded") or own[key]["unguarded"]  # either run may carry it
         lo, hi = base["crash_wilson95"]
         row = [key, f"{base['catastrophe_rate']:.0%} [{lo:.0%}, {hi:.0%}] / {base['mean_return']:.1f}",
                _guarded(shipped[key]["guarded"], base),
