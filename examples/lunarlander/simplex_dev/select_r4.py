@@ -150,6 +150,16 @@ def _three_worlds(
     return totals
 
 
+def _head(agents: tuple[str, ...], base: dict[str, dict], worlds: tuple[str, ...]) -> None:
+    """A table's header and its unguarded rows (crashes out of 40; "-" where a cell was not run)."""
+    print("| design | world | " + " | ".join(agents) + " |")
+    print("|---|---|" + "---|" * len(agents))
+    for world in worlds:
+        print(f"| unguarded | {world} | " + " | ".join(
+            str(base[f"{a}/{world}"]["catastrophes_total"]) if f"{a}/{world}" in base else "-" for a in agents
+        ) + " |")
+
+
 def round5b() -> None:
     """Round 5b (RULE.md "Round 5b"): a signed CUSUM beside round 4's detector, three worlds."""
     base = _load((*UNGUARDED, "r5dev_r4_weak_main.json"), "unguarded")
@@ -185,12 +195,7 @@ def round6() -> None:
     worlds = ("nominal", "wind", "weak_main")
     print("\n## Round 6 (RULE.md \"Round 6\"): the signed monitor on the engines only\n")
     print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
-    print("| design | world | " + " | ".join(agents) + " |")
-    print("|---|---|" + "---|" * len(agents))
-    for world in worlds:
-        print(f"| unguarded | {world} | " + " | ".join(
-            str(base[f"{a}/{world}"]["catastrophes_total"]) if f"{a}/{world}" in base else "-" for a in agents
-        ) + " |")
+    _head(agents, base, worlds)
     totals = _three_worlds(designs, base, agents)
     if len(totals) < 2:
         return
@@ -215,11 +220,7 @@ def round7() -> None:
     print("\n## Round 7 (RULE.md \"Round 7\"): each agent's monitors calibrated on its own calm episodes\n")
     print("Each cell: crashes out of 40, interventions, shift trips (median delay). Eligible: every round's")
     print("check (`out_reasons`) and, new in round 7, nominal shift trips <= 5% per agent.\n")
-    print("| design | world | " + " | ".join(agents) + " |")
-    print("|---|---|" + "---|" * len(agents))
-    for world in worlds:
-        print(f"| unguarded | {world} | " + " | ".join(
-            str(base[f"{a}/{world}"]["catastrophes_total"]) for a in agents) + " |")
+    _head(agents, base, worlds)
     totals = _three_worlds(designs, base, agents)
     for design, files in designs.items():
         runs = _load(files, "guarded")
