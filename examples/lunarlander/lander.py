@@ -44,10 +44,11 @@ N_ACTIONS = 4
 WORLDS = lunar_bench.WORLDS
 NOMINAL_MAIN_ENGINE_POWER = lunar_bench.NOMINAL_MAIN_ENGINE_POWER
 main_engine_power = lunar_bench.main_engine_power
+engine_power = lunar_bench.engine_power
 
 
 def make_env(world: str) -> gym.Env:
-    """A LunarLander-v3 env of ``world`` (engine power is set by :func:`main_engine_power`)."""
+    """A LunarLander-v3 env of ``world`` (engine power is set by :func:`engine_power`)."""
     return gym.make(ENV_ID, **WORLDS[world]["kwargs"])
 
 
@@ -127,7 +128,7 @@ def run_episode(
     env = make_env(world)
     rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
     obs_l, act_l, nxt_l, rew_l = [], [], [], []
-    with main_engine_power(WORLDS[world]["main_power_scale"]):
+    with engine_power(WORLDS[world]):
         o, _ = env.reset(seed=int(seed))
         term = trunc = False
         while not (term or trunc):

@@ -244,8 +244,8 @@ class Overrides:
 
 
 def calibrate_for_agent(
-    agent: str, out_dir: Any, episodes: int, seed: int, episode_rate: float, progress: bool = False
-) -> Any:
+    agent: str, out_dir: str | Path, episodes: int, seed: int, episode_rate: float, progress: bool = False
+) -> Path:
     """Calibrate the example's transition monitors on ``agent``'s own calm episodes (docs/shift.md).
 
     ``episodes`` nominal-world episodes of the agent's greedy policy, reset seeds ``seed + e`` (they must
