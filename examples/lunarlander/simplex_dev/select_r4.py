@@ -234,9 +234,27 @@ def round7() -> None:
     print(f"\nChosen by the rule: **{choice}**" + ("" if ok else " (no design eligible)") + ".")
 
 
+def round8() -> None:
+    """Round 8 (RULE.md "Round 8"): round 7's choice with a retrained backup."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    base = _load(("r7dev_p1_500_02.json",), "unguarded")
+    designs = {"p1_500_02": ("r7dev_p1_500_02.json",), "p1_500_02_robust2": ("r8dev_p1_500_02_robust2.json",)}
+    print("\n## Round 8 (RULE.md \"Round 8\"): the retrained backup `robust2_agent.onnx`\n")
+    print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
+    _head(agents, base, ("nominal", "wind", "weak_main"))
+    totals = _three_worlds(designs, base, agents)
+    if len(totals) < 2:
+        return
+    old, new = (totals[d]["wind"] + totals[d]["weak_main"] for d in designs)
+    chosen = totals["p1_500_02_robust2"]["eligible"] and new <= old - 10
+    print(f"\nWind + weak-main crashes: {new} against {old}. Chosen by the rule: "
+          f"**{'p1_500_02_robust2' if chosen else 'p1_500_02'}**.")
+
+
 if __name__ == "__main__":
     main()
     round5()
     round5b()
     round6()
     round7()
+    round8()

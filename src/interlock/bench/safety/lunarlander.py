@@ -255,7 +255,7 @@ def calibrate_for_agent(
     """
     from interlock.monitors.calibrate import calibrate
 
-    if agent in DEV_MODEL:
+    if DEV_MODEL.get(agent, agent) != agent or agent in DEV_EPSILON:
         raise ValueError(f"{agent} is not an ONNX policy of its own: per-agent calibration rolls one out")
     if seed + episodes > EVAL_SEED_START:
         raise ValueError(f"calibration seeds {seed}..{seed + episodes - 1} reach the evaluation range")
