@@ -191,7 +191,7 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
     from interlock.errors import ConfigError
 
     text = CONFIG.read_text()
-    for name in ("dynamics_ensemble_r4.onnx", "thresholds.json", "robust_agent.onnx"):
+    for name in ("dynamics_ensemble_r4.onnx", "thresholds.json", "robust2_agent.onnx"):
         text = text.replace(f" {name}", f" {EXAMPLE / name}")
     assert "clip: 25\n" in text
     (tmp_path / "same.yaml").write_text(text)

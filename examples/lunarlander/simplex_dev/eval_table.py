@@ -5,7 +5,8 @@
 
 Each JSON is ``python -m interlock.bench.safety.lunarlander --json`` output on the same seeds (the
 unguarded runs are identical episodes: the first file's are printed, else the second's). Crashes with
-Wilson 95% intervals. Round 9: ``interlock_eval_r9_shipped.json interlock_eval_r9.json``.
+Wilson 95% intervals. Round 9: ``interlock_eval_r9_shipped.json interlock_eval_r9.json``. Two more
+arguments name the columns (round 8: ``interlock_eval_r8_p1.json interlock_eval_r8.json robust robust2``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def _guarded(c: dict, base: dict) -> str:
 
 def main() -> None:
     shipped, own = (json.loads(Path(p).read_text()) for p in sys.argv[1:3])
-    print("| agent / world | unguarded: crashes [Wilson 95%] / return | shipped thresholds: crashes (change) "
-          "/ return / interventions / trips (median delay) | own calibration: the same |")
+    first, second = sys.argv[3:5] if len(sys.argv) > 4 else ("shipped thresholds", "own calibration")
+    print(f"| agent / world | unguarded: crashes [Wilson 95%] / return | {first}: crashes (change) "
+          f"/ return / interventions / trips (median delay) | {second}: the same |")
     print("|---|---|---|---|")
     for key in shipped:
         base = shipped[key].get("unguarded") or own[key]["unguarded"]  # either run may carry it

@@ -15,8 +15,10 @@ lockstep, one batched ``Guard.check`` per step (decisions in process, the engine
 
 * **guarded**: the example config as is (transition monitors ``drift`` and ``engine``; rules: invalid
   -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
-  once ``episode.shifted`` the robust backup ``robust_agent.onnx`` drives for the rest of the episode
-  (Simplex)). Development designs (``--variant``) rebuild earlier configs' shield variants.
+  once ``episode.shifted`` the robust backup (``robust2_agent.onnx`` since round 8) drives for the
+  rest of the episode (Simplex)). Development designs (``--variant``) rebuild earlier configs' shield
+  variants. ``--calibrate-episodes`` / ``--thresholds-dir``: each agent's own thresholds (round 7);
+  ``--backup``: another backup policy; ``--worlds heavy,weak_side``: round 9's unseen shifts.
 * **unguarded**: the same agent alone; the transition monitor still runs (the config reduced to the
   action-space and transition monitors, no rules, ``shadow: true``), so the shift trip rate and the
   detection delay of the unguarded agent are measured on the same episodes.
@@ -75,7 +77,8 @@ EVAL_SEED_START = 100_000
 #: (``_simplex_variant``, examples/lunarlander/simplex_dev/RULE.md).
 VARIANTS = ("config", "repeat", "h8", "gated", "h8_gated", "margin", "majority")
 SIMPLEX_VARIANTS = ("shield_h8", "simplex", "simplex_only", "simplex_cont")
-#: The robust backup (train_agents.py robust: PPO under randomised wind, turbulence and engine power).
+#: The backup the development variants of rounds 1-3 add (train_agents.py robust: PPO under randomised
+#: wind, turbulence and engine power); the config itself names its own (robust2 since round 8).
 BACKUP_MODEL = "robust_agent.onnx"
 HANDOVER = "handover"
 WORLDS: dict[str, dict[str, Any]] = {
