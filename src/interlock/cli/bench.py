@@ -111,11 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "safety",
         help="catastrophes prevented under shift, and the cost in distribution",
         description="Real environments with real shifts (MiniGrid DistShift1 -> DistShift2, CartPole with a "
-        "longer pole, CliffWalking deterministic -> slippery, and highway-env denser traffic when its "
-        "scenario and package are present); agents trained by scripts in the repo, each run unguarded and "
+        "longer pole, CliffWalking deterministic -> slippery, highway-env denser traffic and LunarLander "
+        "wind and a weak main engine when their scenarios and packages are present); agents trained by "
+        "scripts in the repo, each run unguarded and "
         "guarded through interlock.engine.Guard over many seeds, with a simulated operator answering "
         "escalations. Reports catastrophe rate, return, intervention, escalation and false-intervention "
-        "rates against the targets. The full run takes about four minutes on 2 cores; --quick takes seconds.",
+        "rates against the targets. The full run takes about ten minutes on 2 cores; --quick takes seconds.",
     )
     _add_run_arguments(safety, "2 seeds per condition, short episodes (for CI)")
     safety.add_argument("--seeds", type=int, default=None, help="episodes (one per seed) per condition")
@@ -123,7 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--only",
         metavar="NAMES",
         default=None,
-        help="comma-separated scenarios (minigrid_distshift, cartpole_shift, cliffwalking, highway)",
+        help="comma-separated scenarios (minigrid_distshift, cartpole_shift, cliffwalking, highway, "
+        "lunarlander)",
     )
     _add_docs_arguments(safety, "run nothing")
     safety.set_defaults(func=_cmd_safety)

@@ -475,11 +475,25 @@ def run_cells(
     return cells
 
 
+#: Per-agent calibration in the full benchmark (simplex_dev/RULE.md "Round 7"): episodes, first seed, target.
+BENCH_CALIBRATION = (500, 20_000, 0.02)
+
+
 def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
-    """``interlock bench safety``: quick = our PPO, nominal and wind, 120-step episodes; else every cell."""
+    """``interlock bench safety``: quick = our PPO, nominal and wind, 120-step episodes, the committed
+    thresholds; else every cell, each agent's monitors first calibrated on its own calm episodes."""
+    import tempfile
+
     agents, worlds = (("ppo",), ("nominal", "wind")) if quick else (AGENTS, BENCH_WORLDS)
     max_steps = QUICK_STEPS if quick else None
-    cells = run_cells(agents, worlds, seeds, max_steps, progress)
+    cells: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="interlock-calibration-") as tmp:
+        for agent in agents:
+            overrides = None
+            if not quick:
+                episodes, seed, rate = BENCH_CALIBRATION
+                overrides = Overrides(calibrate_for_agent(agent, tmp, episodes, seed, rate, progress))
+            cells.update(run_cells((agent,), worlds, seeds, max_steps, progress, overrides=overrides))
     runs = {
         dist: {c: cells[f"ppo/{world}"][c]["_run"]["condition"] for c in ("unguarded", "guarded")}
         for dist, world in (("in_distribution", "nominal"), ("shifted", "wind"))
@@ -489,6 +503,14 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "model's data), greedy"
         + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
         "seeds: the response study's evaluation seeds (wind 110000+, main x0.6 111000+, nominal 112000+)",
+        "thresholds: "
+        + (
+            "the committed file"
+            if quick
+            else "each agent's own, calibrated on {} of its calm episodes (seeds {}+, {} per episode)".format(
+                *BENCH_CALIBRATION
+            )
+        ),
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
         "escalation_rate; then the robust backup drives (Simplex handover)",
     ]
