@@ -18,10 +18,12 @@ from pathlib import Path
 
 def _guarded(c: dict, base: dict) -> str:
     lo, hi = c["crash_wilson95"]
-    change = (c["catastrophe_rate"] - base["catastrophe_rate"]) / base["catastrophe_rate"] if base[
-        "catastrophe_rate"] else 0.0
+    if base["catastrophe_rate"]:
+        change = f"{(c['catastrophe_rate'] - base['catastrophe_rate']) / base['catastrophe_rate']:+.0%}"
+    else:  # no unguarded crash: a relative change means nothing
+        change = f"+{c['catastrophes_total']} crashes"
     delay = "-" if c["median_detection_delay"] is None else f"{c['median_detection_delay']:.0f}"
-    return (f"{c['catastrophe_rate']:.0%} [{lo:.0%}, {hi:.0%}] ({change:+.0%}) / {c['mean_return']:.1f} / "
+    return (f"{c['catastrophe_rate']:.0%} [{lo:.0%}, {hi:.0%}] ({change}) / {c['mean_return']:.1f} / "
             f"{c['intervention_rate']:.1%} / {c['shift_trip_rate']:.0%} ({delay})")
 
 
