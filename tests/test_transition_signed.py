@@ -24,6 +24,7 @@ import pytest
 
 from interlock.config import load_config
 from interlock.engine import Guard
+from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
@@ -344,3 +345,44 @@ def test_bad_signed_settings_are_config_errors_naming_the_path(tmp_path, line, m
     (tmp_path / "interlock.yaml").write_text(config_text({"signed": f"        {line}\n"}))
     with pytest.raises(ConfigError, match=r"interlock\.yaml: .*\n  agents\[0\]\." + message):
         load_config(tmp_path / "interlock.yaml")
+
+
+def test_an_intervention_budget_raises_shift_until_the_steps_after_a_trip_fit(calibrated, tmp_path):
+    """`--intervention-budget`: a response latched on episode.shifted intervenes on every step from the
+    first trip on; the shift threshold is raised until that share of the threshold part's calm steps is
+    within the budget, and the held-out share is measured as the running monitor trips."""
+    d, episodes, cals = calibrated
+    m = monitors(d)
+
+    def share(paths: list[np.ndarray], h: float) -> float:  # a plain loop over first trips
+        after = 0
+        for p in paths:
+            over = np.flatnonzero(p > h)
+            after += len(p) - over[0] if over.size else 0
+        return after / sum(len(p) for p in paths)
+
+    for name in ("energy", "signed"):
+        split = cals[name].split
+        # the monitor's own statistic after each transition (its first step has none)
+        paths = [r["shift"][1:] for r in run_side_by_side(m[name], episodes, f"b{name}")]
+        fit = [paths[i] for i in split["threshold"]]
+        held = [paths[i] for i in split["held_out"]]
+        h0 = m[name].thresholds["shift"]
+        budget = share(fit, h0) / 2  # half of what the per-episode target alone lets through
+        assert budget > 0
+        out = tmp_path / f"{name}.json"
+        report = calibrate(
+            d / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=0.1,
+            monitors=[name], output=out, intervention_budget=budget,
+        )  # fmt: skip
+        [cal] = report.transitions
+        h = cal.thresholds["shift"]
+        assert h > h0 and share(fit, h) <= budget
+        assert cal.held_out_after_trip_share == pytest.approx(share(held, h))
+        entry = json.loads(out.read_text())["monitors"][name]
+        assert entry["intervention_budget"] == budget
+        assert entry["held_out_false_alarm_rate"]["steps_after_trip"] == pytest.approx(share(held, h))
+        assert "steps at or after a trip" in cal.summary()
+    with pytest.raises(EnsembleError, match="intervention budget must be in"):
+        calibrate(d / "interlock.yaml", "cartpole", d / "nominal.npz", output=tmp_path / "x.json",
+                  intervention_budget=1.5)  # fmt: skip

@@ -101,6 +101,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         policy_output=args.policy_output,
         progress=not args.quiet,
         group_by=args.group_by,
+        intervention_budget=args.intervention_budget,
     )
     print(report.summary())
     return 0
@@ -231,6 +232,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="transition monitors: share of in-distribution episodes the shift signal may trip in "
         "(default 0.05)",
+    )
+    cal.add_argument(
+        "--intervention-budget",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="transition monitors: share of in-distribution steps that may come at or after a shift trip, "
+        "what a response latched on episode.shifted (a handover for the rest of the episode) intervenes "
+        "on; the shift threshold is raised until the calibration episodes stay within it (e.g. 0.01 for "
+        "each of two monitors under a 2%% budget)",
     )
     cal.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     cal.add_argument(

@@ -110,6 +110,7 @@ def calibrate(
     policy_output: str = "logits",
     progress: bool = False,
     group_by: str | None = None,
+    intervention_budget: float | None = None,
 ) -> CalibrationReport:
     """Calibrate every ``uncertainty`` and ``transition`` monitor of ``agent`` (or those named).
 
@@ -121,6 +122,8 @@ def calibrate(
         progress: tqdm bars.
         group_by: Transition monitors: the ``.npz`` array naming each row's group (e.g. ``policy``); the
             shift threshold is the largest of the groups' own quantiles (see ``calibrate_transition``).
+        intervention_budget: Transition monitors: share of calm steps that may follow a trip (what a
+            response latched on ``episode.shifted`` intervenes on); raises ``shift`` if need be.
 
     Raises:
         ConfigError: the config or agent is wrong, or no thresholds file is named.
@@ -227,6 +230,7 @@ def calibrate(
             holdout=holdout,
             seed=seed,
             progress=progress,
+            intervention_budget=intervention_budget,
         )
         cal.path = str(path)
         report.transitions.append(cal)
@@ -265,7 +269,9 @@ def calibrate(
             "held_out_false_alarm_rate": {
                 **cal.held_out_step_rate,
                 "shift_per_episode": cal.held_out_episode_rate,
+                "steps_after_trip": cal.held_out_after_trip_share,
             },
+            **({"intervention_budget": intervention_budget} if intervention_budget is not None else {}),
             "episodes": cal.episodes,
             **({"group_by": group_by, "shift_threshold_per_group": cal.shift_per_group} if group_by else {}),
             "data": Path(episode_data.source).name,

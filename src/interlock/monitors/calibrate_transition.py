@@ -203,6 +203,11 @@ class TransitionCalibration:
     held_out_episode_rate_config_drift: float | None = None
     #: The monitor's ``statistic`` (energy | signed): what ``shift`` adds up.
     statistic: str = "energy"
+    #: ``--intervention-budget``: the share of calm steps that may follow a trip (None: not asked).
+    intervention_budget: float | None = None
+    #: Held-out share of calm steps at or after the episode's first trip, at the drift the monitor
+    #: runs with: what a response latched on ``episode.shifted`` (a handover) would intervene on.
+    held_out_after_trip_share: float = 0.0
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -242,6 +247,15 @@ class TransitionCalibration:
                 if self.config_drift is not None
                 else []
             )
+            + [
+                f"  steps at or after a trip (a latched response's interventions): held out "
+                f"{self.held_out_after_trip_share:.4f}"
+                + (
+                    f" (budget {self.intervention_budget:g})"
+                    if self.intervention_budget is not None
+                    else ""
+                )
+            ]
             + ([f"wrote the calibration of '{self.monitor}' to {self.path}"] if self.path else [])
         )
 
@@ -304,6 +318,20 @@ def per_action_scale(
     return scale, floor, counts
 
 
+def after_trip_share(paths: list[np.ndarray], threshold: float) -> float:
+    """Share of steps at or after their episode's first trip (statistic above ``threshold``).
+
+    A response latched on ``episode.shifted`` (a handover for the rest of the episode) intervenes on
+    exactly these steps. Equals the share of steps whose running maximum exceeds the threshold.
+
+    Args:
+        paths: ``[T_e]`` the shift statistic after each step, one array per episode.
+    """
+    total = sum(len(p) for p in paths)
+    running = np.concatenate([np.maximum.accumulate(p) for p in paths if len(p)] or [np.zeros(0)])
+    return float(np.sum(running > threshold) / total) if total else 0.0
+
+
 def calibrate_transition(
     monitor: TransitionMonitor,
     data: EpisodeData,
@@ -313,6 +341,7 @@ def calibrate_transition(
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 4096,
+    intervention_budget: float | None = None,
 ) -> TransitionCalibration:
     """Fit the residual scale and choose drift and thresholds (module docstring); sets them on ``monitor``.
 
@@ -324,6 +353,10 @@ def calibrate_transition(
         holdout: Share of episodes held out to measure the rates.
         seed: Seeds the split.
         progress: Show a tqdm bar.
+        intervention_budget: Share of calm steps that may come at or after a trip (a latched
+            response's interventions; :func:`after_trip_share`); the ``shift`` threshold is raised, if
+            need be, to the ``(1 - budget)`` quantile of the threshold part's running maxima (at the
+            drift the monitor runs with), so that the calibration episodes stay within it.
 
     Raises:
         EnsembleError: too few episodes, or shapes that do not fit the agent.
@@ -333,6 +366,8 @@ def calibrate_transition(
     for name, rate in (("per-step", step_rate), ("per-episode", episode_rate)):
         if not 0.0 < rate < 1.0:
             raise EnsembleError(f"the {name} false-alarm rate must be in (0, 1), got {rate}")
+    if intervention_budget is not None and not 0.0 < intervention_budget < 1.0:
+        raise EnsembleError(f"the intervention budget must be in (0, 1), got {intervention_budget}")
     if data.obs.shape[1] != monitor.obs_dim:
         raise EnsembleError(
             f"{data.source}: observations have {data.obs.shape[1]} values; "
@@ -406,8 +441,8 @@ def calibrate_transition(
     if signed_z is not None:
         drift = monitor.signed_drift
 
-        def episode_max(r: np.ndarray, k: float) -> float:
-            return float(signed_cusum(signed_z[r], groups[r], monitor.n_groups, k).max())
+        def episode_path(r: np.ndarray, k: float) -> np.ndarray:
+            return signed_cusum(signed_z[r], groups[r], monitor.n_groups, k)
 
     else:
         if monitor.cfg.drift_rule == "step_mean":
@@ -416,8 +451,11 @@ def calibrate_transition(
             means = [float(np.nanmean(surprise[r])) for r in fit_rows if np.isfinite(surprise[r]).any()]
             drift = conformal_threshold(np.asarray(means), episode_rate)
 
-        def episode_max(r: np.ndarray, k: float) -> float:
-            return float(cusum(surprise[r], k).max())
+        def episode_path(r: np.ndarray, k: float) -> np.ndarray:
+            return cusum(surprise[r], k)
+
+    def episode_max(r: np.ndarray, k: float) -> float:
+        return float(episode_path(r, k).max())
 
     ep_max = np.asarray([episode_max(r, drift) for r in fit_rows])
     shift = conformal_threshold(ep_max, episode_rate)
@@ -428,6 +466,12 @@ def calibrate_transition(
             str(g): conformal_threshold(ep_max[ep_group == g], episode_rate) for g in np.unique(ep_group)
         }
         shift = max(per_group.values())
+    # energy: the config's drift overrides the file's when the monitor loads (signed: it is the drift)
+    fixed = monitor.cfg.drift if signed_z is None else None
+    run_drift = drift if fixed is None else fixed
+    if intervention_budget is not None:
+        running = np.concatenate([np.maximum.accumulate(episode_path(r, run_drift)) for r in fit_rows])
+        shift = max(shift, conformal_threshold(running, intervention_budget))
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
         # energy: at least the drift; signed: drift and statistic are not in the same units
@@ -438,10 +482,9 @@ def calibrate_transition(
     whole = np.isin(data.episode, parts["held_out"])
     held_rows = _per_episode(rows[whole], data.episode[whole])
     held_max = np.asarray([episode_max(r, drift) for r in held_rows])
+    held_share = after_trip_share([episode_path(r, run_drift) for r in held_rows], thresholds["shift"])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
-    # energy: the config's drift overrides the file's when the monitor loads (signed: it is the drift)
-    fixed = monitor.cfg.drift if signed_z is None else None
     fixed_rate = None
     if fixed is not None:
         held_fixed = [episode_max(r, fixed) for r in held_rows]
@@ -466,4 +509,6 @@ def calibrate_transition(
         config_drift=fixed,
         held_out_episode_rate_config_drift=fixed_rate,
         statistic=monitor.cfg.statistic,
+        intervention_budget=intervention_budget,
+        held_out_after_trip_share=held_share,
     )

@@ -247,13 +247,20 @@ class Overrides:
 
 
 def calibrate_for_agent(
-    agent: str, out_dir: str | Path, episodes: int, seed: int, episode_rate: float, progress: bool = False
+    agent: str,
+    out_dir: str | Path,
+    episodes: int,
+    seed: int,
+    episode_rate: float,
+    progress: bool = False,
+    intervention_budget: float | None = None,
 ) -> Path:
     """Calibrate the example's transition monitors on ``agent``'s own calm episodes (docs/shift.md).
 
     ``episodes`` nominal-world episodes of the agent's greedy policy, reset seeds ``seed + e`` (they must
     be development seeds, below 100 000), at a per-episode false-alarm target ``episode_rate``; the
-    model, dims, drift and every other setting stay the config's. Returns the thresholds file written,
+    model, dims, drift and every other setting stay the config's; ``intervention_budget``: the share of
+    calm steps a trip may hand to the backup (round 10). Returns the thresholds file written,
     ``out_dir/thresholds_<agent>.json``.
     """
     from interlock.monitors.calibrate import calibrate
@@ -276,6 +283,7 @@ def calibrate_for_agent(
         episode_rate=episode_rate,
         output=out,
         progress=progress,
+        intervention_budget=intervention_budget,
     )
     return out
 
@@ -555,6 +563,13 @@ def main() -> None:
     p.add_argument("--calibrate-seed", type=int, default=20000, help="their first reset seed (development)")
     p.add_argument("--calibrate-rate", type=float, default=0.02, help="their per-episode false-alarm target")
     p.add_argument(
+        "--calibrate-budget",
+        type=float,
+        default=None,
+        help="their intervention budget: share of calm steps that may follow a trip (interlock calibrate "
+        "--intervention-budget)",
+    )
+    p.add_argument(
         "--calibrate-dir", default=None, help="where the per-agent thresholds files go (default: a temp dir)"
     )
     p.add_argument(
@@ -581,7 +596,12 @@ def main() -> None:
 
                 args.calibrate_dir = tempfile.mkdtemp(prefix="interlock-calibration-")
             thresholds = calibrate_for_agent(
-                agent, args.calibrate_dir, args.calibrate_episodes, args.calibrate_seed, args.calibrate_rate
+                agent,
+                args.calibrate_dir,
+                args.calibrate_episodes,
+                args.calibrate_seed,
+                args.calibrate_rate,
+                intervention_budget=args.calibrate_budget,
             )
             print(f"{agent}: calibrated on its own calm episodes -> {thresholds}", flush=True)
         overrides = Overrides(thresholds, args.backup)
