@@ -234,21 +234,36 @@ def round7() -> None:
     print(f"\nChosen by the rule: **{choice}**" + ("" if ok else " (no design eligible)") + ".")
 
 
-def round8() -> None:
-    """Round 8 (RULE.md "Round 8"): round 7's choice with a retrained backup."""
+def _challenge(title: str, incumbent: tuple[str, str], challenger: tuple[str, str], margin: int) -> None:
+    """Rounds 8 and 10: a challenger replaces the incumbent iff eligible (round 7's rule) and its wind +
+    weak-main crashes over round 7's six agents are at most ``incumbent's + margin`` (negative: fewer)."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
     base = _load(("r7dev_p1_500_02.json",), "unguarded")
-    designs = {"p1_500_02": ("r7dev_p1_500_02.json",), "p1_500_02_robust2": ("r8dev_p1_500_02_robust2.json",)}
-    print("\n## Round 8 (RULE.md \"Round 8\"): the retrained backup `robust2_agent.onnx`\n")
+    designs = {name: (f,) for name, f in (incumbent, challenger)}
+    print(f"\n## {title}\n")
     print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
     _head(agents, base, ("nominal", "wind", "weak_main"))
     totals = _three_worlds(designs, base, agents)
     if len(totals) < 2:
         return
     old, new = (totals[d]["wind"] + totals[d]["weak_main"] for d in designs)
-    chosen = totals["p1_500_02_robust2"]["eligible"] and new <= old - 10
+    chosen = totals[challenger[0]]["eligible"] and new <= old + margin
     print(f"\nWind + weak-main crashes: {new} against {old}. Chosen by the rule: "
-          f"**{'p1_500_02_robust2' if chosen else 'p1_500_02'}**.")
+          f"**{challenger[0] if chosen else incumbent[0]}**.")
+
+
+def round8() -> None:
+    """Round 8 (RULE.md "Round 8"): round 7's choice with a retrained backup (at least 10 fewer crashes)."""
+    _challenge("Round 8 (RULE.md \"Round 8\"): the retrained backup `robust2_agent.onnx`",
+               ("p1_500_02", "r7dev_p1_500_02.json"),
+               ("p1_500_02_robust2", "r8dev_p1_500_02_robust2.json"), -10)
+
+
+def round10() -> None:
+    """Round 10 (RULE.md "Round 10"): an intervention budget (at most 5 more crashes)."""
+    _challenge("Round 10 (RULE.md \"Round 10\"): an intervention budget of 0.01 per monitor",
+               ("p1_500_02_robust2", "r8dev_p1_500_02_robust2.json"),
+               ("p1_500_02_b01_robust2", "r10dev_p1_500_02_b01_robust2.json"), 5)
 
 
 if __name__ == "__main__":
@@ -258,3 +273,4 @@ if __name__ == "__main__":
     round6()
     round7()
     round8()
+    round10()
