@@ -117,7 +117,7 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n\n".join(
         [
             "## Safety: real environments under shift",
-            "Regenerate with `interlock bench safety --json safety.json` (about four minutes on 2 cores; "
+            "Regenerate with `interlock bench safety --json safety.json` (about ten minutes on 2 cores; "
             "`--quick` is the seconds-long CI smoke run). Every guarded decision goes through "
             "`interlock.engine.Guard` with the configs users write.",
             "### Against the targets",
