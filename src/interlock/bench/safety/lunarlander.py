@@ -483,8 +483,9 @@ def run_cells(
     return cells
 
 
-#: Per-agent calibration in the full benchmark (simplex_dev/RULE.md "Round 7"): episodes, first seed, target.
-BENCH_CALIBRATION = (500, 20_000, 0.02)
+#: Per-agent calibration in the full benchmark (simplex_dev/RULE.md "Round 7", "Round 10"): episodes,
+#: first seed, per-episode target, intervention budget per monitor.
+BENCH_CALIBRATION = (500, 20_000, 0.02, 0.01)
 
 
 def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
@@ -499,8 +500,9 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         for agent in agents:
             overrides = None
             if not quick:
-                episodes, seed, rate = BENCH_CALIBRATION
-                overrides = Overrides(calibrate_for_agent(agent, tmp, episodes, seed, rate, progress))
+                episodes, seed, rate, budget = BENCH_CALIBRATION
+                path = calibrate_for_agent(agent, tmp, episodes, seed, rate, progress, budget)
+                overrides = Overrides(path)
             cells.update(run_cells((agent,), worlds, seeds, max_steps, progress, overrides=overrides))
     runs = {
         dist: {c: cells[f"ppo/{world}"][c]["_run"]["condition"] for c in ("unguarded", "guarded")}
@@ -515,9 +517,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         + (
             "the committed file"
             if quick
-            else "each agent's own, calibrated on {} of its calm episodes (seeds {}+, {} per episode)".format(
-                *BENCH_CALIBRATION
-            )
+            else "each agent's own, calibrated on {} of its calm episodes (seeds {}+, {} per episode, "
+            "intervention budget {} per monitor)".format(*BENCH_CALIBRATION)
         ),
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
         "escalation_rate; then the robust backup drives (Simplex handover)",
