@@ -318,6 +318,11 @@ def per_action_scale(
     return scale, floor, counts
 
 
+def running_maxima(paths: list[np.ndarray]) -> np.ndarray:
+    """``[sum T_e]`` each step's largest statistic so far in its episode, all episodes concatenated."""
+    return np.concatenate([np.maximum.accumulate(p) for p in paths if len(p)] or [np.zeros(0)])
+
+
 def after_trip_share(paths: list[np.ndarray], threshold: float) -> float:
     """Share of steps at or after their episode's first trip (statistic above ``threshold``).
 
@@ -327,9 +332,8 @@ def after_trip_share(paths: list[np.ndarray], threshold: float) -> float:
     Args:
         paths: ``[T_e]`` the shift statistic after each step, one array per episode.
     """
-    total = sum(len(p) for p in paths)
-    running = np.concatenate([np.maximum.accumulate(p) for p in paths if len(p)] or [np.zeros(0)])
-    return float(np.sum(running > threshold) / total) if total else 0.0
+    running = running_maxima(paths)
+    return float(np.mean(running > threshold)) if len(running) else 0.0
 
 
 def calibrate_transition(
@@ -470,7 +474,7 @@ def calibrate_transition(
     fixed = monitor.cfg.drift if signed_z is None else None
     run_drift = drift if fixed is None else fixed
     if intervention_budget is not None:
-        running = np.concatenate([np.maximum.accumulate(episode_path(r, run_drift)) for r in fit_rows])
+        running = running_maxima([episode_path(r, run_drift) for r in fit_rows])
         shift = max(shift, conformal_threshold(running, intervention_budget))
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
