@@ -27,7 +27,7 @@ from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import TransitionMonitor, cusum, surprise_of
-from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, step
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, policy_rollout, step
 
 EXAMPLE = CARTPOLE_EXAMPLE
 SCALE = [2e-5, 8e-4, 2e-5, 1.2e-3]  # about CartPole's calibrated residual scale
@@ -103,22 +103,6 @@ def test_members_disagreeing_shrink_the_surprise_of_the_same_residual(tmp_path):
     np.testing.assert_allclose(plain.residual_bias(probe), np.stack([residual[0], residual[1]]), rtol=1e-9)
 
 
-def rollout(seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[T + 1, 4]`` observations and ``[T + 1]`` actions (the last unused) of the example policy."""
-    session = ort.InferenceSession(str(EXAMPLE / "policy.onnx"), providers=["CPUExecutionProvider"])
-    env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=seed)
-    out, acts = [obs], []
-    for _ in range(steps):
-        a = int(session.run(None, {"obs": obs[None].astype(np.float32)})[0].argmax())
-        acts.append(a)
-        obs, _, terminated, truncated, _ = env.step(a)
-        out.append(obs)
-        if terminated or truncated:
-            break
-    return np.stack(out), np.asarray([*acts, 0], np.int64)
-
-
 def test_with_add_one_batch_of_several_episodes_equals_one_row_at_a_time(tmp_path):
     """A row alone gets the surprise it gets inside a batch (the monitor has no one-row shortcut:
     the engine sends agents with episode state down the batch path, tests/test_one_row.py)."""
@@ -126,8 +110,8 @@ def test_with_add_one_batch_of_several_episodes_equals_one_row_at_a_time(tmp_pat
     assert guard.agents[0]._one_row is False
     wary2 = guard.agents[0].monitors[2]
     far = np.array([1.5, 2.0, 0.15, -2.0], np.float32)
-    a_obs, a_act = rollout(11, 4)
-    b_obs, b_act = rollout(12, 4)
+    a_obs, a_act = policy_rollout(11, 4)
+    b_obs, b_act = policy_rollout(12, 4)
     b_obs = b_obs + far  # an episode of states the members disagree on
     seq = {}
     for t in range(4):
@@ -172,7 +156,7 @@ def calibrated(tmp_path_factory) -> tuple[Path, list[tuple[np.ndarray, np.ndarra
     d = tmp_path_factory.mktemp("disagreement")
     shutil.copy(EXAMPLE / "dynamics_ensemble.onnx", d / "dynamics_ensemble.onnx")
     (d / "interlock.yaml").write_text(calibrated_config())
-    episodes = [rollout(seed, 150) for seed in range(24)]
+    episodes = [policy_rollout(seed, 150) for seed in range(24)]
     np.savez(
         d / "nominal.npz",
         obs=np.concatenate([o[:-1] for o, _ in episodes]).astype(np.float32),

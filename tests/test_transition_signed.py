@@ -17,7 +17,6 @@ import json
 import shutil
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -29,7 +28,7 @@ from interlock.ensembles.thresholds import conformal_threshold
 from interlock.errors import ConfigError
 from interlock.monitors.calibrate import calibrate
 from interlock.monitors.transition import SIGNED_DRIFT, TransitionMonitor, cusum
-from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, step
+from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD, NO_RULES, policy_rollout, step
 
 EXAMPLE = CARTPOLE_EXAMPLE
 HEAD = CARTPOLE_HEAD
@@ -60,28 +59,6 @@ def config_text(extra: dict[str, str] | None = None) -> str:
     )
 
 
-def rollout(seed: int, steps: int, push: float = 0.0, dim: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """``[T + 1, 4]`` observations and ``[T + 1]`` actions (the last unused) of the example policy;
-    ``push`` is added to state element ``dim`` after every step (on the cart velocity: a constant
-    force, a slope)."""
-    session = ort.InferenceSession(str(EXAMPLE / "policy.onnx"), providers=["CPUExecutionProvider"])
-    env = gym.make("CartPole-v1")
-    obs, _ = env.reset(seed=seed)
-    out, acts = [obs], []
-    for _ in range(steps):
-        a = int(session.run(None, {"obs": obs[None].astype(np.float32)})[0].argmax())
-        acts.append(a)
-        obs, _, terminated, truncated, _ = env.step(a)
-        if push:
-            u = env.unwrapped
-            u.state = np.asarray(u.state, np.float64) + push * np.eye(4)[dim]
-            obs = np.asarray(u.state, np.float32)
-        out.append(obs)
-        if terminated or truncated:
-            break
-    return np.stack(out), np.asarray([*acts, 0], np.int64)
-
-
 def run_side_by_side(monitor: TransitionMonitor, episodes, tag: str = "e") -> list[dict[str, np.ndarray]]:
     """All episodes side by side, one batch per step; per episode ``[T + 1]`` of each signal."""
     got: list[dict[str, list[float]]] = [{} for _ in episodes]
@@ -106,7 +83,7 @@ def calibrated(tmp_path_factory) -> tuple[Path, list[tuple[np.ndarray, np.ndarra
     d = tmp_path_factory.mktemp("signed")
     shutil.copy(EXAMPLE / "dynamics_ensemble.onnx", d / "dynamics_ensemble.onnx")
     (d / "interlock.yaml").write_text(config_text())
-    episodes = [rollout(seed, 150) for seed in range(N_CAL)]
+    episodes = [policy_rollout(seed, 150) for seed in range(N_CAL)]
     np.savez(
         d / "nominal.npz",
         obs=np.concatenate([o[:-1] for o, _ in episodes]).astype(np.float32),
@@ -128,7 +105,7 @@ def monitors(d: Path) -> dict[str, TransitionMonitor]:
 
 
 def pushed(seeds, monitor: TransitionMonitor) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [rollout(s, 150, PUSH_UNITS * monitor.scale[PUSH_DIM], PUSH_DIM) for s in seeds]
+    return [policy_rollout(s, 150, PUSH_UNITS * monitor.scale[PUSH_DIM], PUSH_DIM) for s in seeds]
 
 
 def first_trips(monitor: TransitionMonitor, episodes, tag: str) -> list[int | None]:
@@ -170,7 +147,7 @@ def test_the_signed_statistic_equals_a_numpy_reference(calibrated):
     entries = json.loads((d / "thresholds.json").read_text())["monitors"]
     m = monitors(d)
     session = ort.InferenceSession(str(d / "dynamics_ensemble.onnx"), providers=["CPUExecutionProvider"])
-    episodes = [rollout(s, 150) for s in (2000, 2001)] + pushed((2002, 2003), m["signed"])
+    episodes = [policy_rollout(s, 150) for s in (2000, 2001)] + pushed((2002, 2003), m["signed"])
     clipped = 0
     for name, groups in (("signed", 1), ("signed_pa", 2)):
         mon, entry = m[name], entries[name]
@@ -212,7 +189,7 @@ def test_a_persistent_bias_trips_signed_quickly_and_not_energy(calibrated):
         assert sum(f is not None for f in trips[name]) >= 11, trips
         assert np.median([150 if f is None else f for f in trips[name]]) < 100, trips
     assert sum(f is not None for f in trips["energy"]) <= 3, trips  # measured: 2 of 12
-    nominal = [rollout(s, 150) for s in range(4000, 4012)]
+    nominal = [policy_rollout(s, 150) for s in range(4000, 4012)]
     for name, mon in m.items():
         assert sum(f is not None for f in first_trips(mon, nominal, "calm")) <= 3, name
 
@@ -223,7 +200,7 @@ def test_one_batch_of_several_episodes_equals_one_row_at_a_time(calibrated):
     d, _, _ = calibrated
     mon = monitors(d)["signed_pa"]
     a_obs, a_act = pushed([11], mon)[0]
-    b_obs, b_act = rollout(12, 40)
+    b_obs, b_act = policy_rollout(12, 40)
     seq = {}
     for t in range(40):
         for eid, o, a in (("a", a_obs, a_act), ("b", b_obs, b_act)):

@@ -36,6 +36,31 @@ def step(monitor, obs, actions, steps, episodes) -> dict[str, np.ndarray]:
     return {k: v.values for k, v in out.items()}
 
 
+def policy_rollout(seed: int, steps: int, push: float = 0.0, dim: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``[T + 1, 4]`` observations and ``[T + 1]`` actions (the last unused) of the CartPole example
+    policy; ``push`` is added to state element ``dim`` after every step (on the cart velocity: a
+    constant force, a slope)."""
+    import gymnasium as gym
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(CARTPOLE_EXAMPLE / "policy.onnx"), providers=["CPUExecutionProvider"])
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=seed)
+    out, acts = [obs], []
+    for _ in range(steps):
+        a = int(session.run(None, {"obs": obs[None].astype(np.float32)})[0].argmax())
+        acts.append(a)
+        obs, _, terminated, truncated, _ = env.step(a)
+        if push:
+            u = env.unwrapped
+            u.state = np.asarray(u.state, np.float64) + push * np.eye(4)[dim]
+            obs = np.asarray(u.state, np.float32)
+        out.append(obs)
+        if terminated or truncated:
+            break
+    return np.stack(out), np.asarray([*acts, 0], np.int64)
+
+
 def mlp_onnx(
     path: Path,
     weights: list[tuple[np.ndarray, np.ndarray]],
