@@ -272,6 +272,41 @@ def test_calibration_threshold_is_the_quantile_of_the_monitors_own_episode_maxim
         assert cal.thresholds["shift"] == grouped["thresholds"]["shift"]
 
 
+def test_calibration_reports_each_stream_s_own_threshold_and_a_narrower_monitor_matches_it(
+    calibrated, tmp_path
+):
+    """The report names the (action, dimension, side) streams behind a signed threshold: each stream's
+    own per-episode quantile, largest first, none above the pooled threshold; a monitor watching one
+    dimension (``dims``) is calibrated on exactly those streams of the wider one (the same ``z``)."""
+    d, _, cals = calibrated
+    wide = cals["signed_pa"].shift_per_stream
+    assert len(wide) == 2 * 2 * 4  # sides x actions x CartPole's four dimensions
+    assert list(wide.values()) == sorted(wide.values(), reverse=True)
+    assert max(wide.values()) <= cals["signed_pa"].thresholds["shift"] + 1e-9
+    assert "its streams' own thresholds, largest first" in cals["signed_pa"].summary()
+    assert cals["energy"].shift_per_stream is None
+    shutil.copy(d / "dynamics_ensemble.onnx", tmp_path / "dynamics_ensemble.onnx")
+    (tmp_path / "interlock.yaml").write_text(config_text({"signed_pa": f"        dims: [{PUSH_DIM}]\n"}))
+    out = tmp_path / "narrow.json"
+    [narrow] = calibrate(
+        tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=0.1,
+        monitors=["signed_pa"], output=out, progress=False,
+    ).transitions  # fmt: skip
+    mine = {k: v for k, v in wide.items() if f"obs[{PUSH_DIM}]" in k}
+    assert narrow.shift_per_stream == pytest.approx(mine, rel=1e-9)
+    assert max(mine.values()) <= narrow.thresholds["shift"] <= cals["signed_pa"].thresholds["shift"] + 1e-9
+    recorded = json.loads(out.read_text())["monitors"]["signed_pa"]["shift_threshold_per_stream"]
+    assert recorded == pytest.approx(narrow.shift_per_stream)
+    # score_actions: the unscored action's streams never move and are not listed
+    extra = f"        dims: [{PUSH_DIM}]\n        score_actions: [0]\n"
+    (tmp_path / "interlock.yaml").write_text(config_text({"signed_pa": extra}))
+    [one] = calibrate(
+        tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=0.1,
+        monitors=["signed_pa"], output=out, progress=False,
+    ).transitions  # fmt: skip
+    assert set(one.shift_per_stream) == {f"action 0 obs[{PUSH_DIM}] up", f"action 0 obs[{PUSH_DIM}] down"}
+
+
 def test_a_calibration_with_another_statistic_or_drift_is_refused(calibrated, tmp_path):
     d, _, _ = calibrated
     for f in ("dynamics_ensemble.onnx", "thresholds.json"):

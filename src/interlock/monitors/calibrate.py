@@ -274,6 +274,7 @@ def calibrate(
             **({"intervention_budget": intervention_budget} if intervention_budget is not None else {}),
             "episodes": cal.episodes,
             **({"group_by": group_by, "shift_threshold_per_group": cal.shift_per_group} if group_by else {}),
+            **({"shift_threshold_per_stream": cal.shift_per_stream} if cal.shift_per_stream else {}),
             "data": Path(episode_data.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {tcfg.name: entry})

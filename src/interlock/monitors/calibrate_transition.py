@@ -49,7 +49,13 @@ import numpy as np
 from interlock.ensembles.common import EnsembleError
 from interlock.ensembles.data import Transitions
 from interlock.ensembles.thresholds import conformal_threshold
-from interlock.monitors.transition import TransitionMonitor, cusum, signed_cusum, surprise_of
+from interlock.monitors.transition import (
+    TransitionMonitor,
+    cusum,
+    signed_cusum,
+    signed_cusum_streams,
+    surprise_of,
+)
 
 __all__ = ["EpisodeData", "TransitionCalibration", "calibrate_transition", "episodes_of", "rollout_episodes"]
 
@@ -208,6 +214,11 @@ class TransitionCalibration:
     #: Held-out share of calm steps at or after the episode's first trip, at the drift the monitor
     #: runs with: what a response latched on ``episode.shifted`` (a handover) would intervene on.
     held_out_after_trip_share: float = 0.0
+    #: ``statistic: signed``: each CUSUM stream's own per-episode threshold (the quantile of its
+    #: episode maxima alone), largest first, keyed "action A obs[D] up|down" ("obs[D] up|down" with
+    #: one group; actions outside ``score_actions`` left out): which streams set ``shift``, and what a monitor
+    #: watching fewer of them (``dims``, ``score_actions``) would need.
+    shift_per_stream: dict[str, float] | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -250,14 +261,41 @@ class TransitionCalibration:
             + [
                 f"  steps at or after a trip (a latched response's interventions): held out "
                 f"{self.held_out_after_trip_share:.4f}"
-                + (
-                    f" (budget {self.intervention_budget:g})"
-                    if self.intervention_budget is not None
-                    else ""
-                )
+                + (f" (budget {self.intervention_budget:g})" if self.intervention_budget is not None else "")
             ]
+            + self._stream_lines()
             + ([f"wrote the calibration of '{self.monitor}' to {self.path}"] if self.path else [])
         )
+
+    def _stream_lines(self, show: int = 4) -> list[str]:
+        """The streams behind a signed ``shift`` threshold: the largest few and the quietest."""
+        if not self.shift_per_stream:
+            return []
+        items = list(self.shift_per_stream.items())
+        fmt = "; ".join(f"{k} {v:.3g}" for k, v in items[:show])
+        lines = [f"  its streams' own thresholds, largest first: {fmt}"]
+        if len(items) > show:
+            lines.append(
+                f"  ... the quietest: {items[-1][0]} {items[-1][1]:.3g} (a monitor limited to quiet streams "
+                "with dims / score_actions has a lower threshold: docs/shift.md)"
+            )
+        return lines
+
+
+def stream_groups(monitor: TransitionMonitor) -> list[int]:
+    """The signed statistic's groups that can move: with ``spread: per_action`` and ``score_actions``
+    only those actions' (the others are never scored), else all."""
+    watched = monitor.cfg.score_actions
+    if monitor.n_groups > 1 and watched is not None:
+        return [g for g in range(monitor.n_groups) if g in watched]
+    return list(range(monitor.n_groups))
+
+
+def stream_labels(monitor: TransitionMonitor) -> list[str]:
+    """Names of the signed CUSUM streams of :func:`stream_groups`, in ``[side, group, dim]`` order."""
+    dims = range(monitor.obs_dim) if monitor.dims is None else monitor.dims.tolist()
+    groups = [f"action {g} " for g in stream_groups(monitor)] if monitor.n_groups > 1 else [""]
+    return [f"{g}obs[{d}] {side}" for side in ("up", "down") for g in groups for d in dims]
 
 
 def _per_episode(values: np.ndarray, episode: np.ndarray) -> list[np.ndarray]:
@@ -463,6 +501,19 @@ def calibrate_transition(
 
     ep_max = np.asarray([episode_max(r, drift) for r in fit_rows])
     shift = conformal_threshold(ep_max, episode_rate)
+    per_stream = None
+    if signed_z is not None:  # which (action, dimension, side) streams the threshold comes from
+        kept = stream_groups(monitor)  # the other actions' streams never move
+        peaks = np.stack(
+            [
+                signed_cusum_streams(signed_z[r], groups[r], monitor.n_groups, drift)[1][:, kept].ravel()
+                for r in fit_rows
+            ]
+        )
+        own = {
+            k: conformal_threshold(peaks[:, i], episode_rate) for i, k in enumerate(stream_labels(monitor))
+        }
+        per_stream = dict(sorted(own.items(), key=lambda kv: -kv[1]))
     per_group = None
     if data.group is not None:  # every group (behaviour policy) within the target, not only the pool
         ep_group = np.asarray([g[0] for g in _per_episode(data.group[part], data.episode[part])])
@@ -515,4 +566,5 @@ def calibrate_transition(
         statistic=monitor.cfg.statistic,
         intervention_budget=intervention_budget,
         held_out_after_trip_share=held_share,
+        shift_per_stream=per_stream,
     )

@@ -71,6 +71,7 @@ __all__ = [
     "cusum",
     "normalised_residual",
     "signed_cusum",
+    "signed_cusum_streams",
     "signed_update",
     "surprise_of",
 ]
@@ -179,13 +180,27 @@ def signed_cusum(z: np.ndarray, groups: np.ndarray, n_groups: int, drift: float)
     Returns:
         ``[T]`` the largest of the ``[2, n_groups, d]`` CUSUMs after each step (:func:`signed_update`).
     """
+    return signed_cusum_streams(z, groups, n_groups, drift)[0]
+
+
+def signed_cusum_streams(
+    z: np.ndarray, groups: np.ndarray, n_groups: int, drift: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`signed_cusum` and, for calibration's report, where its value comes from.
+
+    Returns:
+        ``[T]`` the shift value after each step, and ``[2, n_groups, d]`` each CUSUM's (side, group,
+        dimension) largest value over the episode.
+    """
     sums = np.zeros((2, n_groups, z.shape[1]))
+    peak = np.zeros_like(sums)
     out = np.zeros(len(z))
     for t, g in enumerate(np.asarray(groups).tolist()):
         if 0 <= g < n_groups:
             sums[:, g] = signed_update(sums[:, g], z[t], drift)
+            peak[:, g] = np.maximum(peak[:, g], sums[:, g])
         out[t] = sums.max()
-    return out
+    return out, peak
 
 
 @dataclass
