@@ -234,9 +234,16 @@ def round7() -> None:
     print(f"\nChosen by the rule: **{choice}**" + ("" if ok else " (no design eligible)") + ".")
 
 
-def _challenge(title: str, incumbent: tuple[str, str], challenger: tuple[str, str], margin: int) -> None:
-    """Rounds 8 and 10: a challenger replaces the incumbent iff eligible (round 7's rule) and its wind +
-    weak-main crashes over round 7's six agents are at most ``incumbent's + margin`` (negative: fewer)."""
+def _challenge(
+    title: str,
+    incumbent: tuple[str, str],
+    challenger: tuple[str, str],
+    margin: int,
+    wind_margin: int | None = None,
+) -> None:
+    """Rounds 8, 10 and 11: a challenger replaces the incumbent iff eligible (round 7's rule) and its wind +
+    weak-main crashes over round 7's six agents are at most ``incumbent's + margin`` (negative: fewer),
+    and, with ``wind_margin``, its wind crashes at most the incumbent's + ``wind_margin``."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
     base = _load(("r7dev_p1_500_02.json",), "unguarded")
     designs = {name: (f,) for name, f in (incumbent, challenger)}
@@ -248,6 +255,8 @@ def _challenge(title: str, incumbent: tuple[str, str], challenger: tuple[str, st
         return
     old, new = (totals[d]["wind"] + totals[d]["weak_main"] for d in designs)
     chosen = totals[challenger[0]]["eligible"] and new <= old + margin
+    if wind_margin is not None:
+        chosen = chosen and totals[challenger[0]]["wind"] <= totals[incumbent[0]]["wind"] + wind_margin
     print(f"\nWind + weak-main crashes: {new} against {old}. Chosen by the rule: "
           f"**{challenger[0] if chosen else incumbent[0]}**.")
 
@@ -266,6 +275,13 @@ def round10() -> None:
                ("p1_500_02_b01_robust2", "r10dev_p1_500_02_b01_robust2.json"), 5)
 
 
+def round11() -> None:
+    """Round 11 (RULE.md "Round 11"): a main-engine vy monitor (at least 10 fewer, wind at most 5 more)."""
+    _challenge("Round 11 (RULE.md \"Round 11\"): a third monitor `thrust` (main-engine vy alone)",
+               ("p1_500_02_b01_robust2", "r10dev_p1_500_02_b01_robust2.json"),
+               ("p1_500_02_b01_robust2_thrust", "r11dev_p1_500_02_b01_robust2_thrust.json"), -10, 5)
+
+
 if __name__ == "__main__":
     main()
     round5()
@@ -274,3 +290,4 @@ if __name__ == "__main__":
     round7()
     round8()
     round10()
+    round11()
