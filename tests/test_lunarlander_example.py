@@ -52,7 +52,9 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
     assert agent.observation.shape == [8] and agent.observation.dtype == "float32"
     assert agent.action.type == "discrete" and agent.action.n == 4
     kinds = {m.name: m.kind for m in agent.monitors}
-    assert kinds == {"action_space": "action_space", "drift": "transition", "engine": "transition"}
+    assert kinds == {
+        "action_space": "action_space", "drift": "transition", "engine": "transition", "thrust": "transition"
+    }
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
@@ -117,12 +119,14 @@ def first_trips(detector: Guard, agent: ort.InferenceSession, world: str, seed: 
     return trips
 
 
-def test_a_weak_main_engine_trips_the_signed_monitor_and_calm_flight_trips_nothing(detector, agent) -> None:
+def test_a_weak_main_engine_trips_the_signed_monitors_and_calm_flight_trips_nothing(detector, agent) -> None:
     # Development seeds: main engine x0.6 11000+, nominal 7000+. Under the weak engine every main-engine
-    # step's vy residual is biased (about -1.1 scale units): the signed CUSUM adds it up (step 117 here)
-    # while the squared surprise of `drift` stays calm.
+    # step's vy residual is biased (about -1.1 scale units): the signed CUSUMs add it up while the squared
+    # surprise of `drift` stays calm. `thrust` watches that one stream, so its threshold is the thrust
+    # noise's (6.1, against `engine`'s 55, set by other streams) and it trips far sooner (25 vs 117 here).
     weak = first_trips(detector, agent, "weak_main", 11000)
-    assert set(weak) == {"engine.shift"} and 50 < weak["engine.shift"] < 250
+    assert set(weak) == {"thrust.shift", "engine.shift"}
+    assert 0 < weak["thrust.shift"] < 60 and weak["thrust.shift"] + 40 < weak["engine.shift"] < 250
     assert first_trips(detector, agent, "nominal", 7000) == {}  # a whole calm episode (853 steps)
 
 
@@ -213,7 +217,7 @@ def test_per_agent_calibration_gives_the_guard_the_agent_s_own_thresholds(tmp_pa
     path = lunarlander.calibrate_for_agent("ppo", tmp_path, episodes=12, seed=20000, episode_rate=0.1)
     own = json.loads(path.read_text())["monitors"]
     committed = json.loads((EXAMPLE / "thresholds.json").read_text())["monitors"]
-    assert set(own) == {"drift", "engine"}
+    assert set(own) == {"drift", "engine", "thrust"}
     guard = lunarlander._guard(guarded=True, overrides=lunarlander.Overrides(path, "dqn_agent.onnx"))
     (runtime,) = guard.agents
     backup = runtime.fallbacks["backup"]
