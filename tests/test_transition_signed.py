@@ -398,3 +398,48 @@ def test_an_intervention_budget_raises_shift_until_the_steps_after_a_trip_fit(ca
     with pytest.raises(EnsembleError, match="intervention budget must be in"):
         calibrate(d / "interlock.yaml", "cartpole", d / "nominal.npz", output=tmp_path / "x.json",
                   intervention_budget=1.5)  # fmt: skip
+
+
+def test_joint_calibration_holds_the_union_of_the_monitors_to_the_targets(calibrated, tmp_path):
+    """`--joint`: episode.shifted is any monitor's trip, so the per-episode target and the budget hold
+    for the union. Each threshold sits at the same rank of its own calm episode maxima (as the running
+    monitors compute them), the largest rank whose union stays within what one conformal threshold
+    allows; the held-out union rate is what the running monitors, loaded from the file, do."""
+    import math
+
+    d, episodes, cals = calibrated
+    shutil.copy(d / "dynamics_ensemble.onnx", tmp_path / "dynamics_ensemble.onnx")
+    (tmp_path / "interlock.yaml").write_text(config_text())
+    rate = 0.1
+    report = calibrate(
+        tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", rate=0.05, episode_rate=rate,
+        joint=True, progress=False,
+    )  # fmt: skip
+    joint = {c.monitor: c for c in report.transitions}
+    assert set(joint) == set(MONITORS) and all(c.joint is joint["energy"].joint for c in joint.values())
+    record = json.loads((tmp_path / "thresholds.json").read_text())["monitors"]["signed"]["joint"]
+    assert record["monitors"] == list(MONITORS) and record["per_episode"] == rate
+    m = monitors(tmp_path)  # the running monitors with the joint thresholds
+    split = cals["signed"].split
+    paths = {n: [r["shift"] for r in run_side_by_side(m[n], episodes, f"j{n}")] for n in MONITORS}
+    fit = {n: [paths[n][i] for i in split["threshold"]] for n in MONITORS}
+    held = {n: [paths[n][i] for i in split["held_out"]] for n in MONITORS}
+    rank = joint["signed"].joint.rank
+    for n in MONITORS:
+        h = m[n].thresholds["shift"]
+        maxima = np.sort([p.max() for p in fit[n]])[::-1]
+        assert h == pytest.approx(max(maxima[rank], joint[n].paths.floor), rel=1e-9)
+        if n != "energy":  # same statistic as alone, a rank no larger: the threshold can only rise
+            assert h >= cals[n].thresholds["shift"] - 1e-12
+
+    def union(part: dict[str, list[np.ndarray]]) -> np.ndarray:
+        return np.any([[p.max() > m[n].thresholds["shift"] for p in part[n]] for n in MONITORS], axis=0)
+
+    n_fit = len(split["threshold"])
+    allowed = n_fit - math.ceil((n_fit + 1) * (1 - rate))
+    assert union(fit).sum() <= allowed
+    assert joint["signed"].joint.held_out_union_rate == pytest.approx(union(held).mean())
+    assert "joint (energy, signed, signed_pa" in report.summary()
+    left_out = "--joint calibrates every transition monitor.*left out by --monitor: "
+    with pytest.raises(ConfigError, match=left_out):
+        calibrate(tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", monitors=["signed"], joint=True)

@@ -102,6 +102,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         group_by=args.group_by,
         intervention_budget=args.intervention_budget,
+        joint=args.joint,
     )
     print(report.summary())
     return 0
@@ -241,7 +242,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="transition monitors: share of in-distribution steps that may come at or after a shift trip, "
         "what a response latched on episode.shifted (a handover for the rest of the episode) intervenes "
         "on; the shift threshold is raised until the calibration episodes stay within it (e.g. 0.01 for "
-        "each of two monitors under a 2%% budget)",
+        "each of two monitors under a 2%% budget; with --joint, for all of them together)",
+    )
+    cal.add_argument(
+        "--joint",
+        action="store_true",
+        help="transition monitors: the per-episode false-alarm rate and the intervention budget hold for "
+        "episode.shifted, the union of the agent's transition monitors (any one tripping), not for each; "
+        "all of them are calibrated together, each threshold at the same rank of its calm episode maxima "
+        "(docs/shift.md, Calibration)",
     )
     cal.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     cal.add_argument(

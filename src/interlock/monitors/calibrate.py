@@ -73,7 +73,24 @@ class CalibrationReport:
             lines.append(f"{m.monitor + ' (any signal)':34s} {'':12s} {'':18s} {m.held_out_any_rate:15.4f}")
             lines.append(f"wrote thresholds of '{m.monitor}' to {m.path}")
         lines.extend(t.summary() for t in self.transitions)
+        if self.transitions and self.transitions[0].joint is not None:
+            lines.append(self.transitions[0].joint.summary())
         return "\n".join(lines)
+
+
+def joint_record(joint) -> dict:
+    """The thresholds file's record of a joint calibration (``JointCalibration``)."""
+    return {
+        "monitors": joint.monitors,
+        "per_episode": joint.episode_rate,
+        "intervention_budget": joint.intervention_budget,
+        "rank": joint.rank,
+        "union_false_alarm_rate": {
+            "threshold_part": joint.fit_union_rate,
+            "held_out": joint.held_out_union_rate,
+        },
+        "held_out_union_steps_after_trip": joint.held_out_union_after_trip_share,
+    }
 
 
 def monitor_scores(monitor, data: Transitions, rows: np.ndarray, spaces, batch_size: int = 4096):
@@ -111,6 +128,7 @@ def calibrate(
     progress: bool = False,
     group_by: str | None = None,
     intervention_budget: float | None = None,
+    joint: bool = False,
 ) -> CalibrationReport:
     """Calibrate every ``uncertainty`` and ``transition`` monitor of ``agent`` (or those named).
 
@@ -124,6 +142,10 @@ def calibrate(
             shift threshold is the largest of the groups' own quantiles (see ``calibrate_transition``).
         intervention_budget: Transition monitors: share of calm steps that may follow a trip (what a
             response latched on ``episode.shifted`` intervenes on); raises ``shift`` if need be.
+        joint: Transition monitors: ``episode_rate`` and ``intervention_budget`` hold for the union of
+            the agent's transition monitors (``episode.shifted``), not for each
+            (:func:`~interlock.monitors.calibrate_transition.joint_shift_thresholds`); all of them are
+            calibrated together.
 
     Raises:
         ConfigError: the config or agent is wrong, or no thresholds file is named.
@@ -131,7 +153,12 @@ def calibrate(
     """
     from interlock.config import TransitionMonitorConfig, UncertaintyMonitorConfig, load_config
     from interlock.monitors import uncertainty_monitor
-    from interlock.monitors.calibrate_transition import calibrate_transition, episodes_of, rollout_episodes
+    from interlock.monitors.calibrate_transition import (
+        calibrate_transition,
+        episodes_of,
+        joint_shift_thresholds,
+        rollout_episodes,
+    )
     from interlock.monitors.transition import TransitionMonitor
     from interlock.runtime import ModelRuntime
     from interlock.spaces import AgentSpaces
@@ -157,6 +184,19 @@ def calibrate(
             + f" (its monitors: {names})"
         )
     chosen = [m for m in chosen_all if isinstance(m, UncertaintyMonitorConfig)]
+    transitions = [m for m in chosen_all if isinstance(m, TransitionMonitorConfig)]
+    if joint:
+        every = [m.name for m in agent_cfg.monitors if isinstance(m, TransitionMonitorConfig)]
+        left_out = sorted(set(every) - {m.name for m in transitions})
+        if not transitions or left_out:
+            raise ConfigError(
+                f"{config}: --joint calibrates every transition monitor of agent '{agent_cfg.id}' together "
+                + (
+                    f"(left out by --monitor: {', '.join(left_out)}; drop --monitor)"
+                    if left_out
+                    else "(it has none)"
+                )
+            )
     spaces = AgentSpaces.from_config(agent_cfg)
     runtime = ModelRuntime.for_config(loaded)
     episode_data = None
@@ -209,7 +249,8 @@ def calibrate(
             "data": Path(ds.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {mcfg.name: entry})
-    for tcfg in (m for m in chosen_all if isinstance(m, TransitionMonitorConfig)):
+    calibrated = []
+    for tcfg in transitions:
         where = f"{loaded.source}: agents[{agent_cfg.id}].monitors[{tcfg.name}]"
         target = output if output is not None else tcfg.thresholds_file
         if target is None:
@@ -230,10 +271,14 @@ def calibrate(
             holdout=holdout,
             seed=seed,
             progress=progress,
-            intervention_budget=intervention_budget,
+            intervention_budget=None if joint else intervention_budget,
         )
         cal.path = str(path)
         report.transitions.append(cal)
+        calibrated.append((tcfg, tmon, cal, path))
+    if joint:
+        joint_shift_thresholds([c for _, _, c, _ in calibrated], episode_rate, intervention_budget)
+    for tcfg, tmon, cal, path in calibrated:
         entry = {
             "kind": "transition",
             "model": tcfg.model,
@@ -275,6 +320,7 @@ def calibrate(
             "episodes": cal.episodes,
             **({"group_by": group_by, "shift_threshold_per_group": cal.shift_per_group} if group_by else {}),
             **({"shift_threshold_per_stream": cal.shift_per_stream} if cal.shift_per_stream else {}),
+            **({"joint": joint_record(cal.joint)} if cal.joint is not None else {}),
             "data": Path(episode_data.source).name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {tcfg.name: entry})

@@ -41,7 +41,8 @@ as it will be on new episodes, not on the episodes the scale was fitted to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,15 @@ from interlock.monitors.transition import (
     surprise_of,
 )
 
-__all__ = ["EpisodeData", "TransitionCalibration", "calibrate_transition", "episodes_of", "rollout_episodes"]
+__all__ = [
+    "EpisodeData",
+    "JointCalibration",
+    "TransitionCalibration",
+    "calibrate_transition",
+    "episodes_of",
+    "joint_shift_thresholds",
+    "rollout_episodes",
+]
 
 
 @dataclass
@@ -219,6 +228,10 @@ class TransitionCalibration:
     #: one group; actions outside ``score_actions`` left out): which streams set ``shift``, and what a monitor
     #: watching fewer of them (``dims``, ``score_actions``) would need.
     shift_per_stream: dict[str, float] | None = None
+    #: The running statistic on the threshold and held-out episodes (for :func:`joint_shift_thresholds`).
+    paths: RunPaths | None = field(default=None, repr=False)
+    #: Set by :func:`joint_shift_thresholds` when the threshold was chosen with the agent's other monitors.
+    joint: JointCalibration | None = None
 
     def summary(self) -> str:
         t, h = self.thresholds, self.held_out_step_rate
@@ -354,6 +367,124 @@ def per_action_scale(
         if counts[a] >= cfg.spread_min_rows:
             scale[a] = np.maximum(residual_scale(residual[actions == a], cfg.scale_statistic), floor)
     return scale, floor, counts
+
+
+@dataclass
+class RunPaths:
+    """One monitor's ``shift`` statistic as it runs (at the drift it runs with), per episode."""
+
+    #: ``[T_e]`` per threshold-part episode, and per held-out episode (the same split for every monitor
+    #: calibrated from the same data and seed).
+    fit: list[np.ndarray]
+    held_out: list[np.ndarray]
+    #: ``[n_fit]`` group of each threshold-part episode (``--group-by``), else None.
+    fit_groups: np.ndarray | None
+    #: The least threshold allowed (energy: the drift; signed: 0).
+    floor: float
+
+
+@dataclass
+class JointCalibration:
+    """What :func:`joint_shift_thresholds` chose and measured for the union of an agent's monitors."""
+
+    monitors: list[str]
+    episode_rate: float
+    intervention_budget: float | None
+    #: Threshold-part episodes each monitor's threshold may leave above it (the common rank chosen).
+    rank: int
+    fit_union_rate: float
+    held_out_union_rate: float
+    held_out_union_after_trip_share: float
+
+    def summary(self) -> str:
+        budget = "" if self.intervention_budget is None else f", budget {self.intervention_budget:g}"
+        return (
+            f"joint ({', '.join(self.monitors)}: episode.shifted is any of them; target "
+            f"{self.episode_rate:g} per episode{budget}): each threshold leaves {self.rank} "
+            f"threshold-part episode(s) above it; union trips {self.fit_union_rate:.4f} (threshold part), "
+            f"held out {self.held_out_union_rate:.4f}; held-out steps at or after a trip "
+            f"{self.held_out_union_after_trip_share:.4f}"
+        )
+
+
+def first_trip_steps(paths: list[np.ndarray], threshold: float) -> np.ndarray:
+    """``[n]`` per episode the first step whose statistic exceeds ``threshold`` (episode length if none)."""
+    return np.asarray([int(np.argmax(p > threshold)) if np.any(p > threshold) else len(p) for p in paths])
+
+
+def _union(paths: list[list[np.ndarray]], thresholds: list[float]) -> tuple[np.ndarray, float]:
+    """``[n]`` whether any monitor trips in each episode, and the share of steps at or after the first."""
+    first = np.min([first_trip_steps(p, h) for p, h in zip(paths, thresholds, strict=True)], axis=0)
+    lengths = np.asarray([len(p) for p in paths[0]])
+    total = max(int(lengths.sum()), 1)
+    return first < lengths, float((lengths - np.minimum(first, lengths)).sum() / total)
+
+
+def joint_shift_thresholds(
+    cals: list[TransitionCalibration], episode_rate: float, intervention_budget: float | None = None
+) -> JointCalibration:
+    """Choose the ``shift`` thresholds of an agent's transition monitors together (``--joint``).
+
+    ``episode.shifted`` is true once **any** of them trips, so the per-episode target and the
+    intervention budget are about their union, not each monitor. Each monitor's threshold is its
+    ``(rank + 1)``-th largest episode maximum on the threshold part (at least its floor), one ``rank``
+    for all, the largest for which the union trips in no more threshold-part episodes than a single
+    conformal ``(1 - episode_rate)`` threshold would allow (per group with ``--group-by``) and, with
+    a budget, leaves at most that share of threshold-part steps at or after the union's first trip.
+    Rank 0 (every threshold at its largest calm maximum) always qualifies. Sets the thresholds on the
+    calibrations (``thresholds["shift"]``, the held-out rates) and returns what the union measured.
+    """
+    runs: list[RunPaths] = []
+    for c in cals:
+        if c.paths is None:
+            raise EnsembleError(
+                f"'{c.monitor}': joint calibration needs its running statistic (calibrate_transition)"
+            )
+        runs.append(c.paths)
+    fit = [r.fit for r in runs]
+    n = len(fit[0])
+    if any(len(f) != n for f in fit):
+        raise EnsembleError("joint calibration needs every monitor calibrated on the same episodes and split")
+    groups = runs[0].fit_groups
+    masks = [np.ones(n, bool)] if groups is None else [groups == g for g in np.unique(groups)]
+    # what one conformal (1 - episode_rate) threshold lets through, per group
+    allowed = [
+        int(m.sum()) - min(math.ceil((int(m.sum()) + 1) * (1 - episode_rate)), int(m.sum())) for m in masks
+    ]
+    maxima = [np.sort([float(x.max()) if len(x) else 0.0 for x in f])[::-1] for f in fit]
+
+    def at(rank: int) -> list[float]:
+        return [max(float(m[min(rank, n - 1)]), r.floor) for m, r in zip(maxima, runs, strict=True)]
+
+    rank = max(allowed)
+    while rank > 0:
+        tripped, share = _union(fit, at(rank))
+        within = all(int(tripped[m].sum()) <= a for m, a in zip(masks, allowed, strict=True))
+        if within and (intervention_budget is None or share <= intervention_budget):
+            break
+        rank -= 1
+    chosen = at(rank)
+    fit_tripped, _ = _union(fit, chosen)
+    held = [r.held_out for r in runs]
+    held_tripped, held_share = _union(held, chosen)
+    for c, h, hp in zip(cals, chosen, held, strict=True):
+        c.thresholds["shift"] = h
+        c.held_out_episode_rate = float(np.mean([float(x.max()) > h if len(x) else False for x in hp]))
+        c.held_out_after_trip_share = after_trip_share(hp, h)
+        if c.config_drift is not None:  # the paths are at the config's drift already
+            c.held_out_episode_rate_config_drift = c.held_out_episode_rate
+    joint = JointCalibration(
+        [c.monitor for c in cals],
+        episode_rate,
+        intervention_budget,
+        rank,
+        float(np.mean(fit_tripped)),
+        float(np.mean(held_tripped)),
+        held_share,
+    )
+    for c in cals:
+        c.joint = joint
+    return joint
 
 
 def running_maxima(paths: list[np.ndarray]) -> np.ndarray:
@@ -524,9 +655,9 @@ def calibrate_transition(
     # energy: the config's drift overrides the file's when the monitor loads (signed: it is the drift)
     fixed = monitor.cfg.drift if signed_z is None else None
     run_drift = drift if fixed is None else fixed
+    fit_paths = [episode_path(r, run_drift) for r in fit_rows]  # what the running monitor computes
     if intervention_budget is not None:
-        running = running_maxima([episode_path(r, run_drift) for r in fit_rows])
-        shift = max(shift, conformal_threshold(running, intervention_budget))
+        shift = max(shift, conformal_threshold(running_maxima(fit_paths), intervention_budget))
     thresholds = {
         "surprise": conformal_threshold(s_fit, step_rate),
         # energy: at least the drift; signed: drift and statistic are not in the same units
@@ -537,7 +668,8 @@ def calibrate_transition(
     whole = np.isin(data.episode, parts["held_out"])
     held_rows = _per_episode(rows[whole], data.episode[whole])
     held_max = np.asarray([episode_max(r, drift) for r in held_rows])
-    held_share = after_trip_share([episode_path(r, run_drift) for r in held_rows], thresholds["shift"])
+    held_paths = [episode_path(r, run_drift) for r in held_rows]
+    held_share = after_trip_share(held_paths, thresholds["shift"])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
     fixed_rate = None
@@ -567,4 +699,10 @@ def calibrate_transition(
         intervention_budget=intervention_budget,
         held_out_after_trip_share=held_share,
         shift_per_stream=per_stream,
+        paths=RunPaths(
+            fit_paths,
+            held_paths,
+            None if data.group is None else ep_group,
+            0.0 if signed_z is not None else run_drift,
+        ),
     )

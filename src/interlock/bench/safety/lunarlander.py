@@ -254,13 +254,15 @@ def calibrate_for_agent(
     episode_rate: float,
     progress: bool = False,
     intervention_budget: float | None = None,
+    joint: bool = False,
 ) -> Path:
     """Calibrate the example's transition monitors on ``agent``'s own calm episodes (docs/shift.md).
 
     ``episodes`` nominal-world episodes of the agent's greedy policy, reset seeds ``seed + e`` (they must
     be development seeds, below 100 000), at a per-episode false-alarm target ``episode_rate``; the
     model, dims, drift and every other setting stay the config's; ``intervention_budget``: the share of
-    calm steps a trip may hand to the backup (round 10). Returns the thresholds file written,
+    calm steps a trip may hand to the backup (round 10); ``joint``: both hold for the monitors together
+    (``episode.shifted``; round 12). Returns the thresholds file written,
     ``out_dir/thresholds_<agent>.json``.
     """
     from interlock.monitors.calibrate import calibrate
@@ -284,6 +286,7 @@ def calibrate_for_agent(
         output=out,
         progress=progress,
         intervention_budget=intervention_budget,
+        joint=joint,
     )
     return out
 
@@ -571,6 +574,11 @@ def main() -> None:
         "--intervention-budget)",
     )
     p.add_argument(
+        "--calibrate-joint",
+        action="store_true",
+        help="the rate and the budget hold for the monitors together (interlock calibrate --joint; round 12)",
+    )
+    p.add_argument(
         "--calibrate-dir", default=None, help="where the per-agent thresholds files go (default: a temp dir)"
     )
     p.add_argument(
@@ -603,6 +611,7 @@ def main() -> None:
                 args.calibrate_seed,
                 args.calibrate_rate,
                 intervention_budget=args.calibrate_budget,
+                joint=args.calibrate_joint,
             )
             print(f"{agent}: calibrated on its own calm episodes -> {thresholds}", flush=True)
         overrides = Overrides(thresholds, args.backup)
