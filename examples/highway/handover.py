@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from highway_shield import ShieldChoice
 
 X_SCALE = 200.0  # highway-env's Kinematics x normalisation: 5 * Vehicle.MAX_SPEED (m)
 FAR_M = 100.0  # a vehicle farther than this (or absent) counts as this far
@@ -112,3 +113,18 @@ class DenseTraffic:
                 mean, latched = self._advance(key, int(steps[i]), float(near[i]))
                 score[i], shifted[i] = mean, float(latched)
         return {"closeness": near, "score": score, "shifted": shifted}
+
+
+
+class ShieldedBackup(ShieldChoice):
+    """``kind: python`` fallback: the backup drives, through the shield's choice rule (design C).
+
+    The backup (``scores``: its ONNX, ``obs`` [batch, 25] -> Q [batch, 5]) proposes the argmax of its
+    Q; :class:`highway_shield.ShieldChoice` then keeps it if its 1 s margin is safe, else picks the
+    substitute ranked by the backup's Q. Same keyword arguments as ``ShieldChoice``.
+    """
+
+    def __call__(self, observations: np.ndarray, actions: np.ndarray, batch: Any) -> np.ndarray:
+        """obs [batch, 25], the agent's proposals [batch] (ignored) -> meta-actions [batch] int64."""
+        backup = np.argmax(self.q(observations), axis=1).astype(np.int64)
+        return super().__call__(observations, backup, batch)
