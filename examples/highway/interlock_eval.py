@@ -12,7 +12,8 @@ The second evaluation (round 4's chosen design ``h1_t3_tie_rank2b``, fresh seeds
 --unguarded --variant h1_t3_tie_rank2b``; ``interlock_dev_check.json`` is the same on the
 development seeds (``--seeds dev``), compared with the study.
 
-The Simplex handover designs of HANDOVER_RULE.md (``--design handover`` or ``shield_handover``:
+The Simplex handover designs of HANDOVER_RULE.md (``--design handover``, ``shield_handover`` or
+``shielded_handover``:
 a dense-traffic detector and a robust backup; ``interlock_handover*.yaml``,
 ``interlock_shield_handover*.yaml``) run the same way; each cell then also reports how many
 episodes the detector tripped in and at which step (``trip_steps``: the first decision whose
@@ -64,6 +65,8 @@ DESIGNS = {
     "handover": {"stock": HERE / "interlock_handover.yaml", "cpss": HERE / "interlock_handover_cpss.yaml"},
     "shield_handover": {"stock": HERE / "interlock_shield_handover.yaml",
                         "cpss": HERE / "interlock_shield_handover_cpss.yaml"},
+    "shielded_handover": {"stock": HERE / "interlock_shielded_handover.yaml",
+                          "cpss": HERE / "interlock_shielded_handover_cpss.yaml"},
 }
 CONFIGS = DESIGNS["shield"]
 #: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
@@ -128,7 +131,8 @@ def main() -> None:
                         "evaluation), eval2 (420000+k / 430000+k, the round-4 design's), dev, "
                         "handover_eval, handover_agent2 (HANDOVER_RULE.md).")
     p.add_argument("--design", choices=sorted(DESIGNS), default="shield",
-                   help="Which configs decide: shield (interlock*.yaml), handover or shield_handover.")
+                   help="Which configs decide: shield (interlock*.yaml), or the handover designs "
+                        "(HANDOVER_RULE.md) handover (A), shield_handover (B), shielded_handover (C).")
     p.add_argument("--unguarded", action="store_true",
                    help="Also run the agent unguarded on the same seeds (paired).")
     p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
