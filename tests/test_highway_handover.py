@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HIGHWAY = ROOT / "examples" / "highway"
 SPEEDS = {"stock": (20.0, 25.0, 30.0), "cpss": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)}
 DESIGNS = {
-    "handover": {"stock": HIGHWAY / "interlock_handover.yaml", "cpss": HIGHWAY / "interlock_handover_cpss.yaml"},
+    "handover": {"stock": HIGHWAY / "interlock_handover.yaml",
+                 "cpss": HIGHWAY / "interlock_handover_cpss.yaml"},
     "shield_handover": {"stock": HIGHWAY / "interlock_shield_handover.yaml",
                         "cpss": HIGHWAY / "interlock_shield_handover_cpss.yaml"},
     "shielded_handover": {"stock": HIGHWAY / "interlock_shielded_handover.yaml",
@@ -76,6 +77,16 @@ def test_the_configs_use_the_calibrated_threshold_and_the_backup_of_their_speed_
             for m in agent["monitors"]:  # the shield's model must know the env's target speeds
                 if m.get("name") == "shield":
                     assert tuple(m["kwargs"]["target_speeds"]) == SPEEDS[speed]
+            if design == "shielded_handover":  # the backup's shield is the agent's shield
+                shield = dict(agent["fallbacks"]["shield_choice"]["kwargs"], scores=f"backup_{speed}.onnx")
+                assert backup["kwargs"] == shield
+
+
+def test_every_design_config_loads_and_its_plugins_pass_the_probe() -> None:
+    for paths in DESIGNS.values():
+        for path in paths.values():
+            guard = Guard(load_config(path)).load()
+            guard.unload()
 
 
 def test_the_detector_latches_per_episode_and_follows_steps() -> None:
@@ -120,3 +131,71 @@ def _run(guard: Guard, agent, env, seed: int, episode: str) -> list:
         obs, _, terminated, truncated, _ = env.step(int(d.action))
         done, step = terminated or truncated, step + 1
     return decisions
+
+
+def test_a_real_dense_episode_is_handed_over_and_a_nominal_one_is_not() -> None:
+    """Design A (interlock_handover.yaml, stock speeds) on real highway-fast-v0 episodes, seeds
+    outside every range of the study: in density 2 the detector trips at the first step and the
+    backup drives every step after (SUBSTITUTE by rule ``handover``, the backup's argmax); in
+    density 1 nothing trips and every action is the agent's own (ALLOW)."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from shield_study import Agent
+
+    agent, backup = Agent(HIGHWAY / "agent.onnx"), Agent(HIGHWAY / "backup_stock.onnx")
+    guard = Guard(load_config(DESIGNS["handover"]["stock"])).load()
+    try:
+        runs = {}
+        for density, seed in ((2.0, 500_100), (1.0, 500_200)):
+            env = gym.make("highway-fast-v0", config={
+                "duration": 20, "vehicles_count": 15, "vehicles_density": density,
+                "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS["stock"])}})
+            runs[density] = _run(guard, agent, env, seed, f"test-{density}")
+            env.close()
+    finally:
+        guard.unload()
+    dense, nominal = runs[2.0], runs[1.0]
+    assert len(dense) >= 3 and len(nominal) == 20
+    for d in dense:
+        assert (d.verdict, d.rule) == (Verdict.SUBSTITUTE, "handover")
+        assert int(d.action) == int(np.argmax(backup.q(d.observation[None])[0]))
+    assert all(d.verdict is Verdict.ALLOW and int(d.action) == int(d.proposed_action) for d in nominal)
+    scores = [{n: v for n, v, _, _ in d.signals}["dense.score"] for d in nominal]
+    assert min(scores) > yaml.safe_load(DESIGNS["handover"]["stock"].read_text())["agents"][0][
+        "monitors"][1]["kwargs"]["threshold"]
+
+
+def test_through_a_loopback_server_the_latch_holds_across_requests() -> None:
+    """Design C (shield before, shielded backup after) behind the Gymnasium wrapper, which sends
+    episode_id and step: in density 2 the server's detector trips at step 0 and every later request
+    of the episode is answered by rule ``handover`` with the backup's shielded action."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from gymnasium.wrappers import FlattenObservation
+    from handover import ShieldedBackup
+    from shield_study import Agent
+
+    from interlock.client.gym import InterlockWrapper
+    from interlock.server.background import background_server
+
+    path = DESIGNS["shielded_handover"]["stock"]
+    kwargs = yaml.safe_load(path.read_text())["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    shielded = ShieldedBackup(**kwargs)
+    agent = Agent(HIGHWAY / "agent.onnx")
+    with background_server(load_config(path)) as srv:
+        env = InterlockWrapper(FlattenObservation(gym.make("highway-fast-v0", config={
+            "duration": 20, "vehicles_count": 15, "vehicles_density": 2.0,
+            "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS["stock"])}})),
+            f"127.0.0.1:{srv.port}", agent_id="highway")
+        obs, _ = env.reset(seed=500_101)
+        for step in range(4):
+            flat = np.asarray(obs, np.float32)[None]
+            expected = int(shielded(flat, np.zeros(1, np.int64), None)[0])
+            obs, _, terminated, truncated, info = env.step(int(np.argmax(agent.q(flat)[0])))
+            decision = info["interlock"]
+            assert (decision["verdict"], decision["rule"]) == ("SUBSTITUTE", "handover"), step
+            assert int(decision["action"]) == expected
+            assert decision["signals"]["dense.shifted"]["tripped"]
+            if terminated or truncated:
+                break
+        env.close()
