@@ -12,8 +12,18 @@ The second evaluation (round 4's chosen design ``h1_t3_tie_rank2b``, fresh seeds
 --unguarded --variant h1_t3_tie_rank2b``; ``interlock_dev_check.json`` is the same on the
 development seeds (``--seeds dev``), compared with the study.
 
+The Simplex handover designs of HANDOVER_RULE.md (``--design handover``, ``shield_handover`` or
+``shielded_handover``:
+a dense-traffic detector and a robust backup; ``interlock_handover*.yaml``,
+``interlock_shield_handover*.yaml``) run the same way; each cell then also reports how many
+episodes the detector tripped in and at which step (``trip_steps``: the first decision whose
+``dense.shifted`` signal tripped, -1 when never).
+
 Run::
 
+    # the handover designs on the development seeds (HANDOVER_RULE.md)
+    SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --design handover --seeds dev \
+        --episodes 40 --json /tmp/handover_dev.json
     # interlock_eval.json, with the configs of commit a8150d5 (h1_t3_tie):
     SDL_VIDEODRIVER=dummy python examples/highway/interlock_eval.py --episodes 100 --variant h1_t3_tie \\
         --json examples/highway/interlock_eval.json
@@ -49,22 +59,32 @@ from shield_study import (  # noqa: E402
 )
 from shield_study import run_episode as run_unguarded  # noqa: E402
 
-CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
+#: The configs of each design, per speed setting.
+DESIGNS = {
+    "shield": {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"},
+    "handover": {"stock": HERE / "interlock_handover.yaml", "cpss": HERE / "interlock_handover_cpss.yaml"},
+    "shield_handover": {"stock": HERE / "interlock_shield_handover.yaml",
+                        "cpss": HERE / "interlock_shield_handover_cpss.yaml"},
+    "shielded_handover": {"stock": HERE / "interlock_shielded_handover.yaml",
+                          "cpss": HERE / "interlock_shielded_handover_cpss.yaml"},
+}
+CONFIGS = DESIGNS["shield"]
 #: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
 #: before round 4: commit a8150d5).
 VARIANT = "h1_t3_tie_rank2b"
 AGENT_ID = "highway"
 
 
-def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int]:
-    """One episode decided by ``guard``; returns it and its count of non-ALLOW verdicts.
+def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int, int]:
+    """One episode decided by ``guard``; returns it, its count of non-ALLOW verdicts and the step at
+    which the dense-traffic detector's ``dense.shifted`` first tripped (-1: never, or no detector).
 
     ``Episode.interventions`` counts, like the study, steps whose executed action differs from the
     agent's (a SUBSTITUTE may return the agent's own action when no action is safe).
     """
     from interlock.types import CheckInput, Verdict
 
-    ep, not_allowed = Episode(seed), 0
+    ep, not_allowed, trip_step = Episode(seed), 0, -1
     obs, _ = env.reset(seed=seed)
     done = False
     while not done:
@@ -78,13 +98,16 @@ def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int]:
         action = int(d.action)
         not_allowed += d.verdict is not Verdict.ALLOW
         ep.interventions += action != proposed
-        ep.no_safe_action += bool(dict((n, t) for n, _, _, t in d.signals).get("shield.best_margin"))
+        tripped = {n: t for n, _, _, t in d.signals}
+        ep.no_safe_action += bool(tripped.get("shield.best_margin"))
+        if trip_step < 0 and tripped.get("dense.shifted"):
+            trip_step = ep.steps
         obs, reward, terminated, truncated, info = env.step(action)
         ep.ret += float(reward)
         ep.steps += 1
         ep.crashed = ep.crashed or bool(info.get("crashed"))
         done = terminated or truncated
-    return ep, not_allowed
+    return ep, not_allowed, trip_step
 
 
 def compare(mine: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +128,11 @@ def main() -> None:
     p.add_argument("--densities", default="nominal,dense")
     p.add_argument("--seeds", choices=sorted(SEEDS), default="eval",
                    help="Seed ranges of shield_study.SEEDS: eval (400000+k / 410000+k, the first "
-                        "evaluation) or eval2 (420000+k / 430000+k, the round-4 design's).")
+                        "evaluation), eval2 (420000+k / 430000+k, the round-4 design's), dev, "
+                        "handover_eval, handover_agent2 (HANDOVER_RULE.md).")
+    p.add_argument("--design", choices=sorted(DESIGNS), default="shield",
+                   help="Which configs decide: shield (interlock*.yaml), or the handover designs "
+                        "(HANDOVER_RULE.md) handover (A), shield_handover (B), shielded_handover (C).")
     p.add_argument("--unguarded", action="store_true",
                    help="Also run the agent unguarded on the same seeds (paired).")
     p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
@@ -125,10 +152,13 @@ def main() -> None:
     if args.agent.name != "agent.onnx":
         study = {}  # the study drove agent.onnx: nothing to compare another agent with
     agent = Agent(args.agent)
-    out: dict[str, Any] = {"agent": args.agent.name, "variant": args.variant, "seeds": args.seeds,
+    if args.design != "shield":
+        study = {}  # the study ran the shield only
+    out: dict[str, Any] = {"agent": args.agent.name, "design": args.design, "variant": args.variant,
+                           "seeds": args.seeds,
                            "episodes_per_cell": args.episodes, "cells": {}}
     for speed in args.speeds.split(","):
-        guard = Guard(load_config(CONFIGS[speed])).load()
+        guard = Guard(load_config(DESIGNS[args.design][speed])).load()
         for density in args.densities.split(","):
             config = {**BASE, "vehicles_density": DENSITIES[density],
                       "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
@@ -136,8 +166,13 @@ def main() -> None:
             seeds = [SEEDS[args.seeds][density] + k for k in range(args.episodes)]
             t0 = time.process_time()
             runs = [run_episode(env, agent, guard, s) for s in seeds]
-            cell = summarise([e for e, _ in runs])
-            cell["not_allow_rate"] = sum(n for _, n in runs) / max(cell["steps"], 1)
+            cell = summarise([e for e, _, _ in runs])
+            cell["not_allow_rate"] = sum(n for _, n, _ in runs) / max(cell["steps"], 1)
+            trips = [t for _, _, t in runs]
+            cell["trip_steps"] = trips
+            cell["tripped_episodes"] = sum(t >= 0 for t in trips)
+            cell["median_trip_step"] = (float(np.median([t for t in trips if t >= 0]))
+                                        if any(t >= 0 for t in trips) else None)
             cell["cpu_seconds"] = time.process_time() - t0
             if args.unguarded:
                 cell["unguarded"] = summarise([run_unguarded(env, agent, s, None, 0.0) for s in seeds])
@@ -152,6 +187,8 @@ def main() -> None:
                   f"return {cell['mean_return']:.3f} (unguarded "
                   f"{unguarded['mean_return'] if unguarded else float('nan'):.3f}), interventions "
                   f"{100 * cell['intervention_rate']:.2f}%, non-ALLOW {100 * cell['not_allow_rate']:.2f}%, "
+                  f"tripped {cell['tripped_episodes']}/{cell['episodes']} "
+                  f"(median step {cell['median_trip_step']}), "
                   f"cpu {cell['cpu_seconds']:.0f} s", flush=True)
             if args.json:  # after every cell, so a long run leaves its finished cells behind
                 args.json.write_text(json.dumps(out, indent=1) + "\n")

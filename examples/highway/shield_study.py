@@ -67,6 +67,9 @@ SEEDS = {
     "eval2": {"nominal": 420_000, "dense": 430_000},
     # The evaluation-only second agent (train_agent.py --seed 1), with the round-4 design.
     "eval_agent2": {"nominal": 440_000, "dense": 450_000},
+    # The Simplex handover (HANDOVER_RULE.md): its one evaluation, and the second agent's.
+    "handover_eval": {"nominal": 460_000, "dense": 470_000},
+    "handover_agent2": {"nominal": 480_000, "dense": 490_000},
 }
 
 

@@ -15,11 +15,22 @@ it is a weak driver (for lack of time, not by design), which leaves the guard pl
 Output: ``agent.onnx`` next to this file, input ``obs`` [batch, 25] (the 5x5 observation
 flattened in C order), output ``q`` [batch, 5]; greedy action = argmax.
 
+Robust backup (``--density-range LOW,HIGH``): domain randomisation of the traffic, the LunarLander
+``robust`` recipe. :class:`RandomDensity` draws ``vehicles_density`` uniformly in [LOW, HIGH] on every
+reset, so the DQN learns to drive in nominal and dense traffic alike; ``--collision-reward`` (default
+highway-env's -1) makes a crash cost more against speed. The Simplex handover of
+``interlock_handover.yaml`` hands the car to such a backup once its detector sees dense traffic
+(HANDOVER_RULE.md).
+
 Run::
 
     pip install -e '.[train]' highway-env stable-baselines3
     SDL_VIDEODRIVER=dummy python examples/highway/train_agent.py            # ~10 min
     SDL_VIDEODRIVER=dummy python examples/highway/train_agent.py --max-minutes 2 --out /tmp/a.onnx
+    # a robust backup for stock target speeds (HANDOVER_RULE.md)
+    SDL_VIDEODRIVER=dummy python examples/highway/train_agent.py --target-speeds 20,25,30 \
+        --density-range 1.0,2.5 --collision-reward -3 --timesteps 30000 --max-minutes 40 \
+        --seed 2 --out examples/highway/backup_stock.onnx
 """
 
 from __future__ import annotations
@@ -57,10 +68,38 @@ def make_env(config: dict | None = None):
     return gym.make(ENV_ID, config={**NOMINAL, **(config or {})})
 
 
-def train(timesteps: int, max_minutes: float, seed: int, config: dict | None = None):
+def random_density_wrapper():
+    """:class:`RandomDensity`, defined lazily so that importing this module needs no gymnasium."""
+    import gymnasium as gym
+
+    class RandomDensity(gym.Wrapper):
+        """Draw ``vehicles_density`` uniformly in ``[low, high]`` before every reset.
+
+        highway-env places the other vehicles at reset with spacing ``1 / vehicles_density``, so a
+        config change before ``reset`` sets the traffic of that episode. The draw uses its own
+        generator, seeded once, so it does not disturb the environment's seeding.
+        """
+
+        def __init__(self, env, low: float, high: float, seed: int) -> None:
+            super().__init__(env)
+            if not 0 < low <= high:
+                raise ValueError(f"density range must satisfy 0 < low <= high, got [{low}, {high}]")
+            self.low, self.high = float(low), float(high)
+            self.rng = np.random.default_rng(seed)
+
+        def reset(self, **kwargs):
+            self.env.unwrapped.config["vehicles_density"] = float(self.rng.uniform(self.low, self.high))
+            return self.env.reset(**kwargs)
+
+    return RandomDensity
+
+
+def train(timesteps: int, max_minutes: float, seed: int, config: dict | None = None,
+          density_range: tuple[float, float] | None = None):
     """Train SB3 DQN in :data:`NOMINAL` updated by ``config``; returns the model.
 
-    Stops early at ``max_minutes`` of wall clock.
+    ``density_range`` (low, high): draw ``vehicles_density`` uniformly per episode (a robust
+    backup); None keeps the config's density. Stops early at ``max_minutes`` of wall clock.
     """
     import torch
     from stable_baselines3 import DQN
@@ -70,6 +109,8 @@ def train(timesteps: int, max_minutes: float, seed: int, config: dict | None = N
     torch.set_num_threads(1)  # a 2x128 MLP: threads only contend with the simulator
 
     env = make_env(config)
+    if density_range is not None:
+        env = random_density_wrapper()(env, *density_range, seed=seed)
     env.reset(seed=seed)
     model = DQN(
         "MlpPolicy",
@@ -160,15 +201,27 @@ def main() -> None:
     p.add_argument("--target-speeds", type=str, default=None,
                    help="Comma-separated target speeds of the meta-actions in m/s, e.g. "
                         "0,5,10,15,20,25,30 (the CPSS setting); default: NOMINAL's 10-30 m/s.")
+    p.add_argument("--density-range", type=str, default=None,
+                   help="LOW,HIGH: draw vehicles_density uniformly in [LOW, HIGH] per episode (domain "
+                        "randomisation for a robust backup, e.g. 1.0,2.5); default: NOMINAL's 1.0.")
+    p.add_argument("--collision-reward", type=float, default=None,
+                   help="highway-env's collision_reward while training (its default -1; e.g. -3 for a "
+                        "more cautious backup).")
     args = p.parse_args()
-    config = None
+    config: dict = {}
     if args.target_speeds:
         speeds = [float(s) for s in args.target_speeds.split(",")]
-        config = {"action": {"type": "DiscreteMetaAction", "target_speeds": speeds}}
+        config["action"] = {"type": "DiscreteMetaAction", "target_speeds": speeds}
+    if args.collision_reward is not None:
+        config["collision_reward"] = args.collision_reward
+    density_range = None
+    if args.density_range:
+        low, high = (float(v) for v in args.density_range.split(","))
+        density_range = (low, high)
     t0 = time.monotonic()
-    model = train(args.timesteps, args.max_minutes, args.seed, config)
+    model = train(args.timesteps, args.max_minutes, args.seed, config or None, density_range)
     export(model, args.out)
-    diff = verify(model, args.out, config)
+    diff = verify(model, args.out, config or None)
     print(f"trained {model.num_timesteps} steps in {time.monotonic() - t0:.0f} s; wrote {args.out} "
           f"(max |onnx - torch| = {diff:.2e})")
 

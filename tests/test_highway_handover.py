@@ -1,0 +1,201 @@
+"""The highway example's dense-traffic detector and Simplex handover (HANDOVER_RULE.md).
+
+Real parts: the example's configs loaded by Interlock's config loader, the detector plugin
+(``examples/highway/handover.py``) imported by name, the committed ONNX agent and backups, a real
+highway-fast-v0, and a real gRPC server on loopback behind the Gymnasium wrapper (which sends
+``episode_id`` and ``step``, so the latch is kept by the server across requests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from interlock.batch import Batch
+from interlock.config import load_config
+from interlock.engine import Guard
+from interlock.types import CheckInput, Verdict
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+ROOT = Path(__file__).resolve().parents[1]
+HIGHWAY = ROOT / "examples" / "highway"
+SPEEDS = {"stock": (20.0, 25.0, 30.0), "cpss": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0)}
+DESIGNS = {
+    "handover": {"stock": HIGHWAY / "interlock_handover.yaml",
+                 "cpss": HIGHWAY / "interlock_handover_cpss.yaml"},
+    "shield_handover": {"stock": HIGHWAY / "interlock_shield_handover.yaml",
+                        "cpss": HIGHWAY / "interlock_shield_handover_cpss.yaml"},
+    "shielded_handover": {"stock": HIGHWAY / "interlock_shielded_handover.yaml",
+                          "cpss": HIGHWAY / "interlock_shielded_handover_cpss.yaml"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def example_on_path() -> Iterator[None]:
+    """Interlock does not put a config's folder on sys.path; the example's README says to."""
+    sys.path.insert(0, str(HIGHWAY))
+    yield
+    sys.path.remove(str(HIGHWAY))
+
+
+def _obs(dxs: list[float]) -> np.ndarray:
+    """A Kinematics observation [25] with the 4 other vehicles at ``dxs`` metres (x / 200)."""
+    rows = np.zeros((5, 5), np.float32)
+    rows[0] = [1.0, 0.5, 0.0, 25 / 80, 0.0]
+    for i, dx in enumerate(dxs):
+        rows[i + 1] = [1.0, dx / 200, 0.0, 0.0, 0.0]
+    return rows.reshape(-1)
+
+
+def _batch(rows: list[np.ndarray], episode_ids: list[str], steps: list[int]) -> Batch:
+    n = len(rows)
+    return Batch("highway", np.stack(rows), np.zeros(n, np.int64), np.asarray(steps, np.int64),
+                 episode_ids, [{}] * n)
+
+
+def test_the_configs_use_the_calibrated_threshold_and_the_backup_of_their_speed_setting() -> None:
+    threshold = json.loads((HIGHWAY / "handover_thresholds.json").read_text())["threshold_m"]
+    for design, paths in DESIGNS.items():
+        for speed, path in paths.items():
+            agent = yaml.safe_load(path.read_text())["agents"][0]
+            [dense] = [m for m in agent["monitors"] if m.get("name") == "dense"]
+            assert dense["kwargs"]["threshold"] == threshold
+            assert dense["signals"]["score"] == {"threshold": threshold, "direction": "below"}
+            assert dense["signals"]["shifted"] == {"threshold": 0.5, "direction": "above"}
+            backup = agent["fallbacks"]["backup"]
+            assert backup.get("model", backup.get("kwargs", {}).get("scores")) == f"backup_{speed}.onnx"
+            first = agent["policy"]["rules"][0] if design != "handover" else agent["policy"]["rules"][1]
+            assert first == {**first, "name": "handover", "when": "tripped.dense.shifted",
+                             "verdict": "substitute", "fallback": "backup"}
+            for m in agent["monitors"]:  # the shield's model must know the env's target speeds
+                if m.get("name") == "shield":
+                    assert tuple(m["kwargs"]["target_speeds"]) == SPEEDS[speed]
+            if design == "shielded_handover":  # the backup's shield is the agent's shield
+                shield = dict(agent["fallbacks"]["shield_choice"]["kwargs"], scores=f"backup_{speed}.onnx")
+                assert backup["kwargs"] == shield
+
+
+def test_every_design_config_loads_and_its_plugins_pass_the_probe() -> None:
+    for paths in DESIGNS.values():
+        for path in paths.values():
+            guard = Guard(load_config(path)).load()
+            guard.unload()
+
+
+def test_the_detector_latches_per_episode_and_follows_steps() -> None:
+    from handover import DenseTraffic, closeness
+
+    far, near = _obs([60, -60, 80, 100]), _obs([10, -20, 30, 40])  # mean 75 m, 25 m
+    assert closeness(np.stack([far, near])) == pytest.approx([75.0, 25.0])
+    absent = _obs([10, 20]).copy()  # two vehicles absent: they count 100 m each
+    assert closeness(absent[None])[0] == pytest.approx((10 + 20 + 100 + 100) / 4)
+    det = DenseTraffic(threshold=40.0, max_episodes=2)
+    out = det(np.stack([far, near]), None, _batch([far, near], ["e1", "e1"], [0, 1]))
+    assert out["score"] == pytest.approx([75.0, 50.0]) and list(out["shifted"]) == [0.0, 0.0]
+    out = det(near[None], None, _batch([near], ["e1"], [2]))  # running mean (75+25+25)/3 = 41.7
+    assert out["shifted"][0] == 0.0
+    out = det(near[None], None, _batch([near], ["e1"], [3]))  # 37.5 < 40: trips
+    assert out["score"][0] == pytest.approx(37.5) and out["shifted"][0] == 1.0
+    out = det(near[None], None, _batch([near], ["e1"], [3]))  # the same step again: not counted twice
+    assert out["score"][0] == pytest.approx(37.5) and out["shifted"][0] == 1.0
+    for step in (4, 5, 6):  # latched: the traffic thins out, the episode stays shifted
+        out = det(far[None], None, _batch([far], ["e1"], [step]))
+        assert out["shifted"][0] == 1.0 and out["score"][0] > 40.0
+    out = det(far[None], None, _batch([far], ["e1"], [0]))  # step 0: a new episode
+    assert out["shifted"][0] == 0.0 and out["score"][0] == pytest.approx(75.0)
+    out = det(near[None], None, _batch([near], [""], [7]))  # no episode id: the row alone
+    assert out["shifted"][0] == 1.0 and out["score"][0] == pytest.approx(25.0)
+    det(far[None], None, _batch([far], ["e2"], [0]))
+    det(far[None], None, _batch([far], ["e3"], [0]))
+    assert len(det) == 2  # bounded: e1 (least recently used) dropped
+    with pytest.raises(ValueError, match="positive distance"):
+        DenseTraffic(threshold=float("nan"))
+
+
+def _run(guard: Guard, agent, env, seed: int, episode: str) -> list:
+    """One real episode decided by ``guard`` in process; returns its decisions."""
+    obs, _ = env.reset(seed=seed)
+    decisions, done, step = [], False, 0
+    while not done:
+        flat = np.asarray(obs, np.float32).reshape(-1)
+        proposed = int(np.argmax(agent.q(flat[None])[0]))
+        [d] = guard.check([CheckInput("highway", flat, np.int64(proposed), episode, step)])
+        decisions.append(d)
+        obs, _, terminated, truncated, _ = env.step(int(d.action))
+        done, step = terminated or truncated, step + 1
+    return decisions
+
+
+def test_a_real_dense_episode_is_handed_over_and_a_nominal_one_is_not() -> None:
+    """Design A (interlock_handover.yaml, stock speeds) on real highway-fast-v0 episodes, seeds
+    outside every range of the study: in density 2 the detector trips at the first step and the
+    backup drives every step after (SUBSTITUTE by rule ``handover``, the backup's argmax); in
+    density 1 nothing trips and every action is the agent's own (ALLOW)."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from shield_study import Agent
+
+    agent, backup = Agent(HIGHWAY / "agent.onnx"), Agent(HIGHWAY / "backup_stock.onnx")
+    guard = Guard(load_config(DESIGNS["handover"]["stock"])).load()
+    try:
+        runs = {}
+        for density, seed in ((2.0, 500_100), (1.0, 500_200)):
+            env = gym.make("highway-fast-v0", config={
+                "duration": 20, "vehicles_count": 15, "vehicles_density": density,
+                "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS["stock"])}})
+            runs[density] = _run(guard, agent, env, seed, f"test-{density}")
+            env.close()
+    finally:
+        guard.unload()
+    dense, nominal = runs[2.0], runs[1.0]
+    assert len(dense) >= 3 and len(nominal) == 20
+    for d in dense:
+        assert (d.verdict, d.rule) == (Verdict.SUBSTITUTE, "handover")
+        assert int(d.action) == int(np.argmax(backup.q(d.observation[None])[0]))
+    assert all(d.verdict is Verdict.ALLOW and int(d.action) == int(d.proposed_action) for d in nominal)
+    scores = [{n: v for n, v, _, _ in d.signals}["dense.score"] for d in nominal]
+    assert min(scores) > yaml.safe_load(DESIGNS["handover"]["stock"].read_text())["agents"][0][
+        "monitors"][1]["kwargs"]["threshold"]
+
+
+def test_through_a_loopback_server_the_latch_holds_across_requests() -> None:
+    """Design C (shield before, shielded backup after) behind the Gymnasium wrapper, which sends
+    episode_id and step: in density 2 the server's detector trips at step 0 and every later request
+    of the episode is answered by rule ``handover`` with the backup's shielded action."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from gymnasium.wrappers import FlattenObservation
+    from handover import ShieldedBackup
+    from shield_study import Agent
+
+    from interlock.client.gym import InterlockWrapper
+    from interlock.server.background import background_server
+
+    path = DESIGNS["shielded_handover"]["stock"]
+    kwargs = yaml.safe_load(path.read_text())["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    shielded = ShieldedBackup(**kwargs)
+    agent = Agent(HIGHWAY / "agent.onnx")
+    with background_server(load_config(path)) as srv:
+        env = InterlockWrapper(FlattenObservation(gym.make("highway-fast-v0", config={
+            "duration": 20, "vehicles_count": 15, "vehicles_density": 2.0,
+            "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS["stock"])}})),
+            f"127.0.0.1:{srv.port}", agent_id="highway")
+        obs, _ = env.reset(seed=500_101)
+        for step in range(4):
+            flat = np.asarray(obs, np.float32)[None]
+            expected = int(shielded(flat, np.zeros(1, np.int64), None)[0])
+            obs, _, terminated, truncated, info = env.step(int(np.argmax(agent.q(flat)[0])))
+            decision = info["interlock"]
+            assert (decision["verdict"], decision["rule"]) == ("SUBSTITUTE", "handover"), step
+            assert int(decision["action"]) == expected
+            assert decision["signals"]["dense.shifted"]["tripped"]
+            if terminated or truncated:
+                break
+        env.close()
