@@ -486,8 +486,9 @@ def run_cells(
     return cells
 
 
-#: Per-agent calibration in the full benchmark (simplex_dev/RULE.md "Round 7", "Round 10"): episodes,
-#: first seed, per-episode target, intervention budget per monitor.
+#: Per-agent calibration in the full benchmark (simplex_dev/RULE.md "Round 7", "Round 10", "Round 12"):
+#: episodes, first seed, per-episode target and intervention budget, both for the monitors together
+#: (``interlock calibrate --joint``).
 BENCH_CALIBRATION = (500, 20_000, 0.02, 0.01)
 
 
@@ -504,7 +505,7 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
             overrides = None
             if not quick:
                 episodes, seed, rate, budget = BENCH_CALIBRATION
-                path = calibrate_for_agent(agent, tmp, episodes, seed, rate, progress, budget)
+                path = calibrate_for_agent(agent, tmp, episodes, seed, rate, progress, budget, joint=True)
                 overrides = Overrides(path)
             cells.update(run_cells((agent,), worlds, seeds, max_steps, progress, overrides=overrides))
     runs = {
@@ -520,8 +521,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         + (
             "the committed file"
             if quick
-            else "each agent's own, calibrated on {} of its calm episodes (seeds {}+, {} per episode, "
-            "intervention budget {} per monitor)".format(*BENCH_CALIBRATION)
+            else "each agent's own, calibrated on {} of its calm episodes (seeds {}+, {} per episode and "
+            "intervention budget {} for the monitors together, --joint)".format(*BENCH_CALIBRATION)
         ),
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
         "escalation_rate; then the robust backup drives (Simplex handover)",
