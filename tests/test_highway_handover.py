@@ -34,7 +34,16 @@ DESIGNS = {
                         "cpss": HIGHWAY / "interlock_shield_handover_cpss.yaml"},
     "shielded_handover": {"stock": HIGHWAY / "interlock_shielded_handover.yaml",
                           "cpss": HIGHWAY / "interlock_shielded_handover_cpss.yaml"},
+    "shielded_handover_r2": {"stock": HIGHWAY / "interlock_shielded_handover_r2.yaml",
+                             "cpss": HIGHWAY / "interlock_shielded_handover_r2_cpss.yaml"},
 }
+
+
+def _threshold(design: str, speed: str) -> float:
+    """The calibrated threshold a design's config must carry: round 2's per speed setting, else round 1's."""
+    if design == "shielded_handover_r2":
+        return json.loads((HIGHWAY / "handover_thresholds_r2.json").read_text())["threshold_m"][speed]
+    return json.loads((HIGHWAY / "handover_thresholds.json").read_text())["threshold_m"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,9 +70,9 @@ def _batch(rows: list[np.ndarray], episode_ids: list[str], steps: list[int]) -> 
 
 
 def test_the_configs_use_the_calibrated_threshold_and_the_backup_of_their_speed_setting() -> None:
-    threshold = json.loads((HIGHWAY / "handover_thresholds.json").read_text())["threshold_m"]
     for design, paths in DESIGNS.items():
         for speed, path in paths.items():
+            threshold = _threshold(design, speed)
             agent = yaml.safe_load(path.read_text())["agents"][0]
             [dense] = [m for m in agent["monitors"] if m.get("name") == "dense"]
             assert dense["kwargs"]["threshold"] == threshold
@@ -77,9 +86,37 @@ def test_the_configs_use_the_calibrated_threshold_and_the_backup_of_their_speed_
             for m in agent["monitors"]:  # the shield's model must know the env's target speeds
                 if m.get("name") == "shield":
                     assert tuple(m["kwargs"]["target_speeds"]) == SPEEDS[speed]
-            if design == "shielded_handover":  # the backup's shield is the agent's shield
+            if design.startswith("shielded_handover"):  # the backup's shield is the agent's shield
                 shield = dict(agent["fallbacks"]["shield_choice"]["kwargs"], scores=f"backup_{speed}.onnx")
                 assert backup["kwargs"] == shield
+
+
+def test_round_two_differs_from_design_c_only_in_the_threshold_and_version() -> None:
+    for speed in ("stock", "cpss"):
+        c, c2 = (yaml.safe_load(DESIGNS[d][speed].read_text())
+                 for d in ("shielded_handover", "shielded_handover_r2"))
+        for config in (c, c2):
+            config.pop("version")
+            [dense] = [m for m in config["agents"][0]["monitors"] if m.get("name") == "dense"]
+            dense["kwargs"].pop("threshold")
+            for name in ("closeness", "score"):
+                dense["signals"][name].pop("threshold")
+        assert c == c2
+
+
+def test_the_round_two_thresholds_are_the_smallest_shielded_minimum_per_speed_setting() -> None:
+    from handover_calibrate import thresholds
+
+    r2 = json.loads((HIGHWAY / "handover_thresholds_r2.json").read_text())
+    assert r2["driver"].startswith("under today's shield") and r2["seeds"].startswith("320000 + k, k < 80")
+    assert {s: len(v) for s, v in r2["episode_minima"].items()} == {"stock": 80, "cpss": 80}
+    assert r2["threshold_m"] == thresholds(r2["episode_minima"], per_speed=True)
+    assert r2["threshold_m"] == {s: min(v) for s, v in r2["episode_minima"].items()}
+    minima = {"stock": [31.0, 40.0], "cpss": [36.0]}
+    assert thresholds(minima, per_speed=False) == {"stock": 31.0, "cpss": 31.0}
+    assert thresholds(minima, per_speed=True) == {"stock": 31.0, "cpss": 36.0}
+    with pytest.raises(ValueError, match="at least one calibration episode"):
+        thresholds({"stock": [31.0], "cpss": []}, per_speed=True)
 
 
 def test_every_design_config_loads_and_its_plugins_pass_the_probe() -> None:
@@ -199,3 +236,52 @@ def test_through_a_loopback_server_the_latch_holds_across_requests() -> None:
             if terminated or truncated:
                 break
         env.close()
+
+
+class _Recording:
+    """A real Guard that also records what it was asked and what it answered."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard, self.observations, self.actions, self.verdicts = guard, [], [], []
+
+    def check(self, inputs: list[CheckInput]) -> list:
+        decisions = self.guard.check(inputs)
+        for i, d in zip(inputs, decisions, strict=True):
+            self.observations.append(np.asarray(i.observation, np.float32).reshape(-1))
+            self.actions.append(int(d.action))
+            self.verdicts.append(d.verdict)
+        return decisions
+
+
+def test_guarded_calibration_measures_the_trajectory_the_guard_drives() -> None:
+    """``handover_calibrate.episode_minimum`` with a guard: the minimum is that of the observations
+    the guard was asked about, and the env executed the guard's actions (a replay of those actions
+    reproduces the observations). Dense traffic under C2, where the backup drives most steps, so
+    an episode that executed the agent's own actions would diverge."""
+    gym = pytest.importorskip("gymnasium")
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    from handover import closeness
+    from handover_calibrate import episode_minimum
+    from shield_study import Agent
+
+    agent = Agent(HIGHWAY / "agent.onnx")
+    config = {"duration": 20, "vehicles_count": 15, "vehicles_density": 2.0,
+              "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS["stock"])}}
+    env = gym.make("highway-fast-v0", config=config)
+    guard = Guard(load_config(DESIGNS["shielded_handover_r2"]["stock"])).load()
+    try:
+        spy = _Recording(guard)
+        minimum, steps = episode_minimum(env, agent, 500_102, spy)
+    finally:
+        guard.unload()
+    assert steps == len(spy.observations) >= 3
+    assert any(v is Verdict.SUBSTITUTE for v in spy.verdicts)
+    proposed = [int(np.argmax(agent.q(o[None])[0])) for o in spy.observations]
+    assert proposed != spy.actions  # the guard changed something, so the replay below can tell
+    values = closeness(np.stack(spy.observations))
+    assert minimum == pytest.approx(float((np.cumsum(values) / np.arange(1, steps + 1)).min()))
+    obs, _ = env.reset(seed=500_102)
+    for seen, action in zip(spy.observations, spy.actions, strict=True):
+        assert np.array_equal(np.asarray(obs, np.float32).reshape(-1), seen)
+        obs, *_ = env.step(action)
+    env.close()

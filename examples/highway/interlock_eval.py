@@ -13,7 +13,7 @@ The second evaluation (round 4's chosen design ``h1_t3_tie_rank2b``, fresh seeds
 development seeds (``--seeds dev``), compared with the study.
 
 The Simplex handover designs of HANDOVER_RULE.md (``--design handover``, ``shield_handover`` or
-``shielded_handover``:
+``shielded_handover``, and round 2's ``shielded_handover_r2``:
 a dense-traffic detector and a robust backup; ``interlock_handover*.yaml``,
 ``interlock_shield_handover*.yaml``) run the same way; each cell then also reports how many
 episodes the detector tripped in and at which step (``trip_steps``: the first decision whose
@@ -67,6 +67,9 @@ DESIGNS = {
                         "cpss": HERE / "interlock_shield_handover_cpss.yaml"},
     "shielded_handover": {"stock": HERE / "interlock_shielded_handover.yaml",
                           "cpss": HERE / "interlock_shielded_handover_cpss.yaml"},
+    # Round 2's C2: C with the detector calibrated on the shielded agent's nominal episodes.
+    "shielded_handover_r2": {"stock": HERE / "interlock_shielded_handover_r2.yaml",
+                             "cpss": HERE / "interlock_shielded_handover_r2_cpss.yaml"},
 }
 CONFIGS = DESIGNS["shield"]
 #: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
@@ -132,7 +135,8 @@ def main() -> None:
                         "handover_eval, handover_agent2 (HANDOVER_RULE.md).")
     p.add_argument("--design", choices=sorted(DESIGNS), default="shield",
                    help="Which configs decide: shield (interlock*.yaml), or the handover designs "
-                        "(HANDOVER_RULE.md) handover (A), shield_handover (B), shielded_handover (C).")
+                        "(HANDOVER_RULE.md) handover (A), shield_handover (B), shielded_handover (C), "
+                        "shielded_handover_r2 (C2, round 2).")
     p.add_argument("--unguarded", action="store_true",
                    help="Also run the agent unguarded on the same seeds (paired).")
     p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
