@@ -28,7 +28,7 @@ def test_bench_safety_quick_outputs_are_well_formed(tmp_path):
 
     assert result["quick"] is True
     assert set(CORE) <= set(result["scenarios"])
-    assert set(result["scenarios"]) | set(result["skipped"]) >= {*CORE, "highway"}
+    assert set(result["scenarios"]) | set(result["skipped"]) >= {*CORE, "highway", "highway_cpss"}
     for name, res in result["scenarios"].items():
         assert res["env"] and res["shift"], name
         assert res["env"] in stdout

@@ -63,9 +63,20 @@ from interlock.bench.safety.common import example_dir
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 EXAMPLE = example_dir("highway")
-#: Guard config per target-speed setting; the shield's model must know the env's target speeds.
-CONFIGS = {"stock": EXAMPLE / "interlock.yaml", "cpss": EXAMPLE / "interlock_cpss.yaml"}
+#: Guard config per design and target-speed setting; the shield's model must know the env's target
+#: speeds. "handover" is the shield plus the dense-traffic handover of HANDOVER_RULE.md round 2 (C2,
+#: chosen on development seeds and evaluated once there); "shield" the shield alone (issue 11, round 5).
+DESIGNS = {
+    "shield": {"stock": EXAMPLE / "interlock.yaml", "cpss": EXAMPLE / "interlock_cpss.yaml"},
+    "handover": {
+        "stock": EXAMPLE / "interlock_shielded_handover_r2.yaml",
+        "cpss": EXAMPLE / "interlock_shielded_handover_r2_cpss.yaml",
+    },
+}
+CONFIGS = DESIGNS["shield"]
 CONFIG = CONFIGS["stock"]
+#: What ``interlock bench safety`` runs.
+BENCH_DESIGN = "handover"
 TARGET_SPEEDS = {"stock": [20.0, 25.0, 30.0], "cpss": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]}
 AGENT = EXAMPLE / "agent.onnx"
 ENV_ID = "highway-fast-v0"
@@ -172,15 +183,19 @@ def _make_env(config: dict[str, Any]):
     return gym.make(ENV_ID, config=config)
 
 
-def run(quick: bool, seeds: int, progress: bool, speeds: str = "stock") -> dict[str, Any]:
+def run(
+    quick: bool, seeds: int, progress: bool, speeds: str = "stock", design: str = BENCH_DESIGN
+) -> dict[str, Any]:
     """Run the scenario: ``seeds`` paired episodes per condition (quick: at most 2, 8 steps each).
 
     Args:
         quick: Smoke run: at most 2 episodes per condition, 8-step episodes (seconds).
         seeds: Episodes per condition, one environment seed each.
         progress: Show a tqdm bar over episodes.
-        speeds: ``"stock"`` (20, 25, 30 m/s, ``interlock.yaml``) or ``"cpss"`` (0-30 m/s,
-            ``interlock_cpss.yaml``): the env's target speeds and the matching guard.
+        speeds: ``"stock"`` (20, 25, 30 m/s) or ``"cpss"`` (0-30 m/s): the env's target speeds and
+            the matching guard.
+        design: a key of :data:`DESIGNS`: ``"handover"`` (shield, then after the dense-traffic trip
+            the robust backup through the shield's choice) or ``"shield"`` (the shield alone).
 
     Returns:
         ``{"env", "shift", "in_distribution": {"unguarded": {...}, "guarded": {...}}, "shifted": {...}}``
@@ -194,13 +209,16 @@ def run(quick: bool, seeds: int, progress: bool, speeds: str = "stock") -> dict[
     n = min(seeds, 2) if quick else seeds
     if n < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
-    if speeds not in CONFIGS:
-        raise ValueError(f"speeds must be one of {sorted(CONFIGS)}, got {speeds!r}")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {sorted(DESIGNS)}, got {design!r}")
+    configs = DESIGNS[design]
+    if speeds not in configs:
+        raise ValueError(f"speeds must be one of {sorted(configs)}, got {speeds!r}")
     agent = _Agent(AGENT)
     # The shield's plugin module (highway_shield) lives in the example folder: make it importable.
     if str(EXAMPLE) not in sys.path:
         sys.path.insert(0, str(EXAMPLE))
-    guard = Guard(load_config(CONFIGS[speeds])).load()
+    guard = Guard(load_config(configs[speeds])).load()
     action = {"type": "DiscreteMetaAction", "target_speeds": TARGET_SPEEDS[speeds]}
     base = {**NOMINAL, "action": action, **(QUICK if quick else {})}
     plans = {
@@ -208,14 +226,20 @@ def run(quick: bool, seeds: int, progress: bool, speeds: str = "stock") -> dict[
         "shifted": ({**base, **SHIFT}, SHIFT_SEED_BASE),
     }
     out: dict[str, Any] = {
-        "env": ENV_ID,
+        "env": ENV_ID if speeds == "stock" else f"{ENV_ID} ({speeds} speeds)",
         "shift": SHIFT_TEXT.format(steps=base["duration"]),
-        "guard": f"{CONFIGS[speeds].name} (kinematic shield h1_t3_tie_rank2b, {speeds} target speeds)",
+        "guard": f"{configs[speeds].name} ({design}, {speeds} target speeds)",
         "episodes_per_condition": n,
         "notes": [
-            f"agent: examples/highway/agent.onnx (DQN), greedy; guard: {CONFIGS[speeds].name}, the "
-            f"five-action kinematic shield (python plugins), {speeds} target speeds "
-            f"{TARGET_SPEEDS[speeds]} m/s",
+            f"agent: examples/highway/agent.onnx (DQN), greedy; guard: {configs[speeds].name}, the "
+            "five-action kinematic shield (python plugins)"
+            + (
+                ", then from a dense-traffic trip the robust backup through the shield's choice "
+                "(HANDOVER_RULE.md round 2)"
+                if design == "handover"
+                else ""
+            )
+            + f"; {speeds} target speeds {TARGET_SPEEDS[speeds]} m/s",
             "the bench's own seeds, not the evaluation of docs/highway.md (which is run once on its own "
             "seeds)",
         ],
@@ -244,9 +268,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=50, help="Episodes per condition (default 50).")
     p.add_argument("--quick", action="store_true", help="Smoke run (2 short episodes per condition).")
     p.add_argument("--speeds", choices=sorted(CONFIGS), default="stock", help="Target speeds and guard.")
+    p.add_argument("--design", choices=sorted(DESIGNS), default=BENCH_DESIGN, help="The guard's design.")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
-    res = run(quick=args.quick, seeds=args.seeds, progress=True, speeds=args.speeds)
+    res = run(quick=args.quick, seeds=args.seeds, progress=True, speeds=args.speeds, design=args.design)
     text = json.dumps(res, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

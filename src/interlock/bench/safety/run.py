@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 #: Scenario modules, in report order. ``highway`` needs highway-env (skipped with a note without it).
-SCENARIOS = ("minigrid_distshift", "cartpole_shift", "cliffwalking", "highway", "lunarlander")
+SCENARIOS = ("minigrid_distshift", "cartpole_shift", "cliffwalking", "highway", "highway_cpss", "lunarlander")
 #: Episodes (one per seed) per condition.
-FULL_SEEDS = {"minigrid_distshift": 100, "cartpole_shift": 100, "cliffwalking": 200, "highway": 50}
+FULL_SEEDS = {
+    "minigrid_distshift": 100,
+    "cartpole_shift": 100,
+    "cliffwalking": 200,
+    "highway": 50,
+    "highway_cpss": 50,
+}
 QUICK_SEEDS = 2
 
 TARGETS = {
