@@ -278,6 +278,7 @@ def calibrate(
         calibrated.append((tcfg, tmon, cal, path))
     if joint:
         joint_shift_thresholds([c for _, _, c, _ in calibrated], episode_rate, intervention_budget)
+    data_name = "" if episode_data is None else Path(episode_data.source).name
     for tcfg, tmon, cal, path in calibrated:
         entry = {
             "kind": "transition",
@@ -321,7 +322,7 @@ def calibrate(
             **({"group_by": group_by, "shift_threshold_per_group": cal.shift_per_group} if group_by else {}),
             **({"shift_threshold_per_stream": cal.shift_per_stream} if cal.shift_per_stream else {}),
             **({"joint": joint_record(cal.joint)} if cal.joint is not None else {}),
-            "data": Path(episode_data.source).name,
+            "data": data_name,
         }
         update_thresholds_file(path, agent_cfg.id, rate, {tcfg.name: entry})
     return report
