@@ -525,7 +525,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
             "intervention budget {} for the monitors together, --joint)".format(*BENCH_CALIBRATION)
         ),
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
-        "escalation_rate; then the robust backup drives (Simplex handover)",
+        "escalation_rate; then the robust backup drives while a shift statistic is above its threshold "
+        "(Simplex handover, round 13)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
