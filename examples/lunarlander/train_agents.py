@@ -116,9 +116,10 @@ class RandomisedDynamics(gym.Wrapper):
     after another, so envs do not see each other's value).
     """
 
-    def __init__(self, env: gym.Env, seed: int) -> None:
+    def __init__(self, env: gym.Env, seed: int, main_range: tuple[float, float] = (0.5, 1.1)) -> None:
         super().__init__(env)
         self.rng = np.random.default_rng(seed)
+        self.main_range = main_range
         self.main_scale = 1.0
 
     def reset(self, **kwargs):
@@ -127,7 +128,7 @@ class RandomisedDynamics(gym.Wrapper):
         lander.enable_wind = bool(rng.random() > 0.25)
         lander.wind_power = float(rng.uniform(0.0, 20.0))
         lander.turbulence_power = float(rng.uniform(0.0, 2.0))
-        self.main_scale = float(rng.uniform(0.5, 1.1))
+        self.main_scale = float(rng.uniform(*self.main_range))
         return self.env.reset(**kwargs)
 
     def step(self, action):
@@ -137,20 +138,20 @@ class RandomisedDynamics(gym.Wrapper):
             return self.env.step(action)
 
 
-def robust_vec_env(seed: int):
+def robust_vec_env(seed: int, main_range: tuple[float, float] = (0.5, 1.1)):
     """16 LunarLander-v3 envs, each episode in a randomly drawn world (``RandomisedDynamics``)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     def maker(i: int):
-        return lambda: Monitor(RandomisedDynamics(gym.make(ENV_ID), seed + 1000 + i))
+        return lambda: Monitor(RandomisedDynamics(gym.make(ENV_ID), seed + 1000 + i, main_range))
 
     env = DummyVecEnv([maker(i) for i in range(16)])
     env.seed(seed)
     return env
 
 
-def build(kind: str, seed: int):
+def build(kind: str, seed: int, main_range: tuple[float, float] = (0.5, 1.1)):
     """A fresh SB3 model (``ppo`` or ``dqn``) on LunarLander-v3 without wind, or (``ppo_wind``) our PPO
     agent's checkpoint ``data/ppo_agent.zip`` set up to continue training in randomised wind."""
     from stable_baselines3 import DQN, PPO
@@ -175,7 +176,10 @@ def build(kind: str, seed: int):
             verbose=0,
         )
     if kind in ("ppo", "robust"):
-        env = robust_vec_env(seed) if kind == "robust" else make_vec_env(ENV_ID, n_envs=16, seed=seed)
+        if kind == "robust":
+            env = robust_vec_env(seed, main_range)
+        else:
+            env = make_vec_env(ENV_ID, n_envs=16, seed=seed)
         return PPO(
             "MlpPolicy",
             env,
@@ -210,17 +214,35 @@ def build(kind: str, seed: int):
     )
 
 
-def train(kind: str, timesteps: int, max_minutes: float, seed: int, eval_every: int, log, resume=False):
-    """Train with a wall-clock budget; returns ``(best model snapshot, its selection return, steps)``."""
+def train(
+    kind: str,
+    timesteps: int,
+    max_minutes: float,
+    seed: int,
+    eval_every: int,
+    log,
+    resume: str | None = None,
+    main_range: tuple[float, float] = (0.5, 1.1),
+    select_world: str = "wind",
+):
+    """Train with a wall-clock budget; returns ``(best model snapshot, its selection return, steps)``.
+
+    ``resume``: the stem of a checkpoint in ``data/`` to continue from; ``main_range``: the robust
+    backup's main-engine scale range; ``select_world``: where snapshots are compared (robust / ppo_wind:
+    ``wind`` or ``weak_main``, 20 episodes there; other kinds: the nominal world)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    model = build(kind, seed)
+    from interlock.bench.safety.lunarlander import main_engine_power
+
+    model = build(kind, seed, main_range)
     if resume:
         if kind not in ("ppo", "robust"):
             raise SystemExit("--resume is implemented for ppo and robust only")
-        model = PPO.load(HERE / "data" / f"{kind}_agent.zip", env=model.get_env(), device="cpu", seed=seed)
-        log(f"resumed from data/{kind}_agent.zip ({model.num_timesteps} steps)")
+        model = PPO.load(HERE / "data" / f"{resume}.zip", env=model.get_env(), device="cpu", seed=seed)
+        log(f"resumed from data/{resume}.zip ({model.num_timesteps} steps)")
+    shifted = kind in ("ppo_wind", "robust")
+    select_seeds = range(SELECT_SEED, SELECT_SEED + (20 if shifted and select_world == "weak_main" else 10))
     deadline = time.monotonic() + 60 * max_minutes
     best = {"ret": -np.inf, "params": None, "steps": 0}
 
@@ -229,9 +251,14 @@ def train(kind: str, timesteps: int, max_minutes: float, seed: int, eval_every: 
             super().__init__()
             self.next_eval = eval_every
 
+        def _on_training_start(self) -> None:  # a resumed model starts counting where it left off
+            self.next_eval = self.model.num_timesteps + eval_every
+
         def _evaluate(self) -> None:
-            rets, crashes = greedy_episodes(_sb3_act(self.model), range(SELECT_SEED, SELECT_SEED + 10),
-                                            WIND if kind in ("ppo_wind", "robust") else None)
+            weak = shifted and select_world == "weak_main"
+            with main_engine_power(0.6 if weak else 1.0):
+                rets, crashes = greedy_episodes(_sb3_act(self.model), select_seeds,
+                                                WIND if shifted and not weak else None)
             log(f"{kind} step {self.num_timesteps}: selection return {rets.mean():.1f}, "
                 f"crashes {crashes.mean():.0%}")
             if rets.mean() > best["ret"]:
@@ -322,6 +349,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--resume", action="store_true",
                    help="continue from data/<kind>_agent.zip (written by an earlier run)")
+    p.add_argument("--resume-from", default=None,
+                   help="continue from data/<NAME>.zip instead (e.g. robust2_agent; implies --resume)")
+    p.add_argument("--main-range", default="0.5,1.1",
+                   help="robust: the main engine's power scale range per episode (default 0.5,1.1)")
+    p.add_argument("--select-world", choices=["wind", "weak_main"], default="wind",
+                   help="robust / ppo_wind: the world snapshots are selected in (weak_main: main x0.6)")
     args = p.parse_args()
     import torch
 
@@ -335,8 +368,10 @@ def main() -> None:
         "ppo": 1_000_000, "dqn": 2_000_000, "ppo_wind": 3_000_000, "robust": 4_000_000, "a2c": 5_000_000
     }[kind]
     seed = default_seed if args.seed is None else args.seed
-    if args.resume:
+    resume = args.resume_from or (f"{kind}_agent" if args.resume else None)
+    if resume:
         seed += 1  # a continued run gets fresh env seeds
+    lo, hi = (float(v) for v in args.main_range.split(","))
     default_every = {"ppo": 100_000, "dqn": 25_000, "ppo_wind": 100_000, "robust": 100_000, "a2c": 50_000}
     eval_every = args.eval_every or default_every[kind]
     out = args.out or HERE / f"{kind}_agent.onnx"
@@ -345,7 +380,9 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.0f}s] {msg}", flush=True)
 
-    model, sel_ret, steps = train(kind, timesteps, args.max_minutes, seed, eval_every, log, args.resume)
+    model, sel_ret, steps = train(
+        kind, timesteps, args.max_minutes, seed, eval_every, log, resume, (lo, hi), args.select_world
+    )
     (HERE / "data").mkdir(exist_ok=True)
     model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), saved before the export
     diff = export(model, kind, out)
