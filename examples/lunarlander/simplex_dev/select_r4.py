@@ -307,6 +307,14 @@ def round13() -> None:
                calm="calm_interventions")
 
 
+def round14() -> None:
+    """Round 14 (RULE.md "Round 14"): a weak-engine backup on the thrust trip (at least 10 fewer)."""
+    _challenge("Round 14 (RULE.md \"Round 14\"): a weak-engine backup chosen by the `thrust` trip",
+               ("p1_500_02_b01j_robust2_thrust_live", "r13dev_p1_500_02_b01j_robust2_thrust_live.json"),
+               ("p1_500_02_b01j_robust2_thrust_live_weak",
+                "r14dev_p1_500_02_b01j_robust2_thrust_live_weak.json"), -10, 5)
+
+
 if __name__ == "__main__":
     main()
     round5()
@@ -318,3 +326,4 @@ if __name__ == "__main__":
     round11()
     round12()
     round13()
+    round14()
