@@ -267,3 +267,13 @@ def test_after_a_calm_burst_decays_the_agent_drives_again(agent) -> None:
     back = trip + 1 + verdicts[trip + 1 :].index("ALLOW")
     assert set(verdicts[trip + 1 : back]) == {"SUBSTITUTE"} and back < trip + 40
     assert set(verdicts[back:]) == {"ALLOW"} and min(shifted[trip:]) == 1.0
+
+
+@pytest.mark.parametrize("name", ["interlock_r11_thrust", "interlock_r13_live", "interlock_r14_weak"])
+def test_the_round_configs_kept_as_the_record_still_load(name) -> None:
+    """simplex_dev/RULE.md's rounds 11, 13 and 14 name these configs: they load, with their models and the
+    committed thresholds (paths relative to simplex_dev/), and differ from the shipped one as recorded."""
+    guard = Guard(load_config(EXAMPLE / "simplex_dev" / f"{name}.yaml")).load()
+    (runtime,) = guard.agents
+    assert [m.name for m in runtime.monitors] == ["action_space", "drift", "engine", "thrust"]
+    assert ("backup_weak" in runtime.fallbacks) == (name == "interlock_r14_weak")
