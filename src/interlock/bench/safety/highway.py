@@ -73,8 +73,6 @@ DESIGNS = {
         "cpss": EXAMPLE / "interlock_shielded_handover_r2_cpss.yaml",
     },
 }
-CONFIGS = DESIGNS["shield"]
-CONFIG = CONFIGS["stock"]
 #: What ``interlock bench safety`` runs.
 BENCH_DESIGN = "handover"
 TARGET_SPEEDS = {"stock": [20.0, 25.0, 30.0], "cpss": [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]}
@@ -267,7 +265,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description="highway-env collision rate, unguarded vs guarded.")
     p.add_argument("--seeds", type=int, default=50, help="Episodes per condition (default 50).")
     p.add_argument("--quick", action="store_true", help="Smoke run (2 short episodes per condition).")
-    p.add_argument("--speeds", choices=sorted(CONFIGS), default="stock", help="Target speeds and guard.")
+    p.add_argument("--speeds", choices=sorted(TARGET_SPEEDS), default="stock", help="Target speeds.")
     p.add_argument("--design", choices=sorted(DESIGNS), default=BENCH_DESIGN, help="The guard's design.")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
