@@ -627,22 +627,25 @@ def calibrate_transition(
         def episode_path(r: np.ndarray, k: float) -> np.ndarray:
             return cusum(surprise[r], k)
 
-    def episode_max(r: np.ndarray, k: float) -> float:
-        return float(episode_path(r, k).max())
-
-    ep_max = np.asarray([episode_max(r, drift) for r in fit_rows])
+    # each threshold-part episode's statistic at the calibrated drift, run once; with signed, also the
+    # largest value of each (side, group, dimension) stream: which streams the threshold comes from
+    kept = stream_groups(monitor)  # the other actions' streams never move
+    fit_at_drift: list[np.ndarray] = []
+    peaks: list[np.ndarray] = []
+    for r in fit_rows:
+        if signed_z is not None:
+            path, peak = signed_cusum_streams(signed_z[r], groups[r], monitor.n_groups, drift)
+            peaks.append(peak[:, kept].ravel())
+        else:
+            path = episode_path(r, drift)
+        fit_at_drift.append(path)
+    ep_max = np.asarray([float(path.max()) for path in fit_at_drift])
     shift = conformal_threshold(ep_max, episode_rate)
     per_stream = None
-    if signed_z is not None:  # which (action, dimension, side) streams the threshold comes from
-        kept = stream_groups(monitor)  # the other actions' streams never move
-        peaks = np.stack(
-            [
-                signed_cusum_streams(signed_z[r], groups[r], monitor.n_groups, drift)[1][:, kept].ravel()
-                for r in fit_rows
-            ]
-        )
+    if peaks:
+        stacked = np.stack(peaks)
         own = {
-            k: conformal_threshold(peaks[:, i], episode_rate) for i, k in enumerate(stream_labels(monitor))
+            k: conformal_threshold(stacked[:, i], episode_rate) for i, k in enumerate(stream_labels(monitor))
         }
         per_stream = dict(sorted(own.items(), key=lambda kv: -kv[1]))
     per_group = None
@@ -655,7 +658,12 @@ def calibrate_transition(
     # energy: the config's drift overrides the file's when the monitor loads (signed: it is the drift)
     fixed = monitor.cfg.drift if signed_z is None else None
     run_drift = drift if fixed is None else fixed
-    fit_paths = [episode_path(r, run_drift) for r in fit_rows]  # what the running monitor computes
+
+    def at_run_drift(episodes: list[np.ndarray], at_drift: list[np.ndarray]) -> list[np.ndarray]:
+        """The statistic as the running monitor computes it (at the config's drift when it fixes one)."""
+        return at_drift if run_drift == drift else [episode_path(r, run_drift) for r in episodes]
+
+    fit_paths = at_run_drift(fit_rows, fit_at_drift)
     if intervention_budget is not None:
         shift = max(shift, conformal_threshold(running_maxima(fit_paths), intervention_budget))
     thresholds = {
@@ -667,14 +675,15 @@ def calibrate_transition(
     held = masks["held_out"]
     whole = np.isin(data.episode, parts["held_out"])
     held_rows = _per_episode(rows[whole], data.episode[whole])
-    held_max = np.asarray([episode_max(r, drift) for r in held_rows])
-    held_paths = [episode_path(r, run_drift) for r in held_rows]
+    held_at_drift = [episode_path(r, drift) for r in held_rows]
+    held_max = np.asarray([float(path.max()) for path in held_at_drift])
+    held_paths = at_run_drift(held_rows, held_at_drift)
     held_share = after_trip_share(held_paths, thresholds["shift"])
     monitor.drift = drift
     monitor.thresholds.update(thresholds)
     fixed_rate = None
     if fixed is not None:
-        held_fixed = [episode_max(r, fixed) for r in held_rows]
+        held_fixed = [float(path.max()) for path in held_paths]  # run_drift is the fixed drift
         fixed_rate = float(np.mean(np.asarray(held_fixed) > thresholds["shift"]))
     return TransitionCalibration(
         monitor=monitor.name,
