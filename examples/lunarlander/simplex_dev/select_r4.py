@@ -315,6 +315,34 @@ def round14() -> None:
                 "r14dev_p1_500_02_b01j_robust2_thrust_live_weak.json"), -10, 5)
 
 
+def round15() -> None:
+    """Round 15 (RULE.md "Round 15"): a preflight probe; at least 20 fewer weak-main crashes, wind at most 5
+    more; of two qualifying designs the fewer weak-main crashes."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    base = _load(("r7dev_p1_500_02.json",), "unguarded")
+    incumbent = "p1_500_02_b01j_robust2_thrust_live"
+    designs = {
+        incumbent: ("r13dev_p1_500_02_b01j_robust2_thrust_live.json",),
+        "P0 (probe)": ("r15dev_P0.json",),
+        "P (probe + early rule)": ("r15dev_P.json",),
+    }
+    print('\n## Round 15 (RULE.md "Round 15"): a preflight probe of the main engine\n')
+    print("Each cell: crashes out of 40, interventions, shift trips (median delay).\n")
+    _head(agents, base, ("nominal", "wind", "weak_main"))
+    totals = _three_worlds(designs, base, agents)
+    if len(totals) < len(designs):
+        return
+    old = totals[incumbent]
+    ok = [
+        d for d in designs
+        if d != incumbent and totals[d]["eligible"]
+        and totals[d]["weak_main"] <= old["weak_main"] - 20 and totals[d]["wind"] <= old["wind"] + 5
+    ]
+    choice = min(ok, key=lambda d: (totals[d]["weak_main"], d != "P (probe + early rule)")) if ok else incumbent
+    print(f"\nQualifying (eligible, weak main <= {old['weak_main'] - 20}, wind <= {old['wind'] + 5}): "
+          f"{', '.join(ok) or 'none'}. Chosen by the rule: **{choice}**.")
+
+
 if __name__ == "__main__":
     main()
     round5()
@@ -327,3 +355,4 @@ if __name__ == "__main__":
     round12()
     round13()
     round14()
+    round15()
