@@ -338,9 +338,38 @@ def round15() -> None:
         if d != incumbent and totals[d]["eligible"]
         and totals[d]["weak_main"] <= old["weak_main"] - 20 and totals[d]["wind"] <= old["wind"] + 5
     ]
-    choice = min(ok, key=lambda d: (totals[d]["weak_main"], d != "P (probe + early rule)")) if ok else incumbent
+    def fewest(d: str) -> tuple[int, bool]:
+        return totals[d]["weak_main"], d != "P (probe + early rule)"
+
+    choice = min(ok, key=fewest) if ok else incumbent
     print(f"\nQualifying (eligible, weak main <= {old['weak_main'] - 20}, wind <= {old['wind'] + 5}): "
           f"{', '.join(ok) or 'none'}. Chosen by the rule: **{choice}**.")
+
+
+def round16() -> None:
+    """Round 16 (RULE.md "Round 16"): round 15's ``P`` on 200 fresh calm seeds per agent (52000+), unguarded
+    and guarded on the same seeds; eligible by round 7's rule (and calm trips at most 5%)."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    path = HERE / "r16dev_P_calm.json"
+    if not path.is_file():
+        return
+    runs = json.loads(path.read_text())
+    print('\n## Round 16 (RULE.md "Round 16"): round 15\'s `P` on 200 fresh calm seeds per agent\n')
+    print("| agent | unguarded: crashes, return | P: crashes, return (share), interventions, trips |")
+    print("|---|---|---|")
+    for a in agents:
+        u, g = runs[f"{a}/nominal"]["unguarded"], runs[f"{a}/nominal"]["guarded"]
+        share = g["mean_return"] / u["mean_return"] if u["mean_return"] > 0 else float("nan")
+        print(f"| {a} | {u['catastrophes_total']}, {u['mean_return']:.1f} | {g['catastrophes_total']}, "
+              f"{g['mean_return']:.1f} ({share:.1%}), {g['intervention_rate']:.2%}, "
+              f"{g['shift_trip_rate']:.1%} |")
+    guarded = {k: v["guarded"] for k, v in runs.items()}
+    base = {k: v["unguarded"] for k, v in runs.items()}
+    why = out_reasons(guarded, base, agents)
+    why += [f"{a} calm trips {guarded[f'{a}/nominal']['shift_trip_rate']:.1%}" for a in agents
+            if guarded[f"{a}/nominal"]["shift_trip_rate"] > 0.05]
+    print("\n" + ("Eligible: **P** replaces round 13." if not why else "Not eligible (" + "; ".join(why)
+                                                                       + "): round 13 stays."))
 
 
 if __name__ == "__main__":
@@ -356,3 +385,4 @@ if __name__ == "__main__":
     round13()
     round14()
     round15()
+    round16()
