@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from interlock.batch import Batch
 from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.errors import ConfigError
@@ -87,6 +88,23 @@ def test_only_the_listed_actions_transitions_are_scored(tmp_path, statistic):
     assert set(moved) <= set(np.flatnonzero(picked))
     assert not np.allclose(part["shift"], full["shift"])
 
+
+def test_scored_counts_the_episode_s_scored_transitions_and_restarts_with_it(tmp_path):
+    """``<name>.scored``: after each step, how many of the episode's transitions the monitor scored
+    (here those after action 1), 0 at a new episode; it never trips (the probe rules of
+    examples/lunarlander/simplex_dev/RULE.md "Round 17" read it)."""
+    (only_one,) = monitors(
+        tmp_path, "      - kind: transition\n        name: one\n        score_actions: [1]\n" + FIXED
+    )
+    obs, actions = rollout(0, 40)
+    part = run(only_one, obs, actions, "e")
+    after = np.concatenate([[-1], actions[:-1]])
+    np.testing.assert_array_equal(part["scored"], np.cumsum(after == 1))
+    assert part["scored"][-1] >= 5
+    again = run(only_one, obs[:3], actions[:3], "e")  # step 0 again: the episode restarts
+    np.testing.assert_array_equal(again["scored"], np.cumsum(after[:3] == 1))
+    signals = only_one.check(Batch("cartpole", obs[3:4], actions[3:4], np.asarray([3]), ["e"]))
+    assert signals["scored"].values[0] == np.sum(after[:4] == 1) and not signals["scored"].tripped.any()
 
 def test_calibration_selects_the_same_transitions_and_records_them(tmp_path):
     shutil.copy(EXAMPLE / "dynamics_ensemble.onnx", tmp_path / "dynamics_ensemble.onnx")

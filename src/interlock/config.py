@@ -341,8 +341,9 @@ class TransitionMonitorConfig(_Strict):
     max over dimensions; 0 when the episode has no previous step), ``shift`` (CUSUM of surprise
     minus ``drift`` over the episode, or with ``statistic: signed`` two-sided CUSUMs of each dimension's
     signed normalised residual; tripped above ``threshold``), ``shifted`` (1.0 from the first
-    trip of ``shift`` to the end of the episode) and ``residual_bias`` (RMS over dimensions of the
-    episode's exponentially weighted mean residual, in scale units). Rules also read
+    trip of ``shift`` to the end of the episode), ``residual_bias`` (RMS over dimensions of the
+    episode's exponentially weighted mean residual, in scale units) and ``scored`` (how many of the
+    episode's transitions the monitor has scored so far; never trips). Rules also read
     ``episode.shifted``, ``episode.steps_since_shift`` and ``episode.steps``.
     """
 

@@ -23,6 +23,9 @@ Signals (``<name>.<signal>``):
                    threshold (per-episode false-alarm target)
 ``shifted``        1.0 from the first trip of ``shift`` to the end of the episode
 ``residual_bias``  RMS over dimensions of the episode's EW mean residual / scale
+``scored``         how many of the episode's transitions the monitor has scored so far (those
+                   ``score_when`` and ``score_actions`` let through): the evidence behind ``shift``,
+                   for rules that act on a lower bar only once enough of it is in (never trips)
 =================  =====================================================================
 
 Sequencing per ``(agent_id, episode_id)`` (state in :class:`~interlock.episodes.EpisodeStore`):
@@ -76,7 +79,7 @@ __all__ = [
     "surprise_of",
 ]
 
-SIGNALS = ("surprise", "shift", "shifted", "residual_bias")
+SIGNALS = ("surprise", "shift", "shifted", "residual_bias", "scored")
 
 #: The drift ``k`` of ``statistic: signed`` when the config sets none, in z units (scale units): the
 #: CUSUM for a mean shift of ``delta`` is tuned at ``k = delta / 2``, so 0.5 aims at a persistent
@@ -556,6 +559,7 @@ class TransitionMonitor(Monitor):
         shift = np.zeros(n)
         shifted = np.zeros(n)
         bias = np.zeros(n)
+        evidence = np.zeros(n)
         h = self.thresholds.get("shift", float("nan"))
         for i in order:
             row = rows[i]
@@ -601,6 +605,7 @@ class TransitionMonitor(Monitor):
             shifted[i] = 1.0 if st.shift_step is not None and st.shift_step <= steps[i] else 0.0
             mean = st.mean_residual(self.obs_dim)
             bias[i] = float(surprise_of(mean[None], self.scale, self.dims, "rms")[0]) if st.residuals else 0.0
+            evidence[i] = st.residuals
         for eid, st in pending.items():  # commit only now: a failure above changed nothing
             self.store.put(batch.agent_id, eid, st)
         t = self.thresholds
@@ -609,6 +614,7 @@ class TransitionMonitor(Monitor):
             "shift": SignalBatch.above(shift, h),
             "shifted": SignalBatch.above(shifted, t.get("shifted", 0.5)),
             "residual_bias": SignalBatch.above(bias, t.get("residual_bias", float("inf"))),
+            "scored": SignalBatch.above(evidence, float("inf")),
         }
 
     def after_decide(self, batch: Batch, executed_actions: np.ndarray, valid: np.ndarray) -> None:
