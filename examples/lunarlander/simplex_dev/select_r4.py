@@ -372,6 +372,37 @@ def round16() -> None:
                                                                        + "): round 13 stays."))
 
 
+def round17() -> None:
+    """Round 17 (RULE.md "Round 17"): the gated probe ``G`` on fresh development seeds (wind, weak main 40
+    episodes at 70000+/71000+, round 13 beside it; calm 200 episodes at 72000+)."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    paths = [HERE / f"r17dev_{k}.json" for k in ("G_shift", "G_calm", "r13_shift")]
+    if not all(p.is_file() for p in paths):
+        return
+    shift, calm, r13 = (json.loads(p.read_text()) for p in paths)
+    print('\n## Round 17 (RULE.md "Round 17"): a probe gated on the agent\'s own main-engine use\n')
+    print("Crashes out of 40 (wind, weak main) and out of 200 (calm); G's interventions and trips.\n")
+    print("| world | condition | " + " | ".join(agents) + " | total |")
+    print("|---|---|" + "---|" * (len(agents) + 1))
+    for world in ("wind", "weak_main"):
+        for name, runs, cond in (("unguarded", shift, "unguarded"), ("round 13", r13, "guarded"),
+                                 ("G", shift, "guarded")):
+            cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
+            print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
+    for name, cond in (("unguarded", "unguarded"), ("G", "guarded")):
+        cells = [calm[f"{a}/nominal"][cond] for a in agents]
+        print(f"| nominal | {name} | " + " | ".join(
+            f"{c['catastrophes_total']}, return {c['mean_return']:.1f}"
+            + (f", {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.1%}" if name == "G" else "")
+            for c in cells) + " | |")
+    guarded = {k: v["guarded"] for k, v in calm.items()}
+    base = {k: v["unguarded"] for k, v in calm.items()}
+    why = out_reasons(guarded, base, agents)
+    why += [f"{a} calm trips {guarded[f'{a}/nominal']['shift_trip_rate']:.1%}" for a in agents
+            if guarded[f"{a}/nominal"]["shift_trip_rate"] > 0.05]
+    print("\n" + ("Eligible." if not why else "Not eligible (" + "; ".join(why) + "): round 13 stays."))
+
+
 if __name__ == "__main__":
     main()
     round5()
@@ -386,3 +417,4 @@ if __name__ == "__main__":
     round14()
     round15()
     round16()
+    round17()
