@@ -269,11 +269,71 @@ def test_after_a_calm_burst_decays_the_agent_drives_again(agent) -> None:
     assert set(verdicts[back:]) == {"ALLOW"} and min(shifted[trip:]) == 1.0
 
 
-@pytest.mark.parametrize("name", ["interlock_r11_thrust", "interlock_r13_live", "interlock_r14_weak"])
+PROBE_CONFIGS = ("interlock_r15_probe", "interlock_r15_probe_only", "interlock_r17_gated_probe")
+
+
+@pytest.mark.parametrize(
+    "name", ["interlock_r11_thrust", "interlock_r13_live", "interlock_r14_weak", *PROBE_CONFIGS]
+)
 def test_the_round_configs_kept_as_the_record_still_load(name) -> None:
-    """simplex_dev/RULE.md's rounds 11, 13 and 14 name these configs: they load, with their models and the
+    """simplex_dev/RULE.md's rounds 11 and 13-17 name these configs: they load, with their models and the
     committed thresholds (paths relative to simplex_dev/), and differ from the shipped one as recorded."""
     guard = Guard(load_config(EXAMPLE / "simplex_dev" / f"{name}.yaml")).load()
     (runtime,) = guard.agents
     assert [m.name for m in runtime.monitors] == ["action_space", "drift", "engine", "thrust"]
     assert ("backup_weak" in runtime.fallbacks) == (name == "interlock_r14_weak")
+    assert ("probe_main" in runtime.fallbacks) == (name in PROBE_CONFIGS)
+
+
+def _fly(guard: Guard, policy: ort.InferenceSession, seed: int, scale: float, steps: int) -> list:
+    """``steps`` steps of ``policy`` (greedy) behind ``guard`` with the main engine at ``scale``: per step
+    (proposed action, decision)."""
+    from interlock.bench.safety.lunarlander import main_engine_power
+
+    env, out = gym.make("LunarLander-v3"), []
+    name = policy.get_inputs()[0].name
+    with main_engine_power(scale):
+        obs, _ = env.reset(seed=seed)
+        for t in range(steps):
+            proposed = int(policy.run(None, {name: obs[None].astype(np.float32)})[0].argmax())
+            (d,) = guard.check(
+                [CheckInput("lunarlander", obs, np.int64(proposed), episode_id=f"{seed}-{scale}", step=t)]
+            )
+            out.append((proposed, d))
+            obs, _, terminated, truncated, _ = env.step(int(np.asarray(d.action).reshape(-1)[0]))
+            if terminated or truncated:
+                break
+    env.close()
+    return out
+
+
+def test_the_gated_probe_fires_the_main_engine_only_for_an_agent_that_does_not() -> None:
+    """Round 17's probe (simplex_dev/RULE.md): a DQN that has not fired the main engine by step 8 gets it
+    fired at steps 8-11 (thrust.scored counts them); at main x0.6 the statistic after them is over the
+    early bar and the backup drives, a person is told once at the trip; in the calm world the DQN gets its
+    control back. An A2C agent that fires the main engine itself is never probed."""
+    guard = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r17_gated_probe.yaml")).load()
+    dqn, a2c = (
+        ort.InferenceSession(str(EXAMPLE / f"{n}_agent.onnx"), providers=["CPUExecutionProvider"])
+        for n in ("dqn", "a2c")
+    )
+    seed = 7001  # development seed
+    for scale in (1.0, 0.6):
+        flight = _fly(guard, dqn, seed, scale, 40)
+        proposed = [p for p, _ in flight]
+        verdicts = [d.verdict.name for _, d in flight]
+        reasons = [d.reasons[0] if d.reasons else "" for _, d in flight]
+        scored = [signals(d)["thrust.scored"][0] for _, d in flight]
+        assert 2 not in proposed[:8] and set(verdicts[:8]) == {"ALLOW"}
+        probed = [t for t, r in enumerate(reasons) if r.startswith("preflight")]
+        assert probed == [t for t in range(8, 12) if proposed[t] != 2] and len(probed) >= 3
+        assert [int(np.asarray(flight[t][1].action).reshape(-1)[0]) for t in probed] == [2] * len(probed)
+        assert scored[12] == 4.0 and not any(signals(d)["thrust.scored"][1] for _, d in flight)
+        later = verdicts[12:]
+        if scale == 0.6:
+            assert later[0] == "SUBSTITUTE" and "ESCALATE" in later and "ALLOW" not in later
+        else:
+            assert "ESCALATE" not in verdicts and later.count("ALLOW") > len(later) // 2
+    flight = _fly(guard, a2c, 7000, 1.0, 40)  # it fires the main engine at steps 2, 3, 5 and 7
+    assert 2 in [p for p, _ in flight[:8]]
+    assert not any(d.reasons and d.reasons[0].startswith("preflight") for _, d in flight)
