@@ -375,32 +375,52 @@ def round16() -> None:
 def round17() -> None:
     """Round 17 (RULE.md "Round 17"): the gated probe ``G`` on fresh development seeds (wind, weak main 40
     episodes at 70000+/71000+, round 13 beside it; calm 200 episodes at 72000+)."""
+    _probe_round("r17dev", "G", "Round 17 (RULE.md \"Round 17\"): a probe gated on the agent's own main-engine use")
+
+
+def round18() -> None:
+    """Round 18 (RULE.md "Round 18"): ``G2`` (the early bar set on its window, per-agent thresholds calibrated
+    under the probe) on fresh development seeds (75000+/76000+, calm 77000+)."""
+    _probe_round(
+        "r18dev", "G2", 'Round 18 (RULE.md "Round 18"): the early bar on its window, thresholds under the probe'
+    )
+
+
+def _probe_round(prefix: str, design: str, title: str) -> None:
+    """Rounds 17-18: the design's wind, weak-main (40) and calm (200) cells beside round 13's; the rule."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
-    paths = [HERE / f"r17dev_{k}.json" for k in ("G_shift", "G_calm", "r13_shift")]
+    paths = [HERE / f"{prefix}_{k}.json" for k in (f"{design}_shift", f"{design}_calm", "r13_shift")]
     if not all(p.is_file() for p in paths):
         return
     shift, calm, r13 = (json.loads(p.read_text()) for p in paths)
-    print('\n## Round 17 (RULE.md "Round 17"): a probe gated on the agent\'s own main-engine use\n')
-    print("Crashes out of 40 (wind, weak main) and out of 200 (calm); G's interventions and trips.\n")
+    print(f"\n## {title}\n")
+    print(f"Crashes out of 40 (wind, weak main) and out of 200 (calm); {design}'s interventions and trips.\n")
     print("| world | condition | " + " | ".join(agents) + " | total |")
     print("|---|---|" + "---|" * (len(agents) + 1))
     for world in ("wind", "weak_main"):
         for name, runs, cond in (("unguarded", shift, "unguarded"), ("round 13", r13, "guarded"),
-                                 ("G", shift, "guarded")):
+                                 (design, shift, "guarded")):
             cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
             print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
-    for name, cond in (("unguarded", "unguarded"), ("G", "guarded")):
+    for name, cond in (("unguarded", "unguarded"), (design, "guarded")):
         cells = [calm[f"{a}/nominal"][cond] for a in agents]
         print(f"| nominal | {name} | " + " | ".join(
             f"{c['catastrophes_total']}, return {c['mean_return']:.1f}"
-            + (f", {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.1%}" if name == "G" else "")
+            + (f", {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.1%}" if name == design else "")
             for c in cells) + " | |")
     guarded = {k: v["guarded"] for k, v in calm.items()}
     base = {k: v["unguarded"] for k, v in calm.items()}
     why = out_reasons(guarded, base, agents)
     why += [f"{a} calm trips {guarded[f'{a}/nominal']['shift_trip_rate']:.1%}" for a in agents
             if guarded[f"{a}/nominal"]["shift_trip_rate"] > 0.05]
-    print("\n" + ("Eligible." if not why else "Not eligible (" + "; ".join(why) + "): round 13 stays."))
+    weak, wind = ({n: sum(runs[f"{a}/{w}"][c]["catastrophes_total"] for a in agents)
+                   for n, runs, c in (("r13", r13, "guarded"), ("new", shift, "guarded"))}
+                  for w in ("weak_main", "wind"))
+    fewer = weak["new"] <= weak["r13"] - 20 and wind["new"] <= wind["r13"] + 5
+    print("\nCalm: " + ("eligible" if not why else "not eligible (" + "; ".join(why) + ")")
+          + f". Weak main {weak['new']} against round 13's {weak['r13']} (at most {weak['r13'] - 20}), "
+          f"wind {wind['new']} against {wind['r13']} (at most {wind['r13'] + 5}). Chosen by the rule: **"
+          + (design if fewer and not why else "round 13") + "**.")
 
 
 if __name__ == "__main__":
@@ -418,3 +438,4 @@ if __name__ == "__main__":
     round15()
     round16()
     round17()
+    round18()
