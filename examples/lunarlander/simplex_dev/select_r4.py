@@ -375,13 +375,15 @@ def round16() -> None:
 def round17() -> None:
     """Round 17 (RULE.md "Round 17"): the gated probe ``G`` on fresh development seeds (wind, weak main 40
     episodes at 70000+/71000+, round 13 beside it; calm 200 episodes at 72000+)."""
-    _probe_round("r17dev", "G", "Round 17 (RULE.md \"Round 17\"): a probe gated on the agent's main-engine use")
+    title = "a probe gated on the agent's main-engine use"
+    _probe_round("r17dev", "G", f'Round 17 (RULE.md "Round 17"): {title}')
 
 
 def round18() -> None:
     """Round 18 (RULE.md "Round 18"): ``G2`` (the early bar set on its window, per-agent thresholds calibrated
     under the probe) on fresh development seeds (75000+/76000+, calm 77000+)."""
-    _probe_round("r18dev", "G2", 'Round 18 (RULE.md "Round 18"): the bar on its window, thresholds under the probe')
+    title = "the early bar on its window, thresholds under the probe"
+    _probe_round("r18dev", "G2", f'Round 18 (RULE.md "Round 18"): {title}')
 
 
 def _probe_round(prefix: str, design: str, title: str) -> None:
