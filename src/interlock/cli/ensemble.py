@@ -103,6 +103,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         group_by=args.group_by,
         intervention_budget=args.intervention_budget,
         joint=args.joint,
+        under_rules=args.under_rule or None,
     )
     print(report.summary())
     return 0
@@ -251,6 +252,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "episode.shifted, the union of the agent's transition monitors (any one tripping), not for each; "
         "all of them are calibrated together, each threshold at the same rank of its calm episode maxima "
         "(docs/shift.md, Calibration)",
+    )
+    cal.add_argument(
+        "--under-rule",
+        action="append",
+        metavar="NAME",
+        help="with --env: roll --policy out through Interlock with only this rule of the agent's policy "
+        "(repeatable; its monitors as configured now), and calibrate on the actions executed: the "
+        "episodes the guard will produce before a trip, e.g. with a probe rule (docs/shift.md)",
     )
     cal.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     cal.add_argument(

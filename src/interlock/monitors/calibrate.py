@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,6 +111,53 @@ def monitor_scores(monitor, data: Transitions, rows: np.ndarray, spaces, batch_s
     return {s: np.concatenate(v) if v else np.zeros(0) for s, v in out.items()}
 
 
+def rules_only_guard(loaded: Any, agent: str, rules: list[str]) -> Any:
+    """A loaded :class:`~interlock.engine.Guard` of ``loaded`` whose agent ``agent`` keeps only the
+    policy rules named ``rules`` (its monitors, fallbacks and everything else as configured).
+
+    Raises:
+        ConfigError: a name is not one of the agent's rules, or a monitor cannot load (e.g. its
+            thresholds file does not exist yet: calibrate once without ``--under-rule`` first).
+    """
+    from interlock.config import LoadedConfig
+    from interlock.engine import Guard
+
+    agents = list(loaded.config.agents)
+    index = next(i for i, a in enumerate(agents) if a.id == agent)
+    cfg = agents[index]
+    known = [r.name for r in cfg.policy.rules]
+    unknown = [r for r in rules if r not in known]
+    if unknown:
+        raise ConfigError(
+            f"{loaded.source}: --under-rule {', '.join(unknown)}: agent '{agent}' has no such rule "
+            f"(its rules: {', '.join(str(k) for k in known) or 'none'})"
+        )
+    kept = [r for r in cfg.policy.rules if r.name in rules]
+    agents[index] = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"rules": kept})})
+    reduced = LoadedConfig(
+        loaded.config.model_copy(update={"agents": agents}), loaded.base_dir, loaded.version, loaded.source
+    )
+    try:
+        return Guard(reduced).load()
+    except ConfigError as exc:
+        raise ConfigError(f"--under-rule runs the agent's monitors as configured now: {exc}") from exc
+
+
+def _guarded_act(guard: Any, agent: str, obs_shape: tuple[int, ...]) -> Any:
+    """``act`` of :func:`~interlock.monitors.calibrate_transition.rollout_episodes`: each proposed action
+    checked by ``guard`` (episode ``calibrate-<e>``, its step), the decision's action executed."""
+    from interlock.types import CheckInput
+
+    def act(obs: np.ndarray, action: np.ndarray, episode: int, step: int) -> np.ndarray:
+        row = CheckInput(agent, obs.reshape(obs_shape), action, episode_id=f"calibrate-{episode}", step=step)
+        (d,) = guard.check([row])
+        if d.action is None:
+            raise EnsembleError(f"--under-rule: episode {episode} step {step}: {d.verdict.name}, no action")
+        return np.asarray(d.action)
+
+    return act
+
+
 def calibrate(
     config: str | Path,
     agent: str,
@@ -129,6 +177,7 @@ def calibrate(
     group_by: str | None = None,
     intervention_budget: float | None = None,
     joint: bool = False,
+    under_rules: list[str] | None = None,
 ) -> CalibrationReport:
     """Calibrate every ``uncertainty`` and ``transition`` monitor of ``agent`` (or those named).
 
@@ -146,6 +195,11 @@ def calibrate(
             the agent's transition monitors (``episode.shifted``), not for each
             (:func:`~interlock.monitors.calibrate_transition.joint_shift_thresholds`); all of them are
             calibrated together.
+        under_rules: With a rollout: the policy's actions go through Interlock with only these rules of
+            the agent's policy (its monitors as configured now, their current thresholds files), and the
+            data holds what was executed: calibrate on the episodes the guard will produce before a
+            trip, e.g. with a probe rule that fires an actuator early in every episode
+            (:func:`rules_only_guard`).
 
     Raises:
         ConfigError: the config or agent is wrong, or no thresholds file is named.
@@ -200,13 +254,26 @@ def calibrate(
     spaces = AgentSpaces.from_config(agent_cfg)
     runtime = ModelRuntime.for_config(loaded)
     episode_data = None
+    if under_rules and data is not None:
+        raise EnsembleError("--under-rule changes a rollout of --policy; --data is already recorded")
     if data is None:
         if group_by is not None:
             raise EnsembleError("--group-by names an array of --data; a rollout of --policy has no groups")
         if not (env and policy):
             raise EnsembleError("give --data FILE.npz, or --env ID and --policy POLICY.onnx to roll out")
+        act = None
+        if under_rules:
+            guard = rules_only_guard(loaded, agent_cfg.id, under_rules)
+            act = _guarded_act(guard, agent_cfg.id, spaces.observation.shape)
         episode_data = rollout_episodes(
-            env, policy, spaces, episodes, seed=env_seed, policy_output=policy_output, progress=progress
+            env,
+            policy,
+            spaces,
+            episodes,
+            seed=env_seed,
+            policy_output=policy_output,
+            progress=progress,
+            act=act,
         )
         data = {"obs": episode_data.obs, "action": episode_data.action, "episode": episode_data.episode}
     ds = load_transitions(data)

@@ -42,6 +42,7 @@ as it will be on new episodes, not on the episodes the scale was fitted to.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,10 +148,14 @@ def rollout_episodes(
     policy_output: str = "logits",
     progress: bool = True,
     env_kwargs: dict[str, Any] | None = None,
+    act: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray] | None = None,
 ) -> EpisodeData:
     """Roll ``policy_path`` (an ONNX policy: obs -> logits or action) out in ``env_id`` for ``episodes``.
 
     Episode ``e`` is reset with seed ``seed + e``. Only in-distribution settings belong here.
+    ``act(obs [obs_dim], proposed action, episode, step) -> executed action``: what runs instead of the
+    policy's action (a guard's rules, ``interlock calibrate --under-rule``); the data holds the
+    executed actions.
     """
     import gymnasium as gym
     import onnxruntime as ort
@@ -167,10 +172,13 @@ def rollout_episodes(
     try:
         for e in tqdm(range(episodes), desc=f"rolling out {env_id}", unit="episode", disable=not progress):
             obs, _ = env.reset(seed=seed + e)
-            done = False
+            done, t = False, 0
             while not done:
                 flat = np.asarray(obs, np.float64).reshape(1, -1)
                 action = np.asarray(policy.act(flat))[0]
+                if act is not None:
+                    action = np.asarray(act(flat[0], action, e, t)).reshape(action.shape).astype(action.dtype)
+                    t += 1
                 nxt, _, terminated, truncated, _ = env.step(
                     action.item() if spaces.action.discrete else action
                 )
