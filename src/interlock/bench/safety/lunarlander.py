@@ -262,8 +262,8 @@ def calibrate_for_agent(
     be development seeds, below 100 000), at a per-episode false-alarm target ``episode_rate``; the
     model, dims, drift and every other setting stay the config's; ``intervention_budget``: the share of
     calm steps a trip may hand to the backup (round 10); ``joint``: both hold for the monitors together
-    (``episode.shifted``; round 12). Returns the thresholds file written,
-    ``out_dir/thresholds_<agent>.json``.
+    (``episode.shifted``; round 12). With a ``probe`` rule in the config the episodes are flown with it
+    (round 18). Returns the thresholds file written, ``out_dir/thresholds_<agent>.json``.
     """
     from interlock.monitors.calibrate import calibrate
 
@@ -273,8 +273,9 @@ def calibrate_for_agent(
         raise ValueError(f"calibration seeds {seed}..{seed + episodes - 1} reach the evaluation range")
     out = Path(out_dir) / f"thresholds_{agent}.json"
     out.unlink(missing_ok=True)  # a fresh file: entries of an earlier run must not survive
+    config = EXAMPLE / "interlock.yaml"
     calibrate(
-        EXAMPLE / "interlock.yaml",
+        config,
         AGENT_ID,
         None,
         env=ENV_ID,
@@ -287,8 +288,20 @@ def calibrate_for_agent(
         progress=progress,
         intervention_budget=intervention_budget,
         joint=joint,
+        under_rules=[PROBE_RULE] if PROBE_RULE in _rule_names(config) else None,
     )
     return out
+
+
+#: A config rule that fires an actuator early in every episode (round 18's preflight probe): the agent's
+#: calibration episodes are flown with it (``interlock calibrate --under-rule probe``), as guarded.
+PROBE_RULE = "probe"
+
+
+def _rule_names(config: Path) -> list[str]:
+    from interlock.config import load_config
+
+    return [str(r.name) for r in load_config(config).config.agents[0].policy.rules]
 
 
 def _guard(guarded: bool, variant: str = "config", overrides: Overrides | None = None) -> Any:
