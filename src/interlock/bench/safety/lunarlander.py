@@ -13,12 +13,14 @@ Catastrophe: a crash, the episode terminates with reward exactly -100 (hull cont
 a landing or the 1000-step time limit is not one. Every (agent, world) cell runs its episodes in
 lockstep, one batched ``Guard.check`` per step (decisions in process, the engine the server runs).
 
-* **guarded**: the example config as is (transition monitors ``drift`` and ``engine``; rules: invalid
-  -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
-  once ``episode.shifted`` the robust backup (``robust2_agent.onnx`` since round 8) drives for the
-  rest of the episode (Simplex)). Development designs (``--variant``) rebuild earlier configs' shield
-  variants. ``--calibrate-episodes`` / ``--thresholds-dir``: each agent's own thresholds (round 7);
-  ``--backup``: another backup policy; ``--worlds heavy,weak_side``: round 9's unseen shifts.
+* **guarded**: the example config as is (transition monitors ``drift``, ``engine`` and ``thrust``; rules:
+  invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
+  while a monitor's ``shift`` is above its threshold the robust backup (``robust2_agent.onnx``) drives
+  (Simplex), ``probe`` / ``probe_evidence``: the preflight probe of the main engine (round 18)).
+  Development designs (``--variant``) rebuild earlier configs' shield variants.
+  ``--calibrate-episodes`` / ``--thresholds-dir``: each agent's own thresholds (round 7; flown with the
+  probe rule when the config has one, round 18); ``--backup``: another backup policy; ``--worlds
+  heavy,weak_side``: round 9's unseen shifts.
 * **unguarded**: the same agent alone; the transition monitor still runs (the config reduced to the
   action-space and transition monitors, no rules, ``shadow: true``), so the shift trip rate and the
   detection delay of the unguarded agent are measured on the same episodes.
@@ -30,7 +32,7 @@ development). Nothing is tuned here.
 
 Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
-in which a transition monitor's ``shift`` tripped, ``drift`` or ``engine``) and the median detection
+in which a transition monitor's ``shift`` tripped, any of them) and the median detection
 delay (step of the first trip).
 
 Quick mode (CI): our PPO, nominal and wind, two 120-step episodes each.
