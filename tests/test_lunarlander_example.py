@@ -58,6 +58,8 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
         "engine": "transition",
         "thrust": "transition",
     }
+    rules = [r.name for r in agent.policy.rules]
+    assert rules == ["invalid", "dynamics_shifted", "handover", "probe", "probe_evidence"]
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
@@ -269,14 +271,19 @@ def test_after_a_calm_burst_decays_the_agent_drives_again(agent) -> None:
     assert set(verdicts[back:]) == {"ALLOW"} and min(shifted[trip:]) == 1.0
 
 
-PROBE_CONFIGS = ("interlock_r15_probe", "interlock_r15_probe_only", "interlock_r17_gated_probe")
+PROBE_CONFIGS = (
+    "interlock_r15_probe",
+    "interlock_r15_probe_only",
+    "interlock_r17_gated_probe",
+    "interlock_r18_probe",
+)
 
 
 @pytest.mark.parametrize(
     "name", ["interlock_r11_thrust", "interlock_r13_live", "interlock_r14_weak", *PROBE_CONFIGS]
 )
 def test_the_round_configs_kept_as_the_record_still_load(name) -> None:
-    """simplex_dev/RULE.md's rounds 11 and 13-17 name these configs: they load, with their models and the
+    """simplex_dev/RULE.md's rounds 11 and 13-18 name these configs: they load, with their models and the
     committed thresholds (paths relative to simplex_dev/), and differ from the shipped one as recorded."""
     guard = Guard(load_config(EXAMPLE / "simplex_dev" / f"{name}.yaml")).load()
     (runtime,) = guard.agents
@@ -307,12 +314,13 @@ def _fly(guard: Guard, policy: ort.InferenceSession, seed: int, scale: float, st
     return out
 
 
-def test_the_gated_probe_fires_the_main_engine_only_for_an_agent_that_does_not() -> None:
-    """Round 17's probe (simplex_dev/RULE.md): a DQN that has not fired the main engine by step 8 gets it
-    fired at steps 8-11 (thrust.scored counts them); at main x0.6 the statistic after them is over the
-    early bar and the backup drives, a person is told once at the trip; in the calm world the DQN gets its
-    control back. An A2C agent that fires the main engine itself is never probed."""
-    guard = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r17_gated_probe.yaml")).load()
+def test_the_probe_fires_the_main_engine_only_for_an_agent_that_does_not() -> None:
+    """The shipped config's preflight probe (round 18, simplex_dev/RULE.md): a DQN that has not fired the
+    main engine by step 8 gets it fired at steps 8-11 (thrust.scored counts them); at main x0.6 the
+    statistic after them is over the early bar and the backup drives, a person is told once at the trip;
+    in the calm world the DQN gets its control back. An A2C agent that fires the main engine itself is
+    never probed."""
+    guard = Guard(load_config(CONFIG)).load()
     dqn, a2c = (
         ort.InferenceSession(str(EXAMPLE / f"{n}_agent.onnx"), providers=["CPUExecutionProvider"])
         for n in ("dqn", "a2c")
