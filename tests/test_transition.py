@@ -159,6 +159,7 @@ def test_lost_state_restarts_the_statistic_without_error_or_trip(calibrated, pol
                 "drift.shift": 0.0,
                 "drift.shifted": 0.0,
                 "drift.residual_bias": 0.0,
+                "drift.scored": 0.0,  # the evidence restarts too
             }
         elif tripped_at is not None and t > tripped_at + 1 and s["drift.shifted"]:
             break  # the restarted statistic sees the shift again

@@ -144,16 +144,22 @@ def rules_only_guard(loaded: Any, agent: str, rules: list[str]) -> Any:
 
 
 def _guarded_act(guard: Any, agent: str, obs_shape: tuple[int, ...]) -> Any:
-    """``act`` of :func:`~interlock.monitors.calibrate_transition.rollout_episodes`: each proposed action
-    checked by ``guard`` (episode ``calibrate-<e>``, its step), the decision's action executed."""
+    """``act`` of :func:`~interlock.monitors.calibrate_transition.rollout_episodes`: the proposed actions
+    of a lockstep batch checked by ``guard`` in one call (episode ``calibrate-<e>``, its step), the
+    decisions' actions executed."""
     from interlock.types import CheckInput
 
-    def act(obs: np.ndarray, action: np.ndarray, episode: int, step: int) -> np.ndarray:
-        row = CheckInput(agent, obs.reshape(obs_shape), action, episode_id=f"calibrate-{episode}", step=step)
-        (d,) = guard.check([row])
-        if d.action is None:
-            raise EnsembleError(f"--under-rule: episode {episode} step {step}: {d.verdict.name}, no action")
-        return np.asarray(d.action)
+    def act(obs: np.ndarray, actions: np.ndarray, episodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        rows = [
+            CheckInput(agent, obs[i].reshape(obs_shape), actions[i], episode_id=f"calibrate-{e}", step=int(t))
+            for i, (e, t) in enumerate(zip(episodes.tolist(), steps.tolist(), strict=True))
+        ]
+        out = []
+        for d, e, t in zip(guard.check(rows), episodes.tolist(), steps.tolist(), strict=True):
+            if d.action is None:
+                raise EnsembleError(f"--under-rule: episode {e} step {t}: {d.verdict.name}, no action")
+            out.append(np.asarray(d.action))
+        return np.stack(out)
 
     return act
 

@@ -148,14 +148,17 @@ def rollout_episodes(
     policy_output: str = "logits",
     progress: bool = True,
     env_kwargs: dict[str, Any] | None = None,
-    act: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray] | None = None,
+    act: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    lockstep: int = 64,
 ) -> EpisodeData:
     """Roll ``policy_path`` (an ONNX policy: obs -> logits or action) out in ``env_id`` for ``episodes``.
 
-    Episode ``e`` is reset with seed ``seed + e``. Only in-distribution settings belong here.
-    ``act(obs [obs_dim], proposed action, episode, step) -> executed action``: what runs instead of the
-    policy's action (a guard's rules, ``interlock calibrate --under-rule``); the data holds the
-    executed actions.
+    Episode ``e`` is reset with seed ``seed + e``. Only in-distribution settings belong here. Up to
+    ``lockstep`` episodes run side by side, one policy call (and one ``act`` call) per step for all of
+    them; the data is in episode order, as if they had run one after another.
+    ``act(obs [n, obs_dim], proposed actions [n, ...], episodes [n], steps [n]) -> executed actions``:
+    what runs instead of the policy's actions (a guard's rules, ``interlock calibrate --under-rule``);
+    the data holds the executed actions.
     """
     import gymnasium as gym
     import onnxruntime as ort
@@ -167,33 +170,45 @@ def rollout_episodes(
     policy = OnnxBackupPolicy(
         session, spaces.action, policy_output, obs_shape=spaces.observation.shape, where="--policy"
     )
-    env = gym.make(env_id, **(env_kwargs or {}))
-    obs_l, act_l, nxt_l, ep_l = [], [], [], []
+    envs = [gym.make(env_id, **(env_kwargs or {})) for _ in range(max(1, min(lockstep, episodes)))]
+    rows: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     try:
-        for e in tqdm(range(episodes), desc=f"rolling out {env_id}", unit="episode", disable=not progress):
-            obs, _ = env.reset(seed=seed + e)
-            done, t = False, 0
-            while not done:
-                flat = np.asarray(obs, np.float64).reshape(1, -1)
-                action = np.asarray(policy.act(flat))[0]
-                if act is not None:
-                    action = np.asarray(act(flat[0], action, e, t)).reshape(action.shape).astype(action.dtype)
-                    t += 1
-                nxt, _, terminated, truncated, _ = env.step(
-                    action.item() if spaces.action.discrete else action
-                )
-                obs_l.append(flat[0])
-                act_l.append(action)
-                nxt_l.append(np.asarray(nxt, np.float64).reshape(-1))
-                ep_l.append(e)
-                obs, done = nxt, terminated or truncated
+        with tqdm(total=episodes, desc=f"rolling out {env_id}", unit="episode", disable=not progress) as bar:
+            for first in range(0, episodes, len(envs)):
+                ids = list(range(first, min(first + len(envs), episodes)))
+                obs = {e: envs[k].reset(seed=seed + e)[0] for k, e in enumerate(ids)}
+                env_of = {e: envs[k] for k, e in enumerate(ids)}
+                steps = dict.fromkeys(ids, 0)
+                active = list(ids)
+                while active:
+                    flat = np.stack([np.asarray(obs[e], np.float64).reshape(-1) for e in active])
+                    actions = np.asarray(policy.act(flat))
+                    if act is not None:
+                        at = np.asarray([steps[e] for e in active])
+                        executed = act(flat, actions, np.asarray(active), at)
+                        actions = np.asarray(executed).reshape(actions.shape).astype(actions.dtype)
+                    still = []
+                    for j, e in enumerate(active):
+                        a = actions[j]
+                        nxt, _, terminated, truncated, _ = env_of[e].step(
+                            a.item() if spaces.action.discrete else a
+                        )
+                        rows.setdefault(e, []).append((flat[j], a, np.asarray(nxt, np.float64).reshape(-1)))
+                        obs[e], steps[e] = nxt, steps[e] + 1
+                        if terminated or truncated:
+                            bar.update(1)
+                        else:
+                            still.append(e)
+                    active = still
     finally:
-        env.close()
+        for env in envs:
+            env.close()
+    ordered = [(e, r) for e in range(episodes) for r in rows[e]]
     return EpisodeData(
-        np.stack(obs_l),
-        np.stack(act_l),
-        np.stack(nxt_l),
-        np.asarray(ep_l, np.int64),
+        np.stack([r[0] for _, r in ordered]),
+        np.stack([r[1] for _, r in ordered]),
+        np.stack([r[2] for _, r in ordered]),
+        np.asarray([e for e, _ in ordered], np.int64),
         f"{env_id} x {episodes}",
     )
 
