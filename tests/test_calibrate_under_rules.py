@@ -18,7 +18,7 @@ from interlock.cli import main as cli_main
 from interlock.config import load_config
 from interlock.ensembles.common import EnsembleError
 from interlock.errors import ConfigError
-from interlock.monitors.calibrate import _guarded_act, calibrate, rules_only_guard
+from interlock.monitors.calibrate import calibrate, guarded_act, rules_only_guard
 from interlock.monitors.calibrate_transition import rollout_episodes
 from interlock.spaces import AgentSpaces
 from tests.support.ensembles import CARTPOLE_EXAMPLE, CARTPOLE_HEAD
@@ -66,7 +66,7 @@ def test_the_rollout_executes_what_the_named_rule_decides_and_nothing_else(confi
     plain = rollout_episodes("CartPole-v1", policy, spaces, 6, seed=50, progress=False)
     guard = rules_only_guard(loaded, "cartpole", ["probe"])
     probed = rollout_episodes(
-        "CartPole-v1", policy, spaces, 6, seed=50, progress=False, act=_guarded_act(guard, "cartpole", (4,))
+        "CartPole-v1", policy, spaces, 6, seed=50, progress=False, act=guarded_act(guard, "cartpole", (4,))
     )
     for e in range(6):
         under = probed.action[probed.episode == e]

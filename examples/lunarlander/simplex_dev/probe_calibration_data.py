@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
-import onnxruntime as ort
-from tqdm import tqdm
 
 from interlock.config import LoadedConfig, TransitionMonitorConfig, load_config
 from interlock.engine import Guard
-from interlock.monitors.calibrate import calibrate
-from interlock.types import CheckInput
+from interlock.monitors.calibrate import calibrate, guarded_act
+from interlock.monitors.calibrate_transition import rollout_episodes
+from interlock.spaces import AgentSpaces
 
 HERE = Path(__file__).resolve().parents[1]
 AGENT_ID = "lunarlander"
@@ -55,50 +53,20 @@ def probe_only_guard(config: Path, thresholds: Path) -> Guard:
 
 
 def probe_episodes(agent: str, guard: Guard, episodes: int, seed: int) -> dict[str, np.ndarray]:
-    """``episodes`` calm episodes of ``agent`` (greedy) under ``guard``, reset seeds ``seed + e``:
-    ``obs [N, 8]``, ``action [N]`` (executed), ``next_obs [N, 8]``, ``episode [N]``, every transition
-    (the terminal one too, as ``interlock calibrate --env`` rolls out)."""
-    policy = ort.InferenceSession(str(HERE / f"{agent}_agent.onnx"), providers=["CPUExecutionProvider"])
-    name = policy.get_inputs()[0].name
-    envs = [gym.make("LunarLander-v3") for _ in range(episodes)]
-    obs = [env.reset(seed=seed + e)[0] for e, env in enumerate(envs)]
-    steps = [0] * episodes
-    cols: dict[str, list] = {"obs": [], "action": [], "next_obs": [], "episode": []}
-    active = list(range(episodes))
-    with tqdm(total=episodes, desc=f"{agent} with the probe", unit="episode") as bar:
-        while active:
-            batch = np.stack([obs[e] for e in active]).astype(np.float32)
-            (scores,) = policy.run(None, {name: batch})
-            proposed = scores.argmax(axis=1).astype(np.int64)
-            decisions = guard.check(
-                [
-                    CheckInput(AGENT_ID, batch[j], proposed[j], episode_id=f"cal-{e}", step=steps[e])
-                    for j, e in enumerate(active)
-                ]
-            )
-            still = []
-            for j, e in enumerate(active):
-                action = int(np.asarray(decisions[j].action).reshape(-1)[0])
-                nxt, _, terminated, truncated, _ = envs[e].step(action)
-                cols["obs"].append(batch[j].astype(np.float64))
-                cols["action"].append(action)
-                cols["next_obs"].append(np.asarray(nxt, np.float64))
-                cols["episode"].append(e)
-                obs[e] = nxt
-                steps[e] += 1
-                if terminated or truncated:
-                    bar.update(1)
-                else:
-                    still.append(e)
-            active = still
-    for env in envs:
-        env.close()
-    return {
-        "obs": np.stack(cols["obs"]),
-        "action": np.asarray(cols["action"], np.int64),
-        "next_obs": np.stack(cols["next_obs"]),
-        "episode": np.asarray(cols["episode"], np.int64),
-    }
+    """``episodes`` calm episodes of ``agent`` (greedy) under ``guard``, reset seeds ``seed + e``, all in
+    lockstep: ``obs [N, 8]``, ``action [N]`` (executed), ``next_obs [N, 8]``, ``episode [N]``, every
+    transition (the terminal one too), as ``interlock calibrate --under-rule`` rolls them out."""
+    (runtime,) = guard.agents
+    data = rollout_episodes(
+        "LunarLander-v3",
+        str(HERE / f"{agent}_agent.onnx"),
+        AgentSpaces.from_config(runtime.config),
+        episodes,
+        seed=seed,
+        act=guarded_act(guard, AGENT_ID, (8,)),
+        lockstep=episodes,
+    )
+    return {"obs": data.obs, "action": data.action, "next_obs": data.next_obs, "episode": data.episode}
 
 
 def main() -> None:

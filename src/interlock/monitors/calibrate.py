@@ -143,7 +143,7 @@ def rules_only_guard(loaded: Any, agent: str, rules: list[str]) -> Any:
         raise ConfigError(f"--under-rule runs the agent's monitors as configured now: {exc}") from exc
 
 
-def _guarded_act(guard: Any, agent: str, obs_shape: tuple[int, ...]) -> Any:
+def guarded_act(guard: Any, agent: str, obs_shape: tuple[int, ...]) -> Any:
     """``act`` of :func:`~interlock.monitors.calibrate_transition.rollout_episodes`: the proposed actions
     of a lockstep batch checked by ``guard`` in one call (episode ``calibrate-<e>``, its step), the
     decisions' actions executed."""
@@ -270,7 +270,7 @@ def calibrate(
         act = None
         if under_rules:
             guard = rules_only_guard(loaded, agent_cfg.id, under_rules)
-            act = _guarded_act(guard, agent_cfg.id, spaces.observation.shape)
+            act = guarded_act(guard, agent_cfg.id, spaces.observation.shape)
         episode_data = rollout_episodes(
             env,
             policy,
