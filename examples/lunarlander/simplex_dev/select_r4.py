@@ -386,10 +386,19 @@ def round18() -> None:
     _probe_round("r18dev", "G2", f'Round 18 (RULE.md "Round 18"): {title}')
 
 
-def _probe_round(prefix: str, design: str, title: str) -> None:
-    """Rounds 17-18: the design's wind, weak-main (40) and calm (200) cells beside round 13's; the rule."""
+def round19() -> None:
+    """Round 19 (RULE.md "Round 19"): ``G3`` (the probe goes on while its evidence is undecided) beside round
+    18's ``G2`` on fresh development seeds (80000+/81000+, calm 82000+)."""
+    title = "the probe goes on while its evidence is undecided"
+    _probe_round("r19dev", "G3", f'Round 19 (RULE.md "Round 19"): {title}', baseline="G2", margin=15)
+
+
+def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", margin: int = 20) -> None:
+    """Rounds 17-19: the design's wind, weak-main (40) and calm (200) cells beside the current design's
+    (round 13's, from round 19 round 18's ``G2``); the rule."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
-    paths = [HERE / f"{prefix}_{k}.json" for k in (f"{design}_shift", f"{design}_calm", "r13_shift")]
+    paths = [HERE / f"{prefix}_{k}.json" for k in (f"{design}_shift", f"{design}_calm", f"{baseline}_shift")]
+    current = "round 13" if baseline == "r13" else f"round 18's {baseline}"
     if not all(p.is_file() for p in paths):
         return
     shift, calm, r13 = (json.loads(p.read_text()) for p in paths)
@@ -398,7 +407,7 @@ def _probe_round(prefix: str, design: str, title: str) -> None:
     print("| world | condition | " + " | ".join(agents) + " | total |")
     print("|---|---|" + "---|" * (len(agents) + 1))
     for world in ("wind", "weak_main"):
-        for name, runs, cond in (("unguarded", shift, "unguarded"), ("round 13", r13, "guarded"),
+        for name, runs, cond in (("unguarded", shift, "unguarded"), (current, r13, "guarded"),
                                  (design, shift, "guarded")):
             cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
             print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
@@ -416,11 +425,11 @@ def _probe_round(prefix: str, design: str, title: str) -> None:
     weak, wind = ({n: sum(runs[f"{a}/{w}"][c]["catastrophes_total"] for a in agents)
                    for n, runs, c in (("r13", r13, "guarded"), ("new", shift, "guarded"))}
                   for w in ("weak_main", "wind"))
-    fewer = weak["new"] <= weak["r13"] - 20 and wind["new"] <= wind["r13"] + 5
+    fewer = weak["new"] <= weak["r13"] - margin and wind["new"] <= wind["r13"] + 5
     print("\nCalm: " + ("eligible" if not why else "not eligible (" + "; ".join(why) + ")")
-          + f". Weak main {weak['new']} against round 13's {weak['r13']} (at most {weak['r13'] - 20}), "
+          + f". Weak main {weak['new']} against {current}'s {weak['r13']} (at most {weak['r13'] - margin}), "
           f"wind {wind['new']} against {wind['r13']} (at most {wind['r13'] + 5}). Chosen by the rule: **"
-          + (design if fewer and not why else "round 13") + "**.")
+          + (design if fewer and not why else current) + "**.")
 
 
 if __name__ == "__main__":
@@ -439,3 +448,4 @@ if __name__ == "__main__":
     round16()
     round17()
     round18()
+    round19()
