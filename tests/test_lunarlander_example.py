@@ -59,7 +59,7 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
         "thrust": "transition",
     }
     rules = [r.name for r in agent.policy.rules]
-    assert rules == ["invalid", "dynamics_shifted", "handover", "probe", "probe_evidence"]
+    assert rules == ["invalid", "dynamics_shifted", "handover", "probe", "probe_more", "probe_evidence"]
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
@@ -276,6 +276,7 @@ PROBE_CONFIGS = (
     "interlock_r15_probe_only",
     "interlock_r17_gated_probe",
     "interlock_r18_probe",
+    "interlock_r19_probe_more",
 )
 
 
@@ -283,7 +284,7 @@ PROBE_CONFIGS = (
     "name", ["interlock_r11_thrust", "interlock_r13_live", "interlock_r14_weak", *PROBE_CONFIGS]
 )
 def test_the_round_configs_kept_as_the_record_still_load(name) -> None:
-    """simplex_dev/RULE.md's rounds 11 and 13-18 name these configs: they load, with their models and the
+    """simplex_dev/RULE.md's rounds 11 and 13-22 name these configs: they load, with their models and the
     committed thresholds (paths relative to simplex_dev/), and differ from the shipped one as recorded."""
     guard = Guard(load_config(EXAMPLE / "simplex_dev" / f"{name}.yaml")).load()
     (runtime,) = guard.agents
@@ -333,8 +334,9 @@ def test_the_probe_fires_the_main_engine_only_for_an_agent_that_does_not() -> No
         reasons = [d.reasons[0] if d.reasons else "" for _, d in flight]
         scored = [signals(d)["thrust.scored"][0] for _, d in flight]
         assert 2 not in proposed[:8] and set(verdicts[:8]) == {"ALLOW"}
-        probed = [t for t, r in enumerate(reasons) if r.startswith("preflight")]
+        probed = [t for t, (_, d) in enumerate(flight) if d.rule == "probe"]
         assert probed == [t for t in range(8, 12) if proposed[t] != 2] and len(probed) >= 3
+        assert all(r.startswith("preflight") for t, r in enumerate(reasons) if t in probed)
         assert [int(np.asarray(flight[t][1].action).reshape(-1)[0]) for t in probed] == [2] * len(probed)
         assert scored[12] == 4.0 and not any(signals(d)["thrust.scored"][1] for _, d in flight)
         later = verdicts[12:]
@@ -345,3 +347,39 @@ def test_the_probe_fires_the_main_engine_only_for_an_agent_that_does_not() -> No
     flight = _fly(guard, a2c, 7000, 1.0, 40)  # it fires the main engine at steps 2, 3, 5 and 7
     assert 2 in [p for p, _ in flight[:8]]
     assert not any(d.reasons and d.reasons[0].startswith("preflight") for _, d in flight)
+
+
+H_W = 2.3967  # the shipped probe_evidence bar (round 18)
+
+
+def test_the_probe_goes_on_while_its_evidence_is_undecided() -> None:
+    """Round 19's probe_more (shipped from round 22, simplex_dev/RULE.md): at steps 12-15 the main engine
+    is fired again only while thrust.shift is in (1.0, h_w] after the probe. At main x0.6 (seed 7000)
+    one more transition takes the statistic over h_w, the backup drives and a person is told; in calm
+    flight (seed 7016) the statistic falls back and the DQN drives again."""
+    guard = Guard(load_config(CONFIG)).load()
+    dqn = ort.InferenceSession(str(EXAMPLE / "dqn_agent.onnx"), providers=["CPUExecutionProvider"])
+    for seed, scale in ((7000, 0.6), (7016, 1.0)):  # development seeds
+        flight = _fly(guard, dqn, seed, scale, 40)
+        rules = [d.rule for _, d in flight]
+        more = [t for t, r in enumerate(rules) if r == "probe_more"]
+        assert rules[8:12] == ["probe"] * 4 and more and set(more) <= set(range(12, 16))
+        for t in more:  # the rule's window, read from the signals the decision carries
+            d = flight[t][1]
+            assert 1.0 < signals(d)["thrust.shift"][0] <= H_W
+            assert int(np.asarray(d.action).reshape(-1)[0]) == 2 and flight[t][0] != 2
+        values = [signals(d) for _, d in flight]
+        expected = [  # the rule's condition, evaluated here on what each decision reports
+            t for t in range(12, 16)
+            if flight[t][0] != 2 and 1.0 < values[t]["thrust.shift"][0] <= H_W
+            and values[t]["thrust.scored"][0] <= t - 8
+            and not any(values[t][f"{m}.shifted"][0] for m in ("drift", "engine", "thrust"))
+        ]
+        assert more == expected
+        verdicts = [d.verdict.name for _, d in flight]
+        after = verdicts[more[-1] + 1 :]
+        if scale == 0.6:
+            assert signals(flight[more[-1] + 1][1])["thrust.shift"][0] > H_W
+            assert "ESCALATE" in after and "ALLOW" not in after
+        else:
+            assert "ESCALATE" not in verdicts and after.count("ALLOW") > len(after) // 2
