@@ -393,26 +393,27 @@ def round19() -> None:
     _probe_round("r19dev", "G3", f'Round 19 (RULE.md "Round 19"): {title}', baseline="G2", margin=15)
 
 
-def round20(n: int = 20) -> None:
-    """Rounds 20-21 (RULE.md "Round 20", "Round 21"): ``G3`` against ``G2`` on fresh development seeds
-    (round 20: 85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+), the calm cells judged
-    against ``G2``'s on the same seeds; the return margin is 97% of ``G2``'s (round 20), ``G2``'s - 5.0
-    (round 21)."""
+def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
+    """Rounds 20, 21 and 23 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
+    85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
+    95000+/96000+, calm 97000+), the calm cells judged against ``base``'s on the same seeds; the return
+    margin is 97% of ``base``'s (round 20), ``base``'s - 5.0 (rounds 21, 23)."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
-    paths = [HERE / f"r{n}dev_{k}.json" for k in ("G3_shift", "G3_calm", "G2_shift", "G2_calm")]
+    names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
+    paths = [HERE / f"r{n}dev_{k}.json" for k in names]
     if not all(p.is_file() for p in paths):
         return
-    shift, calm, g2_shift, g2_calm = (json.loads(p.read_text()) for p in paths)
-    print(f'\n## Round {n} (RULE.md "Round {n}"): G3 against G2, calm judged against G2\n')
+    shift, calm, base_shift, base_calm = (json.loads(p.read_text()) for p in paths)
+    print(f'\n## Round {n} (RULE.md "Round {n}"): {design} against {base}, calm judged against {base}\n')
     print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
     print("| world | condition | " + " | ".join(agents) + " | total |")
     print("|---|---|" + "---|" * (len(agents) + 1))
     for world in ("wind", "weak_main"):
-        for name, runs, cond in (("unguarded", shift, "unguarded"), ("G2", g2_shift, "guarded"),
-                                 ("G3", shift, "guarded")):
+        for name, runs, cond in (("unguarded", shift, "unguarded"), (base, base_shift, "guarded"),
+                                 (design, shift, "guarded")):
             cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
             print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
-    calm_rows = (("unguarded", calm, "unguarded"), ("G2", g2_calm, "guarded"), ("G3", calm, "guarded"))
+    calm_rows = (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"), (design, calm, "guarded"))
     for name, runs, cond in calm_rows:
         cells = [runs[f"{a}/nominal"][cond] for a in agents]
         print(f"| nominal | {name} | " + " | ".join(
@@ -422,24 +423,25 @@ def round20(n: int = 20) -> None:
             for c in cells) + " | |")
     why = []
     for a in agents:
-        new, old = calm[f"{a}/nominal"]["guarded"], g2_calm[f"{a}/nominal"]["guarded"]
+        new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
         if new["catastrophe_rate"] > old["catastrophe_rate"] + 0.025:
             why.append(f"{a} crashes {old['catastrophe_rate']:.1%} -> {new['catastrophe_rate']:.1%}")
         margin = 0.03 * abs(old["mean_return"]) if n == 20 else 5.0
         if new["mean_return"] < old["mean_return"] - margin:
-            why.append(f"{a} return {new['mean_return']:.1f} < G2's {old['mean_return']:.1f} - {margin:.1f}")
+            why.append(f"{a} return {new['mean_return']:.1f} < {base}'s {old['mean_return']:.1f} "
+                       f"- {margin:.1f}")
         if new["intervention_rate"] > min(0.02, old["intervention_rate"] + 0.005):
-            why.append(f"{a} interventions {new['intervention_rate']:.2%} (G2 "
+            why.append(f"{a} interventions {new['intervention_rate']:.2%} ({base} "
                        f"{old['intervention_rate']:.2%})")
         if new["shift_trip_rate"] > 0.05:
             why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
-    weak, wind = ({n: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
-                   for n, runs in (("G2", g2_shift), ("G3", shift))} for w in ("weak_main", "wind"))
-    fewer = weak["G3"] <= weak["G2"] - 15 and wind["G3"] <= wind["G2"] + 5
-    print("\nCalm against G2: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
-          + f". Weak main {weak['G3']} against G2's {weak['G2']} (at most {weak['G2'] - 15}), wind "
-          f"{wind['G3']} against {wind['G2']} (at most {wind['G2'] + 5}). Chosen by the rule: **"
-          + ("G3" if fewer and not why else "G2") + "**.")
+    weak, wind = ({k: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
+                   for k, runs in ((base, base_shift), (design, shift))} for w in ("weak_main", "wind"))
+    fewer = weak[design] <= weak[base] - fewer_by and wind[design] <= wind[base] + 5
+    print(f"\nCalm against {base}: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
+          + f". Weak main {weak[design]} against {base}'s {weak[base]} (at most {weak[base] - fewer_by}), "
+          f"wind {wind[design]} against {wind[base]} (at most {wind[base] + 5}). Chosen by the rule: **"
+          + (design if fewer and not why else base) + "**.")
 
 
 def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", margin: int = 20) -> None:
@@ -500,3 +502,4 @@ if __name__ == "__main__":
     round19()
     round20()
     round20(21)
+    round20(23, base="G3", design="G4", fewer_by=5)
