@@ -393,6 +393,17 @@ def round19() -> None:
     _probe_round("r19dev", "G3", f'Round 19 (RULE.md "Round 19"): {title}', baseline="G2", margin=15)
 
 
+def _shift_rows(agents: tuple[str, ...], rows: tuple) -> None:
+    """The table's header and its wind and weak-main rows: crashes per agent of each ``(name, runs,
+    condition)``, and their total."""
+    print("| world | condition | " + " | ".join(agents) + " | total |")
+    print("|---|---|" + "---|" * (len(agents) + 1))
+    for world in ("wind", "weak_main"):
+        for name, runs, cond in rows:
+            cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
+            print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
+
+
 def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
     """Rounds 20, 21 and 23 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
@@ -406,13 +417,8 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
     shift, calm, base_shift, base_calm = (json.loads(p.read_text()) for p in paths)
     print(f'\n## Round {n} (RULE.md "Round {n}"): {design} against {base}, calm judged against {base}\n')
     print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
-    print("| world | condition | " + " | ".join(agents) + " | total |")
-    print("|---|---|" + "---|" * (len(agents) + 1))
-    for world in ("wind", "weak_main"):
-        for name, runs, cond in (("unguarded", shift, "unguarded"), (base, base_shift, "guarded"),
-                                 (design, shift, "guarded")):
-            cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
-            print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
+    _shift_rows(agents, (("unguarded", shift, "unguarded"), (base, base_shift, "guarded"),
+                         (design, shift, "guarded")))
     calm_rows = (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"), (design, calm, "guarded"))
     for name, runs, cond in calm_rows:
         cells = [runs[f"{a}/nominal"][cond] for a in agents]
@@ -455,13 +461,8 @@ def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", ma
     shift, calm, r13 = (json.loads(p.read_text()) for p in paths)
     print(f"\n## {title}\n")
     print(f"Crashes out of 40 (wind, weak main) and out of 200 (calm); {design}'s interventions and trips.\n")
-    print("| world | condition | " + " | ".join(agents) + " | total |")
-    print("|---|---|" + "---|" * (len(agents) + 1))
-    for world in ("wind", "weak_main"):
-        for name, runs, cond in (("unguarded", shift, "unguarded"), (current, r13, "guarded"),
-                                 (design, shift, "guarded")):
-            cells = [runs[f"{a}/{world}"][cond]["catastrophes_total"] for a in agents]
-            print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
+    _shift_rows(agents, (("unguarded", shift, "unguarded"), (current, r13, "guarded"),
+                         (design, shift, "guarded")))
     for name, cond in (("unguarded", "unguarded"), (design, "guarded")):
         cells = [calm[f"{a}/nominal"][cond] for a in agents]
         print(f"| nominal | {name} | " + " | ".join(
