@@ -439,7 +439,31 @@ def test_joint_calibration_holds_the_union_of_the_monitors_to_the_targets(calibr
     allowed = n_fit - math.ceil((n_fit + 1) * (1 - rate))
     assert union(fit).sum() <= allowed
     assert joint["signed"].joint.held_out_union_rate == pytest.approx(union(held).mean())
+    n_held, k_held = len(split["held_out"]), int(union(held).sum())
+    assert record["held_out_episodes"] == joint["signed"].joint.held_out_episodes == n_held
+    exact = sum(  # P(X >= k_held), X ~ Binomial(n_held, rate)
+        math.comb(n_held, i) * rate**i * (1 - rate) ** (n_held - i)
+        for i in range(k_held, n_held + 1)
+    )
+    assert record["held_out_over_target_p"] == pytest.approx(exact)
     assert "joint (energy, signed, signed_pa" in report.summary()
     left_out = "--joint calibrates every transition monitor.*left out by --monitor: "
     with pytest.raises(ConfigError, match=left_out):
         calibrate(tmp_path / "interlock.yaml", "cartpole", d / "nominal.npz", monitors=["signed"], joint=True)
+
+
+def test_the_joint_summary_warns_when_held_out_episodes_trip_over_the_target_beyond_chance() -> None:
+    """Round 24 on LunarLander: a quiet agent's joint calibration held out 8 trips of 150 against a 2%
+    target, and its guarded calm episodes then tripped in 9%. The summary says so, and what to do; 3 of
+    150 (2%) is within chance and gets no warning."""
+    from interlock.monitors.calibrate_transition import JointCalibration
+
+    def summary(trips: int) -> str:
+        return JointCalibration(["drift", "thrust"], 0.02, 0.01, 0, 0.0, trips / 150, 0.05, 150).summary()
+
+    warned = summary(8)
+    assert "warning: the held-out episodes trip at 5.3% of 150, over the 0.02 target" in warned
+    assert "(p = 0.011)" in warned and "--episodes" in warned
+    assert "warning" not in summary(3)
+    none_held_out = JointCalibration(["drift"], 0.02, None, 0, 0.0, 0.0, 0.0)
+    assert "warning" not in none_held_out.summary()

@@ -91,6 +91,9 @@ def joint_record(joint) -> dict:
             "held_out": joint.held_out_union_rate,
         },
         "held_out_union_steps_after_trip": joint.held_out_union_after_trip_share,
+        "held_out_episodes": joint.held_out_episodes,
+        # how likely the held-out trips are if the target held (small: expect more calm trips)
+        "held_out_over_target_p": joint.held_out_over_target,
     }
 
 

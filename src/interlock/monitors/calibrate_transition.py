@@ -418,16 +418,59 @@ class JointCalibration:
     fit_union_rate: float
     held_out_union_rate: float
     held_out_union_after_trip_share: float
+    #: How many held-out episodes ``held_out_union_rate`` is measured on (0: none held out).
+    held_out_episodes: int = 0
+
+    @property
+    def held_out_over_target(self) -> float | None:
+        """The one-sided binomial p-value of at least the held-out trips seen if the true per-episode
+        rate were the target; None when nothing was held out. Small: the calm episodes trip more often
+        than the target beyond chance (the threshold part did not show how much they vary)."""
+        return over_target_p_value(self.held_out_union_rate, self.held_out_episodes, self.episode_rate)
 
     def summary(self) -> str:
         budget = "" if self.intervention_budget is None else f", budget {self.intervention_budget:g}"
-        return (
+        text = (
             f"joint ({', '.join(self.monitors)}: episode.shifted is any of them; target "
             f"{self.episode_rate:g} per episode{budget}): each threshold leaves {self.rank} "
             f"threshold-part episode(s) above it; union trips {self.fit_union_rate:.4f} (threshold part), "
             f"held out {self.held_out_union_rate:.4f}; held-out steps at or after a trip "
             f"{self.held_out_union_after_trip_share:.4f}"
         )
+        p = self.held_out_over_target
+        if p is not None and p < OVER_TARGET_P:
+            text += (
+                f"\n  warning: the held-out episodes trip at {self.held_out_union_rate:.1%} of "
+                f"{self.held_out_episodes}, over the {self.episode_rate:g} target beyond chance "
+                f"(p = {p:.3f}). Expect more calm trips than the target, each a handover to the "
+                "fallback: calibrate on more episodes (--episodes), and check the guarded calm trip rate "
+                "(e.g. in shadow mode) before relying on these thresholds"
+            )
+        return text
+
+
+#: :attr:`JointCalibration.held_out_over_target` below this: the summary warns.
+OVER_TARGET_P = 0.05
+
+
+def over_target_p_value(rate: float, episodes: int, target: float) -> float | None:
+    """``P(X >= k)`` for ``X ~ Binomial(episodes, target)`` and ``k = round(rate * episodes)``: how
+    likely at least the observed trips are if the true rate were ``target``; None for no episodes."""
+    if episodes <= 0:
+        return None
+    k = round(rate * episodes)
+    if k <= 0:
+        return 1.0
+    if target <= 0.0:
+        return 0.0
+    if target >= 1.0:
+        return 1.0
+    n, log_p, log_q = episodes, math.log(target), math.log1p(-target)
+    lg = math.lgamma
+    # in log space: C(n, i) overflows a float for a few thousand episodes
+    terms = [lg(n + 1) - lg(i + 1) - lg(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k, n + 1)]
+    top = max(terms)
+    return float(min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms)))
 
 
 def first_trip_steps(paths: list[np.ndarray], threshold: float) -> np.ndarray:
@@ -504,6 +547,7 @@ def joint_shift_thresholds(
         float(np.mean(fit_tripped)),
         float(np.mean(held_tripped)),
         held_share,
+        len(held_tripped),
     )
     for c in cals:
         c.joint = joint
