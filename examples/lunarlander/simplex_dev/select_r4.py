@@ -404,6 +404,18 @@ def _shift_rows(agents: tuple[str, ...], rows: tuple) -> None:
             print(f"| {world} | {name} | " + " | ".join(map(str, cells)) + f" | {sum(cells)} |")
 
 
+def _calm_rows(agents: tuple[str, ...], rows: tuple) -> None:
+    """The table's calm rows: crashes and return per agent of each ``(name, runs, condition)``, and the
+    guarded's interventions and trips."""
+    for name, runs, cond in rows:
+        cells = [runs[f"{a}/nominal"][cond] for a in agents]
+        print(f"| nominal | {name} | " + " | ".join(
+            f"{c['catastrophes_total']}, return {c['mean_return']:.1f}"
+            + ("" if name == "unguarded"
+               else f", {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.1%}")
+            for c in cells) + " | |")
+
+
 def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
     """Rounds 20, 21 and 23 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
@@ -419,14 +431,8 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
     print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
     _shift_rows(agents, (("unguarded", shift, "unguarded"), (base, base_shift, "guarded"),
                          (design, shift, "guarded")))
-    calm_rows = (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"), (design, calm, "guarded"))
-    for name, runs, cond in calm_rows:
-        cells = [runs[f"{a}/nominal"][cond] for a in agents]
-        print(f"| nominal | {name} | " + " | ".join(
-            f"{c['catastrophes_total']}, return {c['mean_return']:.1f}"
-            + ("" if name == "unguarded"
-               else f", {c['intervention_rate']:.2%}, trips {c['shift_trip_rate']:.1%}")
-            for c in cells) + " | |")
+    _calm_rows(agents, (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"),
+                        (design, calm, "guarded")))
     why = []
     for a in agents:
         new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
@@ -448,6 +454,45 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
           + f". Weak main {weak[design]} against {base}'s {weak[base]} (at most {weak[base] - fewer_by}), "
           f"wind {wind[design]} against {wind[base]} (at most {wind[base] + 5}). Chosen by the rule: **"
           + (design if fewer and not why else base) + "**.")
+
+
+def round25() -> None:
+    """Round 25 (RULE.md "Round 25"): ``G5`` (the live handover released on the ground) against ``G3`` on
+    fresh development seeds (40000+/41000+, calm 42000+); calm no worse per agent, calm interventions
+    lower in sum, wind and weak main at most 5 more crashes each."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    paths = [HERE / f"r25dev_{k}.json" for k in ("G5_shift", "G5_calm", "G3_shift", "G3_calm")]
+    if not all(p.is_file() for p in paths):
+        return
+    shift, calm, base_shift, base_calm = (json.loads(p.read_text()) for p in paths)
+    print('\n## Round 25 (RULE.md "Round 25"): G5 (handover released on the ground) against G3\n')
+    print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
+    _shift_rows(agents, (("unguarded", shift, "unguarded"), ("G3", base_shift, "guarded"),
+                         ("G5", shift, "guarded")))
+    _calm_rows(agents, (("unguarded", calm, "unguarded"), ("G3", base_calm, "guarded"),
+                        ("G5", calm, "guarded")))
+    why = []
+    for a in agents:
+        new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
+        if new["catastrophe_rate"] > old["catastrophe_rate"] + 0.025:
+            why.append(f"{a} crashes {old['catastrophe_rate']:.1%} -> {new['catastrophe_rate']:.1%}")
+        if new["mean_return"] < old["mean_return"] - 5.0:
+            why.append(f"{a} return {new['mean_return']:.1f} < G3's {old['mean_return']:.1f} - 5.0")
+        if new["intervention_rate"] > old["intervention_rate"] + 0.005:
+            why.append(f"{a} interventions {new['intervention_rate']:.2%} "
+                       f"(G3 {old['intervention_rate']:.2%})")
+        if new["shift_trip_rate"] > 0.05:
+            why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
+    total = {k: sum(r[f"{a}/nominal"]["guarded"]["intervention_rate"] for a in agents)
+             for k, r in (("G3", base_calm), ("G5", calm))}
+    crashes = {(k, w): sum(r[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
+               for k, r in (("G3", base_shift), ("G5", shift)) for w in ("wind", "weak_main")}
+    ok = (not why and total["G5"] < total["G3"]
+          and all(crashes["G5", w] <= crashes["G3", w] + 5 for w in ("wind", "weak_main")))
+    print("\nCalm against G3: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
+          + f". Calm interventions summed {total['G5']:.2%} against {total['G3']:.2%}; wind "
+          f"{crashes['G5', 'wind']} against {crashes['G3', 'wind']}, weak main {crashes['G5', 'weak_main']} "
+          f"against {crashes['G3', 'weak_main']}. Chosen by the rule: **" + ("G5" if ok else "G3") + "**.")
 
 
 def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", margin: int = 20) -> None:
@@ -504,3 +549,4 @@ if __name__ == "__main__":
     round20()
     round20(21)
     round20(23, base="G3", design="G4", fewer_by=5)
+    round25()
