@@ -456,21 +456,22 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
           + (design if fewer and not why else base) + "**.")
 
 
-def round25() -> None:
-    """Round 25 (RULE.md "Round 25"): ``G5`` (the live handover released on the ground) against ``G3`` on
-    fresh development seeds (40000+/41000+, calm 42000+); calm no worse per agent, calm interventions
-    lower in sum, wind and weak main at most 5 more crashes each."""
+def round25(n: int = 25, design: str = "G5", what: str = "handover released on the ground") -> None:
+    """Rounds 25-26 (RULE.md): ``design`` against ``G3`` on fresh development seeds (round 25, ``G5``, the
+    live handover released on the ground: 40000+/41000+, calm 42000+; round 26, ``G6``, released only
+    down and at rest: 43000+/44000+, calm 45000+); calm no worse per agent, calm interventions lower in
+    sum, wind and weak main at most 5 more crashes each."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
-    paths = [HERE / f"r25dev_{k}.json" for k in ("G5_shift", "G5_calm", "G3_shift", "G3_calm")]
+    paths = [HERE / f"r{n}dev_{k}.json" for k in (f"{design}_shift", f"{design}_calm", "G3_shift", "G3_calm")]
     if not all(p.is_file() for p in paths):
         return
     shift, calm, base_shift, base_calm = (json.loads(p.read_text()) for p in paths)
-    print('\n## Round 25 (RULE.md "Round 25"): G5 (handover released on the ground) against G3\n')
+    print(f'\n## Round {n} (RULE.md "Round {n}"): {design} ({what}) against G3\n')
     print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
     _shift_rows(agents, (("unguarded", shift, "unguarded"), ("G3", base_shift, "guarded"),
-                         ("G5", shift, "guarded")))
+                         (design, shift, "guarded")))
     _calm_rows(agents, (("unguarded", calm, "unguarded"), ("G3", base_calm, "guarded"),
-                        ("G5", calm, "guarded")))
+                        (design, calm, "guarded")))
     why = []
     for a in agents:
         new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
@@ -484,15 +485,16 @@ def round25() -> None:
         if new["shift_trip_rate"] > 0.05:
             why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
     total = {k: sum(r[f"{a}/nominal"]["guarded"]["intervention_rate"] for a in agents)
-             for k, r in (("G3", base_calm), ("G5", calm))}
+             for k, r in (("G3", base_calm), (design, calm))}
     crashes = {(k, w): sum(r[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
-               for k, r in (("G3", base_shift), ("G5", shift)) for w in ("wind", "weak_main")}
-    ok = (not why and total["G5"] < total["G3"]
-          and all(crashes["G5", w] <= crashes["G3", w] + 5 for w in ("wind", "weak_main")))
+               for k, r in (("G3", base_shift), (design, shift)) for w in ("wind", "weak_main")}
+    ok = (not why and total[design] < total["G3"]
+          and all(crashes[design, w] <= crashes["G3", w] + 5 for w in ("wind", "weak_main")))
     print("\nCalm against G3: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
-          + f". Calm interventions summed {total['G5']:.2%} against {total['G3']:.2%}; wind "
-          f"{crashes['G5', 'wind']} against {crashes['G3', 'wind']}, weak main {crashes['G5', 'weak_main']} "
-          f"against {crashes['G3', 'weak_main']}. Chosen by the rule: **" + ("G5" if ok else "G3") + "**.")
+          + f". Calm interventions summed {total[design]:.2%} against {total['G3']:.2%}; wind "
+          f"{crashes[design, 'wind']} against {crashes['G3', 'wind']}, weak main "
+          f"{crashes[design, 'weak_main']} against {crashes['G3', 'weak_main']}. Chosen by the rule: **"
+          + (design if ok else "G3") + "**.")
 
 
 def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", margin: int = 20) -> None:
@@ -550,3 +552,4 @@ if __name__ == "__main__":
     round20(21)
     round20(23, base="G3", design="G4", fewer_by=5)
     round25()
+    round25(26, "G6", "handover released only down and at rest")
