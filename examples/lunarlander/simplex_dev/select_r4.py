@@ -416,6 +416,28 @@ def _calm_rows(agents: tuple[str, ...], rows: tuple) -> None:
             for c in cells) + " | |")
 
 
+def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base: str,
+                     relative_return: bool = False, intervention_cap: float = 1.0) -> list[str]:
+    """Rounds 20-26: where a design's calm cell is worse than the current design's on the same seeds:
+    crashes over ``base``'s + 2.5 points, return under ``base``'s - 5.0 (round 20: - 3% of it), more
+    than ``base``'s + 0.5 points of interventions (or ``intervention_cap``), trips over 5%."""
+    why = []
+    for a in agents:
+        new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
+        if new["catastrophe_rate"] > old["catastrophe_rate"] + 0.025:
+            why.append(f"{a} crashes {old['catastrophe_rate']:.1%} -> {new['catastrophe_rate']:.1%}")
+        margin = 0.03 * abs(old["mean_return"]) if relative_return else 5.0
+        if new["mean_return"] < old["mean_return"] - margin:
+            why.append(f"{a} return {new['mean_return']:.1f} < {base}'s {old['mean_return']:.1f} "
+                       f"- {margin:.1f}")
+        if new["intervention_rate"] > min(intervention_cap, old["intervention_rate"] + 0.005):
+            why.append(f"{a} interventions {new['intervention_rate']:.2%} ({base} "
+                       f"{old['intervention_rate']:.2%})")
+        if new["shift_trip_rate"] > 0.05:
+            why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
+    return why
+
+
 def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
     """Rounds 20, 21 and 23 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
@@ -433,20 +455,7 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
                          (design, shift, "guarded")))
     _calm_rows(agents, (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"),
                         (design, calm, "guarded")))
-    why = []
-    for a in agents:
-        new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
-        if new["catastrophe_rate"] > old["catastrophe_rate"] + 0.025:
-            why.append(f"{a} crashes {old['catastrophe_rate']:.1%} -> {new['catastrophe_rate']:.1%}")
-        margin = 0.03 * abs(old["mean_return"]) if n == 20 else 5.0
-        if new["mean_return"] < old["mean_return"] - margin:
-            why.append(f"{a} return {new['mean_return']:.1f} < {base}'s {old['mean_return']:.1f} "
-                       f"- {margin:.1f}")
-        if new["intervention_rate"] > min(0.02, old["intervention_rate"] + 0.005):
-            why.append(f"{a} interventions {new['intervention_rate']:.2%} ({base} "
-                       f"{old['intervention_rate']:.2%})")
-        if new["shift_trip_rate"] > 0.05:
-            why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
+    why = _worse_than_base(agents, calm, base_calm, base, relative_return=n == 20, intervention_cap=0.02)
     weak, wind = ({k: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
                    for k, runs in ((base, base_shift), (design, shift))} for w in ("weak_main", "wind"))
     fewer = weak[design] <= weak[base] - fewer_by and wind[design] <= wind[base] + 5
@@ -472,18 +481,7 @@ def round25(n: int = 25, design: str = "G5", what: str = "handover released on t
                          (design, shift, "guarded")))
     _calm_rows(agents, (("unguarded", calm, "unguarded"), ("G3", base_calm, "guarded"),
                         (design, calm, "guarded")))
-    why = []
-    for a in agents:
-        new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
-        if new["catastrophe_rate"] > old["catastrophe_rate"] + 0.025:
-            why.append(f"{a} crashes {old['catastrophe_rate']:.1%} -> {new['catastrophe_rate']:.1%}")
-        if new["mean_return"] < old["mean_return"] - 5.0:
-            why.append(f"{a} return {new['mean_return']:.1f} < G3's {old['mean_return']:.1f} - 5.0")
-        if new["intervention_rate"] > old["intervention_rate"] + 0.005:
-            why.append(f"{a} interventions {new['intervention_rate']:.2%} "
-                       f"(G3 {old['intervention_rate']:.2%})")
-        if new["shift_trip_rate"] > 0.05:
-            why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
+    why = _worse_than_base(agents, calm, base_calm, "G3")
     total = {k: sum(r[f"{a}/nominal"]["guarded"]["intervention_rate"] for a in agents)
              for k, r in (("G3", base_calm), (design, calm))}
     crashes = {(k, w): sum(r[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
