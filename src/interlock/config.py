@@ -674,6 +674,12 @@ class DecisionRule(_Strict):
     verdict: VerdictName
     fallback: str | None = Field(None, description="Fallback that supplies the action (substitute/escalate).")
     reason: str | None = Field(None, description="Human-readable reason added to the decision.")
+    hold_while: str | None = Field(
+        None,
+        description="CEL condition (the same names as when): once this rule decided an episode's step, "
+        "it keeps deciding the episode's next steps while this holds, even when `when` no longer does "
+        "(hysteresis; needs episode_id and step on the checks). Earlier rules still come first.",
+    )
 
     @model_validator(mode="after")
     def _needs_fallback(self) -> DecisionRule:

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from interlock.batch import Batch, SignalBatch, cel_activation
-from interlock.config import AgentConfig, LoadedConfig
-from interlock.episodes import EpisodeFactsSource, episode_columns
+from interlock.config import AgentConfig, LoadedConfig, TransitionMonitorConfig
+from interlock.episodes import EpisodeFactsSource, RuleHolds, episode_columns
 from interlock.errors import ConfigError, InterlockError, InvalidRequest, UnknownAgent, shorten
 from interlock.fallbacks import Fallback, build_fallback
 from interlock.faultlog import FailureLog
@@ -362,8 +362,18 @@ class AgentRuntime:
         self._scalar_rules: list[Callable[[Row], Any]] | None = (
             [f for f in scalar if f is not None] if all(f is not None for f in scalar) else None
         )
-        #: One-row batches take :meth:`_decide_one` (not for episode state: its facts feed the rules).
-        self._one_row = self._scalar_rules is not None and not self.episode_sources
+        #: Which rule decided each episode's latest step, when a rule has ``hold_while``.
+        self.holds: RuleHolds | None = None
+        if self.policy.holds:
+            bounds = [m for m in cfg.monitors if isinstance(m, TransitionMonitorConfig)]
+            self.holds = (
+                RuleHolds(max(m.max_episodes for m in bounds), max(m.episode_ttl_seconds for m in bounds))
+                if bounds
+                else RuleHolds()
+            )
+        #: One-row batches take :meth:`_decide_one` (not for episode state: its facts feed the rules;
+        #: not for held rules: what decided the episode's previous step does).
+        self._one_row = self._scalar_rules is not None and not self.episode_sources and self.holds is None
 
     def _plan(self) -> AgentPlan:
         cfg = self.config
@@ -744,7 +754,10 @@ class AgentRuntime:
             {k: trips[:, j] for j, k in enumerate(names)},
             episode,
         )
-        first, policy_errors = first_rules(self.policy.rules, cols, activation)
+        held = None
+        if self.holds is not None:
+            held = self.holds.held(batch.agent_id, batch.episode_ids, batch.steps)
+        first, policy_errors = first_rules(self.policy.rules, cols, activation, held)
         rules = first + 1
         verdicts = plan.rule_verdicts[rules]
         cd = ColumnDecisions(
@@ -814,6 +827,12 @@ class AgentRuntime:
                 cd.put(i, d)
         if self.config.shadow:
             _shadow_columns(cd, invalid)
+        if self.holds is not None and held is not None:
+            # What decided each row: -1 for the default or a failed row (they hold nothing), and for
+            # a name a later stage appended (not one of the policy's rules).
+            decided = cd.rules.astype(np.int32) - 1
+            decided[decided >= len(self.policy.rules)] = -1
+            self.holds.record(batch.agent_id, batch.episode_ids, batch.steps, decided, held)
         if self.after_decide:
             start = time_ns() if times is not None else 0
             self._tell_executed(batch, cd.actions)

@@ -42,6 +42,7 @@ __all__ = [
     "EpisodeFactsSource",
     "EpisodeState",
     "EpisodeStore",
+    "RuleHolds",
     "episode_columns",
 ]
 
@@ -242,6 +243,88 @@ class EpisodeStore:
             if st is not None:
                 out[i] = st.residuals
         return out
+
+
+class RuleHolds:
+    """Which rule decided each episode's latest step, for rules with ``hold_while`` (hysteresis).
+
+    A rule with ``hold_while`` keeps deciding an episode's next step while that condition holds,
+    even once its ``when`` no longer does. This remembers, per ``(agent_id, episode_id)``, the
+    latest step decided and the index of the rule that decided it (-1: the default or a failure).
+    :meth:`held` answers, for each row, the rule held into it: the rule of step ``step - 1``; for
+    the same step sent again (a retry), what was held into that step the first time, so a retry
+    gets the same answer. Any other step (a gap, a restart, a new episode, a row without an
+    episode id) holds nothing: the rule must enter through ``when`` again.
+
+    Bounded as :class:`EpisodeStore` is (an LRU with ``max_episodes`` entries and a TTL); a
+    forgotten episode holds nothing, like a lost transition-monitor state.
+    """
+
+    def __init__(
+        self,
+        max_episodes: int = 10_000,
+        ttl_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_episodes < 1 or ttl_seconds <= 0:
+            raise ValueError("max_episodes must be >= 1 and ttl_seconds > 0")
+        self.max_episodes = max_episodes
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        # (agent_id, episode_id) -> [latest step, its rule, the rule held into it, last seen]
+        self._latest: OrderedDict[tuple[str, str], list] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def held(self, agent_id: str, episode_ids: Sequence[str], steps: np.ndarray) -> np.ndarray:
+        """``[batch]`` int32: the index of the rule held into each row's step, -1 for none."""
+        n = len(episode_ids)
+        out = np.full(n, -1, np.int32)
+        if not self._latest:
+            return out
+        with self._lock:
+            cutoff = self.clock() - self.ttl_seconds
+            for i, eid in enumerate(episode_ids):
+                entry = self._latest.get((agent_id, eid)) if eid else None
+                if entry is None or entry[3] < cutoff:
+                    continue
+                t = int(steps[i])
+                if t == entry[0] + 1:
+                    out[i] = entry[1]
+                elif t == entry[0]:
+                    out[i] = entry[2]
+        return out
+
+    def record(
+        self,
+        agent_id: str,
+        episode_ids: Sequence[str],
+        steps: np.ndarray,
+        rules: np.ndarray,
+        held: np.ndarray,
+    ) -> None:
+        """Remember each row's deciding rule (``rules``: ``[batch]`` index, -1 for none) and what
+        :meth:`held` answered for it (``held``), row by row in batch order."""
+        if not episode_ids:
+            return
+        with self._lock:
+            now = self.clock()
+            latest = self._latest
+            for i, eid in enumerate(episode_ids):
+                if not eid:
+                    continue
+                key = (agent_id, eid)
+                latest[key] = [int(steps[i]), int(rules[i]), int(held[i]), now]
+                latest.move_to_end(key)
+            cutoff = now - self.ttl_seconds
+            while latest and (len(latest) > self.max_episodes or next(iter(latest.values()))[3] < cutoff):
+                latest.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._latest.clear()
 
 
 @runtime_checkable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +29,10 @@ class CompiledRule:
     predicate: CelPredicate
     #: The same condition over a whole batch (None: row by row through CEL).
     vectorized: VectorizedCondition | None = None
+    #: ``hold_while``: while it holds, the rule keeps an episode it decided the step before.
+    hold: CelPredicate | None = None
+    #: ``hold_while`` over a whole batch (None: row by row through CEL, or no hold).
+    hold_vectorized: VectorizedCondition | None = None
 
 
 @dataclass(frozen=True)
@@ -69,42 +73,39 @@ class DecisionPolicy:
         self.episode = episode
         self.rules = [self._compile(env, r, f"{where}.rules[{i}]") for i, r in enumerate(config.rules)]
         if not episode:
-            for rule in self.rules:
-                found = _EPISODE_REF.search(rule.predicate.source)
+            for predicate in [p for r in self.rules for p in (r.predicate, r.hold) if p is not None]:
+                found = _EPISODE_REF.search(predicate.source)
                 if found:
                     raise ConfigError(
-                        f"{rule.predicate.where}: reads {found.group(0)}, but episode state is kept by a "
+                        f"{predicate.where}: reads {found.group(0)}, but episode state is kept by a "
                         "transition monitor and this agent has none; add a monitor of kind: transition "
                         "(docs/shift.md)"
                     )
         self._check_signal_references(signal_names)
         if obs_size is not None:
-            self.rules = [
-                CompiledRule(
-                    r.name,
-                    r.verdict,
-                    r.fallback,
-                    r.reason,
-                    r.predicate,
-                    compile_vectorized(
-                        r.predicate.source,
-                        r.predicate,
-                        obs_size,
-                        discrete_action,
-                        signal_names,
-                        episode=episode,
-                    ),
+
+            def vectorized(predicate: CelPredicate | None) -> VectorizedCondition | None:
+                if predicate is None:
+                    return None
+                return compile_vectorized(
+                    predicate.source, predicate, obs_size, discrete_action, signal_names, episode=episode
                 )
+
+            self.rules = [
+                replace(r, vectorized=vectorized(r.predicate), hold_vectorized=vectorized(r.hold))
                 for r in self.rules
             ]
+        #: Some rule has ``hold_while``: the engine must remember which rule decided each episode's step.
+        self.holds = any(r.hold is not None for r in self.rules)
         self._fired = [RuleOutcome(r, r.verdict) for r in self.rules]
         self._default = RuleOutcome(None, self.default)
 
     @staticmethod
     def _compile(env, rule: DecisionRule, where: str) -> CompiledRule:
         predicate = CelPredicate(env, rule.when, f"{where}.when")
+        hold = CelPredicate(env, rule.hold_while, f"{where}.hold_while") if rule.hold_while else None
         reason = rule.reason or f"rule '{rule.name}' fired: {rule.when}"
-        return CompiledRule(rule.name, rule.verdict, rule.fallback, reason, predicate)
+        return CompiledRule(rule.name, rule.verdict, rule.fallback, reason, predicate, hold=hold)
 
     def _check_signal_references(self, signal_names: Sequence[str]) -> None:
         """Evaluate each rule once on neutral inputs so a misspelt signal is a load-time error."""
@@ -125,8 +126,9 @@ class DecisionPolicy:
         )
         known = ", ".join(signal_names) or "none"
         produced = set(signal_names)
-        for rule in self.rules:
-            where, source = rule.predicate.where, rule.predicate.source
+        predicates = [p for r in self.rules for p in (r.predicate, r.hold) if p is not None]
+        for predicate in predicates:
+            where, source = predicate.where, predicate.source
             # Static pass: every `signals.m.s` / `tripped.m.s` must exist, even behind a short circuit.
             for m, s in _SIGNAL_REF.findall(source):
                 if f"{m}.{s}" not in produced:
@@ -134,7 +136,7 @@ class DecisionPolicy:
                         f"{where}: reads a signal no monitor produces ({m}.{s}); available signals: {known}"
                     )
             try:
-                rule.predicate(probe)
+                predicate(probe)
             except CelEvalError as e:
                 match = _MISSING_KEY.search(str(e))
                 key = match.group(1) if match else None
@@ -145,11 +147,17 @@ class DecisionPolicy:
                     ) from None
                 # Other runtime errors (e.g. obs[3] on the empty probe) depend on the input: fine.
 
-    def decide(self, activation: Mapping[str, object]) -> RuleOutcome:
-        """Evaluate the rules in order for one row. A rule that errors stops evaluation (fail closed)."""
-        for rule in self.rules:
+    def decide(self, activation: Mapping[str, object], held: int = -1) -> RuleOutcome:
+        """Evaluate the rules in order for one row. A rule that errors stops evaluation (fail closed).
+
+        ``held``: the index of the rule that decided this episode's previous step (-1: none); that
+        rule also fires while its ``hold_while`` holds.
+        """
+        for k, rule in enumerate(self.rules):
             try:
-                fired = rule.predicate(activation)
+                fired = rule.predicate(activation) or (
+                    k == held and rule.hold is not None and rule.hold(activation)
+                )
             except CelEvalError as e:
                 return RuleOutcome(rule, "error", error=str(e))
             if fired:

@@ -147,7 +147,10 @@ def batch_row(
 
 
 def first_rules(
-    rules: Sequence, cols: Columns, activation: Callable[[int], Mapping[str, object]]
+    rules: Sequence,
+    cols: Columns,
+    activation: Callable[[int], Mapping[str, object]],
+    held: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, tuple[int, str]]]:
     """The first rule that holds on each row, as a column (what ``DecisionPolicy.decide`` picks row by row).
 
@@ -159,6 +162,9 @@ def first_rules(
         rules: The policy's compiled rules, in order.
         cols: The batch's columns with its signals (``n`` rows).
         activation: Row ``i``'s CEL activation.
+        held: ``[n]`` int, the index of the rule held into each row (it decided the row's episode's
+            previous step; -1: none). That rule also holds on the row while its ``hold_while``
+            (``rule.hold``, ``rule.hold_vectorized``) does. None: nothing is held.
 
     Returns:
         ``first``: ``[n]`` int32, the index of the first rule that holds, -1 where none does;
@@ -173,14 +179,25 @@ def first_rules(
     # One errstate for every vectorized rule (entering it costs about what one rule costs at batch 1).
     with np.errstate(all="ignore"):
         for k, rule in enumerate(rules):
-            if rule.vectorized is not None:
+            holding = None
+            if held is not None and rule.hold is not None:
+                holding = undecided & (held == k)
+                if not holding.any():
+                    holding = None
+            hold_vectorized = rule.hold_vectorized if holding is not None else None
+            if rule.vectorized is not None and (holding is None or hold_vectorized is not None):
                 hit = undecided & rule.vectorized.unguarded(cols)
+                if hold_vectorized is not None:
+                    hit |= holding & hold_vectorized.unguarded(cols)
                 first[hit] = k
                 undecided &= ~hit
                 continue
             for i in np.flatnonzero(undecided).tolist():
                 try:
-                    fired = rule.predicate(activation(i))
+                    act = activation(i)
+                    fired = rule.predicate(act) or (
+                        holding is not None and bool(holding[i]) and rule.hold(act)
+                    )
                 except CelEvalError as e:
                     errors[i] = (k, str(e))
                     undecided[i] = False
