@@ -57,6 +57,9 @@ def test_held_steps_are_substituted_with_the_rules_fallback():
     fly(g, TILTS[:2])
     (d,) = g.check([CheckInput("cartpole", obs(0.07), np.int64(1), episode_id="ep-1", step=2)])
     assert d.verdict is Verdict.SUBSTITUTE and int(d.action) == 0 and d.fallback == "noop"
+    assert any("held" in r and "math.abs(obs[2]) > 0.05" in r for r in d.reasons), d.reasons
+    (entered,) = g.check([CheckInput("cartpole", obs(0.15), np.int64(1), episode_id="ep-1", step=3)])
+    assert entered.rule == "tilted" and not any("held" in r for r in entered.reasons)
 
 
 def test_cel_path_gives_the_same_answers():
@@ -64,7 +67,9 @@ def test_cel_path_gives_the_same_answers():
     g = guard_for(hysteresis_agent("math.abs(obs[2]) > 0.05 && agent_id == 'cartpole'"))
     assert g.agent("cartpole").policy.rules[1].hold_vectorized is None
     assert fly(g, TILTS) == WITH_HOLD
-    assert g.agent("cartpole").policy.rules[1].hold_vectorized is None
+    fly(g, [0.0, 0.15], episode_id="ep-2")
+    (d,) = g.check([CheckInput("cartpole", obs(0.07), np.int64(1), episode_id="ep-2", step=2)])
+    assert d.rule == "tilted" and any("held" in r for r in d.reasons)
 
 
 def test_episodes_are_held_apart_in_one_batch():

@@ -757,7 +757,7 @@ class AgentRuntime:
         held = None
         if self.holds is not None:
             held = self.holds.held(batch.agent_id, batch.episode_ids, batch.steps)
-        first, policy_errors = first_rules(self.policy.rules, cols, activation, held)
+        first, policy_errors, kept = first_rules(self.policy.rules, cols, activation, held)
         rules = first + 1
         verdicts = plan.rule_verdicts[rules]
         cd = ColumnDecisions(
@@ -779,6 +779,15 @@ class AgentRuntime:
             rule_reasons=plan.rule_reasons,
             fallback_names=plan.fallback_names,
         )
+        for i in kept:  # say why a rule whose `when` is false decided (a failed row says why it failed)
+            if i in row_errors:
+                continue
+            hold = self.policy.rules[int(first[i])].hold
+            assert hold is not None
+            cd._reasons_for_edit(i).append(
+                f"held: the rule decided this episode's previous step and "
+                f"hold_while still holds ({hold.source})"
+            )
         # Rows a monitor or a rule failed on are decided below, one by one (fail closed).
         failed = sorted(set(row_errors) | set(policy_errors)) if row_errors or policy_errors else []
         if failed:

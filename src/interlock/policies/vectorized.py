@@ -151,7 +151,7 @@ def first_rules(
     cols: Columns,
     activation: Callable[[int], Mapping[str, object]],
     held: np.ndarray | None = None,
-) -> tuple[np.ndarray, dict[int, tuple[int, str]]]:
+) -> tuple[np.ndarray, dict[int, tuple[int, str]], list[int]]:
     """The first rule that holds on each row, as a column (what ``DecisionPolicy.decide`` picks row by row).
 
     Vectorized rules (``rule.vectorized``) are evaluated once over ``cols``. The others go
@@ -169,13 +169,15 @@ def first_rules(
     Returns:
         ``first``: ``[n]`` int32, the index of the first rule that holds, -1 where none does;
         ``errors``: row -> (index of the rule that could not be evaluated, the CEL error), for
-        rows where a rule raised before any rule held (their ``first`` is -1).
+        rows where a rule raised before any rule held (their ``first`` is -1);
+        ``kept``: the rows a rule decided only through its ``hold_while`` (its ``when`` was false).
     """
     n = cols.n
     first = np.empty(n, dtype=np.int32)
     first.fill(-1)
     errors: dict[int, tuple[int, str]] = {}
     undecided = np.ones(n, dtype=bool)
+    kept: list[int] = []
     # One errstate for every vectorized rule (entering it costs about what one rule costs at batch 1).
     with np.errstate(all="ignore"):
         for k, rule in enumerate(rules):
@@ -188,16 +190,19 @@ def first_rules(
             if rule.vectorized is not None and (holding is None or hold_vectorized is not None):
                 hit = undecided & rule.vectorized.unguarded(cols)
                 if hold_vectorized is not None:
-                    hit |= holding & hold_vectorized.unguarded(cols)
+                    by_hold = holding & ~hit & hold_vectorized.unguarded(cols)
+                    kept.extend(np.flatnonzero(by_hold).tolist())
+                    hit |= by_hold
                 first[hit] = k
                 undecided &= ~hit
                 continue
             for i in np.flatnonzero(undecided).tolist():
                 try:
                     act = activation(i)
-                    fired = rule.predicate(act) or (
-                        holding is not None and bool(holding[i]) and rule.hold(act)
-                    )
+                    fired = rule.predicate(act)
+                    if not fired and holding is not None and holding[i] and rule.hold(act):
+                        fired = True
+                        kept.append(i)
                 except CelEvalError as e:
                     errors[i] = (k, str(e))
                     undecided[i] = False
@@ -207,4 +212,4 @@ def first_rules(
                     undecided[i] = False
             if not undecided.any():
                 break
-    return first, errors
+    return first, errors, kept
