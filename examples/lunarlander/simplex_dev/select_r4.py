@@ -417,10 +417,12 @@ def _calm_rows(agents: tuple[str, ...], rows: tuple) -> None:
 
 
 def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base: str,
-                     relative_return: bool = False, intervention_cap: float = 1.0) -> list[str]:
-    """Rounds 20-26: where a design's calm cell is worse than the current design's on the same seeds:
+                     relative_return: bool = False, intervention_cap: float = 1.0,
+                     cap_at_least_base: bool = False) -> list[str]:
+    """Rounds 20-27: where a design's calm cell is worse than the current design's on the same seeds:
     crashes over ``base``'s + 2.5 points, return under ``base``'s - 5.0 (round 20: - 3% of it), more
-    than ``base``'s + 0.5 points of interventions (or ``intervention_cap``), trips over 5%."""
+    than ``base``'s + 0.5 points of interventions (or ``intervention_cap``; round 27: the larger of the
+    cap and ``base``'s own), trips over 5%."""
     why = []
     for a in agents:
         new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
@@ -430,7 +432,8 @@ def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base:
         if new["mean_return"] < old["mean_return"] - margin:
             why.append(f"{a} return {new['mean_return']:.1f} < {base}'s {old['mean_return']:.1f} "
                        f"- {margin:.1f}")
-        if new["intervention_rate"] > min(intervention_cap, old["intervention_rate"] + 0.005):
+        cap = max(intervention_cap, old["intervention_rate"]) if cap_at_least_base else intervention_cap
+        if new["intervention_rate"] > min(cap, old["intervention_rate"] + 0.005):
             why.append(f"{a} interventions {new['intervention_rate']:.2%} ({base} "
                        f"{old['intervention_rate']:.2%})")
         if new["shift_trip_rate"] > 0.05:
@@ -439,10 +442,11 @@ def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base:
 
 
 def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
-    """Rounds 20, 21 and 23 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
+    """Rounds 20, 21, 23 and 27 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
-    95000+/96000+, calm 97000+), the calm cells judged against ``base``'s on the same seeds; the return
-    margin is 97% of ``base``'s (round 20), ``base``'s - 5.0 (rounds 21, 23)."""
+    95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+), the calm
+    cells judged against ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20),
+    ``base``'s - 5.0 (rounds 21, 23, 27)."""
     agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
     names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
     paths = [HERE / f"r{n}dev_{k}.json" for k in names]
@@ -455,7 +459,8 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
                          (design, shift, "guarded")))
     _calm_rows(agents, (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"),
                         (design, calm, "guarded")))
-    why = _worse_than_base(agents, calm, base_calm, base, relative_return=n == 20, intervention_cap=0.02)
+    why = _worse_than_base(agents, calm, base_calm, base, relative_return=n == 20, intervention_cap=0.02,
+                           cap_at_least_base=n >= 27)
     weak, wind = ({k: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
                    for k, runs in ((base, base_shift), (design, shift))} for w in ("weak_main", "wind"))
     fewer = weak[design] <= weak[base] - fewer_by and wind[design] <= wind[base] + 5
@@ -551,3 +556,4 @@ if __name__ == "__main__":
     round20(23, base="G3", design="G4", fewer_by=5)
     round25()
     round25(26, "G6", "handover released only down and at rest")
+    round20(27, base="G3", design="G7", fewer_by=5)
