@@ -383,3 +383,28 @@ def test_the_probe_goes_on_while_its_evidence_is_undecided() -> None:
             assert "ESCALATE" in after and "ALLOW" not in after
         else:
             assert "ESCALATE" not in verdicts and after.count("ALLOW") > len(after) // 2
+
+
+def test_the_backup_keeps_the_lander_while_the_probe_s_evidence_stands() -> None:
+    """Round 27's hold (shipped as lunarlander-9, simplex_dev/RULE.md): at main x0.6 (development seed
+    7028) probe_evidence's window of 12 main-engine transitions ends over h_w but under the trip
+    threshold. Round 22's config then gives the DQN its control back at step 21 and, since the DQN does
+    not fire the main engine, the statistic never moves again; with hold_while the backup keeps the
+    lander while the statistic is over 1.0 and the lander airborne, its main-engine steps take the
+    statistic to the trip, and the handover follows; without it the trip waits for the DQN to brake."""
+    dqn = ort.InferenceSession(str(EXAMPLE / "dqn_agent.onnx"), providers=["CPUExecutionProvider"])
+    held_config = Guard(load_config(CONFIG)).load()
+    round22 = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r19_probe_more.yaml")).load()
+    flight, before = (_fly(g, dqn, 7028, 0.6, 60) for g in (held_config, round22))
+    held = [t for t, (_, d) in enumerate(flight) if any(r.startswith("held") for r in d.reasons)]
+    assert held and held[0] > 12
+    for t in held:  # entered through `when` first; held only while hold_while's condition holds
+        d, s = flight[t][1], signals(flight[t][1])
+        assert d.rule == "probe_evidence" and flight[t - 1][1].rule == "probe_evidence"
+        assert not (4.0 <= s["thrust.scored"][0] <= 12.0 and s["thrust.shift"][0] > H_W)
+        assert s["thrust.shift"][0] > 1.0 and d.verdict is Verdict.SUBSTITUTE
+    after = flight[held[-1] + 1][1]
+    assert after.rule == "dynamics_shifted" and signals(after)["thrust.shift"][1]  # the trip came
+    assert [d.verdict for _, d in before[held[0] : held[-1] + 1]] == [Verdict.ALLOW] * len(held)
+    trip_before = next(t for t, (_, d) in enumerate(before) if signals(d)["thrust.shift"][1])
+    assert trip_before > held[-1] + 10  # without the hold the trip waits for the DQN to brake itself
