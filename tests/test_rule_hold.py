@@ -161,3 +161,22 @@ def test_hold_over_grpc_on_loopback(tmp_path):
     assert verdicts == expected
     assert [r.verdict for r in enter] == [Verdict.SUBSTITUTE, Verdict.ALLOW]
     assert [r.verdict for r in held] == [Verdict.SUBSTITUTE, Verdict.ALLOW]  # CheckBatch rows hold too
+
+
+def test_replay_decides_an_episode_s_steps_in_order():
+    """``interlock replay`` batches recorded traffic; an episode's steps must still see each other's
+    decisions, so two interleaved episodes replay exactly as they were served one check at a time."""
+    from interlock.replay import ReplayItem, replay
+
+    served = guard_for(hysteresis_agent())
+    items, expected = [], []
+    for t, tilt in enumerate(TILTS):
+        for eid, shift in (("a", 0.0), ("b", 0.08 if t == 1 else 0.0)):  # b enters at step 1 (0.15 + 0.08)
+            item = CheckInput("cartpole", obs(tilt + shift), np.int64(1), episode_id=eid, step=t)
+            (d,) = served.check([item])
+            items.append(ReplayItem(item, d.verdict.label, d.rule))
+            expected.append(d.rule)
+    assert expected.count("tilted") > 2 * TILTS.count(0.15)  # some were held
+    report = replay(guard_for(hysteresis_agent()), items, batch=256)
+    assert report.total == len(items) and report.changed == 0
+    assert report.new_rules == report.old_rules

@@ -176,10 +176,21 @@ def replay(
             progress(len(chunk))
         chunk.clear()
 
+    # An episode's steps are decided one batch after another, as they were served: a row must see its
+    # episode's previous decision (the executed action a transition monitor predicts from, the rule a
+    # hold_while keeps), which a row of the same batch does not yet have.
+    in_chunk: set[tuple[str, str]] = set()
     for it in items:
+        key = (it.input.agent_id, it.input.episode_id)
+        if it.input.episode_id and key in in_chunk:
+            flush()
+            in_chunk.clear()
         chunk.append(it)
+        if it.input.episode_id:
+            in_chunk.add(key)
         if len(chunk) >= batch:
             flush()
+            in_chunk.clear()
     if chunk:
         flush()
     return report
