@@ -545,7 +545,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "(Simplex handover, round 13)",
         "a preflight probe (rounds 18-22): an agent that has not fired the main engine by step 8 has it "
         "fired at steps 8-11, and at 12-15 while the evidence is undecided; a lower bar over the first 12 "
-        "main-engine transitions hands over early",
+        "main-engine transitions hands over early, and the backup keeps the lander until that evidence "
+        "has cleared (round 27, hold_while)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
