@@ -418,11 +418,11 @@ def _calm_rows(agents: tuple[str, ...], rows: tuple) -> None:
 
 def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base: str,
                      relative_return: bool = False, intervention_cap: float = 1.0,
-                     cap_at_least_base: bool = False) -> list[str]:
+                     cap_at_least_base: bool = False, trips_at_least_base: bool = False) -> list[str]:
     """Rounds 20-27: where a design's calm cell is worse than the current design's on the same seeds:
     crashes over ``base``'s + 2.5 points, return under ``base``'s - 5.0 (round 20: - 3% of it), more
     than ``base``'s + 0.5 points of interventions (or ``intervention_cap``; round 27: the larger of the
-    cap and ``base``'s own), trips over 5%."""
+    cap and ``base``'s own), trips over 5% (round 28: over the larger of 5% and ``base``'s own)."""
     why = []
     for a in agents:
         new, old = calm[f"{a}/nominal"]["guarded"], base_calm[f"{a}/nominal"]["guarded"]
@@ -436,7 +436,8 @@ def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base:
         if new["intervention_rate"] > min(cap, old["intervention_rate"] + 0.005):
             why.append(f"{a} interventions {new['intervention_rate']:.2%} ({base} "
                        f"{old['intervention_rate']:.2%})")
-        if new["shift_trip_rate"] > 0.05:
+        trip_cap = max(0.05, old["shift_trip_rate"]) if trips_at_least_base else 0.05
+        if new["shift_trip_rate"] > trip_cap:
             why.append(f"{a} trips {new['shift_trip_rate']:.1%}")
     return why
 
@@ -500,6 +501,37 @@ def round25(n: int = 25, design: str = "G5", what: str = "handover released on t
           + (design if ok else "G3") + "**.")
 
 
+def round28() -> None:
+    """Round 28 (RULE.md "Round 28"): ``G8`` (``G7`` with the handover released at rest) against ``G7`` on
+    fresh development seeds (55000+/56000+, calm 57000+), eight agents (the six development agents and
+    ``dqn_holdout2``, ``dqn_holdout5``); calm no worse per agent, calm interventions summed at least 0.5
+    points lower, wind and weak main at most 5 more crashes each."""
+    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout", "dqn_holdout2", "dqn_holdout5")
+    paths = {k: HERE / f"r28dev_{k}.json" for k in ("G8_shift", "G8_calm", "G7_shift", "G7_calm")}
+    if not all(p.is_file() for p in paths.values()):
+        return
+    shift, calm, base_shift, base_calm = (json.loads(paths[k].read_text())
+                                          for k in ("G8_shift", "G8_calm", "G7_shift", "G7_calm"))
+    print('\n## Round 28 (RULE.md "Round 28"): G8 (the handover released at rest) against G7\n')
+    print("Crashes out of 40 (wind, weak main) and out of 200 (calm); the guarded's interventions, trips.\n")
+    _shift_rows(agents, (("unguarded", shift, "unguarded"), ("G7", base_shift, "guarded"),
+                         ("G8", shift, "guarded")))
+    _calm_rows(agents, (("unguarded", calm, "unguarded"), ("G7", base_calm, "guarded"),
+                        ("G8", calm, "guarded")))
+    why = _worse_than_base(agents, calm, base_calm, "G7", trips_at_least_base=True)
+    total = {k: sum(r[f"{a}/nominal"]["guarded"]["intervention_rate"] for a in agents)
+             for k, r in (("G7", base_calm), ("G8", calm))}
+    crashes = {(k, w): sum(r[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
+               for k, r in (("G7", base_shift), ("G8", shift)) for w in ("wind", "weak_main")}
+    ok = (not why and total["G8"] <= total["G7"] - 0.005
+          and all(crashes["G8", w] <= crashes["G7", w] + 5 for w in ("wind", "weak_main")))
+    print("\nCalm against G7: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
+          + f". Calm interventions summed {total['G8']:.2%} against {total['G7']:.2%} (at most "
+          f"{total['G7'] - 0.005:.2%}); wind {crashes['G8', 'wind']} against {crashes['G7', 'wind']}, "
+          f"weak main {crashes['G8', 'weak_main']} against {crashes['G7', 'weak_main']}. "
+          "Chosen by the rule: **" + ("G8" if ok else "G7") + "**.")
+
+
 def _probe_round(prefix: str, design: str, title: str, baseline: str = "r13", margin: int = 20) -> None:
     """Rounds 17-19: the design's wind, weak-main (40) and calm (200) cells beside the current design's
     (round 13's, from round 19 round 18's ``G2``); the rule."""
@@ -557,3 +589,4 @@ if __name__ == "__main__":
     round25()
     round25(26, "G6", "handover released only down and at rest")
     round20(27, base="G3", design="G7", fewer_by=5)
+    round28()
