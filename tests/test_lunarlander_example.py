@@ -277,6 +277,7 @@ PROBE_CONFIGS = (
     "interlock_r17_gated_probe",
     "interlock_r18_probe",
     "interlock_r19_probe_more",
+    "interlock_r27_hold",
 )
 
 
@@ -370,8 +371,10 @@ def test_the_probe_goes_on_while_its_evidence_is_undecided() -> None:
             assert int(np.asarray(d.action).reshape(-1)[0]) == 2 and flight[t][0] != 2
         values = [signals(d) for _, d in flight]
         expected = [  # the rule's condition, evaluated here on what each decision reports
-            t for t in range(12, 16)
-            if flight[t][0] != 2 and 1.0 < values[t]["thrust.shift"][0] <= H_W
+            t
+            for t in range(12, 16)
+            if flight[t][0] != 2
+            and 1.0 < values[t]["thrust.shift"][0] <= H_W
             and values[t]["thrust.scored"][0] <= t - 8
             and not any(values[t][f"{m}.shifted"][0] for m in ("drift", "engine", "thrust"))
         ]
@@ -408,3 +411,57 @@ def test_the_backup_keeps_the_lander_while_the_probe_s_evidence_stands() -> None
     assert [d.verdict for _, d in before[held[0] : held[-1] + 1]] == [Verdict.ALLOW] * len(held)
     trip_before = next(t for t, (_, d) in enumerate(before) if signals(d)["thrust.shift"][1])
     assert trip_before > held[-1] + 10  # without the hold the trip waits for the DQN to brake itself
+
+
+def _with_thresholds(config: Path, thresholds: Path) -> Guard:
+    """``config`` with every transition monitor reading ``thresholds`` (an agent's own calibration)."""
+    from interlock.config import LoadedConfig, TransitionMonitorConfig
+
+    loaded = load_config(config)
+    (agent_cfg,) = loaded.config.agents
+    monitors = [
+        m.model_copy(update={"thresholds_file": str(thresholds)})
+        if isinstance(m, TransitionMonitorConfig)
+        else m
+        for m in agent_cfg.monitors
+    ]
+    cfg = loaded.config.model_copy(update={"agents": [agent_cfg.model_copy(update={"monitors": monitors})]})
+    return Guard(LoadedConfig(cfg, loaded.base_dir, loaded.version, loaded.source)).load()
+
+
+def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:
+    """Round 28 (shipped as lunarlander-10, simplex_dev/RULE.md): dqn_holdout5, calm, development seed
+    53044, its own thresholds. engine's statistic crosses its threshold just before touchdown; on the
+    ground nothing is scored, so it stays there. Round 27's config keeps the backup in charge of the
+    landed lander until the 1000-step limit; the shipped one releases the handover while the lander is
+    down and at rest, the DQN shuts the engines off and the episode ends."""
+    thresholds = EXAMPLE / "simplex_dev" / "r24_thresholds" / "thresholds_dqn_holdout5.json"
+    policy = ort.InferenceSession(
+        str(EXAMPLE / "dqn_holdout5_agent.onnx"), providers=["CPUExecutionProvider"]
+    )
+    name = policy.get_inputs()[0].name
+
+    def fly(guard: Guard) -> list[tuple[np.ndarray, str]]:
+        env, out = gym.make("LunarLander-v3"), []
+        obs, _ = env.reset(seed=53044)
+        for t in range(1000):
+            proposed = int(policy.run(None, {name: obs[None].astype(np.float32)})[0].argmax())
+            (d,) = guard.check([CheckInput("lunarlander", obs, np.int64(proposed), episode_id="ep", step=t)])
+            out.append((obs, d.rule))
+            obs, _, terminated, truncated, _ = env.step(int(np.asarray(d.action).reshape(-1)[0]))
+            if terminated or truncated:
+                break
+        env.close()
+        return out
+
+    def at_rest(o: np.ndarray) -> bool:
+        return bool(o[6] > 0.5 and o[7] > 0.5 and abs(o[2]) < 0.05 and abs(o[3]) < 0.05)
+
+    held = fly(_with_thresholds(EXAMPLE / "simplex_dev" / "interlock_r27_hold.yaml", thresholds))
+    released = fly(_with_thresholds(CONFIG, thresholds))
+    trip = next(t for t, (_, rule) in enumerate(held) if rule == "dynamics_shifted")
+    assert trip == next(t for t, (_, rule) in enumerate(released) if rule == "dynamics_shifted")
+    assert len(held) == 1000 and sum(at_rest(o) and r == "handover" for o, r in held) > 500
+    assert len(released) < len(held) // 2
+    assert not any(at_rest(o) and r == "handover" for o, r in released)
+    assert any(r == "handover" for _, r in released[trip:])  # airborne after the trip, the backup drives
