@@ -434,7 +434,8 @@ def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:
     53044, its own thresholds. engine's statistic crosses its threshold just before touchdown; on the
     ground nothing is scored, so it stays there. Round 27's config keeps the backup in charge of the
     landed lander until the 1000-step limit; the shipped one releases the handover while the lander is
-    down and at rest, the DQN shuts the engines off and the episode ends."""
+    down and at rest, and the DQN has its landed lander back (it keeps nudging a side engine, so the
+    episode still runs to the limit, but as the agent's own)."""
     thresholds = EXAMPLE / "simplex_dev" / "r24_thresholds" / "thresholds_dqn_holdout5.json"
     policy = ort.InferenceSession(
         str(EXAMPLE / "dqn_holdout5_agent.onnx"), providers=["CPUExecutionProvider"]
@@ -462,6 +463,6 @@ def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:
     trip = next(t for t, (_, rule) in enumerate(held) if rule == "dynamics_shifted")
     assert trip == next(t for t, (_, rule) in enumerate(released) if rule == "dynamics_shifted")
     assert len(held) == 1000 and sum(at_rest(o) and r == "handover" for o, r in held) > 500
-    assert len(released) < len(held) // 2
     assert not any(at_rest(o) and r == "handover" for o, r in released)
+    assert sum(r == "handover" for _, r in released) < 100  # the agent drives the landed lander
     assert any(r == "handover" for _, r in released[trip:])  # airborne after the trip, the backup drives
