@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -112,8 +112,15 @@ class EpisodeFacts(NamedTuple):
         return cls(np.zeros(n, bool), np.full(n, NEVER_SHIFTED, np.int64), np.zeros(n, np.int64))
 
 
-class EpisodeStore:
-    """Episode states keyed by ``(agent_id, episode_id)``: an LRU with a TTL and a size bound.
+class _Seen(Protocol):
+    last_seen: float
+
+
+_S = TypeVar("_S", bound=_Seen)
+
+
+class _BoundedEpisodes(Generic[_S]):
+    """Entries keyed by ``(agent_id, episode_id)``: an LRU with a TTL and a size bound.
 
     Args:
         max_episodes: Most episodes kept; beyond, the least recently seen is dropped.
@@ -135,7 +142,7 @@ class EpisodeStore:
         self.max_episodes = max_episodes
         self.ttl_seconds = ttl_seconds
         self.clock = clock
-        self._states: OrderedDict[tuple[str, str], EpisodeState] = OrderedDict()
+        self._states: OrderedDict[tuple[str, str], _S] = OrderedDict()
         self._lock = threading.Lock()
         #: Episodes dropped by the size bound / the TTL since construction.
         self.evicted = 0
@@ -155,8 +162,8 @@ class EpisodeStore:
             del states[key]
             self.expired += 1
 
-    def get(self, agent_id: str, episode_id: str) -> EpisodeState | None:
-        """The episode's state (marked as just seen), or None when unknown, expired or dropped."""
+    def get(self, agent_id: str, episode_id: str) -> _S | None:
+        """The episode's entry (marked as just seen), or None when unknown, expired or dropped."""
         with self._lock:
             now = self.clock()
             self._expire(now)
@@ -166,8 +173,8 @@ class EpisodeStore:
                 self._states.move_to_end((agent_id, episode_id))
             return st
 
-    def put(self, agent_id: str, episode_id: str, state: EpisodeState) -> None:
-        """Store (or replace) the episode's state, dropping the least recent beyond ``max_episodes``."""
+    def put(self, agent_id: str, episode_id: str, state: _S) -> None:
+        """Store (or replace) the episode's entry, dropping the least recent beyond ``max_episodes``."""
         with self._lock:
             now = self.clock()
             self._expire(now)
@@ -179,8 +186,8 @@ class EpisodeStore:
                 self._states.popitem(last=False)
                 self.evicted += 1
 
-    def peek(self, agent_id: str, episode_id: str) -> EpisodeState | None:
-        """The state without marking it seen (for reading facts and biases)."""
+    def peek(self, agent_id: str, episode_id: str) -> _S | None:
+        """The entry without marking it seen (for reading facts and biases)."""
         with self._lock:
             st = self._states.get((agent_id, episode_id))
             if st is not None and st.last_seen < self.clock() - self.ttl_seconds:
@@ -200,6 +207,11 @@ class EpisodeStore:
     def clear(self) -> None:
         with self._lock:
             self._states.clear()
+
+
+class EpisodeStore(_BoundedEpisodes[EpisodeState]):
+    """Episode states keyed by ``(agent_id, episode_id)`` (bounds and locking: :class:`_BoundedEpisodes`),
+    with the read-only views rules and shields use."""
 
     # ------------------------------------------------------------------ read-only views
 
@@ -245,7 +257,17 @@ class EpisodeStore:
         return out
 
 
-class RuleHolds:
+@dataclass(slots=True)
+class _Held:
+    """One episode's latest decided step, its deciding rule and the rule held into it (-1: none)."""
+
+    step: int
+    rule: int
+    held: int
+    last_seen: float = 0.0
+
+
+class RuleHolds(_BoundedEpisodes[_Held]):
     """Which rule decided each episode's latest step, for rules with ``hold_while`` (hysteresis).
 
     A rule with ``hold_while`` keeps deciding an episode's next step while that condition holds,
@@ -260,41 +282,20 @@ class RuleHolds:
     forgotten episode holds nothing, like a lost transition-monitor state.
     """
 
-    def __init__(
-        self,
-        max_episodes: int = 10_000,
-        ttl_seconds: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if max_episodes < 1 or ttl_seconds <= 0:
-            raise ValueError("max_episodes must be >= 1 and ttl_seconds > 0")
-        self.max_episodes = max_episodes
-        self.ttl_seconds = ttl_seconds
-        self.clock = clock
-        # (agent_id, episode_id) -> [latest step, its rule, the rule held into it, last seen]
-        self._latest: OrderedDict[tuple[str, str], list] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._latest)
-
     def held(self, agent_id: str, episode_ids: Sequence[str], steps: np.ndarray) -> np.ndarray:
         """``[batch]`` int32: the index of the rule held into each row's step, -1 for none."""
-        n = len(episode_ids)
-        out = np.full(n, -1, np.int32)
-        if not self._latest:
+        out = np.full(len(episode_ids), -1, np.int32)
+        if not self._states:
             return out
-        with self._lock:
-            cutoff = self.clock() - self.ttl_seconds
-            for i, eid in enumerate(episode_ids):
-                entry = self._latest.get((agent_id, eid)) if eid else None
-                if entry is None or entry[3] < cutoff:
-                    continue
-                t = int(steps[i])
-                if t == entry[0] + 1:
-                    out[i] = entry[1]
-                elif t == entry[0]:
-                    out[i] = entry[2]
+        for i, eid in enumerate(episode_ids):
+            entry = self.peek(agent_id, eid) if eid else None
+            if entry is None:
+                continue
+            t = int(steps[i])
+            if t == entry.step + 1:
+                out[i] = entry.rule
+            elif t == entry.step:
+                out[i] = entry.held
         return out
 
     def record(
@@ -307,24 +308,9 @@ class RuleHolds:
     ) -> None:
         """Remember each row's deciding rule (``rules``: ``[batch]`` index, -1 for none) and what
         :meth:`held` answered for it (``held``), row by row in batch order."""
-        if not episode_ids:
-            return
-        with self._lock:
-            now = self.clock()
-            latest = self._latest
-            for i, eid in enumerate(episode_ids):
-                if not eid:
-                    continue
-                key = (agent_id, eid)
-                latest[key] = [int(steps[i]), int(rules[i]), int(held[i]), now]
-                latest.move_to_end(key)
-            cutoff = now - self.ttl_seconds
-            while latest and (len(latest) > self.max_episodes or next(iter(latest.values()))[3] < cutoff):
-                latest.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._latest.clear()
+        for i, eid in enumerate(episode_ids):
+            if eid:
+                self.put(agent_id, eid, _Held(int(steps[i]), int(rules[i]), int(held[i])))
 
 
 @runtime_checkable
