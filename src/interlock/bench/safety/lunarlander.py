@@ -542,7 +542,7 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         ),
         "one escalation per episode at the first shift trip (deferred; the backup's action): "
         "escalation_rate; then the robust backup drives while a shift statistic is above its threshold "
-        "(Simplex handover, round 13)",
+        "(Simplex handover, round 13), except for a landed lander at rest (round 28)",
         "a preflight probe (rounds 18-22): an agent that has not fired the main engine by step 8 has it "
         "fired at steps 8-11, and at 12-15 while the evidence is undecided; a lower bar over the first 12 "
         "main-engine transitions hands over early, and the backup keeps the lander until that evidence "
