@@ -442,13 +442,14 @@ def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base:
     return why
 
 
-def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15) -> None:
+def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15,
+            agents: tuple[str, ...] = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")) -> None:
     """Rounds 20, 21, 23 and 27 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
-    95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+), the calm
-    cells judged against ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20),
-    ``base``'s - 5.0 (rounds 21, 23, 27)."""
-    agents = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")
+    95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+; round 30,
+    ``G9`` against ``G8``, eight agents: 58000+/59000+, calm 60000+), the calm cells judged against
+    ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20), ``base``'s - 5.0
+    (rounds 21, 23, 27, 30); from round 30 the trips cap is the larger of 5% and ``base``'s own."""
     names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
     paths = [HERE / f"r{n}dev_{k}.json" for k in names]
     if not all(p.is_file() for p in paths):
@@ -461,7 +462,7 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
     _calm_rows(agents, (("unguarded", calm, "unguarded"), (base, base_calm, "guarded"),
                         (design, calm, "guarded")))
     why = _worse_than_base(agents, calm, base_calm, base, relative_return=n == 20, intervention_cap=0.02,
-                           cap_at_least_base=n >= 27)
+                           cap_at_least_base=n >= 27, trips_at_least_base=n >= 30)
     weak, wind = ({k: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
                    for k, runs in ((base, base_shift), (design, shift))} for w in ("weak_main", "wind"))
     fewer = weak[design] <= weak[base] - fewer_by and wind[design] <= wind[base] + 5
@@ -590,3 +591,5 @@ if __name__ == "__main__":
     round25(26, "G6", "handover released only down and at rest")
     round20(27, base="G3", design="G7", fewer_by=5)
     round28()
+    round20(30, base="G8", design="G9", fewer_by=5, agents=(
+        "ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout", "dqn_holdout2", "dqn_holdout5"))
