@@ -447,9 +447,10 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
     """Rounds 20, 21, 23 and 27 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
     95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+; round 30,
-    ``G9`` against ``G8``, eight agents: 58000+/59000+, calm 60000+), the calm cells judged against
+    ``G9`` against ``G8``, eight agents: 58000+/59000+, calm 60000+; round 31, ``G10`` against ``G8``:
+    61000+/62000+, calm 63000+), the calm cells judged against
     ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20), ``base``'s - 5.0
-    (rounds 21, 23, 27, 30); from round 30 the trips cap is the larger of 5% and ``base``'s own."""
+    (rounds 21, 23, 27, 30, 31); from round 30 the trips cap is the larger of 5% and ``base``'s own."""
     names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
     paths = [HERE / f"r{n}dev_{k}.json" for k in names]
     if not all(p.is_file() for p in paths):
@@ -591,5 +592,6 @@ if __name__ == "__main__":
     round25(26, "G6", "handover released only down and at rest")
     round20(27, base="G3", design="G7", fewer_by=5)
     round28()
-    round20(30, base="G8", design="G9", fewer_by=5, agents=(
-        "ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout", "dqn_holdout2", "dqn_holdout5"))
+    eight = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout", "dqn_holdout2", "dqn_holdout5")
+    round20(30, base="G8", design="G9", fewer_by=5, agents=eight)
+    round20(31, base="G8", design="G10", fewer_by=5, agents=eight)
