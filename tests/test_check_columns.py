@@ -8,6 +8,7 @@ verdicts, actions, rules, fallbacks, reasons, signals, audit records and metric 
 from __future__ import annotations
 
 import math
+import re
 
 import grpc
 import numpy as np
@@ -47,7 +48,12 @@ def both(cfg_a, cfg_b, agent_id, obs, acts, episode_ids=None, steps=None):
         return batch, cols, decision_metrics(a), decision_metrics(b)
 
 
+#: An escalation's deadline in its reason: the two paths run a moment apart, so it may differ by a second.
+_DEADLINE = re.compile(r"answer by \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
 def _plain(reasons: list[str], escalation_id: str) -> list[str]:
+    reasons = [_DEADLINE.sub("answer by <deadline>", x) for x in reasons]
     return [x.replace(escalation_id, "ESC") if escalation_id else x for x in reasons]
 
 
