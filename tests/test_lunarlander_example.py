@@ -415,18 +415,9 @@ def test_the_backup_keeps_the_lander_while_the_probe_s_evidence_stands() -> None
 
 def _with_thresholds(config: Path, thresholds: Path) -> Guard:
     """``config`` with every transition monitor reading ``thresholds`` (an agent's own calibration)."""
-    from interlock.config import LoadedConfig, TransitionMonitorConfig
+    from interlock.bench.safety.lunarlander import with_thresholds
 
-    loaded = load_config(config)
-    (agent_cfg,) = loaded.config.agents
-    monitors = [
-        m.model_copy(update={"thresholds_file": str(thresholds)})
-        if isinstance(m, TransitionMonitorConfig)
-        else m
-        for m in agent_cfg.monitors
-    ]
-    cfg = loaded.config.model_copy(update={"agents": [agent_cfg.model_copy(update={"monitors": monitors})]})
-    return Guard(LoadedConfig(cfg, loaded.base_dir, loaded.version, loaded.source)).load()
+    return Guard(with_thresholds(load_config(config), thresholds)).load()
 
 
 def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:

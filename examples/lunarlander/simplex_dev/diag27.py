@@ -18,7 +18,8 @@ import gymnasium as gym
 import numpy as np
 import onnxruntime as ort
 
-from interlock.config import LoadedConfig, TransitionMonitorConfig, load_config
+from interlock.bench.safety.lunarlander import with_thresholds
+from interlock.config import load_config
 from interlock.engine import Guard
 from interlock.types import CheckInput
 
@@ -35,17 +36,7 @@ def thresholds_of(agent: str) -> Path:
 
 def guard_for(config: Path, thresholds: Path) -> Guard:
     """The config with every transition monitor reading ``thresholds``."""
-    loaded = load_config(config)
-    agent = loaded.config.agents[0]
-    monitors = [
-        m.model_copy(update={"thresholds_file": str(thresholds)})
-        if isinstance(m, TransitionMonitorConfig)
-        else m
-        for m in agent.monitors
-    ]
-    agent = agent.model_copy(update={"monitors": monitors})
-    config_ = loaded.config.model_copy(update={"agents": [agent]})
-    return Guard(LoadedConfig(config_, loaded.base_dir, loaded.version, loaded.source)).load()
+    return Guard(with_thresholds(load_config(config), thresholds)).load()
 
 
 def main() -> None:

@@ -306,9 +306,25 @@ def _rule_names(config: Path) -> list[str]:
     return [str(r.name) for r in load_config(config).config.agents[0].policy.rules]
 
 
+def with_thresholds(loaded: Any, thresholds: Path) -> Any:
+    """``loaded`` (a :class:`~interlock.config.LoadedConfig` of one agent) with every transition monitor
+    reading ``thresholds`` (an agent's own calibration)."""
+    from interlock.config import LoadedConfig, TransitionMonitorConfig
+
+    agent = loaded.config.agents[0]
+    monitors = [
+        m.model_copy(update={"thresholds_file": str(thresholds)})
+        if isinstance(m, TransitionMonitorConfig)
+        else m
+        for m in agent.monitors
+    ]
+    config = loaded.config.model_copy(update={"agents": [agent.model_copy(update={"monitors": monitors})]})
+    return LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
+
+
 def _guard(guarded: bool, variant: str = "config", overrides: Overrides | None = None) -> Any:
     """The example's Guard (with ``overrides``), or (unguarded) the detector alone in shadow mode."""
-    from interlock.config import LoadedConfig, TransitionMonitorConfig, load_config
+    from interlock.config import LoadedConfig, load_config
     from interlock.engine import Guard
 
     path = EXAMPLE / "interlock.yaml"
@@ -318,21 +334,14 @@ def _guard(guarded: bool, variant: str = "config", overrides: Overrides | None =
         )
     loaded = load_config(path)
     if overrides is not None:
-        agent = loaded.config.agents[0]
-        update: dict[str, Any] = {}
         if overrides.thresholds is not None:
-            update["monitors"] = [
-                m.model_copy(update={"thresholds_file": str(overrides.thresholds)})
-                if isinstance(m, TransitionMonitorConfig)
-                else m
-                for m in agent.monitors
-            ]
+            loaded = with_thresholds(loaded, overrides.thresholds)
         if overrides.backup is not None:
+            agent = loaded.config.agents[0]
             backup = agent.fallbacks["backup"].model_copy(update={"model": overrides.backup})
-            update["fallbacks"] = {**agent.fallbacks, "backup": backup}
-        agent = agent.model_copy(update=update)
-        config = loaded.config.model_copy(update={"agents": [agent]})
-        loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
+            agent = agent.model_copy(update={"fallbacks": {**agent.fallbacks, "backup": backup}})
+            config = loaded.config.model_copy(update={"agents": [agent]})
+            loaded = LoadedConfig(config, loaded.base_dir, loaded.version, loaded.source)
     if guarded and variant != "config":
         make = _simplex_variant if variant in SIMPLEX_VARIANTS else _shield_variant
         agent = make(loaded.config.agents[0], variant)
@@ -529,8 +538,7 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
     }
     notes = [
         "agents: examples/lunarlander/ppo_agent.onnx (ours) and dqn_agent.onnx (never in the dynamics "
-        "model's data), greedy"
-        + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
+        "model's data), greedy" + (f"; {QUICK_STEPS}-step episodes" if quick else "; up to 1000 steps"),
         "seeds: the response study's evaluation seeds (wind 110000+, main x0.6 111000+, nominal 112000+)",
         "thresholds: "
         + (
