@@ -595,3 +595,4 @@ if __name__ == "__main__":
     eight = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout", "dqn_holdout2", "dqn_holdout5")
     round20(30, base="G8", design="G9", fewer_by=5, agents=eight)
     round20(31, base="G8", design="G10", fewer_by=5, agents=eight)
+    round20(32, base="G8", design="G11", fewer_by=5, agents=eight)
