@@ -59,7 +59,9 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
         "thrust": "transition",
     }
     rules = [r.name for r in agent.policy.rules]
-    assert rules == ["invalid", "dynamics_shifted", "handover", "probe", "probe_more", "probe_evidence"]
+    assert rules == [
+        "invalid", "dynamics_shifted", "weak_engine", "handover", "probe", "probe_more", "probe_evidence"
+    ]
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
     (drift,) = [m for m in runtime.monitors if m.name == "drift"]
@@ -206,7 +208,8 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
     from interlock.errors import ConfigError
 
     text = CONFIG.read_text()
-    for name in ("dynamics_ensemble_r4.onnx", "thresholds.json", "robust2_agent.onnx"):
+    models = ("dynamics_ensemble_r4.onnx", "robust2_agent.onnx", "robust2_weak_agent.onnx")
+    for name in (*models, "thresholds.json"):
         text = text.replace(f" {name}", f" {EXAMPLE / name}")
     assert "clip: 25\n" in text
     (tmp_path / "same.yaml").write_text(text)
@@ -278,6 +281,7 @@ PROBE_CONFIGS = (
     "interlock_r18_probe",
     "interlock_r19_probe_more",
     "interlock_r27_hold",
+    "interlock_r28_release",
 )
 
 
@@ -457,3 +461,35 @@ def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:
     assert not any(at_rest(o) and r == "handover" for o, r in released)
     assert sum(r == "handover" for _, r in released) < 100  # the agent drives the landed lander
     assert any(r == "handover" for _, r in released[trip:])  # airborne after the trip, the backup drives
+    assert not any(r == "weak_engine" for _, r in released)  # engine's trip: the general backup (round 32)
+
+
+def test_after_a_thrust_trip_the_weak_engine_backup_drives() -> None:
+    """Round 32 (shipped as lunarlander-11, simplex_dev/RULE.md): at main x0.6 (development seed 7028) the
+    DQN's episode trips thrust, not drift. From the step after the trip the weak-engine specialist
+    (robust2_weak_agent.onnx) drives instead of the general backup, its own greedy action executed;
+    round 28's config hands the same episode to the general backup."""
+    dqn, weak, general = (
+        ort.InferenceSession(str(EXAMPLE / f"{n}_agent.onnx"), providers=["CPUExecutionProvider"])
+        for n in ("dqn", "robust2_weak", "robust2")
+    )
+    shipped = _fly(Guard(load_config(CONFIG)).load(), dqn, 7028, 0.6, 80)
+    round28 = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r28_release.yaml")).load()
+    before = _fly(round28, dqn, 7028, 0.6, 80)
+
+    def greedy(policy: ort.InferenceSession, obs: np.ndarray) -> int:
+        return int(policy.run(None, {policy.get_inputs()[0].name: obs[None].astype(np.float32)})[0].argmax())
+
+    trip = next(t for t, (_, d) in enumerate(shipped) if d.rule == "dynamics_shifted")
+    assert trip == next(t for t, (_, d) in enumerate(before) if d.rule == "dynamics_shifted")
+    s = signals(shipped[trip][1])
+    assert s["thrust.shift"][1] and not s["drift.shift"][1]  # the main engine's stream, not wind's
+    after = [d for _, d in shipped[trip + 1 :]]
+    assert len(after) > 5 and [d.rule for d in after[:5]] == ["weak_engine"] * 5
+    for d in after:
+        if d.rule == "weak_engine":
+            assert d.fallback == "backup_weak" and d.verdict is Verdict.SUBSTITUTE
+            assert int(np.asarray(d.action).reshape(-1)[0]) == greedy(weak, d.observation)
+    assert [d.rule for _, d in before[trip + 1 : trip + 6]] == ["handover"] * 5
+    first = before[trip + 1][1]
+    assert int(np.asarray(first.action).reshape(-1)[0]) == greedy(general, first.observation)
