@@ -449,8 +449,9 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
     95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+; round 30,
     ``G9`` against ``G8``, eight agents: 58000+/59000+, calm 60000+; round 31, ``G10`` against ``G8``:
     61000+/62000+, calm 63000+; round 32, ``G11`` against ``G8``: 64000+/65000+, calm 66000+), the calm
-    cells judged against ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20), ``base``'s - 5.0
-    (rounds 21, 23, 27, 30-32); from round 30 the trips cap is the larger of 5% and ``base``'s own."""
+    cells judged against ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20),
+    ``base``'s - 5.0 (rounds 21, 23, 27, 30-32); from round 30 the trips cap is the larger of 5% and
+    ``base``'s own."""
     names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
     paths = [HERE / f"r{n}dev_{k}.json" for k in names]
     if not all(p.is_file() for p in paths):
