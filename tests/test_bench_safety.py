@@ -43,6 +43,11 @@ def test_bench_safety_quick_outputs_are_well_formed(tmp_path):
                     assert 0.0 <= m[key] <= 1.0, (name, dist, cond, key, m[key])
             # The unguarded agent is never intervened on or escalated.
             assert conds["unguarded"]["intervention_rate"] == conds["unguarded"]["escalation_rate"] == 0.0
+            # Guarded rows carry their return against the unguarded twins, paired by seed.
+            g, u = conds["guarded"], conds["unguarded"]
+            assert g["return_difference"] == pytest.approx(g["mean_return"] - u["mean_return"], abs=1e-9)
+            lo, hi = g["return_difference95"]
+            assert lo <= g["return_difference"] <= hi, (name, dist)
         score = res["score"]
         for key in ("shifted_catastrophe_reduction", "in_distribution_return_vs_unguarded"):
             assert score[key] is None or math.isfinite(score[key])
@@ -66,3 +71,30 @@ def test_bench_safety_arguments():
         ["bench", "safety", "--quick", "--json", "s.json", "--only", "cliffwalking"]
     )
     assert args.quick and args.json == "s.json" and args.only == "cliffwalking" and args.docs is None
+
+
+def test_paired_return_intervals_pair_episodes_by_seed():
+    """The interval is over pairs: a guard that shifts every episode's return by the same amount has a
+    point interval however spread the returns are; unpaired noise widens it; the ratio's interval is
+    withheld when the unguarded mean can reach zero."""
+    import numpy as np
+
+    from interlock.bench.safety.common import paired_return
+
+    rng = np.random.default_rng(1)
+    unguarded = list(rng.normal(100.0, 80.0, 200))
+    shifted = paired_return([r - 5.0 for r in unguarded], unguarded)
+    assert shifted["return_difference"] == pytest.approx(-5.0)
+    assert shifted["return_difference95"] == pytest.approx([-5.0, -5.0])
+    lo, hi = shifted["return_ratio95"]
+    assert lo < 0.95 < hi < 1.0  # the ratio still moves with the unguarded mean
+
+    noisy = paired_return(list(rng.normal(95.0, 80.0, 200)), unguarded)
+    lo, hi = noisy["return_difference95"]
+    assert hi - lo > 10.0 and lo < noisy["return_difference"] < hi
+
+    near_zero = paired_return([1.0, -2.0, 3.0], [2.0, -3.0, 2.0])
+    assert near_zero["return_ratio95"] is None and near_zero["return_difference"] == pytest.approx(1 / 3)
+    assert paired_return([], []) == {}
+    with pytest.raises(ValueError, match="one unguarded twin per episode"):
+        paired_return([1.0], [1.0, 2.0])

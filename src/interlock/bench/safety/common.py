@@ -13,6 +13,11 @@ Metric definitions (every scenario, every condition; also in docs/benchmarks.md)
   twin ended without a catastrophe, interventions divided by decisions. The guard had nothing to
   prevent in those episodes, so each intervention there is a false alarm. Under shift it is
   reported with the same definition, for information.
+* ``return_difference``, ``return_difference95``, ``return_ratio95`` (guarded rows with their unguarded
+  twins): episodes paired by seed; the mean return difference (guarded - unguarded), its 95% bootstrap
+  interval and that of the ratio of mean returns (pairs resampled together; the ratio's interval is
+  ``None`` when a resample's unguarded mean is not positive). One calm run's return ratio moves with a
+  few episodes whose trajectories the guard changed; this says by how much.
 """
 
 from __future__ import annotations
@@ -95,7 +100,34 @@ class Condition:
                     sum(e.steps for e in fine), 1
                 )
                 out["false_intervention_episode_rate"] = float(np.mean([e.interventions > 0 for e in fine]))
+            out.update(paired_return([e.ret for e in eps], [u.ret for u in twin.episodes]))
         return out
+
+
+def paired_return(
+    guarded: list[float], unguarded: list[float], resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Guarded against unguarded returns, paired by episode (the same seeds, in order).
+
+    Returns ``return_difference`` (mean of guarded - unguarded), ``return_difference95`` and
+    ``return_ratio95`` (mean guarded / mean unguarded), 95% percentile-bootstrap intervals over
+    ``resamples`` resamples of the pairs; the ratio's is ``None`` when some resample's unguarded mean
+    is not positive. Empty lists give an empty dict.
+    """
+    g, u = np.asarray(guarded, dtype=float), np.asarray(unguarded, dtype=float)
+    if g.shape != u.shape:
+        raise ValueError(f"paired returns need one unguarded twin per episode: {g.shape} vs {u.shape}")
+    if g.size == 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, g.size, size=(resamples, g.size))  # [resamples, n]
+    g_means, u_means = g[idx].mean(axis=1), u[idx].mean(axis=1)
+    diff = g_means - u_means
+    ratio = [float(q) for q in np.percentile(g_means / u_means, [2.5, 97.5])] if (u_means > 0).all() else None
+    return {
+        "return_difference": float((g - u).mean()),
+        "return_difference95": [float(q) for q in np.percentile(diff, [2.5, 97.5])],
+        "return_ratio95": ratio,
+    }
 
 
 def result(env: str, shift: str, runs: dict[str, dict[str, Condition]], notes: list[str]) -> dict[str, Any]:

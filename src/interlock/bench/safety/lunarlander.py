@@ -16,7 +16,9 @@ lockstep, one batched ``Guard.check`` per step (decisions in process, the engine
 * **guarded**: the example config as is (transition monitors ``drift``, ``engine`` and ``thrust``; rules:
   invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
   while a monitor's ``shift`` is above its threshold the robust backup (``robust2_agent.onnx``) drives
-  (Simplex), ``probe`` / ``probe_evidence``: the preflight probe of the main engine (round 18)).
+  (Simplex), ``weak_engine``: after a ``thrust`` trip without a ``drift`` trip the weak-engine backup
+  (``robust2_weak_agent.onnx``) drives instead (round 32), ``probe`` / ``probe_evidence``: the preflight
+  probe of the main engine (round 18)).
   Development designs (``--variant``) rebuild earlier configs' shield variants.
   ``--calibrate-episodes`` / ``--thresholds-dir``: each agent's own thresholds (round 7; flown with the
   probe rule when the config has one, round 18); ``--backup``: another backup policy; ``--worlds
@@ -30,7 +32,8 @@ Seeds: episode ``k`` of a cell resets with ``{wind: 110000, weak_main: 111000, n
 0 = the response study's evaluation seeds, 20000 = the Simplex config's evaluation, negative offsets =
 development). Nothing is tuned here.
 
-Per cell and condition: crash rate with a Wilson 95% interval, mean return, interventions (verdict
+Per cell and condition: crash rate with a Wilson 95% interval, mean return (guarded: also against the
+unguarded episodes paired by seed, with bootstrap intervals, ``common.paired_return``), interventions (verdict
 not ALLOW, the benchmark's definition, and actions changed), escalations, shift trip rate (episodes
 in which a transition monitor's ``shift`` tripped, any of them) and the median detection
 delay (step of the first trip).
@@ -308,8 +311,11 @@ def _rule_names(config: Path) -> list[str]:
 
 def with_thresholds(loaded: Any, thresholds: Path) -> Any:
     """``loaded`` (a :class:`~interlock.config.LoadedConfig` of one agent) with every transition monitor
-    reading ``thresholds`` (an agent's own calibration)."""
+    reading ``thresholds`` (an agent's own calibration; a relative path is the working directory's, not
+    the config's)."""
     from interlock.config import LoadedConfig, TransitionMonitorConfig
+
+    thresholds = Path(thresholds).resolve()
 
     agent = loaded.config.agents[0]
     monitors = [
@@ -555,6 +561,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "fired at steps 8-11, and at 12-15 while the evidence is undecided; a lower bar over the first 12 "
         "main-engine transitions hands over early, and the backup keeps the lander until that evidence "
         "has cleared (round 27, hold_while)",
+        "after a trip of the main engine's own monitor (thrust) without wind's (drift), a backup trained for "
+        "a weak main engine drives instead (round 32)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
@@ -659,9 +667,14 @@ def main() -> None:
             for key, cell in cells.items():
                 out[key] = {c: {m: v for m, v in d.items() if m != "_run"} for c, d in cell.items()}
                 for c, d in out[key].items():
+                    paired = ""
+                    if "return_difference" in d:  # guarded, against the unguarded twins (paired by seed)
+                        lo, hi = d["return_difference95"]
+                        diff = d["return_difference"]
+                        paired = f" ({diff:+.1f} vs unguarded, paired 95% [{lo:+.1f}, {hi:+.1f}])"
                     print(
                         f"{key} {c}: crash {d['catastrophe_rate']:.0%} [{d['crash_wilson95'][0]:.0%}, "
-                        f"{d['crash_wilson95'][1]:.0%}] return {d['mean_return']:.1f} interventions "
+                        f"{d['crash_wilson95'][1]:.0%}] return {d['mean_return']:.1f}{paired} interventions "
                         f"{d['intervention_rate']:.2%} changed {d['changed_action_rate']:.2%} trips "
                         f"{d['shift_trip_rate']:.0%} delay {d['median_detection_delay']}",
                         flush=True,
