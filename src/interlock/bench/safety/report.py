@@ -26,6 +26,9 @@ Definitions (per condition; one episode per seed, the same seeds for every condi
   (`false_intervention_episode_rate` in the JSON: the share of those episodes with any intervention.)
 * **return vs unguarded**: `1 + (guarded - unguarded) / |unguarded|` (guarded / unguarded for
   positive returns; still 1 = as good, above 1 = better for CliffWalking's negative returns).
+  The JSON's guarded rows also pair the episodes by seed: `return_difference` (mean of guarded -
+  unguarded) with 95% bootstrap intervals of it and of the ratio (`return_difference95`,
+  `return_ratio95`; the latter null when the unguarded mean can reach zero).
 * **catastrophe reduction** under shift: `1 - guarded rate / unguarded rate`.
 """
 
