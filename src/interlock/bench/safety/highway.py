@@ -36,7 +36,8 @@ Metrics per condition (the keys every safety scenario returns):
   those episodes, so each intervention there counts as a false alarm (an upper bound: braking
   may still have been prudent). 0 for unguarded runs. Reported under shift too, for information.
 
-Extra keys: ``episodes``, ``steps``, ``collisions``, ``return_std``, ``twin_fine_episodes`` and,
+Extra keys: ``episodes``, ``steps``, ``collisions``, ``return_std``, ``twin_fine_episodes``, the paired
+return keys of ``common.paired_return`` (guarded) and,
 for unguarded runs, ``would_intervene_rate`` (share of steps on which the guard, asked in
 shadow, would not have allowed the agent's action).
 
@@ -58,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from interlock.bench.safety.common import example_dir
+from interlock.bench.safety.common import example_dir, paired_return
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
@@ -125,6 +126,7 @@ class _Condition:
             out["false_intervention_rate"] = sum(e.interventions for e in fine) / max(
                 sum(e.steps for e in fine), 1
             )
+        out.update(paired_return([e.ret for e in eps], [u.ret for u in twin.episodes]))
         return out
 
 
