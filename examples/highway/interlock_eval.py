@@ -70,6 +70,16 @@ DESIGNS = {
     # Round 2's C2: C with the detector calibrated on the shielded agent's nominal episodes.
     "shielded_handover_r2": {"stock": HERE / "interlock_shielded_handover_r2.yaml",
                              "cpss": HERE / "interlock_shielded_handover_r2_cpss.yaml"},
+    # The learned-critic exploration (critic.py, CRITIC.md; stock speeds only, not shipped): the
+    # critic alone, the critic and the kinematic margin, and C2 with the critic choosing after the trip
+    # (the agent proposing, or the backup).
+    "critic": {"stock": HERE / "interlock_critic.yaml"},
+    "critic_kin": {"stock": HERE / "interlock_critic_kin.yaml"},
+    "critic_handover": {"stock": HERE / "interlock_critic_handover.yaml"},
+    "critic_backup": {"stock": HERE / "interlock_critic_backup.yaml"},
+    # C2's choice with the critic's veto after the trip (the backup proposing, or the agent).
+    "critic_veto_backup": {"stock": HERE / "interlock_critic_veto_backup.yaml"},
+    "critic_veto_handover": {"stock": HERE / "interlock_critic_veto_handover.yaml"},
 }
 CONFIGS = DESIGNS["shield"]
 #: The design the committed configs implement (interlock_eval.json was made with h1_t3_tie's configs,
@@ -113,6 +123,29 @@ def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int, int]
     return ep, not_allowed, trip_step
 
 
+def with_critic_overrides(path: Path, overrides: dict[str, Any]) -> Path:
+    """``path``, or a temporary copy whose ``critic:`` python plugins have ``overrides`` in their kwargs."""
+    if not overrides:
+        return path
+    import tempfile
+
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    plugins = [m for a in data["agents"] for m in a.get("monitors", [])]
+    plugins += [f for a in data["agents"] for f in a.get("fallbacks", {}).values()]
+    hit = 0
+    for plugin in plugins:
+        if plugin.get("kind") == "python" and str(plugin.get("callable", "")).startswith("critic:"):
+            plugin.setdefault("kwargs", {}).update(overrides)
+            hit += 1
+    if not hit:
+        raise SystemExit(f"{path.name} has no critic plugin to override")
+    tmp = Path(tempfile.mkdtemp(prefix="critic_cfg_")) / path.name
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp
+
+
 def compare(mine: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
     """Differences between this run's summary and the study's for the same cell and seeds."""
     return {
@@ -142,6 +175,9 @@ def main() -> None:
     p.add_argument("--variant", default=VARIANT, help="Name of the design the configs implement.")
     p.add_argument("--agent", type=Path, default=HERE / "agent.onnx",
                    help="The driving agent's ONNX (the configs' fallback still ranks by agent.onnx's Q).")
+    p.add_argument("--critic-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a kwarg of every `critic:` python plugin (VALUE is JSON), e.g. "
+                        "threshold=0.6 or critic=/tmp/c.onnx; the config is rewritten to a temporary file.")
     p.add_argument("--study", type=Path, default=HERE / "shield_study.json")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
@@ -161,8 +197,13 @@ def main() -> None:
     out: dict[str, Any] = {"agent": args.agent.name, "design": args.design, "variant": args.variant,
                            "seeds": args.seeds,
                            "episodes_per_cell": args.episodes, "cells": {}}
+    overrides = {}
+    for item in args.critic_set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    out["critic_set"] = overrides
     for speed in args.speeds.split(","):
-        guard = Guard(load_config(DESIGNS[args.design][speed])).load()
+        guard = Guard(load_config(with_critic_overrides(DESIGNS[args.design][speed], overrides))).load()
         for density in args.densities.split(","):
             config = {**BASE, "vehicles_density": DENSITIES[density],
                       "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}

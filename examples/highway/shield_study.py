@@ -70,6 +70,13 @@ SEEDS = {
     # The Simplex handover (HANDOVER_RULE.md): its one evaluation, and the second agent's.
     "handover_eval": {"nominal": 460_000, "dense": 470_000},
     "handover_agent2": {"nominal": 480_000, "dense": 490_000},
+    # Fresh development seeds for the learned-critic exploration's one confirmation (CRITIC.md,
+    # HANDOVER_RULE.md round 3), never used before it.
+    "dev2": {"nominal": 330_000, "dense": 340_000},
+    # A larger validation set for the critic exploration, inside the critic's training-seed range
+    # (600000 + k) but disjoint from its data episodes (critic_data.py uses k < 100000 from 0 up;
+    # these are k = 60000.. and 70000..): more episodes than dev's 40 to compare designs.
+    "critic_val": {"nominal": 660_000, "dense": 670_000},
 }
 
 
