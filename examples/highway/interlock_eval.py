@@ -70,6 +70,9 @@ DESIGNS = {
     # Round 2's C2: C with the detector calibrated on the shielded agent's nominal episodes.
     "shielded_handover_r2": {"stock": HERE / "interlock_shielded_handover_r2.yaml",
                              "cpss": HERE / "interlock_shielded_handover_r2_cpss.yaml"},
+    # Round 4: C2 with the handover live (while the running mean is under the threshold).
+    "live_handover_r4": {"stock": HERE / "interlock_live_handover_r4.yaml",
+                         "cpss": HERE / "interlock_live_handover_r4_cpss.yaml"},
     # The learned-critic exploration (critic.py, CRITIC.md; stock speeds only, not shipped): the
     # critic alone, the critic and the kinematic margin, and C2 with the critic choosing after the trip
     # (the agent proposing, or the backup).

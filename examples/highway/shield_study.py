@@ -77,6 +77,8 @@ SEEDS = {
     # (600000 + k) but disjoint from its data episodes (critic_data.py uses k < 100000 from 0 up;
     # these are k = 60000.. and 70000..): more episodes than dev's 40 to compare designs.
     "critic_val": {"nominal": 660_000, "dense": 670_000},
+    # HANDOVER_RULE.md round 4's one evaluation (the live handover, C2 beside it), never used before it.
+    "eval_r4": {"nominal": 500_000, "dense": 510_000},
 }
 
 
