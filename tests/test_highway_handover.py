@@ -285,3 +285,53 @@ def test_guarded_calibration_measures_the_trajectory_the_guard_drives() -> None:
         assert np.array_equal(np.asarray(obs, np.float32).reshape(-1), seen)
         obs, *_ = env.step(action)
     env.close()
+
+
+LIVE = {"stock": HIGHWAY / "interlock_live_handover_r4.yaml",
+        "cpss": HIGHWAY / "interlock_live_handover_r4_cpss.yaml"}
+
+
+def test_round_four_differs_from_round_two_only_in_the_live_handover() -> None:
+    """HANDOVER_RULE.md round 4: C4 is C2 with the handover while the running mean is under the
+    threshold (tripped.dense.score) instead of latched (tripped.dense.shifted)."""
+    for speed in ("stock", "cpss"):
+        paths = (DESIGNS["shielded_handover_r2"][speed], LIVE[speed])
+        c2, c4 = (yaml.safe_load(p.read_text()) for p in paths)
+        rules2, rules4 = c2["agents"][0]["policy"]["rules"], c4["agents"][0]["policy"]["rules"]
+        assert rules2[0]["when"] == "tripped.dense.shifted" and rules4[0]["when"] == "tripped.dense.score"
+        for config in (c2, c4):
+            config.pop("version")
+            for key in ("when", "reason"):
+                config["agents"][0]["policy"]["rules"][0].pop(key)
+        assert c2 == c4
+
+
+def test_the_live_handover_lets_go_when_the_traffic_thins_and_the_latched_one_does_not() -> None:
+    """One episode through both stock configs: dense at step 0 (mean 25 m, under 29.2 m), then thin
+    traffic (75 m) lifts the running mean over the threshold at step 1. C2 keeps the backup to the end;
+    C4 gives the agent its control back, and takes it again when the running mean falls under."""
+    near, far = _obs([10, -20, 30, 40]), _obs([60, -60, 80, 100])
+    sequence = [near, far, far, near, near, near, near]  # running means 25, 50, 58, 50, 45, 41.7, 39.3
+    rules = {}
+    for name, path in (("c2", DESIGNS["shielded_handover_r2"]["stock"]), ("c4", LIVE["stock"])):
+        guard = Guard(load_config(path)).load()
+        try:
+            rules[name] = [
+                guard.check([CheckInput("highway", o, np.int64(1), "live-test", t)])[0].rule
+                for t, o in enumerate(sequence)
+            ]
+        finally:
+            guard.unload()
+    assert rules["c2"] == ["handover"] * len(sequence)
+    assert rules["c4"][0] == "handover" and "handover" not in rules["c4"][1:]
+    # another episode: thin at first, then dense for good; the mean of 75, 75 and k x 25 m falls under
+    # 29.2 m at k = 22, and the backup then drives to the end
+    dense_later = [near] * 30
+    guard = Guard(load_config(LIVE["stock"])).load()
+    try:
+        again = [guard.check([CheckInput("highway", o, np.int64(1), "live-2", t)])[0].rule
+                 for t, o in enumerate([far, far, *dense_later])]
+    finally:
+        guard.unload()
+    first = next(t for t, r in enumerate(again) if r == "handover")
+    assert first == 23 and set(again[first:]) == {"handover"}  # step 23: the 22nd dense step

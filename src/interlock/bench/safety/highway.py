@@ -65,11 +65,16 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 EXAMPLE = example_dir("highway")
 #: Guard config per design and target-speed setting; the shield's model must know the env's target
-#: speeds. "handover" is the shield plus the dense-traffic handover of HANDOVER_RULE.md round 2 (C2,
-#: chosen on development seeds and evaluated once there); "shield" the shield alone (issue 11, round 5).
+#: speeds. "handover" is the shield plus the dense-traffic handover, live since HANDOVER_RULE.md round 4
+#: (C4: the backup drives while the traffic stays dense; chosen on development seeds and evaluated once
+#: there); "handover_r2" round 2's latched C2; "shield" the shield alone (issue 11, round 5).
 DESIGNS = {
     "shield": {"stock": EXAMPLE / "interlock.yaml", "cpss": EXAMPLE / "interlock_cpss.yaml"},
     "handover": {
+        "stock": EXAMPLE / "interlock_live_handover_r4.yaml",
+        "cpss": EXAMPLE / "interlock_live_handover_r4_cpss.yaml",
+    },
+    "handover_r2": {
         "stock": EXAMPLE / "interlock_shielded_handover_r2.yaml",
         "cpss": EXAMPLE / "interlock_shielded_handover_r2_cpss.yaml",
     },
@@ -233,12 +238,12 @@ def run(
         "notes": [
             f"agent: examples/highway/agent.onnx (DQN), greedy; guard: {configs[speeds].name}, the "
             "five-action kinematic shield (python plugins)"
-            + (
-                ", then from a dense-traffic trip the robust backup through the shield's choice "
-                "(HANDOVER_RULE.md round 2)"
-                if design == "handover"
-                else ""
-            )
+            + {
+                "handover": ", then while the traffic stays dense the robust backup through the shield's "
+                "choice (HANDOVER_RULE.md rounds 2 and 4)",
+                "handover_r2": ", then from a dense-traffic trip to the episode's end the robust backup "
+                "through the shield's choice (HANDOVER_RULE.md round 2)",
+            }.get(design, "")
             + f"; {speeds} target speeds {TARGET_SPEEDS[speeds]} m/s",
             "the bench's own seeds, not the evaluation of docs/highway.md (which is run once on its own "
             "seeds)",
