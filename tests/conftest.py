@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -36,3 +40,16 @@ def channel(server):
 @pytest.fixture
 def stub(channel):
     return pb_grpc.GuardStub(channel)
+
+
+HIGHWAY = Path(__file__).resolve().parents[1] / "examples" / "highway"
+
+
+@pytest.fixture(scope="module")
+def highway_on_path() -> Iterator[Path]:
+    """examples/highway on sys.path for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``):
+    its plugins are modules of that folder, and Interlock does not put a config's folder on sys.path
+    (the example's README says to)."""
+    sys.path.insert(0, str(HIGHWAY))
+    yield HIGHWAY
+    sys.path.remove(str(HIGHWAY))

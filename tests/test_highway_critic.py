@@ -8,8 +8,6 @@ observations from a real highway-fast-v0 in dense traffic.
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +24,8 @@ C2_BACKUP = {"threshold": 3.0, "tie_tolerance": 1.0, "target_speeds": [20, 25, 3
              "scores": "backup_stock.onnx"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def example_on_path() -> Iterator[None]:
-    """Interlock does not put a config's folder on sys.path; the example's README says to."""
-    sys.path.insert(0, str(HIGHWAY))
-    yield
-    sys.path.remove(str(HIGHWAY))
+# the example's plugins are modules of examples/highway (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("highway_on_path")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +44,8 @@ def _threshold(design: str, speed: str) -> float:
     return json.loads((HIGHWAY / "handover_thresholds.json").read_text())["threshold_m"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def example_on_path() -> Iterator[None]:
-    """Interlock does not put a config's folder on sys.path; the example's README says to."""
-    sys.path.insert(0, str(HIGHWAY))
-    yield
-    sys.path.remove(str(HIGHWAY))
+# the example's plugins are modules of examples/highway (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("highway_on_path")
 
 
 def _obs(dxs: list[float]) -> np.ndarray:

@@ -31,16 +31,12 @@ THRESHOLD, TIE, RANK = 3.0, 1.0, 2  # the study's chosen variant h1_t3_tie_rank2
 LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER = range(5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def example_on_path() -> Iterator[None]:
-    """Interlock does not put a config's folder on sys.path; the example's README says to."""
-    sys.path.insert(0, str(HIGHWAY))
-    yield
-    sys.path.remove(str(HIGHWAY))
+# the example's plugins are modules of examples/highway (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("highway_on_path")
 
 
 @pytest.fixture(scope="module")
-def guards(example_on_path) -> Iterator[dict[str, Guard]]:
+def guards(highway_on_path) -> Iterator[dict[str, Guard]]:
     gs = {name: Guard(load_config(path)).load() for name, path in CONFIGS.items()}
     yield gs
     for g in gs.values():
