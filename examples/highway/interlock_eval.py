@@ -73,6 +73,10 @@ DESIGNS = {
     # Round 4: C2 with the handover live (while the running mean is under the threshold).
     "live_handover_r4": {"stock": HERE / "interlock_live_handover_r4.yaml",
                          "cpss": HERE / "interlock_live_handover_r4_cpss.yaml"},
+    # Round 5's candidates (stock only): C4 with the backup's shield choice stricter after the handover.
+    "dense_margin_r5_t5": {"stock": HERE / "interlock_dense_margin_r5_t5.yaml"},
+    "dense_margin_r5_t8": {"stock": HERE / "interlock_dense_margin_r5_t8.yaml"},
+    "dense_margin_r5_h2": {"stock": HERE / "interlock_dense_margin_r5_h2.yaml"},
     # The learned-critic exploration (critic.py, CRITIC.md; stock speeds only, not shipped): the
     # critic alone, the critic and the kinematic margin, and C2 with the critic choosing after the trip
     # (the agent proposing, or the backup).

@@ -79,6 +79,8 @@ SEEDS = {
     "critic_val": {"nominal": 660_000, "dense": 670_000},
     # HANDOVER_RULE.md round 4's one evaluation (the live handover, C2 beside it), never used before it.
     "eval_r4": {"nominal": 500_000, "dense": 510_000},
+    # HANDOVER_RULE.md round 5's one evaluation, if its rule chooses a candidate; never used before it.
+    "eval_r5": {"nominal": 520_000, "dense": 530_000},
 }
 
 
