@@ -329,3 +329,18 @@ def test_the_live_handover_lets_go_when_the_traffic_thins_and_the_latched_one_do
         guard.unload()
     first = next(t for t, r in enumerate(again) if r == "handover")
     assert first == 23 and set(again[first:]) == {"handover"}  # step 23: the 22nd dense step
+
+
+def test_round_five_candidates_differ_from_c4_only_in_the_backup_s_shield_setting() -> None:
+    """HANDOVER_RULE.md round 5 (not chosen, kept as the record): each candidate is C4 (stock) with one
+    kwarg of the backup's shield choice changed, and loads."""
+    c4 = yaml.safe_load(LIVE["stock"].read_text())
+    c4_backup = c4["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    for tag, change in (("t5", {"threshold": 5.0}), ("t8", {"threshold": 8.0}), ("h2", {"horizon": 2})):
+        path = HIGHWAY / f"interlock_dense_margin_r5_{tag}.yaml"
+        candidate = yaml.safe_load(path.read_text())
+        backup = candidate["agents"][0]["fallbacks"]["backup"]["kwargs"]
+        assert backup == {**c4_backup, **change}, tag
+        candidate["agents"][0]["fallbacks"]["backup"]["kwargs"] = c4_backup
+        assert {**candidate, "version": c4["version"]} == c4, tag
+        Guard(load_config(path)).load().unload()
