@@ -77,6 +77,8 @@ DESIGNS = {
     "dense_margin_r5_t5": {"stock": HERE / "interlock_dense_margin_r5_t5.yaml"},
     "dense_margin_r5_t8": {"stock": HERE / "interlock_dense_margin_r5_t8.yaml"},
     "dense_margin_r5_h2": {"stock": HERE / "interlock_dense_margin_r5_h2.yaml"},
+    # Round 6: C4 (stock) with a backup trained longer on dense traffic.
+    "backup_long_r6": {"stock": HERE / "interlock_backup_long_r6.yaml"},
     # The learned-critic exploration (critic.py, CRITIC.md; stock speeds only, not shipped): the
     # critic alone, the critic and the kinematic margin, and C2 with the critic choosing after the trip
     # (the agent proposing, or the backup).
