@@ -344,3 +344,21 @@ def test_round_five_candidates_differ_from_c4_only_in_the_backup_s_shield_settin
         candidate["agents"][0]["fallbacks"]["backup"]["kwargs"] = c4_backup
         assert {**candidate, "version": c4["version"]} == c4, tag
         Guard(load_config(path)).load().unload()
+
+
+def test_round_six_differs_from_c4_only_in_the_backup_model() -> None:
+    """HANDOVER_RULE.md round 6: C6 is C4 (stock) with the backup trained longer on dense traffic."""
+    c4 = yaml.safe_load(LIVE["stock"].read_text())
+    path = HIGHWAY / "interlock_backup_long_r6.yaml"
+    c6 = yaml.safe_load(path.read_text())
+    backup = c6["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    assert backup["scores"] == "backup_stock_long.onnx"
+    assert {**backup, "scores": "backup_stock.onnx"} == c4["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    c6["agents"][0]["fallbacks"]["backup"]["kwargs"] = c4["agents"][0]["fallbacks"]["backup"]["kwargs"]
+    assert {**c6, "version": c4["version"]} == c4
+    guard = Guard(load_config(path)).load()
+    try:  # the backup drives a dense observation (mean distance 25 m, under the threshold)
+        [d] = guard.check([CheckInput("highway", _obs([10, -20, 30, 40]), np.int64(1), "r6", 0)])
+        assert d.rule == "handover" and 0 <= int(d.action) < 5
+    finally:
+        guard.unload()
