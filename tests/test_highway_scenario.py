@@ -77,7 +77,7 @@ def test_quick_run_is_well_formed() -> None:
     res = highway.run(quick=True, seeds=1, progress=False)
     assert res["env"] == "highway-fast-v0" and "vehicles_density" in res["shift"]
     # the bench runs the chosen design: the shield, then the dense-traffic handover (HANDOVER_RULE.md)
-    assert res["guard"] == "interlock_live_handover_r4.yaml (handover, stock target speeds)"
+    assert res["guard"] == "interlock_backup_long_r6.yaml (handover, stock target speeds)"
     with pytest.raises(ValueError, match="design must be one of"):
         highway.run(quick=True, seeds=1, progress=False, design="oracle")
     for dist in ("in_distribution", "shifted"):

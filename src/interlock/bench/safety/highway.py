@@ -66,12 +66,13 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 EXAMPLE = example_dir("highway")
 #: Guard config per design and target-speed setting; the shield's model must know the env's target
 #: speeds. "handover" is the shield plus the dense-traffic handover, live since HANDOVER_RULE.md round 4
-#: (C4: the backup drives while the traffic stays dense; chosen on development seeds and evaluated once
-#: there); "handover_r2" round 2's latched C2; "shield" the shield alone (issue 11, round 5).
+#: (C4: the backup drives while the traffic stays dense), with stock speeds the backup trained longer on
+#: dense traffic since round 6 (C6); each chosen on development seeds and evaluated once there;
+#: "handover_r2" round 2's latched C2; "shield" the shield alone (issue 11, round 5).
 DESIGNS = {
     "shield": {"stock": EXAMPLE / "interlock.yaml", "cpss": EXAMPLE / "interlock_cpss.yaml"},
     "handover": {
-        "stock": EXAMPLE / "interlock_live_handover_r4.yaml",
+        "stock": EXAMPLE / "interlock_backup_long_r6.yaml",
         "cpss": EXAMPLE / "interlock_live_handover_r4_cpss.yaml",
     },
     "handover_r2": {
@@ -240,7 +241,7 @@ def run(
             "five-action kinematic shield (python plugins)"
             + {
                 "handover": ", then while the traffic stays dense the robust backup through the shield's "
-                "choice (HANDOVER_RULE.md rounds 2 and 4)",
+                "choice (HANDOVER_RULE.md rounds 2, 4 and, with stock speeds, 6)",
                 "handover_r2": ", then from a dense-traffic trip to the episode's end the robust backup "
                 "through the shield's choice (HANDOVER_RULE.md round 2)",
             }.get(design, "")
