@@ -300,33 +300,28 @@ def test_round_four_differs_from_round_two_only_in_the_live_handover() -> None:
         assert c2 == c4
 
 
+def _rules(path: Path, observations: list[np.ndarray], episode: str) -> list[str]:
+    """The deciding rule per step of one episode of ``observations`` through ``path``'s config."""
+    guard = Guard(load_config(path)).load()
+    try:
+        return [guard.check([CheckInput("highway", o, np.int64(1), episode, t)])[0].rule
+                for t, o in enumerate(observations)]
+    finally:
+        guard.unload()
+
+
 def test_the_live_handover_lets_go_when_the_traffic_thins_and_the_latched_one_does_not() -> None:
     """One episode through both stock configs: dense at step 0 (mean 25 m, under 29.2 m), then thin
     traffic (75 m) lifts the running mean over the threshold at step 1. C2 keeps the backup to the end;
-    C4 gives the agent its control back, and takes it again when the running mean falls under."""
+    C4 gives the agent its control back. In another episode that turns dense later, C4 hands over when
+    the running mean falls under the threshold and keeps the backup while it stays there."""
     near, far = _obs([10, -20, 30, 40]), _obs([60, -60, 80, 100])
     sequence = [near, far, far, near, near, near, near]  # running means 25, 50, 58, 50, 45, 41.7, 39.3
-    rules = {}
-    for name, path in (("c2", DESIGNS["shielded_handover_r2"]["stock"]), ("c4", LIVE["stock"])):
-        guard = Guard(load_config(path)).load()
-        try:
-            rules[name] = [
-                guard.check([CheckInput("highway", o, np.int64(1), "live-test", t)])[0].rule
-                for t, o in enumerate(sequence)
-            ]
-        finally:
-            guard.unload()
-    assert rules["c2"] == ["handover"] * len(sequence)
-    assert rules["c4"][0] == "handover" and "handover" not in rules["c4"][1:]
-    # another episode: thin at first, then dense for good; the mean of 75, 75 and k x 25 m falls under
-    # 29.2 m at k = 22, and the backup then drives to the end
-    dense_later = [near] * 30
-    guard = Guard(load_config(LIVE["stock"])).load()
-    try:
-        again = [guard.check([CheckInput("highway", o, np.int64(1), "live-2", t)])[0].rule
-                 for t, o in enumerate([far, far, *dense_later])]
-    finally:
-        guard.unload()
+    assert _rules(DESIGNS["shielded_handover_r2"]["stock"], sequence, "live-test") == ["handover"] * 7
+    live = _rules(LIVE["stock"], sequence, "live-test")
+    assert live[0] == "handover" and "handover" not in live[1:]
+    # thin at first, then dense for good: the mean of 75, 75 and k x 25 m falls under 29.2 m at k = 22
+    again = _rules(LIVE["stock"], [far, far, *[near] * 30], "live-2")
     first = next(t for t, r in enumerate(again) if r == "handover")
     assert first == 23 and set(again[first:]) == {"handover"}  # step 23: the 22nd dense step
 
