@@ -54,15 +54,9 @@ N_ACTIONS = 5
 
 
 def _session(path: str | Path):
-    import onnxruntime as ort
+    from highway_shield import onnx_session
 
-    path = Path(path) if Path(path).is_absolute() else HERE / path
-    if not path.exists():
-        raise FileNotFoundError(f"model {path} is missing")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx_session(path)
 
 
 class Critic:

@@ -143,6 +143,19 @@ def _others_accel(memory: EpisodeMemory | None, observations: np.ndarray, batch:
     return accel
 
 
+def onnx_session(path: str | Path, what: str = "model"):
+    """A single-threaded CPU ONNX Runtime session for ``path`` (relative paths: this folder)."""
+    import onnxruntime as ort
+
+    path = Path(path) if Path(path).is_absolute() else HERE / path
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} is missing (train it: examples/highway/train_agent.py)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def _model(target_speeds, horizon, followups, lead_decel, lateral_clearance) -> KinematicModel:
     return KinematicModel(
         target_speeds=tuple(float(s) for s in target_speeds),
@@ -258,8 +271,6 @@ class ShieldChoice:
         rank_horizon: int = 0,
         trap_threshold: float | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.threshold = float(threshold)
         self.tie_tolerance = float(tie_tolerance)
         self.model = _model(target_speeds, horizon, followups, lead_decel, lateral_clearance)
@@ -268,15 +279,7 @@ class ShieldChoice:
         self.trap_threshold = None if trap_threshold is None else float(trap_threshold)
         if self.trap_threshold is not None and self.rank_model is None:
             raise ValueError("trap_threshold needs rank_horizon >= 1 (the horizon the trap is judged over)")
-        path = Path(scores) if Path(scores).is_absolute() else HERE / scores
-        if not path.exists():
-            raise FileNotFoundError(
-                f"scores model {path} is missing (train it: examples/highway/train_agent.py)"
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(scores, "scores model")
         self.input = self.session.get_inputs()[0].name
 
     def q(self, observations: np.ndarray) -> np.ndarray:
