@@ -81,6 +81,10 @@ SEEDS = {
     "eval_r4": {"nominal": 500_000, "dense": 510_000},
     # HANDOVER_RULE.md round 5's one evaluation, if its rule chooses a candidate; never used before it.
     "eval_r5": {"nominal": 520_000, "dense": 530_000},
+    # HANDOVER_RULE.md round 7 (a record, no choice): the shipped designs once more on fresh seeds,
+    # agent.onnx, then the evaluation-only agent_seed1.onnx; never used before it.
+    "eval_r7": {"nominal": 540_000, "dense": 550_000},
+    "eval_r7_agent2": {"nominal": 560_000, "dense": 570_000},
 }
 
 
