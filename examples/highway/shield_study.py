@@ -85,6 +85,8 @@ SEEDS = {
     # agent.onnx, then the evaluation-only agent_seed1.onnx; never used before it.
     "eval_r7": {"nominal": 540_000, "dense": 550_000},
     "eval_r7_agent2": {"nominal": 560_000, "dense": 570_000},
+    # Round 7b: a third, evaluation-only agent (agent_seed12.onnx), trained after round 7 was written.
+    "eval_r7_agent3": {"nominal": 580_000, "dense": 590_000},
 }
 
 
