@@ -87,6 +87,8 @@ SEEDS = {
     "eval_r7_agent2": {"nominal": 560_000, "dense": 570_000},
     # Round 7b: a third, evaluation-only agent (agent_seed12.onnx), trained after round 7 was written.
     "eval_r7_agent3": {"nominal": 580_000, "dense": 590_000},
+    # Round 7c: a fourth, evaluation-only agent trained four times longer (agent_seed13_40k.onnx).
+    "eval_r7_agent4": {"nominal": 740_000, "dense": 750_000},
 }
 
 
