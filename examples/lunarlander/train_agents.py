@@ -114,20 +114,30 @@ class RandomisedDynamics(gym.Wrapper):
     the main engine's power x U(0.5, 1.1). Gymnasium reads ``MAIN_ENGINE_POWER`` from its module at
     every ``step()``, so it is set before each step of this env (``DummyVecEnv`` steps its envs one
     after another, so envs do not see each other's value).
+
+    With ``wind_range`` (a wind specialist, round 34) the wind is always on, wind_power ~ U(*wind_range)
+    and turbulence_power ~ U(*wind_range) / 10 (the shift's 15 / 1.5 keeps that ratio).
     """
 
-    def __init__(self, env: gym.Env, seed: int, main_range: tuple[float, float] = (0.5, 1.1)) -> None:
+    def __init__(self, env: gym.Env, seed: int, main_range: tuple[float, float] = (0.5, 1.1),
+                 wind_range: tuple[float, float] | None = None) -> None:
         super().__init__(env)
         self.rng = np.random.default_rng(seed)
         self.main_range = main_range
+        self.wind_range = wind_range
         self.main_scale = 1.0
 
     def reset(self, **kwargs):
         rng = self.rng
         lander = self.env.unwrapped
-        lander.enable_wind = bool(rng.random() > 0.25)
-        lander.wind_power = float(rng.uniform(0.0, 20.0))
-        lander.turbulence_power = float(rng.uniform(0.0, 2.0))
+        if self.wind_range is None:
+            lander.enable_wind = bool(rng.random() > 0.25)
+            lander.wind_power = float(rng.uniform(0.0, 20.0))
+            lander.turbulence_power = float(rng.uniform(0.0, 2.0))
+        else:
+            lander.enable_wind = True
+            lander.wind_power = float(rng.uniform(*self.wind_range))
+            lander.turbulence_power = float(rng.uniform(*self.wind_range)) / 10.0
         self.main_scale = float(rng.uniform(*self.main_range))
         return self.env.reset(**kwargs)
 
@@ -138,20 +148,23 @@ class RandomisedDynamics(gym.Wrapper):
             return self.env.step(action)
 
 
-def robust_vec_env(seed: int, main_range: tuple[float, float] = (0.5, 1.1)):
+def robust_vec_env(seed: int, main_range: tuple[float, float] = (0.5, 1.1),
+                   wind_range: tuple[float, float] | None = None):
     """16 LunarLander-v3 envs, each episode in a randomly drawn world (``RandomisedDynamics``)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     def maker(i: int):
-        return lambda: Monitor(RandomisedDynamics(gym.make(ENV_ID), seed + 1000 + i, main_range))
+        return lambda: Monitor(RandomisedDynamics(gym.make(ENV_ID), seed + 1000 + i, main_range,
+                                                        wind_range))
 
     env = DummyVecEnv([maker(i) for i in range(16)])
     env.seed(seed)
     return env
 
 
-def build(kind: str, seed: int, main_range: tuple[float, float] = (0.5, 1.1)):
+def build(kind: str, seed: int, main_range: tuple[float, float] = (0.5, 1.1),
+          wind_range: tuple[float, float] | None = None):
     """A fresh SB3 model (``ppo`` or ``dqn``) on LunarLander-v3 without wind, or (``ppo_wind``) our PPO
     agent's checkpoint ``data/ppo_agent.zip`` set up to continue training in randomised wind."""
     from stable_baselines3 import DQN, PPO
@@ -177,7 +190,7 @@ def build(kind: str, seed: int, main_range: tuple[float, float] = (0.5, 1.1)):
         )
     if kind in ("ppo", "robust"):
         if kind == "robust":
-            env = robust_vec_env(seed, main_range)
+            env = robust_vec_env(seed, main_range, wind_range)
         else:
             env = make_vec_env(ENV_ID, n_envs=16, seed=seed)
         return PPO(
@@ -224,25 +237,30 @@ def train(
     resume: str | None = None,
     main_range: tuple[float, float] = (0.5, 1.1),
     select_world: str = "wind",
+    wind_range: tuple[float, float] | None = None,
+    select_episodes: int | None = None,
 ):
     """Train with a wall-clock budget; returns ``(best model snapshot, its selection return, steps)``.
 
     ``resume``: the stem of a checkpoint in ``data/`` to continue from; ``main_range``: the robust
     backup's main-engine scale range; ``select_world``: where snapshots are compared (robust / ppo_wind:
-    ``wind`` or ``weak_main``, 20 episodes there; other kinds: the nominal world)."""
+    ``wind`` or ``weak_main``, 20 episodes there; other kinds: the nominal world); ``wind_range``: the
+    robust backup's wind, always on (:class:`RandomisedDynamics`); ``select_episodes``: selection
+    episodes per snapshot instead of the default 10 (20 for weak_main)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
     from interlock.bench.safety.lunarlander import main_engine_power
 
-    model = build(kind, seed, main_range)
+    model = build(kind, seed, main_range, wind_range)
     if resume:
         if kind not in ("ppo", "robust"):
             raise SystemExit("--resume is implemented for ppo and robust only")
         model = PPO.load(HERE / "data" / f"{resume}.zip", env=model.get_env(), device="cpu", seed=seed)
         log(f"resumed from data/{resume}.zip ({model.num_timesteps} steps)")
     shifted = kind in ("ppo_wind", "robust")
-    select_seeds = range(SELECT_SEED, SELECT_SEED + (20 if shifted and select_world == "weak_main" else 10))
+    n_select = select_episodes or (20 if shifted and select_world == "weak_main" else 10)
+    select_seeds = range(SELECT_SEED, SELECT_SEED + n_select)
     deadline = time.monotonic() + 60 * max_minutes
     best = {"ret": -np.inf, "params": None, "steps": 0}
 
@@ -355,6 +373,11 @@ def main() -> None:
                    help="robust: the main engine's power scale range per episode (default 0.5,1.1)")
     p.add_argument("--select-world", choices=["wind", "weak_main"], default="wind",
                    help="robust / ppo_wind: the world snapshots are selected in (weak_main: main x0.6)")
+    p.add_argument("--wind-range", default=None,
+                   help="robust: wind always on, wind_power drawn in LOW,HIGH per episode and turbulence in "
+                        "LOW/10,HIGH/10 (default: wind off in a quarter of episodes, else 0-20 / 0-2)")
+    p.add_argument("--select-episodes", type=int, default=None,
+                   help="selection episodes per snapshot (default 10; 20 with --select-world weak_main)")
     args = p.parse_args()
     import torch
 
@@ -381,7 +404,9 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:6.0f}s] {msg}", flush=True)
 
     model, sel_ret, steps = train(
-        kind, timesteps, args.max_minutes, seed, eval_every, log, resume, (lo, hi), args.select_world
+        kind, timesteps, args.max_minutes, seed, eval_every, log, resume, (lo, hi), args.select_world,
+        tuple(float(v) for v in args.wind_range.split(",")) if args.wind_range else None,
+        args.select_episodes,
     )
     (HERE / "data").mkdir(exist_ok=True)
     model.save(HERE / "data" / f"{out.stem}.zip")  # SB3 checkpoint (not committed), saved before the export
