@@ -39,6 +39,28 @@ def guard_for(config: Path, thresholds: Path) -> Guard:
     return Guard(with_thresholds(load_config(config), thresholds)).load()
 
 
+def greedy(path: Path):
+    """``obs [8] -> action``: the argmax of the ONNX policy at ``path``."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda obs: int(session.run(None, {name: obs[None].astype(np.float32)})[0].argmax())
+
+
+def guarded_flight(guard: Guard, act, env: gym.Env, seed: int, episode_id: str) -> tuple[list, list, float]:
+    """One episode of ``env`` from ``reset(seed)``, ``act``'s proposals decided by ``guard``: every
+    decision, the executed actions and the last reward (-100: a crash)."""
+    obs, _ = env.reset(seed=seed)
+    decisions, actions = [], []
+    while True:
+        (d,) = guard.check([CheckInput("lunarlander", obs, np.int64(act(obs)), episode_id=episode_id,
+                                       step=len(actions))])
+        decisions.append(d)
+        actions.append(int(np.asarray(d.action).reshape(-1)[0]))
+        obs, reward, terminated, truncated, _ = env.step(actions[-1])
+        if terminated or truncated:
+            return decisions, actions, float(reward)
+
+
 def main() -> None:
     agent, n, seed0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     config = Path(sys.argv[4]) if len(sys.argv) > 4 else EXAMPLE / "interlock.yaml"

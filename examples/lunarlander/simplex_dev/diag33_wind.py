@@ -17,21 +17,13 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
-import onnxruntime as ort
 
 from interlock.bench.safety.lunarlander import WORLDS
-from interlock.types import CheckInput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag27 import EXAMPLE, guard_for, thresholds_of
+from diag27 import EXAMPLE, greedy, guard_for, guarded_flight, thresholds_of
 
 BACKUP = EXAMPLE / "robust2_agent.onnx"
-
-
-def greedy(session: ort.InferenceSession):
-    name = session.get_inputs()[0].name
-    return lambda obs: int(session.run(None, {name: obs[None].astype(np.float32)})[0].argmax())
 
 
 def replay_then(seed: int, prefix: list[int], act) -> bool:
@@ -52,26 +44,19 @@ def replay_then(seed: int, prefix: list[int], act) -> bool:
 def main() -> None:
     agent, n, seed0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     guard = guard_for(EXAMPLE / "interlock.yaml", thresholds_of(agent))
-    policy = greedy(ort.InferenceSession(str(EXAMPLE / f"{agent}_agent.onnx"), providers=["CPUExecutionProvider"]))
-    backup = greedy(ort.InferenceSession(str(BACKUP), providers=["CPUExecutionProvider"]))
+    policy = greedy(EXAMPLE / f"{agent}_agent.onnx")
+    backup = greedy(BACKUP)
     summary: collections.Counter = collections.Counter()
     for k in range(n):
         env = gym.make("LunarLander-v3", **WORLDS["wind"]["kwargs"])
-        obs, _ = env.reset(seed=seed0 + k)
-        t, trip, agent_after, rules, actions, reward = 0, None, 0, [], [], 0.0
-        while True:
-            (d,) = guard.check([CheckInput("lunarlander", obs, np.int64(policy(obs)), episode_id=f"e{k}", step=t)])
+        decisions, actions, reward = guarded_flight(guard, policy, env, seed0 + k, f"e{k}")
+        t, trip, agent_after, rules = len(decisions), None, 0, []
+        for step, d in enumerate(decisions):
             rules.append(d.rule or "-")
             if d.rule in ("dynamics_shifted", "handover", "weak_engine", "probe_evidence") and trip is None:
-                trip = t
+                trip = step
             if trip is not None and not d.rule:
                 agent_after += 1
-            a = int(np.asarray(d.action).reshape(-1)[0])
-            actions.append(a)
-            obs, reward, terminated, truncated, _ = env.step(a)
-            t += 1
-            if terminated or truncated:
-                break
         crashed = reward == -100
         summary["crashed" if crashed else "not crashed"] += 1
         if crashed:
