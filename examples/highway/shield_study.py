@@ -89,6 +89,8 @@ SEEDS = {
     "eval_r7_agent3": {"nominal": 580_000, "dense": 590_000},
     # Round 7c: a fourth, evaluation-only agent trained four times longer (agent_seed13_40k.onnx).
     "eval_r7_agent4": {"nominal": 740_000, "dense": 750_000},
+    # Round 8: agent_seed13_40k.onnx with its own detector thresholds (calibrated on 760000 + k).
+    "eval_r8_agent4": {"nominal": 770_000, "dense": 780_000},
 }
 
 
