@@ -357,3 +357,32 @@ def test_round_six_differs_from_c4_only_in_the_backup_model() -> None:
         assert d.rule == "handover" and 0 <= int(d.action) < 5
     finally:
         guard.unload()
+
+
+def test_a_per_agent_threshold_moves_the_trip_and_nothing_else() -> None:
+    """HANDOVER_RULE.md round 8: ``interlock_eval.py --handover-thresholds`` rewrites the dense detector's
+    threshold (its kwarg and both signals) in a copy of the config, nothing else. A first step whose
+    mean distance is 25 m trips C6 at the shipped 29.2 m and not at 24 m; one at 12.5 m trips both."""
+    from interlock_eval import DESIGNS as EVAL_DESIGNS
+    from interlock_eval import with_dense_threshold
+
+    shipped = EVAL_DESIGNS["backup_long_r6"]["stock"]
+    assert with_dense_threshold(shipped, None) == shipped
+    moved = with_dense_threshold(shipped, 24.0)
+    before, after = yaml.safe_load(shipped.read_text()), yaml.safe_load(moved.read_text())
+    [detector] = [m for m in after["agents"][0]["monitors"] if m.get("name") == "dense"]
+    assert detector["kwargs"]["threshold"] == 24.0
+    assert detector["signals"]["closeness"]["threshold"] == detector["signals"]["score"]["threshold"] == 24.0
+    [old] = [m for m in before["agents"][0]["monitors"] if m.get("name") == "dense"]
+    detector["kwargs"], detector["signals"] = old["kwargs"], old["signals"]
+    assert after == before
+    dense, denser = _obs([10, -20, 30, 40]), _obs([5, -10, 15, 20])  # mean distance 25 m, 12.5 m
+    for path, rules in ((shipped, ["handover", "handover"]), (moved, ["", "handover"])):
+        guard = Guard(load_config(path)).load()
+        try:
+            decided = [guard.check([CheckInput("highway", obs, np.int64(1), f"r8-{i}", 0)])[0]
+                       for i, obs in enumerate((dense, denser))]
+            assert [d.rule for d in decided] == rules, path
+            assert 0 <= int(decided[1].action) < 5  # the backup's choice, through the shield
+        finally:
+            guard.unload()

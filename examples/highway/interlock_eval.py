@@ -132,27 +132,56 @@ def run_episode(env, agent: Agent, guard, seed: int) -> tuple[Episode, int, int]
     return ep, not_allowed, trip_step
 
 
-def with_critic_overrides(path: Path, overrides: dict[str, Any]) -> Path:
-    """``path``, or a temporary copy whose ``critic:`` python plugins have ``overrides`` in their kwargs."""
-    if not overrides:
-        return path
+def _plugins(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every monitor and fallback of a config's agents."""
+    plugins = [m for a in data["agents"] for m in a.get("monitors", [])]
+    return plugins + [f for a in data["agents"] for f in a.get("fallbacks", {}).values()]
+
+
+def _rewritten(path: Path, data: dict[str, Any]) -> Path:
+    """A temporary copy of the config at ``path`` (same file name) holding ``data``."""
     import tempfile
 
     import yaml
 
+    tmp = Path(tempfile.mkdtemp(prefix="highway_cfg_")) / path.name
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp
+
+
+def with_critic_overrides(path: Path, overrides: dict[str, Any]) -> Path:
+    """``path``, or a temporary copy whose ``critic:`` python plugins have ``overrides`` in their kwargs."""
+    if not overrides:
+        return path
+    import yaml
+
     data = yaml.safe_load(path.read_text())
-    plugins = [m for a in data["agents"] for m in a.get("monitors", [])]
-    plugins += [f for a in data["agents"] for f in a.get("fallbacks", {}).values()]
     hit = 0
-    for plugin in plugins:
+    for plugin in _plugins(data):
         if plugin.get("kind") == "python" and str(plugin.get("callable", "")).startswith("critic:"):
             plugin.setdefault("kwargs", {}).update(overrides)
             hit += 1
     if not hit:
         raise SystemExit(f"{path.name} has no critic plugin to override")
-    tmp = Path(tempfile.mkdtemp(prefix="critic_cfg_")) / path.name
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    return tmp
+    return _rewritten(path, data)
+
+
+def with_dense_threshold(path: Path, threshold: float | None) -> Path:
+    """``path``, or a temporary copy whose dense-traffic detector (``handover:DenseTraffic``) trips at
+    ``threshold`` metres: its kwarg and its ``closeness`` / ``score`` signals' thresholds."""
+    if threshold is None:
+        return path
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    detectors = [p for p in _plugins(data) if p.get("callable") == "handover:DenseTraffic"]
+    if not detectors:
+        raise SystemExit(f"{path.name} has no handover:DenseTraffic detector")
+    for plugin in detectors:
+        plugin["kwargs"]["threshold"] = threshold
+        for signal in ("closeness", "score"):
+            plugin["signals"][signal]["threshold"] = threshold
+    return _rewritten(path, data)
 
 
 def compare(mine: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
@@ -187,6 +216,9 @@ def main() -> None:
     p.add_argument("--critic-set", action="append", default=[], metavar="KEY=VALUE",
                    help="Override a kwarg of every `critic:` python plugin (VALUE is JSON), e.g. "
                         "threshold=0.6 or critic=/tmp/c.onnx; the config is rewritten to a temporary file.")
+    p.add_argument("--handover-thresholds", type=Path, default=None,
+                   help="A handover_calibrate.py --per-speed output: the dense detector's threshold of "
+                        "each speed setting is taken from it instead of the config (round 8).")
     p.add_argument("--study", type=Path, default=HERE / "shield_study.json")
     p.add_argument("--json", type=Path, help="Write the result here.")
     args = p.parse_args()
@@ -211,8 +243,16 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
     out["critic_set"] = overrides
+    dense_thresholds: dict[str, float] = {}
+    if args.handover_thresholds is not None:
+        dense_thresholds = json.loads(args.handover_thresholds.read_text())["threshold_m"]
+        if not isinstance(dense_thresholds, dict):
+            raise SystemExit(f"{args.handover_thresholds}: needs one threshold per speed (--per-speed)")
+        out["handover_thresholds"] = {"file": args.handover_thresholds.name, **dense_thresholds}
     for speed in args.speeds.split(","):
-        guard = Guard(load_config(with_critic_overrides(DESIGNS[args.design][speed], overrides))).load()
+        config_path = with_critic_overrides(DESIGNS[args.design][speed], overrides)
+        config_path = with_dense_threshold(config_path, dense_thresholds.get(speed))
+        guard = Guard(load_config(config_path)).load()
         for density in args.densities.split(","):
             config = {**BASE, "vehicles_density": DENSITIES[density],
                       "action": {"type": "DiscreteMetaAction", "target_speeds": list(SPEEDS[speed])}}
