@@ -443,15 +443,17 @@ def _worse_than_base(agents: tuple[str, ...], calm: dict, base_calm: dict, base:
 
 
 def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 15,
-            agents: tuple[str, ...] = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout")) -> None:
+            agents: tuple[str, ...] = ("ppo", "dqn", "a2c", "dqn_dev", "dqn_holdout", "a2c_holdout"),
+            fewer_in: str = "weak_main") -> None:
     """Rounds 20, 21, 23 and 27 (RULE.md): ``design`` against ``base`` on fresh development seeds (round 20:
     85000+/86000+, calm 87000+; round 21: 90000+/91000+, calm 92000+; round 23, ``G4`` against ``G3``:
     95000+/96000+, calm 97000+; round 27, ``G7`` against ``G3``: 46000+/47000+, calm 48000+; round 30,
     ``G9`` against ``G8``, eight agents: 58000+/59000+, calm 60000+; round 31, ``G10`` against ``G8``:
     61000+/62000+, calm 63000+; round 32, ``G11`` against ``G8``: 64000+/65000+, calm 66000+), the calm
     cells judged against ``base``'s on the same seeds; the return margin is 97% of ``base``'s (round 20),
-    ``base``'s - 5.0 (rounds 21, 23, 27, 30-32); from round 30 the trips cap is the larger of 5% and
-    ``base``'s own."""
+    ``base``'s - 5.0 (rounds 21, 23, 27, 30-32, 34); from round 30 the trips cap is the larger of 5% and
+    ``base``'s own. ``fewer_in``: the world whose crashes must fall by ``fewer_by`` (the other may rise by
+    at most 5): weak main, or wind (round 34, ``G12`` against ``G11``: 67000+/68000+, calm 69000+)."""
     names = (f"{design}_shift", f"{design}_calm", f"{base}_shift", f"{base}_calm")
     paths = [HERE / f"r{n}dev_{k}.json" for k in names]
     if not all(p.is_file() for p in paths):
@@ -467,10 +469,13 @@ def round20(n: int = 20, base: str = "G2", design: str = "G3", fewer_by: int = 1
                            cap_at_least_base=n >= 27, trips_at_least_base=n >= 30)
     weak, wind = ({k: sum(runs[f"{a}/{w}"]["guarded"]["catastrophes_total"] for a in agents)
                    for k, runs in ((base, base_shift), (design, shift))} for w in ("weak_main", "wind"))
-    fewer = weak[design] <= weak[base] - fewer_by and wind[design] <= wind[base] + 5
+    down, other = (weak, wind) if fewer_in == "weak_main" else (wind, weak)
+    fewer = down[design] <= down[base] - fewer_by and other[design] <= other[base] + 5
     print(f"\nCalm against {base}: " + ("no worse" if not why else "worse (" + "; ".join(why) + ")")
-          + f". Weak main {weak[design]} against {base}'s {weak[base]} (at most {weak[base] - fewer_by}), "
-          f"wind {wind[design]} against {wind[base]} (at most {wind[base] + 5}). Chosen by the rule: **"
+          + f". Weak main {weak[design]} against {base}'s {weak[base]} (at most "
+          f"{weak[base] - (fewer_by if fewer_in == 'weak_main' else -5)}), wind {wind[design]} against "
+          f"{wind[base]} (at most {wind[base] + (-fewer_by if fewer_in == 'wind' else 5)}). "
+          "Chosen by the rule: **"
           + (design if fewer and not why else base) + "**.")
 
 
@@ -597,3 +602,4 @@ if __name__ == "__main__":
     round20(30, base="G8", design="G9", fewer_by=5, agents=eight)
     round20(31, base="G8", design="G10", fewer_by=5, agents=eight)
     round20(32, base="G8", design="G11", fewer_by=5, agents=eight)
+    round20(34, base="G11", design="G12", fewer_by=10, agents=eight, fewer_in="wind")
