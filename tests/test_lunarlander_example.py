@@ -60,7 +60,8 @@ def test_the_config_loads_with_the_pinned_agent_and_monitors() -> None:
     }
     rules = [r.name for r in agent.policy.rules]
     assert rules == [
-        "invalid", "dynamics_shifted", "weak_engine", "handover", "probe", "probe_more", "probe_evidence"
+        "invalid", "dynamics_shifted", "weak_engine", "wind", "handover", "probe", "probe_more",
+        "probe_evidence",
     ]
     guard = Guard(loaded).load()  # models, thresholds (sha256 of the ensemble checked), CEL, fallbacks
     (runtime,) = guard.agents
@@ -208,7 +209,8 @@ def test_a_calibration_made_with_another_clip_is_refused(tmp_path) -> None:
     from interlock.errors import ConfigError
 
     text = CONFIG.read_text()
-    models = ("dynamics_ensemble_r4.onnx", "robust2_agent.onnx", "robust2_weak_agent.onnx")
+    models = ("dynamics_ensemble_r4.onnx", "robust2_agent.onnx", "robust2_weak_agent.onnx",
+              "robust2_wind_agent.onnx")
     for name in (*models, "thresholds.json"):
         text = text.replace(f" {name}", f" {EXAMPLE / name}")
     assert "clip: 25\n" in text
@@ -298,12 +300,15 @@ def test_the_round_configs_kept_as_the_record_still_load(name) -> None:
     assert ("probe_main" in runtime.fallbacks) == (name in PROBE_CONFIGS)
 
 
-def _fly(guard: Guard, policy: ort.InferenceSession, seed: int, scale: float, steps: int) -> list:
-    """``steps`` steps of ``policy`` (greedy) behind ``guard`` with the main engine at ``scale``: per step
-    (proposed action, decision)."""
+def _fly(
+    guard: Guard, policy: ort.InferenceSession, seed: int, scale: float, steps: int, world: dict | None = None
+) -> list:
+    """``steps`` steps of ``policy`` (greedy) behind ``guard`` with the main engine at ``scale``, in the
+    LunarLander-v3 made with ``world``'s keyword arguments (e.g. wind): per step (proposed action,
+    decision)."""
     from interlock.bench.safety.lunarlander import main_engine_power
 
-    env, out = gym.make("LunarLander-v3"), []
+    env, out = gym.make("LunarLander-v3", **(world or {})), []
     name = policy.get_inputs()[0].name
     with main_engine_power(scale):
         obs, _ = env.reset(seed=seed)
@@ -491,5 +496,36 @@ def test_after_a_thrust_trip_the_weak_engine_backup_drives() -> None:
             assert d.fallback == "backup_weak" and d.verdict is Verdict.SUBSTITUTE
             assert int(np.asarray(d.action).reshape(-1)[0]) == greedy(weak, d.observation)
     assert [d.rule for _, d in before[trip + 1 : trip + 6]] == ["handover"] * 5
+    first = before[trip + 1][1]
+    assert int(np.asarray(first.action).reshape(-1)[0]) == greedy(general, first.observation)
+
+
+def test_after_a_drift_trip_the_wind_backup_drives() -> None:
+    """Round 34 (shipped as lunarlander-12, simplex_dev/RULE.md): in wind (development seed 7103) our PPO's
+    episode trips drift at step 9. From the step after the trip the wind specialist
+    (robust2_wind_agent.onnx) drives, its own greedy action executed; round 32's config hands the same
+    episode to the general backup."""
+    ppo, wind, general = (
+        ort.InferenceSession(str(EXAMPLE / f"{n}_agent.onnx"), providers=["CPUExecutionProvider"])
+        for n in ("ppo", "robust2_wind", "robust2")
+    )
+    world = {"enable_wind": True, "wind_power": 15.0, "turbulence_power": 1.5}
+    shipped = _fly(Guard(load_config(CONFIG)).load(), ppo, 7103, 1.0, 60, world)
+    round32 = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r32_release.yaml")).load()
+    before = _fly(round32, ppo, 7103, 1.0, 60, world)
+
+    def greedy(policy: ort.InferenceSession, obs: np.ndarray) -> int:
+        return int(policy.run(None, {policy.get_inputs()[0].name: obs[None].astype(np.float32)})[0].argmax())
+
+    trip = next(t for t, (_, d) in enumerate(shipped) if d.rule == "dynamics_shifted")
+    assert trip == next(t for t, (_, d) in enumerate(before) if d.rule == "dynamics_shifted") == 9
+    assert signals(shipped[trip][1])["drift.shift"][1]
+    after = [d for _, d in shipped[trip + 1 :]]
+    assert len(after) > 5 and [d.rule for d in after[:5]] == ["wind"] * 5
+    for d in after:
+        if d.rule == "wind":
+            assert d.fallback == "backup_wind" and d.verdict is Verdict.SUBSTITUTE
+            assert int(np.asarray(d.action).reshape(-1)[0]) == greedy(wind, d.observation)
+    assert [d.rule for _, d in before[trip + 1 : trip + 4]] == ["handover"] * 3
     first = before[trip + 1][1]
     assert int(np.asarray(first.action).reshape(-1)[0]) == greedy(general, first.observation)

@@ -15,7 +15,9 @@
   Like the DQN, used for nothing but the final evaluation.
 * ``robust``: the Simplex backup: PPO from scratch, each episode in a randomly drawn world (wind
   0-20, turbulence 0-2, main engine x0.5-1.1; ``RandomisedDynamics``), selected on its return in
-  wind (15, 1.5). Exported as ``robust_agent.onnx`` (logits).
+  wind (15, 1.5). Exported as ``robust_agent.onnx`` (logits). ``--resume-from`` continues a backup;
+  ``--main-range`` and ``--wind-range`` narrow its worlds for a specialist (round 14's weak engine,
+  round 34's wind: ``--wind-range 10,20`` keeps the wind always on).
 * ``ppo_wind``: a wind-robust backup for the response study: our PPO agent's checkpoint trained on
   for 400k more steps in randomised wind (16 envs, wind_power 0-20, turbulence 0-2), selected on
   its return in wind (15, 1.5) on the selection seeds. Exported as ``ppo_wind_agent.onnx`` (logits).

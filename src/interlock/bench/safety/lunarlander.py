@@ -17,8 +17,9 @@ lockstep, one batched ``Guard.check`` per step (decisions in process, the engine
   invalid -> substitute, first shift trip -> escalate (deferred, the robust backup's action), ``handover``:
   while a monitor's ``shift`` is above its threshold the robust backup (``robust2_agent.onnx``) drives
   (Simplex), ``weak_engine``: after a ``thrust`` trip without a ``drift`` trip the weak-engine backup
-  (``robust2_weak_agent.onnx``) drives instead (round 32), ``probe`` / ``probe_evidence``: the preflight
-  probe of the main engine (round 18)).
+  (``robust2_weak_agent.onnx``) drives instead (round 32), ``wind``: after a ``drift`` trip the wind
+  backup (``robust2_wind_agent.onnx``) drives instead (round 34), ``probe`` / ``probe_evidence``: the
+  preflight probe of the main engine (round 18)).
   Development designs (``--variant``) rebuild earlier configs' shield variants.
   ``--calibrate-episodes`` / ``--thresholds-dir``: each agent's own thresholds (round 7; flown with the
   probe rule when the config has one, round 18); ``--backup``: another backup policy; ``--worlds
