@@ -563,7 +563,8 @@ def run(quick: bool, seeds: int, progress: bool = True) -> dict[str, Any]:
         "main-engine transitions hands over early, and the backup keeps the lander until that evidence "
         "has cleared (round 27, hold_while)",
         "after a trip of the main engine's own monitor (thrust) without wind's (drift), a backup trained for "
-        "a weak main engine drives instead (round 32)",
+        "a weak main engine drives instead (round 32), and after wind's (drift) trip a backup trained for "
+        "wind (round 34)",
     ]
     out = result(
         ENV_ID, "wind (wind_power 15, turbulence 1.5); also main engine x0.6 in 'cells'", runs, notes
