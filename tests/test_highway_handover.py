@@ -386,3 +386,27 @@ def test_a_per_agent_threshold_moves_the_trip_and_nothing_else() -> None:
             assert 0 <= int(decided[1].action) < 5  # the backup's choice, through the shield
         finally:
             guard.unload()
+
+
+def test_calibrating_on_an_agent_writes_the_shipped_designs_with_its_thresholds(tmp_path, monkeypatch):
+    """``handover_calibrate.py --guarded --per-speed --write-configs DIR`` (round 8's step for a new agent):
+    the thresholds file holds the smallest guarded minimum per speed setting, and DIR holds the shipped
+    designs (C6 stock, C4 CPSS) with exactly those thresholds and nothing else changed; they load."""
+    pytest.importorskip("highway_env", reason="highway-env is not installed: pip install -e '.[bench]'")
+    import handover_calibrate
+
+    out, configs = tmp_path / "thresholds.json", tmp_path / "configs"
+    monkeypatch.setattr("sys.argv", ["handover_calibrate.py", "--guarded", "--per-speed", "--episodes", "2",
+                                     "--seed-base", "950000", "--agent", str(HIGHWAY / "agent_seed1.onnx"),
+                                     "--out", str(out), "--write-configs", str(configs)])
+    handover_calibrate.main()
+    result = json.loads(out.read_text())
+    for speed, source in handover_calibrate.SHIPPED_CONFIGS.items():
+        threshold = result["threshold_m"][speed]
+        assert threshold == min(result["episode_minima"][speed])
+        written = yaml.safe_load((configs / source.name).read_text())
+        shipped = yaml.safe_load(source.read_text())
+        [detector] = [m for m in shipped["agents"][0]["monitors"] if m.get("name") == "dense"]
+        assert threshold != detector["kwargs"]["threshold"]  # agent.onnx's threshold is replaced
+        assert handover_calibrate.set_dense_threshold(shipped, threshold) == written
+        Guard(load_config(configs / source.name)).load().unload()

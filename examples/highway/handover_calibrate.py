@@ -17,6 +17,10 @@ Run::
     SDL_VIDEODRIVER=dummy python examples/highway/handover_calibrate.py
     SDL_VIDEODRIVER=dummy python examples/highway/handover_calibrate.py --guarded --per-speed \
         --seed-base 320000 --episodes 80 --out examples/highway/handover_thresholds_r2.json
+    # round 8: calibrate on the agent you guard and write the shipped designs with its thresholds
+    SDL_VIDEODRIVER=dummy python examples/highway/handover_calibrate.py --guarded --per-speed \
+        --agent my_agent.onnx --seed-base 760000 --episodes 80 --out my_thresholds.json \
+        --write-configs my_configs/
 """
 
 from __future__ import annotations
@@ -40,6 +44,23 @@ from shield_study import BASE, DENSITIES, ENV_ID, SEEDS, SPEEDS, Agent  # noqa: 
 #: The configs whose trajectories ``--guarded`` calibrates on (today's shield; design C2 before a trip).
 GUARD_CONFIGS = {"stock": HERE / "interlock.yaml", "cpss": HERE / "interlock_cpss.yaml"}
 AGENT_ID = "highway"
+#: The shipped designs (C6 stock, C4 CPSS) that ``--write-configs`` copies with the new thresholds.
+SHIPPED_CONFIGS = {"stock": HERE / "interlock_backup_long_r6.yaml",
+                   "cpss": HERE / "interlock_live_handover_r4_cpss.yaml"}
+
+
+def set_dense_threshold(config: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """``config`` (a loaded YAML mapping) with its dense-traffic detector (``handover:DenseTraffic``) tripping
+    at ``threshold`` metres: the plugin's kwarg and its ``closeness`` / ``score`` signals' thresholds."""
+    detectors = [m for a in config["agents"] for m in a.get("monitors", [])
+                 if m.get("callable") == "handover:DenseTraffic"]
+    if not detectors:
+        raise ValueError("the config has no handover:DenseTraffic monitor")
+    for plugin in detectors:
+        plugin["kwargs"]["threshold"] = threshold
+        for signal in ("closeness", "score"):
+            plugin["signals"][signal]["threshold"] = threshold
+    return config
 
 
 def episode_minimum(env, agent: Agent, seed: int, guard: Any = None) -> tuple[float, int]:
@@ -91,7 +112,13 @@ def main() -> None:
                    help="One threshold per speed setting instead of one for both.")
     p.add_argument("--agent", type=Path, default=HERE / "agent.onnx")
     p.add_argument("--out", type=Path, default=HERE / "handover_thresholds.json")
+    p.add_argument("--write-configs", type=Path, default=None, metavar="DIR",
+                   help="With --per-speed: also write the shipped designs (" + ", ".join(
+                       f"{k}: {v.name}" for k, v in SHIPPED_CONFIGS.items()) + ") into DIR with these "
+                   "thresholds, ready to serve (the example folder on PYTHONPATH).")
     args = p.parse_args()
+    if args.write_configs is not None and not args.per_speed:
+        p.error("--write-configs needs --per-speed (one threshold per speed setting)")
 
     import gymnasium as gym
     import highway_env  # noqa: F401  (registers the environments)
@@ -127,6 +154,17 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"threshold {out['threshold_m']} m -> {args.out}")
+    if args.write_configs is not None:
+        import yaml
+
+        args.write_configs.mkdir(parents=True, exist_ok=True)
+        for speed, source in SHIPPED_CONFIGS.items():
+            config = set_dense_threshold(yaml.safe_load(source.read_text()), chosen[speed])
+            target = args.write_configs / source.name
+            header = (f"# {source.name} with the dense detector calibrated on {args.agent.name} "
+                      f"({args.out.name}): {chosen[speed]} m\n")
+            target.write_text(header + yaml.safe_dump(config, sort_keys=False))
+            print(f"{speed}: {target}")
 
 
 if __name__ == "__main__":

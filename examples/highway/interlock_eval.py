@@ -167,21 +167,17 @@ def with_critic_overrides(path: Path, overrides: dict[str, Any]) -> Path:
 
 
 def with_dense_threshold(path: Path, threshold: float | None) -> Path:
-    """``path``, or a temporary copy whose dense-traffic detector (``handover:DenseTraffic``) trips at
-    ``threshold`` metres: its kwarg and its ``closeness`` / ``score`` signals' thresholds."""
+    """``path``, or a temporary copy whose dense-traffic detector trips at ``threshold`` metres
+    (``handover_calibrate.set_dense_threshold``)."""
     if threshold is None:
         return path
     import yaml
+    from handover_calibrate import set_dense_threshold
 
-    data = yaml.safe_load(path.read_text())
-    detectors = [p for p in _plugins(data) if p.get("callable") == "handover:DenseTraffic"]
-    if not detectors:
-        raise SystemExit(f"{path.name} has no handover:DenseTraffic detector")
-    for plugin in detectors:
-        plugin["kwargs"]["threshold"] = threshold
-        for signal in ("closeness", "score"):
-            plugin["signals"][signal]["threshold"] = threshold
-    return _rewritten(path, data)
+    try:
+        return _rewritten(path, set_dense_threshold(yaml.safe_load(path.read_text()), threshold))
+    except ValueError as e:
+        raise SystemExit(f"{path.name}: {e}") from None
 
 
 def compare(mine: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
