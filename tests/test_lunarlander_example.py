@@ -469,11 +469,38 @@ def test_a_false_trip_at_touchdown_no_longer_holds_a_landed_lander() -> None:
     assert not any(r == "weak_engine" for _, r in released)  # engine's trip: the general backup (round 32)
 
 
+def _greedy(policy: ort.InferenceSession, obs: np.ndarray) -> int:
+    return int(policy.run(None, {policy.get_inputs()[0].name: obs[None].astype(np.float32)})[0].argmax())
+
+
+def _specialist_drives_after_the_trip(
+    shipped: list, before: list, rule: str, fallback: str, specialist: ort.InferenceSession,
+    general: ort.InferenceSession, handover_steps: int,
+) -> int:
+    """Both flights (per step (proposed, decision); the shipped config and an earlier one) trip at the same
+    step. After it the shipped config's ``rule`` substitutes ``fallback`` for at least 5 steps, each of its
+    actions ``specialist``'s own greedy one; the earlier config hands over to the general backup
+    (``handover`` for ``handover_steps`` steps, its first action ``general``'s). Returns the trip step."""
+    trip = next(t for t, (_, d) in enumerate(shipped) if d.rule == "dynamics_shifted")
+    assert trip == next(t for t, (_, d) in enumerate(before) if d.rule == "dynamics_shifted")
+    after = [d for _, d in shipped[trip + 1 :]]
+    assert len(after) > 5 and [d.rule for d in after[:5]] == [rule] * 5
+    for d in after:
+        if d.rule == rule:
+            assert d.fallback == fallback and d.verdict is Verdict.SUBSTITUTE
+            assert int(np.asarray(d.action).reshape(-1)[0]) == _greedy(specialist, d.observation)
+    assert [d.rule for _, d in before[trip + 1 : trip + 1 + handover_steps]] == ["handover"] * handover_steps
+    first = before[trip + 1][1]
+    assert int(np.asarray(first.action).reshape(-1)[0]) == _greedy(general, first.observation)
+    return trip
+
+
 def test_after_a_thrust_trip_the_weak_engine_backup_drives() -> None:
     """Round 32 (shipped as lunarlander-11, simplex_dev/RULE.md): at main x0.6 (development seed 7028) the
     DQN's episode trips thrust, not drift. From the step after the trip the weak-engine specialist
     (robust2_weak_agent.onnx) drives instead of the general backup, its own greedy action executed;
-    round 28's config hands the same episode to the general backup."""
+    round 28's config hands the same episode to the general backup. (Since round 34 the shipped config
+    also has the wind rule, which a thrust-only trip does not reach.)"""
     dqn, weak, general = (
         ort.InferenceSession(str(EXAMPLE / f"{n}_agent.onnx"), providers=["CPUExecutionProvider"])
         for n in ("dqn", "robust2_weak", "robust2")
@@ -481,23 +508,9 @@ def test_after_a_thrust_trip_the_weak_engine_backup_drives() -> None:
     shipped = _fly(Guard(load_config(CONFIG)).load(), dqn, 7028, 0.6, 80)
     round28 = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r28_release.yaml")).load()
     before = _fly(round28, dqn, 7028, 0.6, 80)
-
-    def greedy(policy: ort.InferenceSession, obs: np.ndarray) -> int:
-        return int(policy.run(None, {policy.get_inputs()[0].name: obs[None].astype(np.float32)})[0].argmax())
-
-    trip = next(t for t, (_, d) in enumerate(shipped) if d.rule == "dynamics_shifted")
-    assert trip == next(t for t, (_, d) in enumerate(before) if d.rule == "dynamics_shifted")
+    trip = _specialist_drives_after_the_trip(shipped, before, "weak_engine", "backup_weak", weak, general, 5)
     s = signals(shipped[trip][1])
     assert s["thrust.shift"][1] and not s["drift.shift"][1]  # the main engine's stream, not wind's
-    after = [d for _, d in shipped[trip + 1 :]]
-    assert len(after) > 5 and [d.rule for d in after[:5]] == ["weak_engine"] * 5
-    for d in after:
-        if d.rule == "weak_engine":
-            assert d.fallback == "backup_weak" and d.verdict is Verdict.SUBSTITUTE
-            assert int(np.asarray(d.action).reshape(-1)[0]) == greedy(weak, d.observation)
-    assert [d.rule for _, d in before[trip + 1 : trip + 6]] == ["handover"] * 5
-    first = before[trip + 1][1]
-    assert int(np.asarray(first.action).reshape(-1)[0]) == greedy(general, first.observation)
 
 
 def test_after_a_drift_trip_the_wind_backup_drives() -> None:
@@ -513,19 +526,5 @@ def test_after_a_drift_trip_the_wind_backup_drives() -> None:
     shipped = _fly(Guard(load_config(CONFIG)).load(), ppo, 7103, 1.0, 60, world)
     round32 = Guard(load_config(EXAMPLE / "simplex_dev" / "interlock_r32_release.yaml")).load()
     before = _fly(round32, ppo, 7103, 1.0, 60, world)
-
-    def greedy(policy: ort.InferenceSession, obs: np.ndarray) -> int:
-        return int(policy.run(None, {policy.get_inputs()[0].name: obs[None].astype(np.float32)})[0].argmax())
-
-    trip = next(t for t, (_, d) in enumerate(shipped) if d.rule == "dynamics_shifted")
-    assert trip == next(t for t, (_, d) in enumerate(before) if d.rule == "dynamics_shifted") == 9
-    assert signals(shipped[trip][1])["drift.shift"][1]
-    after = [d for _, d in shipped[trip + 1 :]]
-    assert len(after) > 5 and [d.rule for d in after[:5]] == ["wind"] * 5
-    for d in after:
-        if d.rule == "wind":
-            assert d.fallback == "backup_wind" and d.verdict is Verdict.SUBSTITUTE
-            assert int(np.asarray(d.action).reshape(-1)[0]) == greedy(wind, d.observation)
-    assert [d.rule for _, d in before[trip + 1 : trip + 4]] == ["handover"] * 3
-    first = before[trip + 1][1]
-    assert int(np.asarray(first.action).reshape(-1)[0]) == greedy(general, first.observation)
+    trip = _specialist_drives_after_the_trip(shipped, before, "wind", "backup_wind", wind, general, 3)
+    assert trip == 9 and signals(shipped[trip][1])["drift.shift"][1]
