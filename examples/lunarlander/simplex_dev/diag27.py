@@ -61,6 +61,15 @@ def guarded_flight(guard: Guard, act, env: gym.Env, seed: int, episode_id: str) 
             return decisions, actions, float(reward)
 
 
+def after_the_trip(decisions: list, trip_rules: tuple[str, ...]) -> tuple[int | None, int, list[str]]:
+    """The first step decided by one of ``trip_rules`` (None: never), the steps the agent drove after it
+    (no rule fired), and every step's deciding rule ("-": the agent)."""
+    rules = [d.rule or "-" for d in decisions]
+    trip = next((t for t, r in enumerate(rules) if r in trip_rules), None)
+    agent_after = 0 if trip is None else sum(r == "-" for r in rules[trip + 1 :])
+    return trip, agent_after, rules
+
+
 def main() -> None:
     agent, n, seed0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     config = Path(sys.argv[4]) if len(sys.argv) > 4 else EXAMPLE / "interlock.yaml"

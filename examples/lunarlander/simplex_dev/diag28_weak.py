@@ -17,7 +17,7 @@ import gymnasium as gym
 from interlock.bench.safety.lunarlander import main_engine_power
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag27 import EXAMPLE, greedy, guard_for, guarded_flight, thresholds_of
+from diag27 import EXAMPLE, after_the_trip, greedy, guard_for, guarded_flight, thresholds_of
 
 
 def main() -> None:
@@ -29,13 +29,8 @@ def main() -> None:
         with main_engine_power(scale):
             env = gym.make("LunarLander-v3")
             decisions, _, reward = guarded_flight(guard, policy, env, seed0 + k, f"e{k}")
-        t, trip, agent_after_trip, rules = len(decisions), None, 0, []
-        for step, d in enumerate(decisions):
-            rules.append(d.rule or "-")
-            if d.rule in ("handover", "dynamics_shifted") and trip is None:
-                trip = step
-            if trip is not None and not d.rule:
-                agent_after_trip += 1
+        t = len(decisions)
+        trip, agent_after_trip, rules = after_the_trip(decisions, ("handover", "dynamics_shifted"))
         crashed = reward == -100
         summary[("crashed" if crashed else "landed", "agent" if rules[-1] == "-" else rules[-1])] += 1
         if crashed:

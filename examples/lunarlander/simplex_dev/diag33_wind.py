@@ -1,11 +1,10 @@
 """After round 33: in wind episodes under the shipped config, where are the crashes lost? Development seeds.
 
-The general backup flown alone from step 0 crashes in few wind episodes (3 of 60 on seeds 10000+), yet
-guarded wind cells keep 15-30% of crashes. Per guarded crash this prints the first trip's step, the
-steps the agent drove after it, the deciding rules of the last 40 steps (h: handover, w: weak_engine,
-p: probe rules, -: the agent), and two replays from the same seed (the environment is
-deterministic given seed and actions): the executed actions up to the trip and then the backup alone,
-and the backup alone from step 0.
+Per guarded crash (round 32's config when it ran; RULE.md "Round 34") this prints the first trip's
+step, the steps the agent drove after it, the deciding rules of the last 40 steps (first letters: d
+dynamics_shifted, h handover, w weak_engine or wind, p probe rules; -: the agent), and two replays
+from the same seed (the environment is deterministic given seed and actions): the executed actions
+up to the trip and then the backup alone, and the backup alone from step 0.
 
     python simplex_dev/diag33_wind.py ppo 40 64000
 """
@@ -21,9 +20,11 @@ import gymnasium as gym
 from interlock.bench.safety.lunarlander import WORLDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag27 import EXAMPLE, greedy, guard_for, guarded_flight, thresholds_of
+from diag27 import EXAMPLE, after_the_trip, greedy, guard_for, guarded_flight, thresholds_of
 
 BACKUP = EXAMPLE / "robust2_agent.onnx"
+#: Rules that act on a trip (round 34's config adds wind).
+TRIP_RULES = ("dynamics_shifted", "handover", "weak_engine", "wind", "probe_evidence")
 
 
 def replay_then(seed: int, prefix: list[int], act) -> bool:
@@ -50,13 +51,8 @@ def main() -> None:
     for k in range(n):
         env = gym.make("LunarLander-v3", **WORLDS["wind"]["kwargs"])
         decisions, actions, reward = guarded_flight(guard, policy, env, seed0 + k, f"e{k}")
-        t, trip, agent_after, rules = len(decisions), None, 0, []
-        for step, d in enumerate(decisions):
-            rules.append(d.rule or "-")
-            if d.rule in ("dynamics_shifted", "handover", "weak_engine", "probe_evidence") and trip is None:
-                trip = step
-            if trip is not None and not d.rule:
-                agent_after += 1
+        t = len(decisions)
+        trip, agent_after, rules = after_the_trip(decisions, TRIP_RULES)
         crashed = reward == -100
         summary["crashed" if crashed else "not crashed"] += 1
         if crashed:
